@@ -1,0 +1,130 @@
+"""A fake container runtime: the effect handler without Docker.
+
+It keeps a model of the world (which containers and images exist) so tests
+can check that nothing leaks, and lets a test slow effects down, make them
+fail, and crash running containers. `hershy serve --runtime fake` uses it
+for demos and for tests of everything above the runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+from hershy.domain import effects as fx
+from hershy.domain import events as ev
+from hershy.service.ports import Outbox, SourceStore
+
+
+@dataclass(slots=True)
+class FakeBehaviour:
+    """Delays (seconds) and injected failures; change them at any time."""
+
+    build_delay: float = 0.0
+    start_delay: float = 0.0
+    ready_delay: float = 0.0
+    stop_delay: float = 0.0
+    #: The next this-many builds / starts / stops fail.
+    failing_builds: int = 0
+    failing_starts: int = 0
+    failing_stops: int = 0
+    failure_reason: str = "injected failure"
+
+
+@dataclass(slots=True)
+class FakeContainer:
+    program_id: str
+    run: int
+    outbox: Outbox
+    running: bool = True
+
+
+@dataclass(slots=True)
+class FakeWorld:
+    containers: dict[str, FakeContainer] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)  # build id -> image id
+
+    def containers_of(self, program_id: str) -> list[str]:
+        return [cid for cid, c in self.containers.items() if c.program_id == program_id]
+
+
+class FakeEffectHandler:
+    runtime = "fake"
+
+    def __init__(self, sources: SourceStore, behaviour: FakeBehaviour | None = None) -> None:
+        self._sources = sources
+        self.behaviour = behaviour or FakeBehaviour()
+        self.world = FakeWorld()
+        self.builds_run = 0
+        self._ids = itertools.count(1)
+
+    async def execute(self, program_id: str, effect: fx.HandledEffect, outbox: Outbox) -> None:
+        match effect:
+            case fx.Build():
+                await self._build(effect, outbox)
+            case fx.StartContainer():
+                await self._start(program_id, effect, outbox)
+            case fx.StopContainer():
+                await self._stop(program_id, effect, outbox)
+            case fx.Teardown():
+                await self._teardown(program_id, effect, outbox)
+
+    def crash(self, program_id: str, exit_code: int = 1, *, oom_killed: bool = False) -> None:
+        """Make the program's running container exit on its own."""
+        for container in self.world.containers.values():
+            if container.program_id == program_id and container.running:
+                container.running = False
+                container.outbox.emit(
+                    ev.ContainerExited(container.outbox.now(), container.run, exit_code, oom_killed)
+                )
+
+    async def _build(self, effect: fx.Build, outbox: Outbox) -> None:
+        image = self.world.images.get(effect.build_id)
+        if image is None:
+            await asyncio.sleep(self.behaviour.build_delay)
+            if self._take_failure("failing_builds"):
+                raise RuntimeError(self.behaviour.failure_reason)
+            image = f"sha256:fake{next(self._ids):08d}"
+            self.world.images[effect.build_id] = image
+            self.builds_run += 1
+        outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image))
+
+    async def _start(self, program_id: str, effect: fx.StartContainer, outbox: Outbox) -> None:
+        await asyncio.sleep(self.behaviour.start_delay)
+        if self._take_failure("failing_starts"):
+            raise RuntimeError(self.behaviour.failure_reason)
+        container_id = f"fake{next(self._ids):012d}"
+        self.world.containers[container_id] = FakeContainer(program_id, effect.run, outbox)
+        outbox.emit(ev.ContainerCreated(outbox.now(), effect.run, container_id))
+        try:
+            await asyncio.sleep(self.behaviour.ready_delay)
+        except asyncio.CancelledError:
+            # Cancelled while starting: undo what this start created.
+            self.world.containers.pop(container_id, None)
+            raise
+        outbox.emit(ev.ContainerReady(outbox.now(), effect.run))
+
+    async def _stop(self, program_id: str, effect: fx.StopContainer, outbox: Outbox) -> None:
+        await asyncio.sleep(self.behaviour.stop_delay)
+        if self._take_failure("failing_stops"):
+            raise RuntimeError(self.behaviour.failure_reason)
+        for container_id in self.world.containers_of(program_id):
+            container = self.world.containers[container_id]
+            if container_id == effect.container_id or container.run <= effect.run:
+                del self.world.containers[container_id]
+        outbox.emit(ev.ContainerStopped(outbox.now(), effect.run))
+
+    async def _teardown(self, program_id: str, effect: fx.Teardown, outbox: Outbox) -> None:
+        await asyncio.sleep(self.behaviour.stop_delay)
+        for container_id in self.world.containers_of(program_id):
+            del self.world.containers[container_id]
+        await self._sources.remove(program_id)
+        outbox.emit(ev.TornDown(outbox.now(), effect.run))
+
+    def _take_failure(self, counter: str) -> bool:
+        remaining: int = getattr(self.behaviour, counter)
+        if remaining > 0:
+            setattr(self.behaviour, counter, remaining - 1)
+            return True
+        return False

@@ -1,0 +1,87 @@
+"""The composition root: the one place adapters are chosen and wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
+from hershy.adapters.source_files import FileSourceStore
+from hershy.adapters.system import RandomIds, SystemClock
+from hershy.domain.model import BackoffPolicy
+from hershy.entrypoints.grpc_server import GrpcServer
+from hershy.service.ports import EffectHandler
+from hershy.service.registry import Registry
+
+log = logging.getLogger("hershy")
+
+
+class Runtime(enum.Enum):
+    RUNSC = "runsc"
+    RUNC = "runc"
+    FAKE = "fake"
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    data_dir: Path
+    runtime: Runtime = Runtime.RUNSC
+    grpc_addr: str = "127.0.0.1:9090"
+    http_addr: str = "127.0.0.1:9000"
+    policy: BackoffPolicy = field(default_factory=BackoffPolicy)
+    fake_behaviour: FakeBehaviour = field(default_factory=FakeBehaviour)
+
+
+def build_handler(config: HostConfig, sources: FileSourceStore) -> EffectHandler:
+    if config.runtime is Runtime.FAKE:
+        return FakeEffectHandler(sources, config.fake_behaviour)
+    raise NotImplementedError(
+        f"runtime {config.runtime.value} is not available yet: use --runtime fake"
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, GrpcServer]]:
+    """The Host, serving until the context exits; then it shuts down in order."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    sources = FileSourceStore(config.data_dir)
+    registry = Registry(
+        handler=build_handler(config, sources),
+        sources=sources,
+        clock=SystemClock(),
+        ids=RandomIds(),
+        policy=config.policy,
+    )
+    async with registry:
+        server = GrpcServer(registry, config.grpc_addr)
+        await server.start()
+        log.info(
+            "Hershy serving gRPC on %s (runtime %s, data dir %s)",
+            server.address,
+            registry.runtime,
+            config.data_dir,
+        )
+        try:
+            yield registry, server
+        finally:
+            # Streams first: a server stop waits its whole grace while one is open.
+            registry.hub.close()
+            await server.stop(grace=5.0)
+            log.info("Hershy stopped")
+
+
+async def serve(config: HostConfig) -> None:
+    """Run the Host until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running_host(config):
+        await stop.wait()
+        log.info("shutting down")

@@ -1,0 +1,109 @@
+"""What the reducer asks the outside world to do, as data.
+
+The supervisor executes effects in the order the reducer returned them.
+`CancelInflight` and `CancelTimers` are carried out by the supervisor itself
+before the effects after them start; the rest go to the effect handler, whose
+results come back as events carrying the same `run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hershy.domain import events as ev
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """Build the program's image (or reuse the image of an identical build).
+
+    Results: `BuildSucceeded` or `BuildFailed`.
+    """
+
+    run: int
+    build_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartContainer:
+    """Create and start the container, then wait until its WatcherAPI answers.
+
+    Results: `ContainerCreated` as soon as the container exists, then
+    `ContainerReady` or `StartFailed` (after removing what it created).
+    """
+
+    run: int
+    image_id: str
+    proxy_target: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopContainer:
+    """Stop (SIGTERM, grace period, kill) and remove the program's containers.
+
+    Removes `container_id` and any container of the program labelled with a
+    run up to `run`. Idempotent: a container already gone is success.
+    Results: `ContainerStopped` or `StopFailed`.
+    """
+
+    run: int
+    container_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelInflight:
+    """Cancel the running build/start of the program and wait until they have cleaned up."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartRestartTimer:
+    """Fire `RestartTimerFired(run)` at time `at`."""
+
+    run: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimers:
+    """Forget any pending timer of the program."""
+
+
+@dataclass(frozen=True, slots=True)
+class Teardown:
+    """Remove everything the program owns: containers, images, its folder, its port.
+
+    Results: `TornDown` or `TeardownFailed`.
+    """
+
+    run: int
+    container_id: str | None
+
+
+Effect = (
+    Build
+    | StartContainer
+    | StopContainer
+    | CancelInflight
+    | StartRestartTimer
+    | CancelTimers
+    | Teardown
+)
+
+
+#: Effects the effect handler carries out (the others the supervisor does itself).
+HandledEffect = Build | StartContainer | StopContainer | Teardown
+
+
+def failure_of(
+    effect: HandledEffect, at: float, reason: str
+) -> ev.BuildFailed | ev.StartFailed | ev.StopFailed | ev.TeardownFailed:
+    """The result event for an effect whose execution raised instead of reporting."""
+    match effect:
+        case Build():
+            return ev.BuildFailed(at, effect.run, reason)
+        case StartContainer():
+            return ev.StartFailed(at, effect.run, reason)
+        case StopContainer():
+            return ev.StopFailed(at, effect.run, reason)
+        case Teardown():
+            return ev.TeardownFailed(at, effect.run, reason)

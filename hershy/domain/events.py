@@ -1,0 +1,139 @@
+"""Everything that can happen to a program, as past-tense facts.
+
+Two families: a user's requests (`*Requested`) and the results of effects the
+Host carried out. Every event carries the time it happened (`at`, Unix
+seconds); results also carry the `run` they belong to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramCreated:
+    at: float
+    program_id: str
+    user_id: str
+    build_id: str
+    proxy_target: str
+
+
+# --- a user's requests -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequested:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RestartRequested:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequested:
+    at: float
+
+
+UserRequest = StartRequested | StopRequested | RestartRequested | DeleteRequested
+
+
+# --- results of effects ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BuildSucceeded:
+    at: float
+    run: int
+    image_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuildFailed:
+    at: float
+    run: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerCreated:
+    at: float
+    run: int
+    container_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerReady:
+    at: float
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    at: float
+    run: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerExited:
+    at: float
+    run: int
+    exit_code: int
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerStopped:
+    at: float
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopFailed:
+    at: float
+    run: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestartTimerFired:
+    at: float
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class TornDown:
+    at: float
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class TeardownFailed:
+    at: float
+    run: int
+    reason: str
+
+
+EffectResult = (
+    BuildSucceeded
+    | BuildFailed
+    | ContainerCreated
+    | ContainerReady
+    | StartFailed
+    | ContainerExited
+    | ContainerStopped
+    | StopFailed
+    | RestartTimerFired
+    | TornDown
+    | TeardownFailed
+)
+
+Event = ProgramCreated | UserRequest | EffectResult

@@ -1,0 +1,85 @@
+"""The program resource and its lifecycle states.
+
+Pure data: no IO, no clock, no randomness. Times are plain floats (Unix
+seconds) that arrive inside events; ids arrive the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class State(enum.Enum):
+    """Lifecycle states; the values match `hershy.v1.State` numbers."""
+
+    CREATED = 1
+    BUILDING = 2
+    STARTING = 3
+    READY = 4
+    STOPPING = 5
+    STOPPED = 6
+    BACKOFF = 7
+    ERROR = 8
+    DELETING = 9
+    DELETED = 10
+
+
+#: States in which some run of the program may be doing work (a build, a
+#: container, a timer). Everything else is at rest.
+ACTIVE_STATES = frozenset(
+    {State.BUILDING, State.STARTING, State.READY, State.STOPPING, State.BACKOFF}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    """Delays before restarting a crashed program, like Kubernetes' CrashLoopBackOff.
+
+    The n-th consecutive crash waits `initial * factor**(n-1)`, at most `cap`.
+    A run that stayed Ready for `reset_after` seconds resets the streak.
+    """
+
+    initial: float = 10.0
+    factor: float = 2.0
+    cap: float = 300.0
+    reset_after: float = 600.0
+
+    def delay(self, streak: int) -> float:
+        """The wait before the restart that follows the `streak`-th consecutive crash."""
+        if streak < 1:
+            raise ValueError("streak starts at 1")
+        # Cap the exponent too, so a long streak never overflows a float.
+        exponent = min(streak - 1, 64)
+        return float(min(self.cap, self.initial * self.factor**exponent))
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """One program as the reducer sees it.
+
+    `run` numbers the build/start attempts: every effect and every result
+    carries the run it belongs to, so a late result of an old run is told
+    apart from the current one.
+    """
+
+    id: str
+    user_id: str
+    build_id: str
+    proxy_target: str
+    created_at: float
+    updated_at: float
+    state: State = State.CREATED
+    run: int = 0
+    image_id: str | None = None
+    container_id: str | None = None
+    error: str | None = None
+    restart_count: int = 0
+    crash_streak: int = 0
+    last_exit_code: int | None = None
+    ready_since: float | None = None
+    next_restart_at: float | None = None
+    restart_pending: bool = False
+    # Host-wide revision of the last committed change. Stamped by the
+    # registry when a change is committed; the reducer leaves it alone.
+    revision: int = 0

@@ -1,0 +1,396 @@
+"""The program lifecycle as a pure function: `reduce(program, event) -> outcome`.
+
+No IO, no clock, no randomness: the time is `event.at`, ids arrive in events,
+and the work to do comes back as effects (data) for the supervisor to run.
+
+Three outcomes:
+- `Transition`: the event is accepted; the program changed; run the effects.
+- `Ignored`: the event changes nothing (a late result of an old run, a
+  container exit during a stop, an idempotent repeat). It may still carry
+  clean-up effects, e.g. to stop a container nobody wants any more.
+- `Rejected`: a user's request the current state cannot accept; the caller
+  gets FAILED_PRECONDITION naming the state.
+
+Invariants the tests check over random event sequences: nothing is left
+running once a program is at rest, DELETED is terminal, and a user's Stop
+wins over a pending automatic restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from hershy.domain import effects as fx
+from hershy.domain import events as ev
+from hershy.domain.model import BackoffPolicy, Program, State
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    program: Program
+    effects: tuple[fx.Effect, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    reason: str
+    effects: tuple[fx.Effect, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    state: State
+    message: str
+
+
+Outcome = Transition | Ignored | Rejected
+
+DEFAULT_POLICY = BackoffPolicy()
+
+
+def create(event: ev.ProgramCreated) -> Program:
+    """The program a `ProgramCreated` event brings into being."""
+    return Program(
+        id=event.program_id,
+        user_id=event.user_id,
+        build_id=event.build_id,
+        proxy_target=event.proxy_target,
+        created_at=event.at,
+        updated_at=event.at,
+    )
+
+
+def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_POLICY) -> Outcome:
+    """Apply one event to one program."""
+    if program.state is State.DELETED:
+        if isinstance(event, ev.EffectResult):
+            return Ignored("the program is deleted")
+        return _refuse(program, "change", "deleted programs are gone for good")
+    match event:
+        case ev.ProgramCreated():
+            return _refuse(program, "create", "the program already exists")
+        case ev.StartRequested():
+            return _on_start(program, event.at)
+        case ev.StopRequested():
+            return _on_stop(program, event.at)
+        case ev.RestartRequested():
+            return _on_restart(program, event.at)
+        case ev.DeleteRequested():
+            return _on_delete(program, event.at)
+        case ev.ContainerStopped():
+            return _on_container_stopped(program, event)
+        case _ if event.run != program.run:
+            return _stale(program, event)
+        case ev.BuildSucceeded():
+            return _on_build_succeeded(program, event)
+        case ev.BuildFailed():
+            if program.state is State.BUILDING:
+                return _fail(program, event.at, f"build failed: {event.reason}")
+            return Ignored(f"build result while {program.state.name}")
+        case ev.ContainerCreated():
+            return _on_container_created(program, event)
+        case ev.ContainerReady():
+            if program.state is State.STARTING:
+                return Transition(
+                    _at(program, event.at, state=State.READY, ready_since=event.at, error=None)
+                )
+            return Ignored(f"readiness while {program.state.name}")
+        case ev.StartFailed():
+            return _on_start_failed(program, event)
+        case ev.ContainerExited():
+            return _on_container_exited(program, event, policy)
+        case ev.StopFailed():
+            return _on_stop_failed(program, event)
+        case ev.RestartTimerFired():
+            return _on_restart_timer(program, event.at)
+        case ev.TornDown():
+            if program.state is State.DELETING:
+                return Transition(
+                    _at(
+                        program,
+                        event.at,
+                        state=State.DELETED,
+                        container_id=None,
+                        image_id=None,
+                        error=None,
+                    )
+                )
+            return Ignored(f"teardown result while {program.state.name}")
+        case ev.TeardownFailed():
+            if program.state is State.DELETING:
+                return Transition(_at(program, event.at, error=f"delete failed: {event.reason}"))
+            return Ignored(f"teardown result while {program.state.name}")
+
+
+# --- a user's requests -------------------------------------------------------
+
+
+def _on_start(program: Program, at: float) -> Outcome:
+    if program.state in (State.CREATED, State.STOPPED, State.ERROR):
+        return _begin_run(program, at)
+    if program.state is State.BACKOFF:
+        return _refuse(program, "start", "a restart is already scheduled; use restart to start now")
+    return _refuse(program, "start", "it is not at rest")
+
+
+def _on_stop(program: Program, at: float) -> Outcome:
+    match program.state:
+        case State.BUILDING | State.STARTING | State.READY:
+            return _stop(program, at, fx.CancelInflight())
+        case State.BACKOFF:
+            # A user's Stop wins over the pending automatic restart.
+            return _stop(program, at, fx.CancelTimers())
+        case State.ERROR:
+            # Clears the error and removes anything a failed run left behind.
+            return _stop(program, at)
+        case State.STOPPING if program.restart_pending:
+            # Stop wins over a restart requested earlier.
+            return Transition(_at(program, at, restart_pending=False))
+        case State.STOPPING:
+            return Ignored("already stopping")
+        case _:
+            return _refuse(program, "stop", "nothing is running")
+
+
+def _on_restart(program: Program, at: float) -> Outcome:
+    match program.state:
+        case State.CREATED | State.STOPPED | State.ERROR:
+            return _begin_run(program, at)
+        case State.BUILDING | State.STARTING | State.READY:
+            return _stop(program, at, fx.CancelInflight(), then_start=True)
+        case State.BACKOFF:
+            return _stop(program, at, fx.CancelTimers(), then_start=True)
+        case State.STOPPING if program.restart_pending:
+            return Ignored("a restart is already pending")
+        case State.STOPPING:
+            return Transition(_at(program, at, restart_pending=True))
+        case _:
+            return _refuse(program, "restart", "it is being deleted")
+
+
+def _on_delete(program: Program, at: float) -> Outcome:
+    if program.state is State.DELETING:
+        if program.error is None:
+            return Ignored("already being deleted")
+        # The last teardown failed: try again.
+        return Transition(
+            _at(program, at, error=None),
+            (fx.Teardown(program.run, program.container_id),),
+        )
+    return Transition(
+        _at(
+            program,
+            at,
+            state=State.DELETING,
+            restart_pending=False,
+            next_restart_at=None,
+            error=None,
+        ),
+        (fx.CancelInflight(), fx.CancelTimers(), fx.Teardown(program.run, program.container_id)),
+    )
+
+
+# --- results of effects ------------------------------------------------------
+
+
+def _on_build_succeeded(program: Program, event: ev.BuildSucceeded) -> Outcome:
+    if program.state is not State.BUILDING:
+        return Ignored(f"build result while {program.state.name}")
+    return Transition(
+        _at(program, event.at, state=State.STARTING, image_id=event.image_id),
+        (fx.StartContainer(program.run, event.image_id, program.proxy_target),),
+    )
+
+
+def _on_container_created(program: Program, event: ev.ContainerCreated) -> Outcome:
+    if program.state is State.STARTING:
+        return Transition(_at(program, event.at, container_id=event.container_id))
+    # Nobody wants this container any more (the run is being stopped or
+    # deleted): make sure it goes.
+    return Ignored(
+        f"container created while {program.state.name}",
+        (fx.StopContainer(event.run, event.container_id),),
+    )
+
+
+def _on_start_failed(program: Program, event: ev.StartFailed) -> Outcome:
+    if program.state is not State.STARTING:
+        return Ignored(f"start result while {program.state.name}")
+    return _fail(program, event.at, f"start failed: {event.reason}")
+
+
+def _on_container_exited(
+    program: Program, event: ev.ContainerExited, policy: BackoffPolicy
+) -> Outcome:
+    if program.state not in (State.READY, State.STARTING):
+        # Expected during a stop or delete; old news otherwise.
+        return Ignored(f"container exit while {program.state.name}")
+    ran_long_enough = (
+        program.ready_since is not None and event.at - program.ready_since >= policy.reset_after
+    )
+    streak = 1 if ran_long_enough else program.crash_streak + 1
+    restart_at = event.at + policy.delay(streak)
+    reason = f"exited with code {event.exit_code}"
+    if event.oom_killed:
+        reason += " (killed: out of memory)"
+    cleanup: tuple[fx.Effect, ...] = (
+        (fx.CancelInflight(),) if program.state is State.STARTING else ()
+    )
+    return Transition(
+        _at(
+            program,
+            event.at,
+            state=State.BACKOFF,
+            restart_count=program.restart_count + 1,
+            crash_streak=streak,
+            last_exit_code=event.exit_code,
+            ready_since=None,
+            next_restart_at=restart_at,
+            error=reason,
+        ),
+        (
+            *cleanup,
+            fx.StopContainer(program.run, program.container_id),
+            fx.StartRestartTimer(program.run, restart_at),
+        ),
+    )
+
+
+def _on_container_stopped(program: Program, event: ev.ContainerStopped) -> Outcome:
+    if event.run == program.run and program.state is State.STOPPING:
+        if program.restart_pending:
+            return _begin_run(_at(program, event.at, container_id=None), event.at)
+        return Transition(
+            _at(
+                program,
+                event.at,
+                state=State.STOPPED,
+                container_id=None,
+                ready_since=None,
+                error=None,
+            )
+        )
+    if (
+        event.run == program.run
+        and program.container_id is not None
+        and program.state in (State.BACKOFF, State.ERROR)
+    ):
+        # The crashed or failed run's container is gone.
+        return Transition(_at(program, event.at, container_id=None))
+    # Includes the removal of a crashed run's container finishing after the
+    # next run began: that run's container is not this one.
+    return Ignored(f"container stop result while {program.state.name}")
+
+
+def _on_stop_failed(program: Program, event: ev.StopFailed) -> Outcome:
+    reason = f"could not stop the container: {event.reason}"
+    match program.state:
+        case State.STOPPING:
+            # Keep the container id: Start and Stop from ERROR try again.
+            return Transition(
+                _at(program, event.at, state=State.ERROR, error=reason, restart_pending=False)
+            )
+        case State.BACKOFF:
+            # Do not restart beside a container that would not go away.
+            return Transition(
+                _at(program, event.at, state=State.ERROR, error=reason, next_restart_at=None),
+                (fx.CancelTimers(),),
+            )
+        case _:
+            return Ignored(f"stop result while {program.state.name}")
+
+
+def _on_restart_timer(program: Program, at: float) -> Outcome:
+    if program.state is not State.BACKOFF or program.image_id is None:
+        return Ignored(f"restart timer while {program.state.name}")
+    run = program.run + 1
+    return Transition(
+        _at(
+            program,
+            at,
+            state=State.STARTING,
+            run=run,
+            container_id=None,
+            next_restart_at=None,
+        ),
+        (fx.StartContainer(run, program.image_id, program.proxy_target),),
+    )
+
+
+# --- building blocks ---------------------------------------------------------
+
+
+def _at(program: Program, at: float, **changes: object) -> Program:
+    """The program with `changes` applied, changed at time `at`."""
+    return replace(program, updated_at=at, **changes)  # type: ignore[arg-type]
+
+
+def _begin_run(program: Program, at: float) -> Outcome:
+    """Start a new run: build (or reuse) the image, then start it.
+
+    A container left behind by a failed stop goes first.
+    """
+    if program.container_id is not None:
+        return _stop(program, at, then_start=True)
+    run = program.run + 1
+    return Transition(
+        _at(
+            program,
+            at,
+            state=State.BUILDING,
+            run=run,
+            error=None,
+            crash_streak=0,
+            ready_since=None,
+            next_restart_at=None,
+            restart_pending=False,
+        ),
+        (fx.Build(run, program.build_id),),
+    )
+
+
+def _stop(program: Program, at: float, *first: fx.Effect, then_start: bool = False) -> Transition:
+    return Transition(
+        _at(
+            program,
+            at,
+            state=State.STOPPING,
+            restart_pending=then_start,
+            next_restart_at=None,
+        ),
+        (*first, fx.StopContainer(program.run, program.container_id)),
+    )
+
+
+def _fail(program: Program, at: float, reason: str) -> Transition:
+    cleanup: tuple[fx.Effect, ...] = ()
+    if program.container_id is not None:
+        cleanup = (fx.StopContainer(program.run, program.container_id),)
+    return Transition(
+        _at(
+            program,
+            at,
+            state=State.ERROR,
+            error=reason,
+            ready_since=None,
+            restart_pending=False,
+        ),
+        cleanup,
+    )
+
+
+def _stale(program: Program, event: ev.EffectResult) -> Ignored:
+    if isinstance(event, ev.ContainerCreated):
+        # A container of an old run appeared late: nobody owns it.
+        return Ignored(
+            f"container of old run {event.run}",
+            (fx.StopContainer(event.run, event.container_id),),
+        )
+    return Ignored(f"result of old run {event.run} (current run {program.run})")
+
+
+def _refuse(program: Program, action: str, why: str) -> Rejected:
+    return Rejected(
+        program.state,
+        f"cannot {action} program {program.id} while it is {program.state.name}: {why}",
+    )

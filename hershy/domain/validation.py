@@ -1,0 +1,127 @@
+"""Checks on what a user sends to create a program, and the build id.
+
+Pure: the same request always gives the same answer. Every error names the
+field that is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hershy.domain.errors import InvalidArgument, TooLarge
+
+USER_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+PROGRAM_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+DOCKERFILE_PATH = "Dockerfile"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLimits:
+    """Size limits on a program's build inputs."""
+
+    max_file_bytes: int = 8 * 1024 * 1024
+    max_total_bytes: int = 32 * 1024 * 1024
+    max_files: int = 10_000
+    max_path_length: int = 255
+    max_path_depth: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSource:
+    """Validated build inputs: the Dockerfile and the files beside it."""
+
+    dockerfile: bytes
+    files: Mapping[str, bytes]
+
+    def all_files(self) -> dict[str, bytes]:
+        """The whole build context, Dockerfile included."""
+        return {DOCKERFILE_PATH: self.dockerfile, **self.files}
+
+
+def validate_user_id(user_id: str, field: str = "user_id") -> str:
+    if not user_id:
+        raise InvalidArgument(field, "is required")
+    if not USER_ID_PATTERN.fullmatch(user_id):
+        raise InvalidArgument(
+            field,
+            f"{user_id[:80]!r} is not a valid user id: use 1-63 characters of a-z, 0-9, "
+            "'_' and '-', starting with a letter or digit",
+        )
+    return user_id
+
+
+def validate_program_id(program_id: str, field: str = "name") -> str:
+    if not PROGRAM_ID_PATTERN.fullmatch(program_id):
+        raise InvalidArgument(field, f"{program_id[:80]!r} is not a valid program id")
+    return program_id
+
+
+def validate_path(path: str, limits: SourceLimits) -> str:
+    """A file path inside the build context: relative, normalised, no tricks."""
+    field = f"src_files[{path[:100]!r}]"
+    if not path:
+        raise InvalidArgument(field, "a file path must not be empty")
+    if "\x00" in path:
+        raise InvalidArgument(field, "a file path must not contain NUL")
+    if "\\" in path:
+        raise InvalidArgument(field, "use '/' to separate directories, not '\\'")
+    if path.startswith("/"):
+        raise InvalidArgument(field, "a file path must be relative, not absolute")
+    if len(path.encode()) > limits.max_path_length:
+        raise InvalidArgument(field, f"a file path must be at most {limits.max_path_length} bytes")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidArgument(field, "a file path must not contain '..', '.' or empty segments")
+    if len(parts) > limits.max_path_depth:
+        raise InvalidArgument(field, f"a file path must be at most {limits.max_path_depth} deep")
+    if any(ord(ch) < 0x20 for ch in path):
+        raise InvalidArgument(field, "a file path must not contain control characters")
+    return path
+
+
+def validate_source(
+    dockerfile: str | bytes, files: Mapping[str, bytes], limits: SourceLimits
+) -> ProgramSource:
+    """The build inputs, checked; raises InvalidArgument or TooLarge naming the field."""
+    dockerfile_bytes = dockerfile.encode() if isinstance(dockerfile, str) else dockerfile
+    if not dockerfile_bytes.strip():
+        raise InvalidArgument("dockerfile", "is required: the Dockerfile's content")
+    if len(dockerfile_bytes) > limits.max_file_bytes:
+        raise TooLarge("dockerfile", f"is larger than {limits.max_file_bytes} bytes")
+    if len(files) > limits.max_files:
+        raise TooLarge("src_files", f"has {len(files)} files; at most {limits.max_files}")
+    total = len(dockerfile_bytes)
+    directories: set[str] = set()
+    for path, content in files.items():
+        validate_path(path, limits)
+        field = f"src_files[{path[:100]!r}]"
+        if path == DOCKERFILE_PATH:
+            raise InvalidArgument(field, "pass the Dockerfile in the dockerfile field")
+        if len(content) > limits.max_file_bytes:
+            raise TooLarge(field, f"is larger than {limits.max_file_bytes} bytes")
+        total += len(content)
+        parts = path.split("/")
+        directories.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    if total > limits.max_total_bytes:
+        raise TooLarge("src_files", f"total more than {limits.max_total_bytes} bytes")
+    clash = directories.intersection(files)
+    if clash:
+        path = min(clash)
+        raise InvalidArgument(
+            f"src_files[{path[:100]!r}]", "is a file but also a directory of another file"
+        )
+    return ProgramSource(dockerfile_bytes, dict(files))
+
+
+def build_id(source: ProgramSource) -> str:
+    """A content hash of the build inputs: the same inputs give the same id."""
+    digest = hashlib.sha256()
+    for path, content in sorted(source.all_files().items()):
+        encoded = path.encode()
+        # Length-prefix both parts so no two contexts share a byte stream.
+        digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        digest.update(len(content).to_bytes(8, "big") + content)
+    return "b-" + digest.hexdigest()[:24]

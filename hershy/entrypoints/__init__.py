@@ -1,0 +1,1 @@
+"""Entrypoints: the gRPC server, the REST shim and the command line."""

@@ -1,0 +1,198 @@
+"""The gRPC API: `hershy.v1.ProgramService` on top of the registry, plus health and reflection."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hershy.domain.errors import HershyError
+from hershy.domain.model import Program
+from hershy.entrypoints import convert
+from hershy.entrypoints.grpc_errors import to_status
+from hershy.service.registry import Registry
+from hershy.service.watch import Change, Closed, Resync
+from hershy.v1 import program_pb2 as pb
+from hershy.v1 import program_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ProgramService"].full_name
+DEFAULT_WAIT_SECONDS = 60.0
+#: Sources can be tens of MiB; gRPC's default limit is 4 MiB.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _unary(method: Method) -> Method:
+    """Maps Host errors to statuses: the one place this happens for unary calls."""
+
+    @functools.wraps(method)
+    async def wrapper(self: ProgramService, request: Message, context: Context) -> Any:
+        try:
+            return await method(self, request, context)
+        except HershyError as error:
+            await context.abort_with_status(to_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            log.exception("%s failed", method.__name__)
+            await context.abort_with_status(to_status(error))
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+    return cast(Method, wrapper)
+
+
+class ProgramService(pb_grpc.ProgramServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        # Changes are encoded once, however many subscribers there are.
+        self._encoded: OrderedDict[int, pb.WatchProgramsResponse] = OrderedDict()
+
+    def _pb(self, program: Program) -> pb.Program:
+        return convert.program_to_pb(program, self._registry.runtime)
+
+    @_unary
+    async def CreateProgram(self, request: pb.CreateProgramRequest, context: Context) -> pb.Program:
+        program = await self._registry.create(
+            request.user_id, request.dockerfile, dict(request.src_files)
+        )
+        return self._pb(program)
+
+    @_unary
+    async def GetProgram(self, request: pb.GetProgramRequest, context: Context) -> pb.Program:
+        return self._pb(self._registry.get(convert.program_id_from_name(request.name)))
+
+    @_unary
+    async def ListPrograms(
+        self, request: pb.ListProgramsRequest, context: Context
+    ) -> pb.ListProgramsResponse:
+        page = self._registry.list_programs(request.page_size, request.page_token, request.user_id)
+        return pb.ListProgramsResponse(
+            programs=[self._pb(program) for program in page.programs],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    @_unary
+    async def DeleteProgram(self, request: pb.DeleteProgramRequest, context: Context) -> pb.Program:
+        return self._pb(await self._registry.delete(convert.program_id_from_name(request.name)))
+
+    @_unary
+    async def StartProgram(self, request: pb.StartProgramRequest, context: Context) -> pb.Program:
+        return self._pb(await self._registry.start(convert.program_id_from_name(request.name)))
+
+    @_unary
+    async def StopProgram(self, request: pb.StopProgramRequest, context: Context) -> pb.Program:
+        return self._pb(await self._registry.stop(convert.program_id_from_name(request.name)))
+
+    @_unary
+    async def RestartProgram(
+        self, request: pb.RestartProgramRequest, context: Context
+    ) -> pb.Program:
+        return self._pb(await self._registry.restart(convert.program_id_from_name(request.name)))
+
+    @_unary
+    async def WaitProgram(self, request: pb.WaitProgramRequest, context: Context) -> pb.Program:
+        program_id = convert.program_id_from_name(request.name)
+        state = convert.state_from_pb(request.state)
+        timeout = DEFAULT_WAIT_SECONDS
+        if request.HasField("timeout"):
+            timeout = request.timeout.ToTimedelta().total_seconds()
+        return self._pb(await self._registry.wait(program_id, state, timeout))
+
+    async def WatchPrograms(
+        self, request: pb.WatchProgramsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchProgramsResponse]:
+        try:
+            program_id = convert.program_id_from_name(request.name) if request.name else ""
+            resume = request.resume_revision if request.HasField("resume_revision") else None
+            start = self._registry.watch(program_id, resume)
+        except HershyError as error:
+            await context.abort_with_status(to_status(error))
+            return
+        subscription = start.subscription
+        try:
+            if start.snapshot is not None:
+                for message in self._snapshot(start.snapshot, start.revision):
+                    yield message
+            for change in start.replay:
+                yield self._encode(change)
+            while True:
+                item = await subscription.next()
+                if isinstance(item, Change):
+                    yield self._encode(item)
+                elif item is Resync.RESYNC:
+                    yield pb.WatchProgramsResponse(type=pb.WatchProgramsResponse.TYPE_RESYNC)
+                    programs = self._registry.snapshot(subscription)
+                    for message in self._snapshot(programs, self._registry.hub.revision):
+                        yield message
+                elif item is Closed.CLOSED:
+                    return
+        finally:
+            subscription.unsubscribe()
+
+    def _snapshot(self, programs: list[Program], revision: int) -> list[pb.WatchProgramsResponse]:
+        messages = [
+            pb.WatchProgramsResponse(
+                type=pb.WatchProgramsResponse.TYPE_SNAPSHOT,
+                program=self._pb(program),
+                revision=program.revision,
+            )
+            for program in programs
+        ]
+        messages.append(
+            pb.WatchProgramsResponse(type=pb.WatchProgramsResponse.TYPE_SYNCED, revision=revision)
+        )
+        return messages
+
+    def _encode(self, change: Change) -> pb.WatchProgramsResponse:
+        message = self._encoded.get(change.revision)
+        if message is None:
+            message = convert.change_to_pb(change, self._registry.runtime)
+            self._encoded[change.revision] = message
+            if len(self._encoded) > 4096:
+                self._encoded.popitem(last=False)
+        return message
+
+
+class GrpcServer:
+    """The server with ProgramService, health checking and reflection."""
+
+    def __init__(self, registry: Registry, address: str) -> None:
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_ProgramServiceServicer_to_server(ProgramService(registry), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Callers end Watch streams first (closing the hub), or stop waits the whole grace."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

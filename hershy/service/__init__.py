@@ -1,0 +1,1 @@
+"""The service layer: supervisors, the registry and the Watch hub, on top of ports."""

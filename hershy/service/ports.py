@@ -1,0 +1,55 @@
+"""The small interfaces the service layer needs from the outside world.
+
+Adapters implement them (hershy/adapters); tests use fakes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hershy.domain import events as ev
+from hershy.domain.effects import HandledEffect
+from hershy.domain.validation import ProgramSource
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Unix time in seconds."""
+        ...
+
+
+class IdGenerator(Protocol):
+    def new_program_id(self) -> str: ...
+
+
+class Outbox(Protocol):
+    """Where an effect handler reports results; given to it with each effect."""
+
+    def now(self) -> float: ...
+
+    def emit(self, event: ev.EffectResult) -> None: ...
+
+
+class EffectHandler(Protocol):
+    """Carries out effects against a container runtime.
+
+    `execute` reports every result through `outbox.emit`, with the effect's
+    run. Raising reports the effect as failed. When the task running it is
+    cancelled (the program is being stopped), it must undo what it started
+    (kill the build, remove the container it created) before it returns.
+    """
+
+    #: How programs run, as shown to users (e.g. "runsc (network=host)").
+    runtime: str
+
+    async def execute(self, program_id: str, effect: HandledEffect, outbox: Outbox) -> None: ...
+
+
+class SourceStore(Protocol):
+    """Keeps each program's build inputs."""
+
+    async def save(self, program_id: str, source: ProgramSource) -> None: ...
+
+    async def load(self, program_id: str) -> ProgramSource: ...
+
+    async def remove(self, program_id: str) -> None: ...

@@ -1,0 +1,353 @@
+"""The registry: every program, its supervisor, and the one place changes are committed.
+
+A change is committed in one step: the event log assigns the Host-wide
+revision, the registry's view is updated, and the change is published to
+Watch subscribers, in revision order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Protocol
+
+from hershy.domain import events as ev
+from hershy.domain import reducer
+from hershy.domain.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from hershy.domain.model import BackoffPolicy, Program, State
+from hershy.domain.validation import (
+    ProgramSource,
+    SourceLimits,
+    build_id,
+    validate_program_id,
+    validate_source,
+    validate_user_id,
+)
+from hershy.service.ports import Clock, EffectHandler, IdGenerator, SourceStore
+from hershy.service.supervisor import Supervisor
+from hershy.service.watch import Change, ChangeKind, Subscription, WatchHub
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_WAIT_SECONDS = 3600.0
+DEFAULT_LIMITS = SourceLimits()
+
+
+class EventLog(Protocol):
+    """Makes accepted events durable and numbers them (the Host-wide revision)."""
+
+    async def append(self, program: Program, event: ev.Event) -> int: ...
+
+
+class MemoryEventLog:
+    """Numbers events; keeps nothing (a Host restart forgets every program)."""
+
+    def __init__(self) -> None:
+        self._revision = 0
+
+    async def append(self, program: Program, event: ev.Event) -> int:
+        self._revision += 1
+        return self._revision
+
+
+class PortAllocator:
+    """Host ports for WatcherAPIs: the lowest free one, never two programs on one port."""
+
+    def __init__(self, first: int = 19001, last: int = 29999) -> None:
+        self._first, self._last = first, last
+        self._used: set[int] = set()
+        self._next = first
+
+    def allocate(self) -> int:
+        size = self._last - self._first + 1
+        for offset in range(size):
+            port = self._first + (self._next - self._first + offset) % size
+            if port not in self._used:
+                self._used.add(port)
+                self._next = port + 1 if port < self._last else self._first
+                return port
+        raise ResourceExhausted(
+            f"all {size} WatcherAPI ports ({self._first}-{self._last}) are in use: "
+            "delete programs you no longer need"
+        )
+
+    def release(self, port: int) -> None:
+        self._used.discard(port)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    programs: list[Program]
+    next_page_token: str
+    total_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStart:
+    """How a Watch stream begins: a snapshot (or the changes since a revision), then live."""
+
+    snapshot: list[Program] | None
+    replay: list[Change]
+    revision: int
+    subscription: Subscription
+
+
+class Registry:
+    def __init__(
+        self,
+        *,
+        handler: EffectHandler,
+        sources: SourceStore,
+        clock: Clock,
+        ids: IdGenerator,
+        event_log: EventLog | None = None,
+        hub: WatchHub | None = None,
+        ports: PortAllocator | None = None,
+        policy: BackoffPolicy = reducer.DEFAULT_POLICY,
+        limits: SourceLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self._handler = handler
+        self._sources = sources
+        self._clock = clock
+        self._ids = ids
+        self._log = event_log or MemoryEventLog()
+        self.hub = hub or WatchHub()
+        self._ports = ports or PortAllocator()
+        self._policy = policy
+        self._limits = limits
+        self._programs: dict[str, Program] = {}
+        self._supervisors: dict[str, Supervisor] = {}
+        self._supervisor_tasks: dict[str, asyncio.Task[None]] = {}
+        self._order: dict[str, int] = {}
+        self._created = 0
+        self._tasks: asyncio.TaskGroup | None = None
+        self._commit_lock = asyncio.Lock()
+
+    @property
+    def runtime(self) -> str:
+        return self._handler.runtime
+
+    # --- lifetime -------------------------------------------------------------
+
+    async def __aenter__(self) -> Registry:
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Ends Watch streams and supervisors; effects in flight are cancelled."""
+        assert self._tasks is not None
+        self.hub.close()
+        for task in self._supervisor_tasks.values():
+            task.cancel()
+        await self._tasks.__aexit__(exc_type, exc, traceback)
+
+    # --- commands ---------------------------------------------------------------
+
+    async def create(
+        self, user_id: str, dockerfile: str, src_files: Mapping[str, bytes]
+    ) -> Program:
+        validate_user_id(user_id)
+        source = validate_source(dockerfile, src_files, self._limits)
+        port = self._ports.allocate()
+        program_id = self._ids.new_program_id()
+        try:
+            await self._sources.save(program_id, source)
+            event = ev.ProgramCreated(
+                at=self._clock.now(),
+                program_id=program_id,
+                user_id=user_id,
+                build_id=build_id(source),
+                proxy_target=f"127.0.0.1:{port}",
+            )
+            program = await self._commit(reducer.create(event), event)
+        except BaseException:
+            self._ports.release(port)
+            await self._sources.remove(program_id)
+            raise
+        self._spawn(program)
+        return program
+
+    async def start(self, program_id: str) -> Program:
+        return await self._request(program_id, ev.StartRequested(self._clock.now()))
+
+    async def stop(self, program_id: str) -> Program:
+        return await self._request(program_id, ev.StopRequested(self._clock.now()))
+
+    async def restart(self, program_id: str) -> Program:
+        return await self._request(program_id, ev.RestartRequested(self._clock.now()))
+
+    async def delete(self, program_id: str) -> Program:
+        return await self._request(program_id, ev.DeleteRequested(self._clock.now()))
+
+    async def _request(self, program_id: str, event: ev.UserRequest) -> Program:
+        self.get(program_id)
+        return await self._supervisors[program_id].request(event)
+
+    # --- queries -----------------------------------------------------------------
+
+    def get(self, program_id: str) -> Program:
+        validate_program_id(program_id)
+        program = self._programs.get(program_id)
+        if program is None:
+            raise NotFound(f"program {program_id} not found")
+        return program
+
+    async def source(self, program_id: str) -> ProgramSource:
+        self.get(program_id)
+        return await self._sources.load(program_id)
+
+    def list_programs(self, page_size: int = 0, page_token: str = "", user_id: str = "") -> Page:
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_page_token(page_token)
+        if user_id:
+            validate_user_id(user_id)
+        matching = [
+            program
+            for program in self._programs.values()
+            if not user_id or program.user_id == user_id
+        ]
+        # Dicts keep insertion order, which is creation order: a stable order.
+        remaining = [p for p in matching if self._order[p.id] > after]
+        page = remaining[:size]
+        token = _encode_page_token(self._order[page[-1].id]) if len(remaining) > size else ""
+        return Page(page, token, len(matching))
+
+    async def wait(self, program_id: str, state: State, seconds: float) -> Program:
+        """The program once it is in `state`; fails early if it can no longer get there."""
+        if not 0 < seconds <= MAX_WAIT_SECONDS:
+            raise InvalidArgument(
+                "timeout", f"must be more than 0 and at most {MAX_WAIT_SECONDS} s"
+            )
+        subscription = self.hub.subscribe(program_id, capacity=16)
+        try:
+            program = self.get(program_id)
+            async with asyncio.timeout(seconds):
+                while True:
+                    if program.state is state:
+                        return program
+                    if program.state is State.DELETED:
+                        raise NotFound(f"program {program_id} was deleted")
+                    if program.state is State.ERROR:
+                        raise FailedPrecondition(
+                            f"program {program_id} failed while waiting for {state.name}: "
+                            f"{program.error}",
+                            State.ERROR.name,
+                        )
+                    change = await subscription.next()
+                    if isinstance(change, Change):
+                        program = change.program
+                    else:  # resync or shutdown: look again
+                        subscription.drop_buffered()
+                        program = self.get(program_id)
+        except TimeoutError:
+            current = self._programs.get(program_id)
+            now = current.state.name if current else "gone"
+            raise DeadlineExceeded(
+                f"program {program_id} did not reach {state.name} within {seconds:g} s "
+                f"(it is {now})"
+            ) from None
+        finally:
+            subscription.unsubscribe()
+
+    def watch(self, program_id: str = "", resume_revision: int | None = None) -> WatchStart:
+        """Subscribe and take the snapshot (or the replay) in one step, so nothing falls between."""
+        if program_id:
+            validate_program_id(program_id)
+            if resume_revision is None:
+                self.get(program_id)
+        subscription = self.hub.subscribe(program_id or None)
+        if resume_revision is None:
+            return WatchStart(self.snapshot(subscription), [], self.hub.revision, subscription)
+        try:
+            replay = list(self.hub.changes_after(resume_revision, subscription.wants))
+        except BaseException:
+            subscription.unsubscribe()
+            raise
+        return WatchStart(None, replay, self.hub.revision, subscription)
+
+    def snapshot(self, subscription: Subscription) -> list[Program]:
+        """The programs a subscription covers, now; drops what it had buffered."""
+        subscription.drop_buffered()
+        if subscription.program_id is None:
+            return list(self._programs.values())
+        program = self._programs.get(subscription.program_id)
+        return [program] if program else []
+
+    # --- internals ------------------------------------------------------------
+
+    def _spawn(self, program: Program) -> None:
+        assert self._tasks is not None, "use the registry as an async context manager"
+        supervisor = Supervisor(
+            program,
+            handler=self._handler,
+            clock=self._clock,
+            commit=self._commit,
+            policy=self._policy,
+        )
+        self._supervisors[program.id] = supervisor
+        task = self._tasks.create_task(supervisor.run(), name=f"supervisor:{program.id}")
+        self._supervisor_tasks[program.id] = task
+        task.add_done_callback(lambda _: self._supervisor_tasks.pop(program.id, None))
+
+    async def _commit(self, program: Program, event: ev.Event) -> Program:
+        # One commit at a time, so revisions are published in order.
+        async with self._commit_lock:
+            revision = await self._log.append(program, event)
+            committed = replace(program, revision=revision)
+            kind = ChangeKind.UPDATED
+            if isinstance(event, ev.ProgramCreated):
+                kind = ChangeKind.CREATED
+                self._created += 1
+                self._order[committed.id] = self._created
+            if committed.state is State.DELETED:
+                kind = ChangeKind.DELETED
+                self._forget(committed)
+            else:
+                self._programs[committed.id] = committed
+            self.hub.publish(Change(kind, committed, event))
+            return committed
+
+    def _forget(self, program: Program) -> None:
+        self._programs.pop(program.id, None)
+        self._supervisors.pop(program.id, None)
+        self._order.pop(program.id, None)
+        self._ports.release(int(program.proxy_target.rsplit(":", 1)[1]))
+
+
+def _encode_page_token(position: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{position}".encode()).decode()
+
+
+def _decode_page_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        prefix, _, position = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if prefix != "after" or not position.isdigit():
+            raise ValueError(token)
+        return int(position)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(
+            "page_token", "is not a token from a previous ListPrograms response"
+        ) from None

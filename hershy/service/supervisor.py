@@ -1,0 +1,172 @@
+"""One supervisor per program: the only place its events are applied.
+
+The supervisor takes events from its inbox strictly in order, applies the
+pure reducer, has the registry commit the change, and starts the effects.
+Long effects (a build, a start) run as tasks the supervisor owns, so a slow
+build never blocks a Stop; their results come back through the inbox as
+events like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from hershy.domain import effects as fx
+from hershy.domain import events as ev
+from hershy.domain.errors import FailedPrecondition
+from hershy.domain.model import BackoffPolicy, Program, State
+from hershy.domain.reducer import Ignored, Rejected, Transition, reduce
+from hershy.service.ports import Clock, EffectHandler
+
+log = logging.getLogger(__name__)
+
+#: Commits a change and returns the program as committed (with its revision).
+Commit = Callable[[Program, ev.Event], Awaitable[Program]]
+
+
+@dataclass(slots=True)
+class _Message:
+    event: ev.Event
+    reply: asyncio.Future[Program] | None = field(default=None)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        program: Program,
+        *,
+        handler: EffectHandler,
+        clock: Clock,
+        commit: Commit,
+        policy: BackoffPolicy,
+    ) -> None:
+        self.program = program
+        self._handler = handler
+        self._clock = clock
+        self._commit = commit
+        self._policy = policy
+        self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+
+    # --- the Outbox port, for effect results --------------------------------
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    def emit(self, event: ev.EffectResult) -> None:
+        self._inbox.put_nowait(_Message(event))
+
+    # --- requests -------------------------------------------------------------
+
+    async def request(self, event: ev.UserRequest) -> Program:
+        """Apply a user's request; returns the program once the change is committed."""
+        reply: asyncio.Future[Program] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Message(event, reply))
+        return await reply
+
+    # --- the loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Process events until the program is deleted (or the task is cancelled)."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            try:
+                while self.program.state is not State.DELETED:
+                    await self._handle(await self._inbox.get())
+            finally:
+                # Leaving for good: nothing of this program may keep running.
+                for task in (*self._inflight, self._timer):
+                    if task is not None:
+                        task.cancel()
+                self._refuse_pending()
+
+    async def _handle(self, message: _Message) -> None:
+        outcome = reduce(self.program, message.event, self._policy)
+        match outcome:
+            case Rejected(state=state, message=text):
+                _reply(message, error=FailedPrecondition(text, state.name))
+                return
+            case Ignored(reason=reason, effects=effects):
+                log.debug("program %s: ignored %s: %s", self.program.id, message.event, reason)
+            case Transition(program=changed, effects=effects):
+                try:
+                    self.program = await self._commit(changed, message.event)
+                except Exception as error:
+                    # Not committed means not accepted: run none of its effects.
+                    log.exception("program %s: commit failed", self.program.id)
+                    _reply(message, error=error)
+                    return
+        _reply(message, program=self.program)
+        self._start(effects)
+
+    def _start(self, effects: tuple[fx.Effect, ...]) -> None:
+        """Start effects in order; the ones after a CancelInflight wait for the cancelled tasks."""
+        assert self._tasks is not None
+        cancelled: list[asyncio.Task[None]] = []
+        for effect in effects:
+            match effect:
+                case fx.CancelInflight():
+                    for task in self._inflight:
+                        task.cancel()
+                    cancelled.extend(self._inflight)
+                    self._inflight.clear()
+                case fx.CancelTimers():
+                    if self._timer is not None:
+                        self._timer.cancel()
+                        self._timer = None
+                case fx.StartRestartTimer(run=run, at=at):
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    self._timer = self._tasks.create_task(self._fire_restart(run, at))
+                case fx.Build() | fx.StartContainer():
+                    task = self._tasks.create_task(self._execute(effect, tuple(cancelled)))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+                case fx.StopContainer() | fx.Teardown():
+                    self._tasks.create_task(self._execute(effect, tuple(cancelled)))
+
+    async def _execute(
+        self, effect: fx.HandledEffect, after: tuple[asyncio.Task[None], ...]
+    ) -> None:
+        if after:
+            # Cancelled tasks undo what they started; wait until they have.
+            await asyncio.wait(after)
+        try:
+            await self._handler.execute(self.program.id, effect, self)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("program %s: %s failed: %s", self.program.id, type(effect).__name__, error)
+            self.emit(fx.failure_of(effect, self.now(), str(error) or type(error).__name__))
+
+    async def _fire_restart(self, run: int, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - self._clock.now()))
+        self._timer = None
+        self.emit(ev.RestartTimerFired(self._clock.now(), run))
+
+    def _refuse_pending(self) -> None:
+        while not self._inbox.empty():
+            message = self._inbox.get_nowait()
+            _reply(
+                message,
+                error=FailedPrecondition(
+                    f"program {self.program.id} is {self.program.state.name}",
+                    self.program.state.name,
+                ),
+            )
+
+
+def _reply(
+    message: _Message, *, program: Program | None = None, error: Exception | None = None
+) -> None:
+    if message.reply is None or message.reply.done():
+        return
+    if error is not None:
+        message.reply.set_exception(error)
+    elif program is not None:
+        message.reply.set_result(program)

@@ -1,0 +1,1 @@
+"""Generated from proto/hershy/v1 by scripts/codegen.sh. Do not edit."""
