@@ -66,6 +66,10 @@ def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_PO
         if isinstance(event, ev.EffectResult):
             return Ignored("the program is deleted")
         return _refuse(program, "change", "deleted programs are gone for good")
+    if program.state is State.DELETING and isinstance(
+        event, ev.StartRequested | ev.StopRequested | ev.RestartRequested
+    ):
+        return _refuse(program, _verb(event), "it is being deleted")
     match event:
         case ev.ProgramCreated():
             return _refuse(program, "create", "the program already exists")
@@ -387,6 +391,10 @@ def _stale(program: Program, event: ev.EffectResult) -> Ignored:
             (fx.StopContainer(event.run, event.container_id),),
         )
     return Ignored(f"result of old run {event.run} (current run {program.run})")
+
+
+def _verb(event: ev.StartRequested | ev.StopRequested | ev.RestartRequested) -> str:
+    return type(event).__name__.removesuffix("Requested").lower()
 
 
 def _refuse(program: Program, action: str, why: str) -> Rejected:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every check CI runs: lint, types, the proto API, generated code, the tests
+# and a quick benchmark smoke run. Needs scripts/setup.sh first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> ruff"
+ruff check .
+ruff format --check .
+
+echo "==> mypy --strict"
+mypy
+
+echo "==> buf lint, format"
+buf lint
+buf format --diff --exit-code
+if git rev-parse --verify --quiet origin/main >/dev/null \
+    && git cat-file -e origin/main:proto/hershy/v1/program.proto 2>/dev/null; then
+    echo "==> buf breaking against origin/main"
+    buf breaking --against ".git#ref=origin/main"
+elif git rev-parse --verify --quiet HEAD~1 >/dev/null \
+    && git cat-file -e HEAD~1:proto/hershy/v1/program.proto 2>/dev/null; then
+    echo "==> buf breaking against the previous commit"
+    buf breaking --against ".git#ref=HEAD~1"
+fi
+
+echo "==> generated code is current"
+scripts/codegen.sh --check
+
+echo "==> pytest"
+python3 -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,127 @@
+"""Prints the reducer's answer to every (state, event) pair, one line each.
+
+`tests/unit/testdata/transitions.txt` is this script's reviewed output; the
+unit tests compare against it (like etcd-io/raft's data-driven tests), so any
+change to the lifecycle shows up as a readable diff. Regenerate with
+`python -m tests.unit.lifecycle_table > tests/unit/testdata/transitions.txt`
+and review the diff before committing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from hershy.domain import events as ev
+from hershy.domain.effects import Effect
+from hershy.domain.model import Program, State
+from hershy.domain.reducer import Ignored, Outcome, Rejected, Transition, reduce
+
+T0 = 1000.0
+NOW = 2000.0
+
+
+def program_in(state: State) -> Program:
+    """A typical program in `state`, in run 1."""
+    base = Program(
+        id="p1",
+        user_id="alice",
+        build_id="b-1",
+        proxy_target="127.0.0.1:19001",
+        created_at=T0,
+        updated_at=T0,
+    )
+    if state is State.CREATED:
+        return base
+    run1 = replace(base, state=state, run=1)
+    match state:
+        case State.BUILDING | State.DELETING | State.DELETED:
+            return run1
+        case State.STARTING:
+            return replace(run1, image_id="img-1")
+        case State.READY | State.STOPPING:
+            return replace(run1, image_id="img-1", container_id="c-1", ready_since=T0)
+        case State.STOPPED:
+            return replace(run1, image_id="img-1")
+        case State.BACKOFF:
+            return replace(
+                run1,
+                image_id="img-1",
+                container_id="c-1",
+                restart_count=1,
+                crash_streak=1,
+                last_exit_code=1,
+                next_restart_at=NOW + 10,
+                error="exited with code 1",
+            )
+        case State.ERROR:
+            return replace(run1, image_id="img-1", error="start failed: boom")
+    raise AssertionError(state)
+
+
+def events_for(run: int) -> list[ev.Event]:
+    return [
+        ev.StartRequested(NOW),
+        ev.StopRequested(NOW),
+        ev.RestartRequested(NOW),
+        ev.DeleteRequested(NOW),
+        ev.BuildSucceeded(NOW, run, "img-2"),
+        ev.BuildFailed(NOW, run, "syntax error"),
+        ev.ContainerCreated(NOW, run, "c-2"),
+        ev.ContainerReady(NOW, run),
+        ev.StartFailed(NOW, run, "no answer"),
+        ev.ContainerExited(NOW, run, 2),
+        ev.ContainerStopped(NOW, run),
+        ev.StopFailed(NOW, run, "daemon gone"),
+        ev.RestartTimerFired(NOW, run),
+        ev.TornDown(NOW, run),
+        ev.TeardownFailed(NOW, run, "busy"),
+    ]
+
+
+def describe_event(event: ev.Event) -> str:
+    run = getattr(event, "run", None)
+    return type(event).__name__ + ("" if run is None else f"(run {run})")
+
+
+def describe_effect(effect: Effect) -> str:
+    args = ", ".join(f"{field.name}={getattr(effect, field.name)!r}" for field in fields(effect))
+    return f"{type(effect).__name__}({args})"
+
+
+def describe(before: Program, outcome: Outcome) -> str:
+    match outcome:
+        case Rejected(message=message):
+            return f"REJECTED {message}"
+        case Ignored(reason=reason, effects=effects):
+            text = f"ignored ({reason})"
+        case Transition(program=after, effects=effects):
+            changes = [
+                f"{field.name}={getattr(after, field.name)!r}"
+                for field in fields(after)
+                if field.name not in ("state", "updated_at")
+                and getattr(after, field.name) != getattr(before, field.name)
+            ]
+            text = f"-> {after.state.name}" + (f" [{', '.join(changes)}]" if changes else "")
+    if effects:
+        text += " do " + "; ".join(describe_effect(effect) for effect in effects)
+    return text
+
+
+def table() -> str:
+    lines = []
+    for state in State:
+        program = program_in(state)
+        for run in (1, 0):
+            for event in events_for(run):
+                if run == 0 and not hasattr(event, "run"):
+                    continue  # user requests carry no run: listed once
+                outcome = reduce(program, event)
+                lines.append(
+                    f"{state.name} + {describe_event(event)}: {describe(program, outcome)}"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(), end="")

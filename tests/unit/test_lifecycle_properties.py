@@ -1,0 +1,237 @@
+"""Properties of the lifecycle over random interleavings of requests and results.
+
+A small simulated world executes the reducer's effects the way the
+supervisor and a well-behaved runtime do, with an inbox in FIFO order, so
+results can arrive late (after a cancel, after a new run began). Hypothesis
+picks what happens next. After every step, and once everything has settled,
+the invariants must hold.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from hershy.domain import effects as fx
+from hershy.domain import events as ev
+from hershy.domain.model import BackoffPolicy, Program, State
+from hershy.domain.reducer import Ignored, Rejected, Transition, create, reduce
+
+POLICY = BackoffPolicy(initial=1, factor=2, cap=8, reset_after=30)
+AT_REST = (State.CREATED, State.STOPPED, State.DELETED)
+
+
+@dataclass
+class Job:
+    """An effect the runtime is carrying out."""
+
+    effect: fx.HandledEffect
+    container: str | None = None  # created by a StartContainer job
+
+
+@dataclass
+class World:
+    containers: dict[str, int] = field(default_factory=dict)  # container -> run
+    jobs: list[Job] = field(default_factory=list)
+    timer: fx.StartRestartTimer | None = None
+    inbox: deque[ev.Event] = field(default_factory=deque)
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+
+class Lifecycle(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.world = World()
+        self.program: Program = create(ev.ProgramCreated(0.0, "p", "u", "b-1", "127.0.0.1:19001"))
+        self.deleted = False
+        self.stop_is_last_word = False
+        self.last_update = 0.0
+
+    # --- the world: what the supervisor and a runtime do with effects ----------
+
+    def tick(self) -> float:
+        self.now += 0.5
+        return self.now
+
+    def apply(self, effects: tuple[fx.Effect, ...]) -> None:
+        for effect in effects:
+            match effect:
+                case fx.CancelInflight():
+                    for job in [j for j in self.world.jobs if _cancellable(j)]:
+                        # A cancelled start removes the container it created.
+                        if job.container is not None:
+                            self.world.containers.pop(job.container, None)
+                        self.world.jobs.remove(job)
+                case fx.CancelTimers():
+                    self.world.timer = None
+                case fx.StartRestartTimer():
+                    self.world.timer = effect
+                case _:
+                    self.world.jobs.append(Job(effect))
+
+    def deliver(self, event: ev.Event) -> None:
+        before = self.program
+        outcome = reduce(before, event, POLICY)
+        if isinstance(outcome, Transition):
+            if isinstance(event, ev.StopRequested):
+                self.stop_is_last_word = True
+            if isinstance(event, ev.StartRequested | ev.RestartRequested):
+                self.stop_is_last_word = False
+        if self.deleted:
+            assert isinstance(outcome, Rejected | Ignored), "a deleted program came back"
+            assert not (isinstance(outcome, Ignored) and outcome.effects)
+        match outcome:
+            case Transition(program=after, effects=effects):
+                assert after.updated_at >= self.last_update
+                self.last_update = after.updated_at
+                self.program = after
+                self.apply(effects)
+            case Ignored(effects=effects):
+                self.apply(effects)
+            case Rejected():
+                assert isinstance(event, ev.UserRequest)
+        if self.program.state is State.DELETED:
+            self.deleted = True
+
+    def complete(self, job: Job, succeed: bool) -> None:
+        """One step of a job: most finish in one step; a start takes two."""
+        at = self.tick()
+        effect = job.effect
+        match effect:
+            case fx.Build(run=run):
+                self.world.jobs.remove(job)
+                self.world.inbox.append(
+                    ev.BuildSucceeded(at, run, "img") if succeed else ev.BuildFailed(at, run, "x")
+                )
+            case fx.StartContainer(run=run) if job.container is None and succeed:
+                job.container = f"c{next(self.world.ids)}"
+                self.world.containers[job.container] = run
+                self.world.inbox.append(ev.ContainerCreated(at, run, job.container))
+            case fx.StartContainer(run=run):
+                self.world.jobs.remove(job)
+                if succeed:
+                    self.world.inbox.append(ev.ContainerReady(at, run))
+                else:
+                    if job.container is not None:
+                        self.world.containers.pop(job.container, None)
+                    self.world.inbox.append(ev.StartFailed(at, run, "x"))
+            case fx.StopContainer(run=run, container_id=container_id):
+                self.world.jobs.remove(job)
+                if succeed:
+                    for name, owner_run in list(self.world.containers.items()):
+                        if name == container_id or owner_run <= run:
+                            del self.world.containers[name]
+                    self.world.inbox.append(ev.ContainerStopped(at, run))
+                else:
+                    self.world.inbox.append(ev.StopFailed(at, run, "x"))
+            case fx.Teardown(run=run):
+                self.world.jobs.remove(job)
+                if succeed:
+                    self.world.containers.clear()
+                    self.world.inbox.append(ev.TornDown(at, run))
+                else:
+                    self.world.inbox.append(ev.TeardownFailed(at, run, "x"))
+
+    # --- what hypothesis may make happen ------------------------------------------
+
+    @rule(kind=st.sampled_from(["start", "stop", "restart", "delete"]))
+    def user_request(self, kind: str) -> None:
+        at = self.tick()
+        kinds: dict[str, type[ev.UserRequest]] = {
+            "start": ev.StartRequested,
+            "stop": ev.StopRequested,
+            "restart": ev.RestartRequested,
+            "delete": ev.DeleteRequested,
+        }
+        request = kinds[kind](at)
+        # Requests share the inbox with results, in arrival order, as in the supervisor.
+        self.world.inbox.append(request)
+
+    @precondition(lambda self: bool(self.world.jobs))
+    @rule(data=st.data(), succeed=st.booleans())
+    def job_step(self, data: st.DataObject, succeed: bool) -> None:
+        job = data.draw(st.sampled_from(self.world.jobs))
+        self.complete(job, succeed)
+
+    @precondition(lambda self: bool(self.world.inbox))
+    @rule()
+    def deliver_next(self) -> None:
+        self.deliver(self.world.inbox.popleft())
+
+    @precondition(lambda self: bool(self.world.containers))
+    @rule(data=st.data(), code=st.integers(0, 255))
+    def container_exits(self, data: st.DataObject, code: int) -> None:
+        name = data.draw(st.sampled_from(sorted(self.world.containers)))
+        self.world.inbox.append(ev.ContainerExited(self.tick(), self.world.containers[name], code))
+
+    @precondition(lambda self: self.world.timer is not None)
+    @rule()
+    def timer_fires(self) -> None:
+        timer = self.world.timer
+        assert timer is not None
+        self.world.timer = None
+        self.now = max(self.now, timer.at)
+        self.world.inbox.append(ev.RestartTimerFired(self.tick(), timer.run))
+
+    # --- invariants -----------------------------------------------------------------
+
+    @invariant()
+    def a_ready_program_runs_exactly_its_own_container(self) -> None:
+        if self.program.state is State.READY:
+            assert self.program.container_id in self.world.containers
+            assert self.world.containers[self.program.container_id] == self.program.run
+
+    @invariant()
+    def a_restart_is_scheduled_only_in_backoff(self) -> None:
+        if self.world.timer is not None:
+            assert self.program.state is State.BACKOFF
+
+    def settle(self) -> None:
+        """Let every job finish successfully and every result arrive; no new requests."""
+        for _ in range(1000):
+            if self.world.inbox:
+                self.deliver(self.world.inbox.popleft())
+            elif self.world.jobs:
+                self.complete(self.world.jobs[0], succeed=True)
+            elif self.world.timer is not None:
+                self.timer_fires()
+            else:
+                return
+        raise AssertionError("the lifecycle never settled")
+
+    def teardown(self) -> None:
+        self.settle()
+        if self.program.state is State.DELETING:
+            # The last teardown failed; deleting again must finish the job.
+            assert self.program.error is not None
+            self.world.inbox.append(ev.DeleteRequested(self.tick()))
+            self.settle()
+        state = self.program.state
+        leftovers = set(self.world.containers)
+        if state in AT_REST:
+            assert not leftovers, f"{state.name} with containers {leftovers} left behind"
+        elif state is State.ERROR:
+            # A failed stop leaves its container, tracked so Start/Stop retry it.
+            assert leftovers <= {self.program.container_id}
+        elif state is State.READY:
+            assert leftovers == {self.program.container_id}
+        else:
+            raise AssertionError(f"settled in {state.name}, which is not a resting state")
+        if self.stop_is_last_word:
+            assert state in (State.STOPPED, State.ERROR, State.DELETED), state.name
+        if self.deleted:
+            assert state is State.DELETED
+
+
+def _cancellable(job: Job) -> bool:
+    return isinstance(job.effect, fx.Build | fx.StartContainer)
+
+
+Lifecycle.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TestLifecycle = Lifecycle.TestCase

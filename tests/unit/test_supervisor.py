@@ -1,0 +1,316 @@
+"""Supervisors and the registry over the fake runtime: ordering, races, revisions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
+from hershy.adapters.source_files import MemorySourceStore
+from hershy.domain.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    RevisionTooOld,
+)
+from hershy.domain.model import BackoffPolicy, State
+from hershy.service.registry import PortAllocator, Registry
+from hershy.service.watch import Change, ChangeKind, Resync, WatchHub
+
+FAST = BackoffPolicy(initial=0.05, factor=2, cap=0.4, reset_after=60)
+DOCKERFILE = "FROM scratch\n"
+
+
+class TestClock:
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+
+class SequentialIds:
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+
+    def new_program_id(self) -> str:
+        return f"prog-{next(self._ids)}"
+
+
+def make_registry(
+    behaviour: FakeBehaviour | None = None,
+    *,
+    hub: WatchHub | None = None,
+    ports: PortAllocator | None = None,
+) -> tuple[Registry, FakeEffectHandler]:
+    sources = MemorySourceStore()
+    handler = FakeEffectHandler(sources, behaviour)
+    registry = Registry(
+        handler=handler,
+        sources=sources,
+        clock=TestClock(),
+        ids=SequentialIds(),
+        hub=hub,
+        ports=ports,
+        policy=FAST,
+    )
+    return registry, handler
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[tuple[Registry, FakeEffectHandler]]:
+    registry, handler = make_registry(FakeBehaviour(build_delay=0.01, ready_delay=0.01))
+    async with registry:
+        yield registry, handler
+
+
+async def ready_program(registry: Registry, source: bytes = b"x") -> str:
+    program = await registry.create("alice", DOCKERFILE, {"main.txt": source})
+    await registry.start(program.id)
+    await registry.wait(program.id, State.READY, 5)
+    return program.id
+
+
+async def test_stop_during_a_slow_build_ends_stopped_with_nothing_left() -> None:
+    registry, handler = make_registry(FakeBehaviour(build_delay=30))
+    async with registry:
+        program = await registry.create("alice", DOCKERFILE, {})
+        await registry.start(program.id)
+        stopping = await registry.stop(program.id)  # answered at once: the build is not waited for
+        assert stopping.state is State.STOPPING
+        stopped = await registry.wait(program.id, State.STOPPED, 2)
+        assert stopped.container_id is None
+        assert handler.world.containers == {}
+        assert handler.builds_run == 0  # the build was cancelled, not finished
+
+
+async def test_stop_during_a_slow_start_removes_the_container() -> None:
+    registry, handler = make_registry(FakeBehaviour(ready_delay=30))
+    async with registry:
+        program = await registry.create("alice", DOCKERFILE, {})
+        await registry.start(program.id)
+        for _ in range(100):  # until the container exists
+            if registry.get(program.id).container_id:
+                break
+            await asyncio.sleep(0.01)
+        assert handler.world.containers_of(program.id)
+        await registry.stop(program.id)
+        await registry.wait(program.id, State.STOPPED, 2)
+        assert handler.world.containers_of(program.id) == []
+
+
+async def test_a_crash_restarts_with_growing_delays_and_a_visible_count(
+    host: tuple[Registry, FakeEffectHandler],
+) -> None:
+    registry, handler = host
+    program_id = await ready_program(registry)
+    gaps = []
+    for expected_count in (1, 2, 3):
+        handler.crash(program_id, exit_code=3)
+        backoff = await registry.wait(program_id, State.BACKOFF, 2)
+        assert backoff.restart_count == expected_count
+        assert backoff.last_exit_code == 3
+        assert backoff.next_restart_at is not None
+        gaps.append(backoff.next_restart_at - backoff.updated_at)
+        await registry.wait(program_id, State.READY, 2)
+    assert gaps == pytest.approx([0.05, 0.1, 0.2])
+    assert len(handler.world.containers_of(program_id)) == 1
+
+
+async def test_stop_wins_over_a_pending_automatic_restart(
+    host: tuple[Registry, FakeEffectHandler],
+) -> None:
+    registry, handler = host
+    program_id = await ready_program(registry)
+    handler.crash(program_id)
+    await registry.wait(program_id, State.BACKOFF, 2)
+    await registry.stop(program_id)
+    await registry.wait(program_id, State.STOPPED, 2)
+    await asyncio.sleep(0.2)  # well past the restart delay
+    assert registry.get(program_id).state is State.STOPPED
+    assert handler.world.containers_of(program_id) == []
+
+
+async def test_a_restart_storm_ends_with_exactly_one_container(
+    host: tuple[Registry, FakeEffectHandler],
+) -> None:
+    registry, handler = host
+    program_id = await ready_program(registry)
+    results = await asyncio.gather(
+        *(registry.restart(program_id) for _ in range(50)), return_exceptions=True
+    )
+    assert all(not isinstance(result, BaseException) for result in results), results
+    ready = await registry.wait(program_id, State.READY, 5)
+    await asyncio.sleep(0.05)
+    assert registry.get(program_id).state is State.READY
+    assert handler.world.containers_of(program_id) == [ready.container_id]
+    assert handler.builds_run == 1  # the image was reused every time
+
+
+async def test_a_failed_build_is_error_with_the_reason_and_start_retries() -> None:
+    registry, _ = make_registry(FakeBehaviour(failing_builds=1, failure_reason="no such file"))
+    async with registry:
+        program = await registry.create("alice", DOCKERFILE, {})
+        await registry.start(program.id)
+        with pytest.raises(FailedPrecondition, match="no such file") as failure:
+            await registry.wait(program.id, State.READY, 2)
+        assert failure.value.state == "ERROR"
+        assert registry.get(program.id).error == "build failed: no such file"
+        await registry.start(program.id)
+        await registry.wait(program.id, State.READY, 2)
+
+
+async def test_requests_the_state_cannot_take_are_refused_naming_it(
+    host: tuple[Registry, FakeEffectHandler],
+) -> None:
+    registry, _ = host
+    program_id = await ready_program(registry)
+    with pytest.raises(FailedPrecondition, match="READY") as refusal:
+        await registry.start(program_id)
+    assert refusal.value.state == "READY"
+
+
+async def test_delete_removes_everything_and_the_program_never_comes_back(
+    host: tuple[Registry, FakeEffectHandler],
+) -> None:
+    registry, handler = host
+    program_id = await ready_program(registry)
+    watch = registry.watch(program_id, None)
+    waiter = asyncio.create_task(registry.wait(program_id, State.DELETED, 2))
+    await asyncio.sleep(0)
+    await registry.delete(program_id)
+    final = await waiter
+    assert final.state is State.DELETED
+    assert final.container_id is None
+    kinds = []
+    while True:
+        item = await asyncio.wait_for(watch.subscription.next(), 2)
+        assert isinstance(item, Change)
+        kinds.append(item.kind)
+        if item.kind is ChangeKind.DELETED:
+            assert item.program.state is State.DELETED
+            break
+    assert handler.world.containers_of(program_id) == []
+    with pytest.raises(NotFound):
+        registry.get(program_id)
+    with pytest.raises(NotFound):
+        await registry.start(program_id)
+    with pytest.raises(NotFound):
+        await registry.source(program_id)
+
+
+async def test_wait_times_out_naming_the_target_and_the_current_state(
+    host: tuple[Registry, FakeEffectHandler],
+) -> None:
+    registry, _ = host
+    program = await registry.create("alice", DOCKERFILE, {})
+    with pytest.raises(DeadlineExceeded, match=r"READY within 0.1 s \(it is CREATED\)"):
+        await registry.wait(program.id, State.READY, 0.1)
+    with pytest.raises(InvalidArgument, match="timeout"):
+        await registry.wait(program.id, State.READY, 0)
+
+
+async def test_wait_for_deleted_returns_the_final_program(
+    host: tuple[Registry, FakeEffectHandler],
+) -> None:
+    registry, _ = host
+    program = await registry.create("alice", DOCKERFILE, {})
+    waiter = asyncio.create_task(registry.wait(program.id, State.READY, 2))
+    await asyncio.sleep(0)
+    await registry.delete(program.id)
+    with pytest.raises(NotFound, match="deleted"):
+        await waiter
+
+
+async def test_ports_are_unique_and_released_on_delete() -> None:
+    registry, _ = make_registry(ports=PortAllocator(19001, 19002))
+    async with registry:
+        first = await registry.create("alice", DOCKERFILE, {})
+        second = await registry.create("alice", DOCKERFILE, {})
+        assert {first.proxy_target, second.proxy_target} == {"127.0.0.1:19001", "127.0.0.1:19002"}
+        with pytest.raises(ResourceExhausted, match="19001-19002"):
+            await registry.create("alice", DOCKERFILE, {})
+        waiter = asyncio.create_task(registry.wait(first.id, State.DELETED, 2))
+        await asyncio.sleep(0)
+        await registry.delete(first.id)
+        await waiter
+        third = await registry.create("alice", DOCKERFILE, {})
+        assert third.proxy_target == first.proxy_target
+
+
+async def test_a_slow_subscriber_is_told_to_resync_and_slows_nobody() -> None:
+    hub = WatchHub(subscriber_capacity=5)
+    registry, _ = make_registry(hub=hub)
+    async with registry:
+        slow = registry.watch("", None).subscription
+        fast = registry.watch("", None).subscription
+        seen: list[int] = []
+
+        async def drain() -> None:
+            while len(seen) < 20:
+                item = await fast.next()
+                assert isinstance(item, Change)
+                seen.append(item.revision)
+
+        reader = asyncio.create_task(drain())
+        for _ in range(20):
+            await registry.create("alice", DOCKERFILE, {})
+            await asyncio.sleep(0)
+        await asyncio.wait_for(reader, 2)
+        assert seen == sorted(seen)
+        assert len(seen) == 20
+        assert await slow.next() is Resync.RESYNC
+        snapshot = registry.snapshot(slow)
+        assert len(snapshot) == 20
+
+
+async def test_resume_replays_changes_after_a_revision_or_refuses_clearly() -> None:
+    registry, _ = make_registry(hub=WatchHub(history=5))
+    async with registry:
+        for _ in range(8):
+            await registry.create("alice", DOCKERFILE, {})
+        start = registry.watch("", resume_revision=6)
+        assert [change.revision for change in start.replay] == [7, 8]
+        assert start.snapshot is None
+        with pytest.raises(RevisionTooOld, match="too old"):
+            registry.watch("", resume_revision=2)
+        with pytest.raises(RevisionTooOld, match="ahead"):
+            registry.watch("", resume_revision=99)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from(["start", "stop", "restart", "delete"])),
+        max_size=30,
+    )
+)
+def test_revisions_strictly_increase_across_programs(requests: list[tuple[int, str]]) -> None:
+    async def scenario() -> None:
+        registry, _ = make_registry()
+        async with registry:
+            subscription = registry.watch("", None).subscription
+            ids = [(await registry.create("alice", DOCKERFILE, {})).id for _ in range(3)]
+            for index, kind in requests:
+                with contextlib.suppress(FailedPrecondition, NotFound):
+                    await getattr(registry, kind)(ids[index])
+            await asyncio.sleep(0.02)
+            revisions = []
+            while True:
+                try:
+                    item = await asyncio.wait_for(subscription.next(), 0.05)
+                except TimeoutError:
+                    break
+                assert isinstance(item, Change)
+                revisions.append(item.revision)
+            assert revisions == list(range(1, len(revisions) + 1))
+            for program_id in ids:
+                with contextlib.suppress(NotFound):
+                    assert registry.get(program_id).revision <= revisions[-1]
+
+    asyncio.run(scenario())
