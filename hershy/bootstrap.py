@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
+from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
 from hershy.adapters.system import RandomIds, SystemClock
 from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints.grpc_server import GrpcServer
-from hershy.service.ports import EffectHandler
+from hershy.service.ports import EffectHandler, LogStore
 from hershy.service.registry import Registry
 
 log = logging.getLogger("hershy")
@@ -38,9 +39,9 @@ class HostConfig:
     fake_behaviour: FakeBehaviour = field(default_factory=FakeBehaviour)
 
 
-def build_handler(config: HostConfig, sources: FileSourceStore) -> EffectHandler:
+def build_handler(config: HostConfig, sources: FileSourceStore, logs: LogStore) -> EffectHandler:
     if config.runtime is Runtime.FAKE:
-        return FakeEffectHandler(sources, config.fake_behaviour)
+        return FakeEffectHandler(sources, logs, config.fake_behaviour)
     raise NotImplementedError(
         f"runtime {config.runtime.value} is not available yet: use --runtime fake"
     )
@@ -51,9 +52,11 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
     """The Host, serving until the context exits; then it shuts down in order."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     sources = FileSourceStore(config.data_dir)
+    logs = FileLogStore(sources.root)
     registry = Registry(
-        handler=build_handler(config, sources),
+        handler=build_handler(config, sources, logs),
         sources=sources,
+        logs=logs,
         clock=SystemClock(),
         ids=RandomIds(),
         policy=config.policy,
@@ -73,6 +76,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             # Streams first: a server stop waits its whole grace while one is open.
             registry.hub.close()
             await server.stop(grace=5.0)
+            logs.close()
             log.info("Hershy stopped")
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
-from hershy.service.ports import Outbox, SourceStore
+from hershy.domain.model import LogLine, LogStream
+from hershy.service.ports import LogStore, Outbox, SourceStore
 
 
 @dataclass(slots=True)
@@ -52,8 +53,11 @@ class FakeWorld:
 class FakeEffectHandler:
     runtime = "fake"
 
-    def __init__(self, sources: SourceStore, behaviour: FakeBehaviour | None = None) -> None:
+    def __init__(
+        self, sources: SourceStore, logs: LogStore, behaviour: FakeBehaviour | None = None
+    ) -> None:
         self._sources = sources
+        self._logs = logs
         self.behaviour = behaviour or FakeBehaviour()
         self.world = FakeWorld()
         self.builds_run = 0
@@ -62,7 +66,9 @@ class FakeEffectHandler:
     async def execute(self, program_id: str, effect: fx.HandledEffect, outbox: Outbox) -> None:
         match effect:
             case fx.Build():
+                self._log(program_id, outbox, LogStream.BUILD, effect.run, "fake build: started")
                 await self._build(effect, outbox)
+                self._log(program_id, outbox, LogStream.BUILD, effect.run, "fake build: done")
             case fx.StartContainer():
                 await self._start(program_id, effect, outbox)
             case fx.StopContainer():
@@ -103,6 +109,8 @@ class FakeEffectHandler:
             # Cancelled while starting: undo what this start created.
             self.world.containers.pop(container_id, None)
             raise
+        self._log(program_id, outbox, LogStream.STDOUT, effect.run, "fake program: ready")
+        self._log(program_id, outbox, LogStream.STDERR, effect.run, "fake program: no errors")
         outbox.emit(ev.ContainerReady(outbox.now(), effect.run))
 
     async def _stop(self, program_id: str, effect: fx.StopContainer, outbox: Outbox) -> None:
@@ -121,6 +129,9 @@ class FakeEffectHandler:
             del self.world.containers[container_id]
         await self._sources.remove(program_id)
         outbox.emit(ev.TornDown(outbox.now(), effect.run))
+
+    def _log(self, program_id: str, outbox: Outbox, stream: LogStream, run: int, text: str) -> None:
+        self._logs.write(program_id, LogLine(outbox.now(), stream, run, text))
 
     def _take_failure(self, counter: str) -> bool:
         remaining: int = getattr(self.behaviour, counter)

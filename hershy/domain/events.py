@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hershy.domain.model import Resources
+
 
 @dataclass(frozen=True, slots=True)
 class ProgramCreated:
@@ -17,6 +19,7 @@ class ProgramCreated:
     user_id: str
     build_id: str
     proxy_target: str
+    resources: Resources = Resources()
 
 
 # --- a user's requests -------------------------------------------------------

@@ -32,6 +32,23 @@ ACTIVE_STATES = frozenset(
 )
 
 
+class LogStream(enum.Enum):
+    """Where a log line came from; the values match `hershy.v1.LogStream` numbers."""
+
+    BUILD = 1
+    STDOUT = 2
+    STDERR = 3
+    HOST = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    at: float
+    stream: LogStream
+    run: int
+    text: str
+
+
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
     """Delays before restarting a crashed program, like Kubernetes' CrashLoopBackOff.
@@ -55,6 +72,15 @@ class BackoffPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Resources:
+    """Limits on a program's container."""
+
+    memory_bytes: int = 512 * 1024 * 1024
+    milli_cpus: int = 1000
+    pids: int = 256
+
+
+@dataclass(frozen=True, slots=True)
 class Program:
     """One program as the reducer sees it.
 
@@ -69,6 +95,7 @@ class Program:
     proxy_target: str
     created_at: float
     updated_at: float
+    resources: Resources = Resources()
     state: State = State.CREATED
     run: int = 0
     image_id: str | None = None

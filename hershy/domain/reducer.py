@@ -55,6 +55,7 @@ def create(event: ev.ProgramCreated) -> Program:
         user_id=event.user_id,
         build_id=event.build_id,
         proxy_target=event.proxy_target,
+        resources=event.resources,
         created_at=event.at,
         updated_at=event.at,
     )

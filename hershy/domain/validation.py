@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hershy.domain.errors import InvalidArgument, TooLarge
+from hershy.domain.model import Resources
 
 USER_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 PROGRAM_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -125,3 +126,29 @@ def build_id(source: ProgramSource) -> str:
         digest.update(len(encoded).to_bytes(8, "big") + encoded)
         digest.update(len(content).to_bytes(8, "big") + content)
     return "b-" + digest.hexdigest()[:24]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcePolicy:
+    """The Host's defaults for program limits, and the most a program may ask for."""
+
+    default: Resources = Resources()
+    maximum: Resources = Resources(memory_bytes=4 * 1024**3, milli_cpus=2000, pids=4096)
+    minimum: Resources = Resources(memory_bytes=16 * 1024**2, milli_cpus=10, pids=16)
+
+
+def resolve_resources(
+    memory_bytes: int, milli_cpus: int, pids: int, policy: ResourcePolicy
+) -> Resources:
+    """Asked-for limits (0: the default) checked against the Host's bounds."""
+    asked = {"memory_bytes": memory_bytes, "milli_cpus": milli_cpus, "pids": pids}
+    resolved: dict[str, int] = {}
+    for name, value in asked.items():
+        low, high = getattr(policy.minimum, name), getattr(policy.maximum, name)
+        field = f"resources.{name}"
+        if value < 0:
+            raise InvalidArgument(field, "must not be negative (0 means the Host's default)")
+        if value and not low <= value <= high:
+            raise InvalidArgument(field, f"{value} is outside this Host's bounds [{low}, {high}]")
+        resolved[name] = value or getattr(policy.default, name)
+    return Resources(**resolved)

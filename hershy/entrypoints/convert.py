@@ -6,7 +6,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hershy.domain import events as ev
 from hershy.domain.errors import InvalidArgument
-from hershy.domain.model import Program, State
+from hershy.domain.model import LogLine, LogStream, Program, Resources, State
 from hershy.domain.validation import validate_program_id
 from hershy.service.watch import Change, ChangeKind
 from hershy.v1 import program_pb2 as pb
@@ -45,6 +45,33 @@ def state_from_pb(value: int, field: str = "state") -> State:
         raise InvalidArgument(field, "is required: a state other than STATE_UNSPECIFIED") from None
 
 
+def resources_from_pb(message: pb.Resources) -> Resources:
+    """As asked: zeros stand for the Host's defaults and are resolved by the registry."""
+    return Resources(message.memory_bytes, message.milli_cpus, message.pids)
+
+
+def resources_to_pb(resources: Resources) -> pb.Resources:
+    return pb.Resources(
+        memory_bytes=resources.memory_bytes, milli_cpus=resources.milli_cpus, pids=resources.pids
+    )
+
+
+def log_stream_from_pb(value: int, field: str) -> LogStream:
+    try:
+        return LogStream(value)
+    except ValueError:
+        raise InvalidArgument(field, f"{value} is not a log stream") from None
+
+
+def log_line_to_pb(line: LogLine) -> pb.LogEntry:
+    return pb.LogEntry(
+        time=timestamp(line.at),
+        stream=pb.LogStream.ValueType(line.stream.value),
+        run=line.run,
+        line=line.text,
+    )
+
+
 def program_to_pb(program: Program, runtime: str) -> pb.Program:
     message = pb.Program(
         name=NAME_PREFIX + program.id,
@@ -63,6 +90,7 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
         run=program.run,
         restart_pending=program.restart_pending,
         runtime=runtime,
+        resources=resources_to_pb(program.resources),
     )
     if program.last_exit_code is not None:
         message.last_exit_code = program.last_exit_code
@@ -83,6 +111,7 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
                     user_id=event.user_id,
                     build_id=event.build_id,
                     proxy_target=event.proxy_target,
+                    resources=resources_to_pb(event.resources),
                 )
             )
         case ev.StartRequested():

@@ -64,7 +64,10 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
     @_unary
     async def CreateProgram(self, request: pb.CreateProgramRequest, context: Context) -> pb.Program:
         program = await self._registry.create(
-            request.user_id, request.dockerfile, dict(request.src_files)
+            request.user_id,
+            request.dockerfile,
+            dict(request.src_files),
+            convert.resources_from_pb(request.resources),
         )
         return self._pb(program)
 
@@ -140,6 +143,35 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
                     return
         finally:
             subscription.unsubscribe()
+
+    @_unary
+    async def GetProgramSource(
+        self, request: pb.GetProgramSourceRequest, context: Context
+    ) -> pb.ProgramSource:
+        program_id = convert.program_id_from_name(request.name)
+        source = await self._registry.source(program_id)
+        return pb.ProgramSource(
+            name=request.name,
+            dockerfile=source.dockerfile.decode("utf-8", errors="replace"),
+            src_files=dict(source.files),
+            build_id=self._registry.get(program_id).build_id,
+        )
+
+    async def ReadProgramLogs(
+        self, request: pb.ReadProgramLogsRequest, context: Context
+    ) -> AsyncIterator[pb.LogEntry]:
+        try:
+            program_id = convert.program_id_from_name(request.name)
+            streams = frozenset(
+                convert.log_stream_from_pb(value, "streams") for value in request.streams
+            )
+            tail = request.tail if request.HasField("tail") else None
+            lines = self._registry.logs(program_id, tail, streams, request.follow)
+        except HershyError as error:
+            await context.abort_with_status(to_status(error))
+            return
+        async for line in lines:
+            yield convert.log_line_to_pb(line)
 
     def _snapshot(self, programs: list[Program], revision: int) -> list[pb.WatchProgramsResponse]:
         messages = [

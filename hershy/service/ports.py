@@ -5,10 +5,12 @@ Adapters implement them (hershy/adapters); tests use fakes.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Collection
 from typing import Protocol
 
 from hershy.domain import events as ev
 from hershy.domain.effects import HandledEffect
+from hershy.domain.model import LogLine, LogStream
 from hershy.domain.validation import ProgramSource
 
 
@@ -51,5 +53,23 @@ class SourceStore(Protocol):
     async def save(self, program_id: str, source: ProgramSource) -> None: ...
 
     async def load(self, program_id: str) -> ProgramSource: ...
+
+    async def remove(self, program_id: str) -> None: ...
+
+
+class LogStore(Protocol):
+    """Keeps each program's log lines (builds, stdout, stderr, Host notes)."""
+
+    def write(self, program_id: str, line: LogLine) -> None:
+        """Append a line; never blocks for long, never raises for a full follower."""
+        ...
+
+    def lines(
+        self, program_id: str, tail: int | None, streams: Collection[LogStream], follow: bool
+    ) -> AsyncIterator[LogLine]:
+        """The lines so far (the last `tail`, of `streams`; empty: all); with
+        `follow`, then every new one until the logs are removed. Nothing is
+        lost or repeated between the two parts."""
+        ...
 
     async def remove(self, program_id: str) -> None: ...

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Protocol
@@ -25,16 +25,18 @@ from hershy.domain.errors import (
     NotFound,
     ResourceExhausted,
 )
-from hershy.domain.model import BackoffPolicy, Program, State
+from hershy.domain.model import BackoffPolicy, LogLine, LogStream, Program, Resources, State
 from hershy.domain.validation import (
     ProgramSource,
+    ResourcePolicy,
     SourceLimits,
     build_id,
+    resolve_resources,
     validate_program_id,
     validate_source,
     validate_user_id,
 )
-from hershy.service.ports import Clock, EffectHandler, IdGenerator, SourceStore
+from hershy.service.ports import Clock, EffectHandler, IdGenerator, LogStore, SourceStore
 from hershy.service.supervisor import Supervisor
 from hershy.service.watch import Change, ChangeKind, Subscription, WatchHub
 
@@ -44,6 +46,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_WAIT_SECONDS = 3600.0
 DEFAULT_LIMITS = SourceLimits()
+DEFAULT_RESOURCES = ResourcePolicy()
 
 
 class EventLog(Protocol):
@@ -111,6 +114,7 @@ class Registry:
         *,
         handler: EffectHandler,
         sources: SourceStore,
+        logs: LogStore,
         clock: Clock,
         ids: IdGenerator,
         event_log: EventLog | None = None,
@@ -118,9 +122,12 @@ class Registry:
         ports: PortAllocator | None = None,
         policy: BackoffPolicy = reducer.DEFAULT_POLICY,
         limits: SourceLimits = DEFAULT_LIMITS,
+        resource_policy: ResourcePolicy = DEFAULT_RESOURCES,
     ) -> None:
         self._handler = handler
         self._sources = sources
+        self._logs = logs
+        self._resource_policy = resource_policy
         self._clock = clock
         self._ids = ids
         self._log = event_log or MemoryEventLog()
@@ -163,10 +170,22 @@ class Registry:
     # --- commands ---------------------------------------------------------------
 
     async def create(
-        self, user_id: str, dockerfile: str, src_files: Mapping[str, bytes]
+        self,
+        user_id: str,
+        dockerfile: str,
+        src_files: Mapping[str, bytes],
+        resources: Resources | None = None,
     ) -> Program:
+        """Validate, store the source, and register the program (in CREATED).
+
+        `resources` fields left at 0 take the Host's defaults.
+        """
         validate_user_id(user_id)
         source = validate_source(dockerfile, src_files, self._limits)
+        asked = resources or Resources(0, 0, 0)
+        limits = resolve_resources(
+            asked.memory_bytes, asked.milli_cpus, asked.pids, self._resource_policy
+        )
         port = self._ports.allocate()
         program_id = self._ids.new_program_id()
         try:
@@ -177,6 +196,7 @@ class Registry:
                 user_id=user_id,
                 build_id=build_id(source),
                 proxy_target=f"127.0.0.1:{port}",
+                resources=limits,
             )
             program = await self._commit(reducer.create(event), event)
         except BaseException:
@@ -214,6 +234,15 @@ class Registry:
     async def source(self, program_id: str) -> ProgramSource:
         self.get(program_id)
         return await self._sources.load(program_id)
+
+    def logs(
+        self, program_id: str, tail: int | None, streams: frozenset[LogStream], follow: bool
+    ) -> AsyncIterator[LogLine]:
+        """The program's log lines; with `follow`, then new ones until it is deleted."""
+        self.get(program_id)
+        if tail is not None and tail < 0:
+            raise InvalidArgument("tail", "must not be negative")
+        return self._logs.lines(program_id, tail, streams, follow)
 
     def list_programs(self, page_size: int = 0, page_token: str = "", user_id: str = "") -> Page:
         if page_size < 0:
@@ -322,13 +351,22 @@ class Registry:
                 self._order[committed.id] = self._created
             if committed.state is State.DELETED:
                 kind = ChangeKind.DELETED
-                self._forget(committed)
+                await self._forget(committed)
             else:
                 self._programs[committed.id] = committed
+                self._note(committed, event)
             self.hub.publish(Change(kind, committed, event))
             return committed
 
-    def _forget(self, program: Program) -> None:
+    def _note(self, program: Program, event: ev.Event) -> None:
+        """A Host line in the program's log for each change: its history, readable."""
+        text = f"{type(event).__name__}: now {program.state.name}"
+        if program.error and program.state in (State.ERROR, State.BACKOFF, State.DELETING):
+            text += f" ({program.error})"
+        self._logs.write(program.id, LogLine(event.at, LogStream.HOST, program.run, text))
+
+    async def _forget(self, program: Program) -> None:
+        await self._logs.remove(program.id)
         self._programs.pop(program.id, None)
         self._supervisors.pop(program.id, None)
         self._order.pop(program.id, None)

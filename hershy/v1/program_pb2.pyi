@@ -87,6 +87,38 @@ STATE_DELETED: State.ValueType  # 10
 """Gone for good. Only ever seen in Watch streams."""
 Global___State: _TypeAlias = State  # noqa: Y015
 
+class _LogStream:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LogStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LogStream.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOG_STREAM_UNSPECIFIED: _LogStream.ValueType  # 0
+    """Never used."""
+    LOG_STREAM_BUILD: _LogStream.ValueType  # 1
+    """Output of an image build."""
+    LOG_STREAM_STDOUT: _LogStream.ValueType  # 2
+    """The container's standard output."""
+    LOG_STREAM_STDERR: _LogStream.ValueType  # 3
+    """The container's standard error."""
+    LOG_STREAM_HOST: _LogStream.ValueType  # 4
+    """The Host's notes about the program (state changes, failures)."""
+
+class LogStream(_LogStream, metaclass=_LogStreamEnumTypeWrapper):
+    """Where a log line came from."""
+
+LOG_STREAM_UNSPECIFIED: LogStream.ValueType  # 0
+"""Never used."""
+LOG_STREAM_BUILD: LogStream.ValueType  # 1
+"""Output of an image build."""
+LOG_STREAM_STDOUT: LogStream.ValueType  # 2
+"""The container's standard output."""
+LOG_STREAM_STDERR: LogStream.ValueType  # 3
+"""The container's standard error."""
+LOG_STREAM_HOST: LogStream.ValueType  # 4
+"""The Host's notes about the program (state changes, failures)."""
+Global___LogStream: _TypeAlias = LogStream  # noqa: Y015
+
 @_typing.final
 class Program(_message.Message):
     """A program: a user's long-running container and its lifecycle."""
@@ -112,6 +144,7 @@ class Program(_message.Message):
     READY_TIME_FIELD_NUMBER: _builtins.int
     RESTART_PENDING_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `programs/{id}`."""
     id: _builtins.str
@@ -143,7 +176,9 @@ class Program(_message.Message):
     restart_pending: _builtins.bool
     """True when a restart was requested and will follow the current stop."""
     runtime: _builtins.str
-    """The container runtime programs run under (`runsc`, `runc` or `fake`)."""
+    """How the program runs, e.g. `runsc (gVisor, network=host)`, or
+    `runc (INSECURE: no sandbox)`.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the program was created."""
@@ -159,6 +194,10 @@ class Program(_message.Message):
     @_builtins.property
     def ready_time(self) -> _timestamp_pb2.Timestamp:
         """When the current run became READY."""
+
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """The limits the program's container runs with."""
 
     def __init__(
         self,
@@ -182,16 +221,49 @@ class Program(_message.Message):
         ready_time: _timestamp_pb2.Timestamp | None = ...,
         restart_pending: _builtins.bool = ...,
         runtime: _builtins.str = ...,
+        resources: Global___Resources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "create_time", b"create_time", "last_exit_code", b"last_exit_code", "next_restart_time", b"next_restart_time", "ready_time", b"ready_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "create_time", b"create_time", "last_exit_code", b"last_exit_code", "next_restart_time", b"next_restart_time", "ready_time", b"ready_time", "resources", b"resources", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "error_message", b"error_message", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "ready_time", b"ready_time", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "revision", b"revision", "run", b"run", "runtime", b"runtime", "state", b"state", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "error_message", b"error_message", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "revision", b"revision", "run", b"run", "runtime", b"runtime", "state", b"state", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_exit_code: _TypeAlias = _typing.Literal["last_exit_code"]  # noqa: Y015
     _WhichOneofArgType__last_exit_code: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_exit_code) -> _WhichOneofReturnType__last_exit_code | None: ...
 
 Global___Program: _TypeAlias = Program  # noqa: Y015
+
+@_typing.final
+class Resources(_message.Message):
+    """Limits on a program's container. Zero means the Host's default; a value
+    above the Host's maximum is refused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MILLI_CPUS_FIELD_NUMBER: _builtins.int
+    PIDS_FIELD_NUMBER: _builtins.int
+    memory_bytes: _builtins.int
+    """Memory limit in bytes."""
+    milli_cpus: _builtins.int
+    """CPU limit in thousandths of a CPU (1000 = one CPU)."""
+    pids: _builtins.int
+    """Maximum number of processes and threads."""
+    def __init__(
+        self,
+        *,
+        memory_bytes: _builtins.int = ...,
+        milli_cpus: _builtins.int = ...,
+        pids: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_bytes", b"memory_bytes", "milli_cpus", b"milli_cpus", "pids", b"pids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Resources: _TypeAlias = Resources  # noqa: Y015
 
 @_typing.final
 class ProgramEvent(_message.Message):
@@ -331,6 +403,7 @@ class ProgramCreated(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     BUILD_ID_FIELD_NUMBER: _builtins.int
     PROXY_TARGET_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     """The new program's id."""
     user_id: _builtins.str
@@ -339,6 +412,10 @@ class ProgramCreated(_message.Message):
     """Content hash of the build inputs."""
     proxy_target: _builtins.str
     """Where its WatcherAPI will be reachable on the Host."""
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """The limits its container runs with."""
+
     def __init__(
         self,
         *,
@@ -346,10 +423,11 @@ class ProgramCreated(_message.Message):
         user_id: _builtins.str = ...,
         build_id: _builtins.str = ...,
         proxy_target: _builtins.str = ...,
+        resources: Global___Resources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "program_id", b"program_id", "proxy_target", b"proxy_target", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "program_id", b"program_id", "proxy_target", b"proxy_target", "resources", b"resources", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -678,6 +756,7 @@ class CreateProgramRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     DOCKERFILE_FIELD_NUMBER: _builtins.int
     SRC_FILES_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The owner: 1-63 of [a-z0-9_-], starting with a letter or digit."""
     dockerfile: _builtins.str
@@ -688,16 +767,21 @@ class CreateProgramRequest(_message.Message):
         nested, and must not be absolute or contain `..`.
         """
 
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """Limits for the program's container; unset fields take the Host's defaults."""
+
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         dockerfile: _builtins.str = ...,
         src_files: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+        resources: Global___Resources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dockerfile", b"dockerfile", "src_files", b"src_files", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dockerfile", b"dockerfile", "resources", b"resources", "src_files", b"src_files", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1020,3 +1104,155 @@ class WatchProgramsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchProgramsResponse: _TypeAlias = WatchProgramsResponse  # noqa: Y015
+
+@_typing.final
+class GetProgramSourceRequest(_message.Message):
+    """Request for GetProgramSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`programs/{id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProgramSourceRequest: _TypeAlias = GetProgramSourceRequest  # noqa: Y015
+
+@_typing.final
+class ProgramSource(_message.Message):
+    """The build inputs of a program."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SrcFilesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DOCKERFILE_FIELD_NUMBER: _builtins.int
+    SRC_FILES_FIELD_NUMBER: _builtins.int
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`programs/{id}`."""
+    dockerfile: _builtins.str
+    """The Dockerfile's content."""
+    build_id: _builtins.str
+    """Content hash of the above."""
+    @_builtins.property
+    def src_files(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """The other files of the build context, by relative path."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dockerfile: _builtins.str = ...,
+        src_files: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+        build_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "dockerfile", b"dockerfile", "name", b"name", "src_files", b"src_files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgramSource: _TypeAlias = ProgramSource  # noqa: Y015
+
+@_typing.final
+class ReadProgramLogsRequest(_message.Message):
+    """Request for ReadProgramLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`programs/{id}`."""
+    tail: _builtins.int
+    """Only the last this-many lines (after filtering by stream); unset: all."""
+    follow: _builtins.bool
+    """Keep the stream open and send new lines as they come."""
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedScalarFieldContainer[Global___LogStream.ValueType]:
+        """Only these streams; empty: all."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        tail: _builtins.int | None = ...,
+        follow: _builtins.bool = ...,
+        streams: _abc.Iterable[Global___LogStream.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "tail", b"tail"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "follow", b"follow", "name", b"name", "streams", b"streams", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tail: _TypeAlias = _typing.Literal["tail"]  # noqa: Y015
+    _WhichOneofArgType__tail: _TypeAlias = _typing.Literal["_tail", b"_tail"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail) -> _WhichOneofReturnType__tail | None: ...
+
+Global___ReadProgramLogsRequest: _TypeAlias = ReadProgramLogsRequest  # noqa: Y015
+
+@_typing.final
+class LogEntry(_message.Message):
+    """One line of a program's logs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    stream: Global___LogStream.ValueType
+    """Where it came from."""
+    run: _builtins.int
+    """The run it belongs to."""
+    line: _builtins.str
+    """The line, without its newline."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the line was written."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        stream: Global___LogStream.ValueType = ...,
+        run: _builtins.int = ...,
+        line: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "run", b"run", "stream", b"stream", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015

@@ -80,6 +80,16 @@ class ProgramServiceStub:
                 request_serializer=hershy_dot_v1_dot_program__pb2.WatchProgramsRequest.SerializeToString,
                 response_deserializer=hershy_dot_v1_dot_program__pb2.WatchProgramsResponse.FromString,
                 _registered_method=True)
+        self.GetProgramSource = channel.unary_unary(
+                '/hershy.v1.ProgramService/GetProgramSource',
+                request_serializer=hershy_dot_v1_dot_program__pb2.GetProgramSourceRequest.SerializeToString,
+                response_deserializer=hershy_dot_v1_dot_program__pb2.ProgramSource.FromString,
+                _registered_method=True)
+        self.ReadProgramLogs = channel.unary_stream(
+                '/hershy.v1.ProgramService/ReadProgramLogs',
+                request_serializer=hershy_dot_v1_dot_program__pb2.ReadProgramLogsRequest.SerializeToString,
+                response_deserializer=hershy_dot_v1_dot_program__pb2.LogEntry.FromString,
+                _registered_method=True)
 
 
 class ProgramServiceServicer:
@@ -153,6 +163,22 @@ class ProgramServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProgramSource(self, request, context):
+        """Returns the Dockerfile and source files the program was created from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadProgramLogs(self, request, context):
+        """Streams the program's logs: its builds, its containers' stdout and
+        stderr, and the Host's notes about it; with `follow`, new lines as they
+        come.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProgramServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +226,16 @@ def add_ProgramServiceServicer_to_server(servicer, server):
                     servicer.WatchPrograms,
                     request_deserializer=hershy_dot_v1_dot_program__pb2.WatchProgramsRequest.FromString,
                     response_serializer=hershy_dot_v1_dot_program__pb2.WatchProgramsResponse.SerializeToString,
+            ),
+            'GetProgramSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProgramSource,
+                    request_deserializer=hershy_dot_v1_dot_program__pb2.GetProgramSourceRequest.FromString,
+                    response_serializer=hershy_dot_v1_dot_program__pb2.ProgramSource.SerializeToString,
+            ),
+            'ReadProgramLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadProgramLogs,
+                    request_deserializer=hershy_dot_v1_dot_program__pb2.ReadProgramLogsRequest.FromString,
+                    response_serializer=hershy_dot_v1_dot_program__pb2.LogEntry.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +482,60 @@ class ProgramService:
             '/hershy.v1.ProgramService/WatchPrograms',
             hershy_dot_v1_dot_program__pb2.WatchProgramsRequest.SerializeToString,
             hershy_dot_v1_dot_program__pb2.WatchProgramsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProgramSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hershy.v1.ProgramService/GetProgramSource',
+            hershy_dot_v1_dot_program__pb2.GetProgramSourceRequest.SerializeToString,
+            hershy_dot_v1_dot_program__pb2.ProgramSource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadProgramLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hershy.v1.ProgramService/ReadProgramLogs',
+            hershy_dot_v1_dot_program__pb2.ReadProgramLogsRequest.SerializeToString,
+            hershy_dot_v1_dot_program__pb2.LogEntry.FromString,
             options,
             channel_credentials,
             insecure,

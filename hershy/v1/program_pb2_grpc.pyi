@@ -59,6 +59,13 @@ class ProgramServiceStub:
     """Streams a snapshot of programs, then every change (list-then-watch), or
     every change after a revision when resuming.
     """
+    GetProgramSource: _grpc.UnaryUnaryMultiCallable[_program_pb2.GetProgramSourceRequest, _program_pb2.ProgramSource]
+    """Returns the Dockerfile and source files the program was created from."""
+    ReadProgramLogs: _grpc.UnaryStreamMultiCallable[_program_pb2.ReadProgramLogsRequest, _program_pb2.LogEntry]
+    """Streams the program's logs: its builds, its containers' stdout and
+    stderr, and the Host's notes about it; with `follow`, new lines as they
+    come.
+    """
 
 @_typing.type_check_only
 class ProgramServiceAsyncStub(ProgramServiceStub):
@@ -90,6 +97,13 @@ class ProgramServiceAsyncStub(ProgramServiceStub):
     WatchPrograms: _aio.UnaryStreamMultiCallable[_program_pb2.WatchProgramsRequest, _program_pb2.WatchProgramsResponse]  # type: ignore[assignment]
     """Streams a snapshot of programs, then every change (list-then-watch), or
     every change after a revision when resuming.
+    """
+    GetProgramSource: _aio.UnaryUnaryMultiCallable[_program_pb2.GetProgramSourceRequest, _program_pb2.ProgramSource]  # type: ignore[assignment]
+    """Returns the Dockerfile and source files the program was created from."""
+    ReadProgramLogs: _aio.UnaryStreamMultiCallable[_program_pb2.ReadProgramLogsRequest, _program_pb2.LogEntry]  # type: ignore[assignment]
+    """Streams the program's logs: its builds, its containers' stdout and
+    stderr, and the Host's notes about it; with `follow`, new lines as they
+    come.
     """
 
 class ProgramServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -173,6 +187,25 @@ class ProgramServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_program_pb2.WatchProgramsResponse], _abc.AsyncIterator[_program_pb2.WatchProgramsResponse]]:
         """Streams a snapshot of programs, then every change (list-then-watch), or
         every change after a revision when resuming.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProgramSource(
+        self,
+        request: _program_pb2.GetProgramSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_program_pb2.ProgramSource, _abc.Awaitable[_program_pb2.ProgramSource]]:
+        """Returns the Dockerfile and source files the program was created from."""
+
+    @_abc_1.abstractmethod
+    def ReadProgramLogs(
+        self,
+        request: _program_pb2.ReadProgramLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_program_pb2.LogEntry], _abc.AsyncIterator[_program_pb2.LogEntry]]:
+        """Streams the program's logs: its builds, its containers' stdout and
+        stderr, and the Host's notes about it; with `follow`, new lines as they
+        come.
         """
 
 def add_ProgramServiceServicer_to_server(servicer: ProgramServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

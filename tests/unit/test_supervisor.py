@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
+from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import MemorySourceStore
 from hershy.domain.errors import (
     DeadlineExceeded,
@@ -49,10 +52,12 @@ def make_registry(
     ports: PortAllocator | None = None,
 ) -> tuple[Registry, FakeEffectHandler]:
     sources = MemorySourceStore()
-    handler = FakeEffectHandler(sources, behaviour)
+    logs = FileLogStore(Path(tempfile.mkdtemp(prefix="hershy-logs-")))
+    handler = FakeEffectHandler(sources, logs, behaviour)
     registry = Registry(
         handler=handler,
         sources=sources,
+        logs=logs,
         clock=TestClock(),
         ids=SequentialIds(),
         hub=hub,

@@ -1,0 +1,181 @@
+"""Program logs as JSON lines in `DATA_DIR/programs/<id>/logs/`, with live followers.
+
+One file per program, rotated once it passes `max_bytes` (the previous file
+is kept as `program.log.1`), so a chatty program cannot fill the disk.
+Followers get new lines through a bounded buffer each; one that falls behind
+is told how many lines it missed instead of holding memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Collection
+from pathlib import Path
+from typing import IO
+
+from hershy.domain.model import LogLine, LogStream
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "program.log"
+FOLLOWER_BUFFER = 10_000
+#: Files kept open for appending; the least recently written are closed first.
+OPEN_FILES = 64
+
+
+class _Follower:
+    def __init__(self) -> None:
+        self.lines: deque[LogLine] = deque()
+        self.missed = 0
+        self.closed = False
+        self.wakeup = asyncio.Event()
+
+    def offer(self, line: LogLine) -> None:
+        if len(self.lines) >= FOLLOWER_BUFFER:
+            self.lines.popleft()
+            self.missed += 1
+        self.lines.append(line)
+        self.wakeup.set()
+
+
+class FileLogStore:
+    def __init__(self, root: Path, max_bytes: int = 10 * 1024 * 1024) -> None:
+        """`root` holds one folder per program (the source store's `programs/`)."""
+        self._root = root
+        self._max_bytes = max_bytes
+        self._files: OrderedDict[str, IO[str]] = OrderedDict()
+        self._followers: dict[str, set[_Follower]] = {}
+
+    def _dir(self, program_id: str) -> Path:
+        return self._root / program_id / "logs"
+
+    def write(self, program_id: str, line: LogLine) -> None:
+        try:
+            file = self._open(program_id)
+            file.write(_encode(line) + "\n")
+            file.flush()
+            if file.tell() > self._max_bytes:
+                self._rotate(program_id)
+        except OSError as error:  # a full disk must not stop the program's lifecycle
+            log.warning("program %s: cannot write its log: %s", program_id, error)
+        for follower in self._followers.get(program_id, ()):
+            follower.offer(line)
+
+    def lines(
+        self, program_id: str, tail: int | None, streams: Collection[LogStream], follow: bool
+    ) -> AsyncIterator[LogLine]:
+        wanted = frozenset(streams)
+        follower: _Follower | None = None
+        if follow:
+            # Registered now, in the same step as noting where the file ends:
+            # older lines come from the file, newer ones from the follower.
+            follower = _Follower()
+            self._followers.setdefault(program_id, set()).add(follower)
+        try:
+            end: int | None = (self._dir(program_id) / FILE_NAME).stat().st_size
+        except FileNotFoundError:
+            end = None
+        return self._lines(program_id, tail, wanted, follower, end)
+
+    async def _lines(
+        self,
+        program_id: str,
+        tail: int | None,
+        streams: frozenset[LogStream],
+        follower: _Follower | None,
+        end: int | None,
+    ) -> AsyncIterator[LogLine]:
+        try:
+            for line in await asyncio.to_thread(self._read, program_id, tail, streams, end):
+                yield line
+            while follower is not None:
+                if follower.missed:
+                    missed, follower.missed = follower.missed, 0
+                    yield LogLine(
+                        0.0, LogStream.HOST, 0, f"[{missed} lines dropped: reader too slow]"
+                    )
+                if follower.lines:
+                    line = follower.lines.popleft()
+                    if not streams or line.stream in streams:
+                        yield line
+                    continue
+                if follower.closed:
+                    return
+                follower.wakeup.clear()
+                await follower.wakeup.wait()
+        finally:
+            if follower is not None:
+                followers = self._followers.get(program_id)
+                if followers is not None:
+                    followers.discard(follower)
+                    if not followers:
+                        del self._followers[program_id]
+
+    async def remove(self, program_id: str) -> None:
+        file = self._files.pop(program_id, None)
+        if file is not None:
+            file.close()
+        for follower in self._followers.pop(program_id, set()):
+            follower.closed = True
+            follower.wakeup.set()
+        await asyncio.to_thread(shutil.rmtree, self._dir(program_id), True)
+
+    def close(self) -> None:
+        for file in self._files.values():
+            file.close()
+        self._files.clear()
+
+    def _open(self, program_id: str) -> IO[str]:
+        file = self._files.get(program_id)
+        if file is None:
+            directory = self._dir(program_id)
+            directory.mkdir(parents=True, exist_ok=True)
+            file = open(directory / FILE_NAME, "a", encoding="utf-8")  # noqa: SIM115
+            self._files[program_id] = file
+            if len(self._files) > OPEN_FILES:
+                self._files.popitem(last=False)[1].close()
+        else:
+            self._files.move_to_end(program_id)
+        return file
+
+    def _rotate(self, program_id: str) -> None:
+        self._files.pop(program_id).close()
+        current = self._dir(program_id) / FILE_NAME
+        current.replace(current.with_name(FILE_NAME + ".1"))
+
+    def _read(
+        self, program_id: str, tail: int | None, streams: frozenset[LogStream], end: int | None
+    ) -> list[LogLine]:
+        """Lines of the rotated file, then of the current one up to byte `end` (None: all)."""
+        directory = self._dir(program_id)
+        lines: deque[LogLine] = deque(maxlen=tail)
+        for path, limit in ((directory / (FILE_NAME + ".1"), None), (directory / FILE_NAME, end)):
+            try:
+                with open(path, "rb") as file:
+                    data = file.read() if limit is None else file.read(limit)
+            except FileNotFoundError:
+                continue
+            for raw in data.decode("utf-8", errors="replace").splitlines():
+                line = _decode(raw)
+                if line is not None and (not streams or line.stream in streams):
+                    lines.append(line)
+        return list(lines)
+
+
+def _encode(line: LogLine) -> str:
+    return json.dumps(
+        {"t": line.at, "s": line.stream.name.lower(), "r": line.run, "l": line.text},
+        ensure_ascii=False,
+    )
+
+
+def _decode(raw: str) -> LogLine | None:
+    try:
+        data = json.loads(raw)
+        return LogLine(float(data["t"]), LogStream[data["s"].upper()], int(data["r"]), data["l"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # a line cut short by a crash: skip it, keep the rest
