@@ -61,8 +61,9 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         ids=RandomIds(),
         policy=config.policy,
     )
+    # Bound before anything starts, so a taken address is a plain error.
+    server = GrpcServer(registry, config.grpc_addr)
     async with registry:
-        server = GrpcServer(registry, config.grpc_addr)
         await server.start()
         log.info(
             "Hershy serving gRPC on %s (runtime %s, data dir %s)",

@@ -57,5 +57,5 @@ def serve_command(
     )
     try:
         asyncio.run(serve(config))
-    except NotImplementedError as error:
+    except (NotImplementedError, OSError) as error:
         raise click.ClickException(str(error)) from None

@@ -24,6 +24,7 @@ from hershy.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
 from hershy.domain.model import BackoffPolicy, LogLine, LogStream, Program, Resources, State
 from hershy.domain.validation import (
@@ -38,7 +39,7 @@ from hershy.domain.validation import (
 )
 from hershy.service.ports import Clock, EffectHandler, IdGenerator, LogStore, SourceStore
 from hershy.service.supervisor import Supervisor
-from hershy.service.watch import Change, ChangeKind, Subscription, WatchHub
+from hershy.service.watch import Change, ChangeKind, Closed, Subscription, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,9 @@ class Registry:
                     change = await subscription.next()
                     if isinstance(change, Change):
                         program = change.program
-                    else:  # resync or shutdown: look again
+                    elif change is Closed.CLOSED:
+                        raise Unavailable("the Host is shutting down; wait again once it is back")
+                    else:  # fell behind: look again
                         subscription.drop_buffered()
                         program = self.get(program_id)
         except TimeoutError:

@@ -1,0 +1,173 @@
+"""The container a program runs in, as a Compose-shaped spec, and the contracts it must keep.
+
+`compose_spec` writes down exactly what will run; `contract_violations`
+refuses any spec that breaks a security contract. The Docker adapter only
+ever creates containers from a spec that passed. Pure: no IO.
+
+The contracts (MISSION.md):
+
+| contract | how |
+|---|---|
+| gVisor runtime | `runtime: runsc` (runc only when the Host allows it, loudly) |
+| read-only root | `read_only: true` |
+| one writable volume | the program's state folder at `/state`, nothing else |
+| no exposed port | 8080 published on 127.0.0.1 only, at a port in 19001-29999 |
+| least privilege | `cap_drop: [ALL]`, `no-new-privileges`, not privileged |
+| bounded | pids, memory and CPU limits |
+| owned | Hershy's labels on the container |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hershy.domain.model import Resources
+
+WATCHER_PORT = 8080
+STATE_MOUNT = "/state"
+PORT_RANGE = range(19001, 30000)
+SECURE_RUNTIME = "runsc"
+
+LABEL_MANAGED = "dev.hershy.managed"
+LABEL_PROGRAM = "dev.hershy.program"
+LABEL_RUN = "dev.hershy.run"
+LABEL_BUILD = "dev.hershy.build"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRequest:
+    program_id: str
+    run: int
+    build_id: str
+    image: str
+    host_port: int
+    state_dir: str
+    resources: Resources
+    runtime: str
+
+
+def container_name(program_id: str, run: int) -> str:
+    return f"hershy-{program_id}-r{run}"
+
+
+def labels_for(program_id: str, build_id: str, run: int | None = None) -> dict[str, str]:
+    labels = {LABEL_MANAGED: "true", LABEL_PROGRAM: program_id, LABEL_BUILD: build_id}
+    if run is not None:
+        labels[LABEL_RUN] = str(run)
+    return labels
+
+
+def compose_spec(request: ContainerRequest) -> dict[str, Any]:
+    """The docker-compose file that describes the program's container."""
+    return {
+        "name": f"hershy-{request.program_id}",
+        "services": {
+            "program": {
+                "image": request.image,
+                "container_name": container_name(request.program_id, request.run),
+                "runtime": request.runtime,
+                "read_only": True,
+                "volumes": [
+                    {
+                        "type": "bind",
+                        "source": request.state_dir,
+                        "target": STATE_MOUNT,
+                        "read_only": False,
+                    }
+                ],
+                "ports": [
+                    {
+                        "target": WATCHER_PORT,
+                        "published": str(request.host_port),
+                        "host_ip": "127.0.0.1",
+                        "protocol": "tcp",
+                    }
+                ],
+                "cap_drop": ["ALL"],
+                "cap_add": [],
+                "security_opt": ["no-new-privileges:true"],
+                "privileged": False,
+                "pids_limit": request.resources.pids,
+                "mem_limit": request.resources.memory_bytes,
+                "cpus": request.resources.milli_cpus / 1000,
+                "restart": "no",
+                "labels": labels_for(request.program_id, request.build_id, request.run),
+                "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
+            }
+        },
+    }
+
+
+def contract_violations(
+    spec: Mapping[str, Any], *, allowed_runtimes: frozenset[str], maximum: Resources
+) -> list[str]:
+    """Every way `spec` breaks a security contract; empty when it keeps them all."""
+    services = spec.get("services", {})
+    if len(services) != 1:
+        return [f"exactly one service expected, found {len(services)}"]
+    (service,) = services.values()
+    problems: list[str] = []
+
+    def require(condition: bool, problem: str) -> None:
+        if not condition:
+            problems.append(problem)
+
+    runtime = service.get("runtime")
+    require(
+        runtime in allowed_runtimes,
+        f"runtime must be one of {sorted(allowed_runtimes)}, not {runtime!r}",
+    )
+    require(service.get("read_only") is True, "the root file system must be read-only")
+    volumes = service.get("volumes", [])
+    require(
+        len(volumes) == 1
+        and volumes[0].get("type") == "bind"
+        and volumes[0].get("target") == STATE_MOUNT
+        and volumes[0].get("read_only") is False,
+        f"the only volume must be the program's state folder, writable at {STATE_MOUNT}",
+    )
+    for key in ("tmpfs", "devices", "device_cgroup_rules", "volumes_from", "extra_hosts"):
+        require(not service.get(key), f"{key} is not allowed")
+    ports = service.get("ports", [])
+    port_ok = (
+        len(ports) == 1
+        and ports[0].get("target") == WATCHER_PORT
+        and ports[0].get("host_ip") == "127.0.0.1"
+        and str(ports[0].get("published", "")).isdigit()
+        and int(ports[0]["published"]) in PORT_RANGE
+    )
+    require(
+        port_ok,
+        f"exactly port {WATCHER_PORT} must be published, on 127.0.0.1 only, "
+        f"at a port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}",
+    )
+    require(service.get("cap_drop") == ["ALL"], "every capability must be dropped (cap_drop: ALL)")
+    require(not service.get("cap_add"), "no capability may be added")
+    require(
+        "no-new-privileges:true" in service.get("security_opt", []),
+        "no-new-privileges must be set",
+    )
+    require(service.get("privileged") is False, "the container must not be privileged")
+    for key in ("network_mode", "pid", "ipc", "userns_mode", "cgroup_parent"):
+        require(key not in service, f"{key} must not be set (host namespaces are not allowed)")
+    pids, memory, cpus = service.get("pids_limit"), service.get("mem_limit"), service.get("cpus")
+    require(
+        isinstance(pids, int) and 0 < pids <= maximum.pids,
+        f"pids_limit must be set, at most {maximum.pids}",
+    )
+    require(
+        isinstance(memory, int) and 0 < memory <= maximum.memory_bytes,
+        f"mem_limit must be set, at most {maximum.memory_bytes} bytes",
+    )
+    require(
+        isinstance(cpus, int | float) and 0 < cpus <= maximum.milli_cpus / 1000,
+        f"cpus must be set, at most {maximum.milli_cpus / 1000:g}",
+    )
+    labels = service.get("labels", {})
+    require(
+        labels.get(LABEL_MANAGED) == "true" and bool(labels.get(LABEL_PROGRAM)),
+        f"the container must carry the {LABEL_MANAGED} and {LABEL_PROGRAM} labels",
+    )
+    return problems
