@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hershy.adapters.docker_runtime import DockerEffectHandler, DockerSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
@@ -35,35 +37,49 @@ class HostConfig:
     runtime: Runtime = Runtime.RUNSC
     grpc_addr: str = "127.0.0.1:9090"
     http_addr: str = "127.0.0.1:9000"
+    allow_insecure_runtime: bool = False
     policy: BackoffPolicy = field(default_factory=BackoffPolicy)
+    docker: DockerSettings = field(default_factory=DockerSettings)
     fake_behaviour: FakeBehaviour = field(default_factory=FakeBehaviour)
 
 
-def build_handler(config: HostConfig, sources: FileSourceStore, logs: LogStore) -> EffectHandler:
+@contextlib.asynccontextmanager
+async def effect_handler(
+    config: HostConfig, sources: FileSourceStore, logs: LogStore
+) -> AsyncIterator[EffectHandler]:
+    """The runtime programs run on, for as long as the Host runs."""
     if config.runtime is Runtime.FAKE:
-        return FakeEffectHandler(sources, logs, config.fake_behaviour)
-    raise NotImplementedError(
-        f"runtime {config.runtime.value} is not available yet: use --runtime fake"
+        yield FakeEffectHandler(sources, logs, config.fake_behaviour)
+        return
+    settings = replace(
+        config.docker,
+        runtime=config.runtime.value,
+        allow_insecure_runtime=config.allow_insecure_runtime,
     )
+    async with DockerEffectHandler(settings, sources, logs) as handler:
+        yield handler
 
 
 @contextlib.asynccontextmanager
 async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, GrpcServer]]:
     """The Host, serving until the context exits; then it shuts down in order."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.data_dir, 0o700)  # sources, state and logs are the users' business
     sources = FileSourceStore(config.data_dir)
     logs = FileLogStore(sources.root)
-    registry = Registry(
-        handler=build_handler(config, sources, logs),
-        sources=sources,
-        logs=logs,
-        clock=SystemClock(),
-        ids=RandomIds(),
-        policy=config.policy,
-    )
-    # Bound before anything starts, so a taken address is a plain error.
-    server = GrpcServer(registry, config.grpc_addr)
-    async with registry:
+    async with contextlib.AsyncExitStack() as stack:
+        handler = await stack.enter_async_context(effect_handler(config, sources, logs))
+        registry = Registry(
+            handler=handler,
+            sources=sources,
+            logs=logs,
+            clock=SystemClock(),
+            ids=RandomIds(),
+            policy=config.policy,
+        )
+        # Bound before anything starts, so a taken address is a plain error.
+        server = GrpcServer(registry, config.grpc_addr)
+        await stack.enter_async_context(registry)
         await server.start()
         log.info(
             "Hershy serving gRPC on %s (runtime %s, data dir %s)",

@@ -8,16 +8,19 @@
 # What it does:
 #   1. apt-get install docker.io runsc busybox-static iproute2 (apt-get update only if missing)
 #   2. network mode "netstack": builds a current runsc from the Go module proxy (pinned below)
-#      into /usr/local/lib/hershy/bin/runsc; mode "host": uses Debian's /usr/bin/runsc with
-#      --network=host (Debian's 2022 runsc cannot use its own network stack on new kernels)
+#      into /usr/local/lib/hershy/bin/runsc (about 1.5 min on 2 cores, once); mode "host":
+#      uses Debian's /usr/bin/runsc with --network=host (Debian's 2022 runsc cannot use its own
+#      network stack on new kernels)
 #   3. merges into /etc/docker/daemon.json: runtimes.runsc, default-runtime=runsc,
-#      live-restore=true (other keys are kept)
+#      live-restore=true (other keys and other runtimes are kept)
 #   4. starts dockerd in the background (no systemd here) or reloads it (SIGHUP) if the
 #      config changed, and waits for `docker info`
-#   5. builds the local base image hershy-busybox:latest (FROM scratch + static busybox)
-#   6. verifies that a container runs under gVisor (kernel 4.4.0) and that a port published on
-#      127.0.0.1 reaches a server inside it; writes the network mode in use to
-#      /etc/hershy/runsc-network-mode ("netstack" or "host")
+#   5. builds the local base image hershy-busybox:latest (FROM scratch + static busybox; its
+#      RUN step runs under runsc, as every build step does with default-runtime runsc)
+#   6. verifies that a container runs under gVisor, that the RUN step's files were kept, and
+#      that a port published on 127.0.0.1 reaches a server inside; in auto mode a netstack
+#      failure falls back to host; writes the network mode in use to
+#      /etc/hershy/runsc-network-mode ("netstack" or "host"); prints it as the last line
 #
 # Environment:
 #   HERSHY_RUNSC_NETWORK=auto|netstack|host   (default auto: netstack if it builds and passes
@@ -27,7 +30,10 @@
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------
-# Pinned gVisor: the `go` branch of gvisor.dev/gvisor (the Go-buildable one), as a pseudo-version.
+# Pinned gVisor: a commit of the `go` branch of gvisor.dev/gvisor (the Go-buildable one, with the
+# generated *_state_autogen.go files), as a pseudo-version. The module proxy here answers 403 to
+# the branch query `@go`; `@latest` resolved to this one (2026-09-05). To move the pin, try
+# `go list -m gvisor.dev/gvisor@latest` and check that a build and this script pass.
 GVISOR_MODULE_VERSION="v0.0.0-20260905035102-160fafc42237"
 HERSHY_LIB=/usr/local/lib/hershy
 NETSTACK_RUNSC="$HERSHY_LIB/bin/runsc"
@@ -89,7 +95,7 @@ build_netstack_runsc() {
     local go tmp
     go=$(find_go) || { log "no Go toolchain found: cannot build runsc for netstack mode"; return 1; }
     tmp=$(mktemp -d)
-    log "building runsc gvisor.dev/gvisor@$GVISOR_MODULE_VERSION with $($go version | cut -d' ' -f3) (several minutes on 2 cores; log: $HERSHY_LIB/runsc-build.log)"
+    log "building runsc gvisor.dev/gvisor@$GVISOR_MODULE_VERSION with $($go version | cut -d' ' -f3) (about 1.5 min on 2 cores; log: $HERSHY_LIB/runsc-build.log)"
     mkdir -p "$HERSHY_LIB/bin"
     # GOFLAGS=-mod=mod: the go branch has no vendor dir; CGO off: a static binary, as upstream.
     if ! (cd "$tmp" && GOFLAGS=-mod=mod CGO_ENABLED=0 GOBIN="$tmp/bin" \
@@ -110,13 +116,15 @@ build_netstack_runsc() {
 
 want_mode=host
 if [[ $MODE_REQUEST != host ]]; then
-    if ! netstack_runsc_ready && [[ $MODE_REQUEST == auto && -f $BUILD_FAILED_STAMP \
+    if netstack_runsc_ready; then
+        log "runsc for netstack present: $NETSTACK_RUNSC ($GVISOR_MODULE_VERSION)"
+        want_mode=netstack
+    elif [[ $MODE_REQUEST == auto && -f $BUILD_FAILED_STAMP \
             && $(cat "$BUILD_FAILED_STAMP") == "$GVISOR_MODULE_VERSION" ]]; then
         # Keep a second run fast: do not retry a build that failed (it can take minutes).
         log "an earlier build of runsc $GVISOR_MODULE_VERSION failed ($HERSHY_LIB/runsc-build.log); not retrying"
         log "  (to retry: rm $BUILD_FAILED_STAMP, or run with HERSHY_RUNSC_NETWORK=netstack)"
-        want_mode=host
-    elif netstack_runsc_ready || build_netstack_runsc; then
+    elif build_netstack_runsc; then
         want_mode=netstack
     elif [[ $MODE_REQUEST == netstack ]]; then
         die "netstack mode requested but runsc could not be built"
@@ -126,13 +134,15 @@ if [[ $MODE_REQUEST != host ]]; then
 fi
 
 # --- 3. /etc/docker/daemon.json ------------------------------------------------------------------
+runsc_path() { if [[ $1 == netstack ]]; then echo "$NETSTACK_RUNSC"; else echo "$DEBIAN_RUNSC"; fi; }
+
 # Prints "changed" or "unchanged". Keeps every other key, and other runtimes, as they are.
 configure_daemon() {
     local mode=$1 path args
     # --overlay2=none: current runsc defaults to root:self, an overlay kept inside the sandbox,
     # so that RUN steps of `docker build` (and docker diff/commit/cp) would lose their writes.
-    if [[ $mode == netstack ]]; then path=$NETSTACK_RUNSC; args='["--overlay2=none"]'
-    else path=$DEBIAN_RUNSC; args='["--network=host"]'; fi
+    path=$(runsc_path "$mode")
+    if [[ $mode == netstack ]]; then args='["--overlay2=none"]'; else args='["--network=host"]'; fi
     mkdir -p "$(dirname "$DAEMON_JSON")"
     "$PY" - "$DAEMON_JSON" "$path" "$args" <<'EOF'
 import json, os, sys, tempfile
@@ -142,7 +152,12 @@ if os.path.exists(path):
     with open(path) as f:
         text = f.read()
     if text.strip():
-        cfg = json.loads(text)
+        try:
+            cfg = json.loads(text)
+        except ValueError as e:
+            sys.exit(f"{path} is not valid JSON ({e}); fix it by hand, it is left untouched")
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("runtimes", {}), dict):
+            sys.exit(f"{path}: expected a JSON object with an object 'runtimes'; left untouched")
 old = json.dumps(cfg, sort_keys=True)
 runtime = {"path": runsc_path}
 if args:
@@ -178,8 +193,8 @@ wait_docker() {
     exit 1
 }
 
-ensure_dockerd() {  # $1: "changed" if daemon.json changed
-    local pid
+ensure_dockerd() {  # $1: "changed" if daemon.json changed; $2: the runsc path it names
+    local pid got want="runsc $2" hupped=0
     pid=$(pidof dockerd || true)
     if [[ -z $pid ]]; then
         log "starting dockerd (log: $DOCKERD_LOG)"
@@ -188,18 +203,25 @@ ensure_dockerd() {  # $1: "changed" if daemon.json changed
         disown || true
     elif [[ $1 == changed ]]; then
         log "reloading dockerd (pid $pid): kill -HUP"
+        # shellcheck disable=SC2086  # pidof may list several pids
         kill -HUP $pid
-        sleep 1  # the reload is asynchronous; give it a moment before the checks
+        hupped=1
     fi
     wait_docker
-    # The reload must have taken effect (runtimes/default-runtime are reloadable).
-    local rt
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-        rt=$(docker_cli info --format '{{.DefaultRuntime}}' 2>/dev/null || true)
-        [[ $rt == runsc ]] && break
+    # The daemon must run with this config (runtimes and default-runtime are reloadable; a
+    # reload is asynchronous). A dockerd started earlier with another config gets one HUP.
+    for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+        got=$(docker_cli info --format '{{.DefaultRuntime}} {{with index .Runtimes "runsc"}}{{.Path}}{{end}}' 2>/dev/null || true)
+        [[ $got == "$want" ]] && return 0
+        if ((!hupped)) && pid=$(pidof dockerd); then
+            log "dockerd runs with another config ($got); reloading it: kill -HUP"
+            # shellcheck disable=SC2086
+            kill -HUP $pid
+            hupped=1
+        fi
         sleep 0.5
     done
-    [[ $rt == runsc ]] || die "dockerd default runtime is '$rt', expected runsc (see $DOCKERD_LOG)"
+    die "dockerd reports default runtime and runsc path '$got', expected '$want' (see $DOCKERD_LOG)"
 }
 
 # --- 5. base image -------------------------------------------------------------------------------
@@ -274,9 +296,10 @@ verify_runtime() {
 
 apply_mode() {
     local change
-    change=$(configure_daemon "$1")
+    # Explicit checks here: this runs inside `if ! try_mode`, where set -e does not apply.
+    change=$(configure_daemon "$1") || die "could not update $DAEMON_JSON (see the error above)"
     log "daemon.json ($DAEMON_JSON): $change; runsc network mode: $1"
-    ensure_dockerd "$change"
+    ensure_dockerd "$change" "$(runsc_path "$1")"
 }
 
 try_mode() {  # apply a mode, make sure the base image exists, check it

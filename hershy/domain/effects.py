@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hershy.domain import events as ev
+from hershy.domain.model import Resources
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class StartContainer:
     run: int
     image_id: str
     proxy_target: str
+    build_id: str
+    resources: Resources
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,7 +203,7 @@ def _on_build_succeeded(program: Program, event: ev.BuildSucceeded) -> Outcome:
         return Ignored(f"build result while {program.state.name}")
     return Transition(
         _at(program, event.at, state=State.STARTING, image_id=event.image_id),
-        (fx.StartContainer(program.run, event.image_id, program.proxy_target),),
+        (_start_container(program, program.run, event.image_id),),
     )
 
 
@@ -318,7 +318,7 @@ def _on_restart_timer(program: Program, at: float) -> Outcome:
             container_id=None,
             next_restart_at=None,
         ),
-        (fx.StartContainer(run, program.image_id, program.proxy_target),),
+        (_start_container(program, run, program.image_id),),
     )
 
 
@@ -351,6 +351,12 @@ def _begin_run(program: Program, at: float) -> Outcome:
             restart_pending=False,
         ),
         (fx.Build(run, program.build_id),),
+    )
+
+
+def _start_container(program: Program, run: int, image_id: str) -> fx.StartContainer:
+    return fx.StartContainer(
+        run, image_id, program.proxy_target, program.build_id, program.resources
     )
 
 

@@ -23,8 +23,8 @@ DOCKERFILE_PATH = "Dockerfile"
 class SourceLimits:
     """Size limits on a program's build inputs."""
 
-    max_file_bytes: int = 8 * 1024 * 1024
-    max_total_bytes: int = 32 * 1024 * 1024
+    max_file_bytes: int = 32 * 1024 * 1024
+    max_total_bytes: int = 48 * 1024 * 1024
     max_files: int = 10_000
     max_path_length: int = 255
     max_path_depth: int = 16

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from hershy.adapters.docker_runtime import RuntimeUnavailable
 from hershy.bootstrap import HostConfig, Runtime, serve
 
 
@@ -40,9 +41,19 @@ def main() -> None:
     show_default=True,
     help="runsc: gVisor. runc: no sandbox (insecure). fake: no containers at all (demos, tests).",
 )
+@click.option(
+    "--allow-insecure-runtime",
+    is_flag=True,
+    help="Allow --runtime runc: programs then run WITHOUT the gVisor sandbox.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def serve_command(
-    data_dir: Path, grpc_addr: str, http_addr: str, runtime: str, verbose: bool
+    data_dir: Path,
+    grpc_addr: str,
+    http_addr: str,
+    runtime: str,
+    allow_insecure_runtime: bool,
+    verbose: bool,
 ) -> None:
     """Start the Host and serve until SIGTERM or SIGINT."""
     logging.basicConfig(
@@ -54,8 +65,9 @@ def serve_command(
         runtime=Runtime(runtime),
         grpc_addr=_address(grpc_addr, "--grpc-addr"),
         http_addr=_address(http_addr, "--http-addr"),
+        allow_insecure_runtime=allow_insecure_runtime,
     )
     try:
         asyncio.run(serve(config))
-    except (NotImplementedError, OSError) as error:
+    except (RuntimeUnavailable, OSError) as error:
         raise click.ClickException(str(error)) from None

@@ -40,7 +40,7 @@ FILES = {"run": b"#!/bin/sh\necho hi\n", "lib/util.py": b"print('util')\n"}
 #: A program id that matches the pattern but was never handed out.
 UNKNOWN_NAME = "programs/prog-000000000000"
 ERROR_DOMAIN = "hershy.dev"
-MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_FILE_BYTES = 32 * 1024 * 1024
 #: After SIGTERM, open Watch streams end this fast (well before the 5 s gRPC grace).
 STREAMS_END_WITHIN = 3.0
 

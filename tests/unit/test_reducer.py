@@ -9,7 +9,7 @@ import pytest
 
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
-from hershy.domain.model import BackoffPolicy, Program, State
+from hershy.domain.model import BackoffPolicy, Program, Resources, State
 from hershy.domain.reducer import Ignored, Outcome, Rejected, Transition, create, reduce
 from tests.unit.lifecycle_table import NOW, events_for, program_in, table
 
@@ -51,7 +51,7 @@ def test_happy_path_from_created_to_ready_and_stopped() -> None:
     assert step.program.state is State.BUILDING
     assert step.effects == (fx.Build(1, "b-1"),)
     step = accepted(reduce(step.program, ev.BuildSucceeded(2.0, 1, "img")))
-    assert step.effects == (fx.StartContainer(1, "img", "127.0.0.1:19001"),)
+    assert step.effects == (fx.StartContainer(1, "img", "127.0.0.1:19001", "b-1", Resources()),)
     step = accepted(reduce(step.program, ev.ContainerCreated(3.0, 1, "c")))
     assert step.program.container_id == "c"
     step = accepted(reduce(step.program, ev.ContainerReady(4.0, 1)))
@@ -175,7 +175,9 @@ class TestCrashes:
     def come_back(self, program: Program, at: float) -> Program:
         step = accepted(reduce(program, ev.RestartTimerFired(at, program.run), self.policy))
         assert step.program.state is State.STARTING
-        assert step.effects == (fx.StartContainer(program.run + 1, "img-1", "127.0.0.1:19001"),)
+        assert step.effects == (
+            fx.StartContainer(program.run + 1, "img-1", "127.0.0.1:19001", "b-1", Resources()),
+        )
         step = accepted(reduce(step.program, ev.ContainerCreated(at, step.program.run, "c")))
         return accepted(reduce(step.program, ev.ContainerReady(at, step.program.run))).program
 
