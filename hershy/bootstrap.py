@@ -16,6 +16,7 @@ from hershy.adapters.docker_runtime import DockerEffectHandler, DockerSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
+from hershy.adapters.sqlite_store import SqliteEventLog
 from hershy.adapters.system import RandomIds, SystemClock
 from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints.grpc_server import GrpcServer
@@ -67,12 +68,16 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
     os.chmod(config.data_dir, 0o700)  # sources, state and logs are the users' business
     sources = FileSourceStore(config.data_dir)
     logs = FileLogStore(sources.root)
+    store = SqliteEventLog(config.data_dir)
+    recovered = store.open()
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(store.close)
         handler = await stack.enter_async_context(effect_handler(config, sources, logs))
         registry = Registry(
             handler=handler,
             sources=sources,
             logs=logs,
+            event_log=store,
             clock=SystemClock(),
             ids=RandomIds(),
             policy=config.policy,
@@ -80,10 +85,25 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         # Bound before anything starts, so a taken address is a plain error.
         server = GrpcServer(registry, config.grpc_addr)
         await stack.enter_async_context(registry)
+        await registry.recover(recovered.programs, recovered.revision, store.changes_after)
+        await handler.reap(registry.runs())
+        if recovered.programs:
+            log.info("recovered %d programs from %s", len(recovered.programs), store.path)
         await server.start()
+        # The REST shim is a client of the gRPC core, through a real channel. (Imported
+        # here to keep the shim's wiring in one place.)
+        from hershy.entrypoints.rest import RestConfig, RestServer
+
+        rest = RestServer(RestConfig(grpc_address=server.address, http_address=config.http_addr))
+        try:
+            await rest.start()
+        except BaseException:
+            await server.stop(grace=0)
+            raise
         log.info(
-            "Hershy serving gRPC on %s (runtime %s, data dir %s)",
+            "Hershy serving gRPC on %s, REST on http://%s (runtime %s, data dir %s)",
             server.address,
+            rest.address,
             registry.runtime,
             config.data_dir,
         )
@@ -92,6 +112,8 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         finally:
             # Streams first: a server stop waits its whole grace while one is open.
             registry.hub.close()
+            # The shim's streams and proxied requests end before the core they call.
+            await rest.stop()
             await server.stop(grace=5.0)
             logs.close()
             log.info("Hershy stopped")

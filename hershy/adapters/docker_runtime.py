@@ -23,7 +23,7 @@ import os
 import tarfile
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +225,48 @@ class DockerEffectHandler:
                 await self._teardown(program_id)
                 self._outboxes.pop(program_id, None)
                 outbox.emit(ev.TornDown(outbox.now(), effect.run))
+            case fx.AdoptContainer():
+                await self._adopt(program_id, effect, outbox)
+
+    async def reap(self, owned: Mapping[str, int]) -> None:
+        """Remove what carries Hershy's labels but no live program owns (Nomad's reaping)."""
+        managed = {"label": [f"{LABEL_MANAGED}=true"]}
+        containers = await self._call(self._docker.containers.list, all=True, filters=managed)
+        orphans = [
+            container.id
+            for container in containers
+            if owned.get(container.labels.get(LABEL_PROGRAM, ""))
+            != int(container.labels.get(LABEL_RUN, "-1"))
+        ]
+        if orphans:
+            log.info("removing %d containers no program owns", len(orphans))
+        await asyncio.gather(*(self._remove(orphan, graceful=True) for orphan in orphans))
+        for image in await self._call(self._docker.images.list, filters=managed):
+            if image.labels.get(LABEL_PROGRAM) not in owned:
+                log.info("removing image %s: no program owns it", image.id)
+                with contextlib.suppress(ImageNotFound, APIError):
+                    await self._call(self._docker.images.remove, image.id, force=True)
+
+    async def _adopt(self, program_id: str, effect: fx.AdoptContainer, outbox: Outbox) -> None:
+        """Take back a container that ran on while the Host was down: same container, no restart."""
+        try:
+            container = await self._call(self._docker.containers.get, effect.container_id or "")
+        except NotFound:
+            outbox.emit(ev.ContainerExited(outbox.now(), effect.run, -1))
+            return
+        state = container.attrs.get("State", {})
+        if state.get("Running"):
+            log.info("program %s: adopted its running container %s", program_id, container.id)
+            self._follow_logs(program_id, effect.run, container.id, since=time.time())
+            return
+        outbox.emit(
+            ev.ContainerExited(
+                outbox.now(),
+                effect.run,
+                int(state.get("ExitCode", -1)),
+                bool(state.get("OOMKilled", False)),
+            )
+        )
 
     async def _build(self, program_id: str, effect: fx.Build, outbox: Outbox) -> None:
         tag = image_tag(program_id, effect.build_id)
@@ -271,6 +313,9 @@ class DockerEffectHandler:
         outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
 
     async def _start(self, program_id: str, effect: fx.StartContainer, outbox: Outbox) -> None:
+        # First of all: no container of this run or an older one may be left (a start
+        # cut short, a crashed run's): a program has one container at a time.
+        await self._stop_containers(program_id, effect.run, None)
         state_dir = self._files.program_dir(program_id) / "state"
         await self._call(state_dir.mkdir, parents=True, exist_ok=True)
         request = ContainerRequest(
@@ -292,8 +337,6 @@ class DockerEffectHandler:
         if problems:
             raise ContractBroken("refusing to run it: " + "; ".join(problems))
         await self._call(_write_atomically, self._files.program_dir(program_id) / SPEC_FILE, spec)
-        # A container of this very run can only be a leftover of an attempt cut short.
-        await self._stop_containers(program_id, effect.run, None, only_run=effect.run)
         container = await self._create(docker_create_args(spec))
         outbox.emit(ev.ContainerCreated(outbox.now(), effect.run, container.id))
         try:
@@ -346,10 +389,8 @@ class DockerEffectHandler:
         program_id: str,
         run: int,
         container_id: str | None,
-        *,
-        only_run: int | None = None,
     ) -> None:
-        """Stop and remove the program's containers of runs up to `run` (or of `only_run`)."""
+        """Stop and remove `container_id` and the program's containers of runs up to `run`."""
         containers = await self._call(
             self._docker.containers.list,
             all=True,
@@ -357,9 +398,7 @@ class DockerEffectHandler:
         )
         targets = []
         for container in containers:
-            container_run = int(container.labels.get(LABEL_RUN, "0"))
-            wanted = container_run == only_run if only_run is not None else container_run <= run
-            if container.id == container_id or wanted:
+            if container.id == container_id or int(container.labels.get(LABEL_RUN, "0")) <= run:
                 targets.append(container.id)
         await asyncio.gather(*(self._remove(target, graceful=True) for target in targets))
 
@@ -389,11 +428,13 @@ class DockerEffectHandler:
 
     # --- watching containers ------------------------------------------------------
 
-    def _follow_logs(self, program_id: str, run: int, container_id: str) -> None:
+    def _follow_logs(
+        self, program_id: str, run: int, container_id: str, since: float = 0.0
+    ) -> None:
         if self._tasks is None or container_id in self._followed:
             return
         self._followed.add(container_id)
-        self._spawn(self._copy_logs(program_id, run, container_id))
+        self._spawn(self._copy_logs(program_id, run, container_id, since))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """A background task the handler owns and cancels when it closes."""
@@ -402,10 +443,10 @@ class DockerEffectHandler:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _copy_logs(self, program_id: str, run: int, container_id: str) -> None:
+    async def _copy_logs(self, program_id: str, run: int, container_id: str, since: float) -> None:
         streams = {"stdout": LogStream.STDOUT, "stderr": LogStream.STDERR}
         try:
-            async for stream, text in self._engine.logs(container_id):
+            async for stream, text in self._engine.logs(container_id, since):
                 self._logs.write(program_id, LogLine(time.time(), streams[stream], run, text))
         except (EngineError, aiohttp.ClientError) as error:
             log.debug("program %s: log stream of %s ended: %s", program_id, container_id, error)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hershy.domain import effects as fx
@@ -75,6 +76,20 @@ class FakeEffectHandler:
                 await self._stop(program_id, effect, outbox)
             case fx.Teardown():
                 await self._teardown(program_id, effect, outbox)
+            case fx.AdoptContainer():
+                self._adopt(program_id, effect, outbox)
+
+    async def reap(self, owned: Mapping[str, int]) -> None:
+        for container_id, container in list(self.world.containers.items()):
+            if owned.get(container.program_id) != container.run:
+                del self.world.containers[container_id]
+
+    def _adopt(self, program_id: str, effect: fx.AdoptContainer, outbox: Outbox) -> None:
+        container = self.world.containers.get(effect.container_id or "")
+        if container is not None and container.running and container.program_id == program_id:
+            container.outbox = outbox
+        else:
+            outbox.emit(ev.ContainerExited(outbox.now(), effect.run, -1))
 
     def crash(self, program_id: str, exit_code: int = 1, *, oom_killed: bool = False) -> None:
         """Make the program's running container exit on its own."""
@@ -97,6 +112,9 @@ class FakeEffectHandler:
         outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image))
 
     async def _start(self, program_id: str, effect: fx.StartContainer, outbox: Outbox) -> None:
+        for container_id in self.world.containers_of(program_id):
+            if self.world.containers[container_id].run <= effect.run:
+                del self.world.containers[container_id]
         await asyncio.sleep(self.behaviour.start_delay)
         if self._take_failure("failing_starts"):
             raise RuntimeError(self.behaviour.failure_reason)

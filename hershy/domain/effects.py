@@ -29,6 +29,9 @@ class Build:
 class StartContainer:
     """Create and start the container, then wait until its WatcherAPI answers.
 
+    Removes any container of this run or an older one first: a program has
+    one container at a time, whatever an earlier attempt left behind.
+
     Results: `ContainerCreated` as soon as the container exists, then
     `ContainerReady` or `StartFailed` (after removing what it created).
     """
@@ -47,6 +50,17 @@ class StopContainer:
     Removes `container_id` and any container of the program labelled with a
     run up to `run`. Idempotent: a container already gone is success.
     Results: `ContainerStopped` or `StopFailed`.
+    """
+
+    run: int
+    container_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptContainer:
+    """After a Host restart: take the running container back as it is (no restart).
+
+    Results: nothing while it runs; `ContainerExited` if it died meanwhile.
     """
 
     run: int
@@ -86,6 +100,7 @@ Effect = (
     Build
     | StartContainer
     | StopContainer
+    | AdoptContainer
     | CancelInflight
     | StartRestartTimer
     | CancelTimers
@@ -94,12 +109,12 @@ Effect = (
 
 
 #: Effects the effect handler carries out (the others the supervisor does itself).
-HandledEffect = Build | StartContainer | StopContainer | Teardown
+HandledEffect = Build | StartContainer | StopContainer | AdoptContainer | Teardown
 
 
 def failure_of(
     effect: HandledEffect, at: float, reason: str
-) -> ev.BuildFailed | ev.StartFailed | ev.StopFailed | ev.TeardownFailed:
+) -> ev.BuildFailed | ev.StartFailed | ev.StopFailed | ev.ContainerExited | ev.TeardownFailed:
     """The result event for an effect whose execution raised instead of reporting."""
     match effect:
         case Build():
@@ -108,5 +123,8 @@ def failure_of(
             return ev.StartFailed(at, effect.run, reason)
         case StopContainer():
             return ev.StopFailed(at, effect.run, reason)
+        case AdoptContainer():
+            # Could not even look at it: treat it as gone, like a crash.
+            return ev.ContainerExited(at, effect.run, -1)
         case Teardown():
             return ev.TeardownFailed(at, effect.run, reason)

@@ -48,6 +48,13 @@ class DeleteRequested:
 UserRequest = StartRequested | StopRequested | RestartRequested | DeleteRequested
 
 
+@dataclass(frozen=True, slots=True)
+class HostRestarted:
+    """The Host started again with this program in its store: pick up where it was."""
+
+    at: float
+
+
 # --- results of effects ------------------------------------------------------
 
 
@@ -139,4 +146,4 @@ EffectResult = (
     | TeardownFailed
 )
 
-Event = ProgramCreated | UserRequest | EffectResult
+Event = ProgramCreated | UserRequest | HostRestarted | EffectResult

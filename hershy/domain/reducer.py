@@ -82,6 +82,8 @@ def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_PO
             return _on_restart(program, event.at)
         case ev.DeleteRequested():
             return _on_delete(program, event.at)
+        case ev.HostRestarted():
+            return _on_host_restarted(program)
         case ev.ContainerStopped():
             return _on_container_stopped(program, event)
         case _ if event.run != program.run:
@@ -193,6 +195,31 @@ def _on_delete(program: Program, at: float) -> Outcome:
         ),
         (fx.CancelInflight(), fx.CancelTimers(), fx.Teardown(program.run, program.container_id)),
     )
+
+
+def _on_host_restarted(program: Program) -> Ignored:
+    """Finish or redo what was under way when the Host stopped; adopt what runs."""
+    run, container = program.run, program.container_id
+    match program.state:
+        case State.BUILDING:
+            effects: tuple[fx.Effect, ...] = (fx.Build(run, program.build_id),)
+        case State.STARTING if program.image_id is not None:
+            # The handler removes whatever this run had left before starting anew.
+            effects = (_start_container(program, run, program.image_id),)
+        case State.READY:
+            effects = (fx.AdoptContainer(run, container),)
+        case State.STOPPING:
+            effects = (fx.StopContainer(run, container),)
+        case State.BACKOFF if program.next_restart_at is not None:
+            effects = (
+                fx.StopContainer(run, container),
+                fx.StartRestartTimer(run, program.next_restart_at),
+            )
+        case State.DELETING:
+            effects = (fx.Teardown(run, container),)
+        case _:
+            effects = ()
+    return Ignored(f"resuming in {program.state.name}", effects)
 
 
 # --- results of effects ------------------------------------------------------

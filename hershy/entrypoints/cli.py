@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from hershy.adapters.docker_runtime import RuntimeUnavailable
+from hershy.adapters.sqlite_store import StoreError
 from hershy.bootstrap import HostConfig, Runtime, serve
+from hershy.entrypoints import doctor
 
 
 def _address(value: str, option: str) -> str:
@@ -69,5 +71,41 @@ def serve_command(
     )
     try:
         asyncio.run(serve(config))
-    except (RuntimeUnavailable, OSError) as error:
+    except (RuntimeUnavailable, StoreError, OSError) as error:
         raise click.ClickException(str(error)) from None
+
+
+@main.command("doctor")
+@click.option(
+    "--data-dir",
+    # Any path: a file given here is the doctor's to report, not a usage error.
+    type=click.Path(path_type=Path),
+    default=Path("/var/lib/hershy"),
+    show_default=True,
+    help="The data dir `serve` would use.",
+)
+@click.option("--grpc-addr", default="127.0.0.1:9090", show_default=True, help="gRPC API address.")
+@click.option("--http-addr", default="127.0.0.1:9000", show_default=True, help="REST API address.")
+@click.option(
+    "--runtime",
+    type=click.Choice([runtime.value for runtime in Runtime]),
+    default=Runtime.RUNSC.value,
+    show_default=True,
+    help="The runtime `serve` would use (fake: skip the Docker checks).",
+)
+@click.option("--deep", is_flag=True, help="Also run a container under runsc (about a second).")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as a JSON list.")
+def doctor_command(
+    data_dir: Path, grpc_addr: str, http_addr: str, runtime: str, deep: bool, as_json: bool
+) -> None:
+    """Check this machine for `serve`: say what is wrong and how to fix it (exit 1 on a FAIL)."""
+    options = doctor.Options(
+        data_dir=data_dir,
+        grpc_addr=_address(grpc_addr, "--grpc-addr"),
+        http_addr=_address(http_addr, "--http-addr"),
+        runtime=runtime,
+        deep=deep,
+    )
+    checks = doctor.run_checks(options)
+    click.echo(doctor.render_json(checks) if as_json else doctor.render_text(checks))
+    raise SystemExit(doctor.exit_code(checks))

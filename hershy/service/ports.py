@@ -5,7 +5,7 @@ Adapters implement them (hershy/adapters); tests use fakes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Protocol
 
 from hershy.domain import events as ev
@@ -45,6 +45,14 @@ class EffectHandler(Protocol):
     runtime: str
 
     async def execute(self, program_id: str, effect: HandledEffect, outbox: Outbox) -> None: ...
+
+    async def reap(self, owned: Mapping[str, int]) -> None:
+        """Remove containers and images of programs not in `owned` or of old runs.
+
+        `owned` maps each live program to its current run; called once after a
+        Host restart, when every program has been recovered.
+        """
+        ...
 
 
 class SourceStore(Protocol):

@@ -39,7 +39,14 @@ from hershy.domain.validation import (
 )
 from hershy.service.ports import Clock, EffectHandler, IdGenerator, LogStore, SourceStore
 from hershy.service.supervisor import Supervisor
-from hershy.service.watch import Change, ChangeKind, Closed, Subscription, WatchHub
+from hershy.service.watch import (
+    Change,
+    ChangeKind,
+    Closed,
+    OlderChanges,
+    Subscription,
+    WatchHub,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +97,12 @@ class PortAllocator:
 
     def release(self, port: int) -> None:
         self._used.discard(port)
+
+    def reserve(self, port: int) -> None:
+        """Mark a port taken (a recovered program's)."""
+        if port in self._used:
+            raise ValueError(f"port {port} is reserved twice")
+        self._used.add(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +180,27 @@ class Registry:
         for task in self._supervisor_tasks.values():
             task.cancel()
         await self._tasks.__aexit__(exc_type, exc, traceback)
+
+    async def recover(self, programs: list[Program], revision: int, older: OlderChanges) -> None:
+        """Take back the programs a store holds after a Host restart, and resume each.
+
+        Ports stay as they were; each supervisor gets `HostRestarted`, so what
+        was under way is finished or redone and running containers are adopted.
+        """
+        self.hub.start_at(revision, older)
+        for program in programs:
+            self._ports.reserve(int(program.proxy_target.rsplit(":", 1)[1]))
+            self._created += 1
+            self._order[program.id] = self._created
+            self._programs[program.id] = program
+            self._spawn(program)
+        now = self._clock.now()
+        for supervisor in self._supervisors.values():
+            supervisor.emit(ev.HostRestarted(now))
+
+    def runs(self) -> dict[str, int]:
+        """Each program's current run: what the Host owns, for reaping the rest."""
+        return {program.id: program.run for program in self._programs.values()}
 
     # --- commands ---------------------------------------------------------------
 

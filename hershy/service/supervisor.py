@@ -58,7 +58,7 @@ class Supervisor:
     def now(self) -> float:
         return self._clock.now()
 
-    def emit(self, event: ev.EffectResult) -> None:
+    def emit(self, event: ev.EffectResult | ev.HostRestarted) -> None:
         self._inbox.put_nowait(_Message(event))
 
     # --- requests -------------------------------------------------------------
@@ -127,7 +127,7 @@ class Supervisor:
                     task = self._tasks.create_task(self._execute(effect, tuple(cancelled)))
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
-                case fx.StopContainer() | fx.Teardown():
+                case fx.StopContainer() | fx.AdoptContainer() | fx.Teardown():
                     self._tasks.create_task(self._execute(effect, tuple(cancelled)))
 
     async def _execute(

@@ -98,9 +98,19 @@ class Subscription:
         self._hub.unsubscribe(self)
 
 
+#: Reads changes older than the hub remembers from a durable log: (oldest kept, changes after).
+OlderChanges = Callable[[int], tuple[int, list[Change]]]
+
+
 class WatchHub:
-    def __init__(self, history: int = 10_000, subscriber_capacity: int = 1_000) -> None:
+    def __init__(
+        self,
+        history: int = 10_000,
+        subscriber_capacity: int = 1_000,
+        older: OlderChanges | None = None,
+    ) -> None:
         self._history: deque[Change] = deque(maxlen=history)
+        self._older = older
         self._subscribers: set[Subscription] = set()
         self._capacity = subscriber_capacity
         self._closed = False
@@ -133,9 +143,20 @@ class WatchHub:
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
 
+    def start_at(self, revision: int, older: OlderChanges | None) -> None:
+        """After a restart: the next change follows `revision`; older ones come from `older`."""
+        if self._history or self.revision:
+            raise ValueError("the hub has published changes already")
+        self.revision = revision
+        self._older = older
+
     def changes_after(self, revision: int, wants: Callable[[Change], bool]) -> Iterable[Change]:
-        """The remembered changes after `revision`, or RevisionTooOld if some are forgotten."""
+        """The changes after `revision`, or RevisionTooOld if some are forgotten."""
         oldest = self._history[0].revision if self._history else self.revision + 1
+        if revision < oldest - 1 and revision <= self.revision and self._older is not None:
+            oldest, changes = self._older(revision)
+            if revision >= oldest - 1:
+                return [change for change in changes if wants(change)]
         if revision > self.revision:
             raise RevisionTooOld(
                 f"revision {revision} is ahead of this Host (now at {self.revision}); "

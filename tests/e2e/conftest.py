@@ -141,6 +141,7 @@ def start_server(base: Path) -> ServerProcess:
     data_dir = base / "data"
     stderr_path = base / "stderr.log"
     address = f"127.0.0.1:{free_port()}"
+    http_address = f"127.0.0.1:{free_port()}"
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(
             [
@@ -152,6 +153,8 @@ def start_server(base: Path) -> ServerProcess:
                 str(data_dir),
                 "--grpc-addr",
                 address,
+                "--http-addr",
+                http_address,
             ],
             stdin=subprocess.DEVNULL,
             stdout=stderr,

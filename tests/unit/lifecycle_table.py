@@ -64,6 +64,7 @@ def events_for(run: int) -> list[ev.Event]:
         ev.StopRequested(NOW),
         ev.RestartRequested(NOW),
         ev.DeleteRequested(NOW),
+        ev.HostRestarted(NOW),
         ev.BuildSucceeded(NOW, run, "img-2"),
         ev.BuildFailed(NOW, run, "syntax error"),
         ev.ContainerCreated(NOW, run, "c-2"),

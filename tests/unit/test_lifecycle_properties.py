@@ -37,6 +37,7 @@ class Job:
 @dataclass
 class World:
     containers: dict[str, int] = field(default_factory=dict)  # container -> run
+    dead: set[str] = field(default_factory=set)  # containers that exited on their own
     jobs: list[Job] = field(default_factory=list)
     timer: fx.StartRestartTimer | None = None
     inbox: deque[ev.Event] = field(default_factory=deque)
@@ -109,7 +110,15 @@ class Lifecycle(RuleBasedStateMachine):
                 self.world.inbox.append(
                     ev.BuildSucceeded(at, run, "img") if succeed else ev.BuildFailed(at, run, "x")
                 )
-            case fx.StartContainer(run=run) if job.container is None and succeed:
+            case fx.StartContainer(run=run) if job.container is None:
+                # Like the Docker handler: what this run or an older one left goes first.
+                for name, owner_run in list(self.world.containers.items()):
+                    if owner_run <= run:
+                        del self.world.containers[name]
+                if not succeed:
+                    self.world.jobs.remove(job)
+                    self.world.inbox.append(ev.StartFailed(at, run, "x"))
+                    return
                 job.container = f"c{next(self.world.ids)}"
                 self.world.containers[job.container] = run
                 self.world.inbox.append(ev.ContainerCreated(at, run, job.container))
@@ -130,6 +139,10 @@ class Lifecycle(RuleBasedStateMachine):
                     self.world.inbox.append(ev.ContainerStopped(at, run))
                 else:
                     self.world.inbox.append(ev.StopFailed(at, run, "x"))
+            case fx.AdoptContainer(run=run, container_id=container_id):
+                self.world.jobs.remove(job)
+                if container_id not in self.world.containers or container_id in self.world.dead:
+                    self.world.inbox.append(ev.ContainerExited(at, run, -1))
             case fx.Teardown(run=run):
                 self.world.jobs.remove(job)
                 if succeed:
@@ -164,10 +177,11 @@ class Lifecycle(RuleBasedStateMachine):
     def deliver_next(self) -> None:
         self.deliver(self.world.inbox.popleft())
 
-    @precondition(lambda self: bool(self.world.containers))
+    @precondition(lambda self: bool(set(self.world.containers) - self.world.dead))
     @rule(data=st.data(), code=st.integers(0, 255))
     def container_exits(self, data: st.DataObject, code: int) -> None:
-        name = data.draw(st.sampled_from(sorted(self.world.containers)))
+        name = data.draw(st.sampled_from(sorted(set(self.world.containers) - self.world.dead)))
+        self.world.dead.add(name)
         self.world.inbox.append(ev.ContainerExited(self.tick(), self.world.containers[name], code))
 
     @precondition(lambda self: self.world.timer is not None)
@@ -178,6 +192,30 @@ class Lifecycle(RuleBasedStateMachine):
         self.world.timer = None
         self.now = max(self.now, timer.at)
         self.world.inbox.append(ev.RestartTimerFired(self.tick(), timer.run))
+
+    @rule()
+    def everything_in_flight_finishes(self) -> None:
+        """Reach resting states in one step, so deep sequences stay likely."""
+        for _ in range(200):
+            if self.world.inbox:
+                self.deliver(self.world.inbox.popleft())
+            elif self.world.jobs:
+                self.complete(self.world.jobs[0], succeed=True)
+            else:
+                return
+
+    @rule()
+    def host_killed_and_restarted(self) -> None:
+        """kill -9 of the Host: work in flight and unprocessed results are lost; containers
+        stay. On start, what no program owns is reaped, then the program resumes."""
+        self.world.jobs.clear()
+        self.world.timer = None
+        self.world.inbox.clear()
+        for name, run in list(self.world.containers.items()):
+            if self.program.state is State.DELETED or run != self.program.run:
+                del self.world.containers[name]
+        if not self.deleted:
+            self.deliver(ev.HostRestarted(self.tick()))
 
     # --- invariants -----------------------------------------------------------------
 
@@ -221,6 +259,7 @@ class Lifecycle(RuleBasedStateMachine):
             assert leftovers <= {self.program.container_id}
         elif state is State.READY:
             assert leftovers == {self.program.container_id}
+            assert self.program.container_id not in self.world.dead, "READY on a dead container"
         else:
             raise AssertionError(f"settled in {state.name}, which is not a resting state")
         if self.stop_is_last_word:

@@ -1,0 +1,234 @@
+"""The embedded store: durable events, recovery after a restart, unreadable stores."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hershy.adapters.fake_runtime import FakeEffectHandler
+from hershy.adapters.log_files import FileLogStore
+from hershy.adapters.source_files import FileSourceStore
+from hershy.adapters.sqlite_store import FILE_NAME, SCHEMA_VERSION, SqliteEventLog, StoreError
+from hershy.domain import events as ev
+from hershy.domain.errors import FailedPrecondition, NotFound, RevisionTooOld
+from hershy.domain.model import State
+from hershy.domain.reducer import Transition, create, reduce
+from hershy.service.registry import Registry
+from hershy.service.watch import Change
+from tests.unit.test_supervisor import FAST, SequentialIds, TestClock
+
+DOCKERFILE = "FROM scratch\n"
+
+
+@contextlib.asynccontextmanager
+async def host(data_dir: Path, ids: SequentialIds | None = None) -> AsyncIterator[Registry]:
+    """A Host on `data_dir` with the fake runtime, recovering whatever the store holds."""
+    sources = FileSourceStore(data_dir)
+    logs = FileLogStore(sources.root)
+    store = SqliteEventLog(data_dir)
+    recovered = store.open()
+    handler = FakeEffectHandler(sources, logs)
+    registry = Registry(
+        handler=handler,
+        sources=sources,
+        logs=logs,
+        clock=TestClock(),
+        ids=ids or SequentialIds(),
+        event_log=store,
+        policy=FAST,
+    )
+    try:
+        async with registry:
+            await registry.recover(recovered.programs, recovered.revision, store.changes_after)
+            yield registry
+    finally:
+        logs.close()
+        store.close()
+
+
+async def test_programs_survive_a_restart_in_creation_order(tmp_path: Path) -> None:
+    ids = SequentialIds()
+    async with host(tmp_path, ids) as registry:
+        first = await registry.create("alice", DOCKERFILE, {"a.txt": b"1"})
+        second = await registry.create("bob", DOCKERFILE, {})
+        await registry.start(first.id)
+        ready = await registry.wait(first.id, State.READY, 2)
+        last = registry.hub.revision
+    async with host(tmp_path, ids) as registry:
+        page = registry.list_programs()
+        assert [p.id for p in page.programs] == [first.id, second.id]
+        # The fake runtime's containers do not outlive its process: the READY
+        # program is found dead, which counts as a crash.
+        crashed = await registry.wait(first.id, State.BACKOFF, 2)
+        assert crashed.restart_count == ready.restart_count + 1
+        assert crashed.revision > last
+        assert (await registry.source(first.id)).files == {"a.txt": b"1"}
+        assert registry.get(second.id).state is State.CREATED
+        await registry.wait(first.id, State.READY, 2)
+
+
+async def test_revisions_go_on_after_a_restart_and_watch_resumes_from_the_log(
+    tmp_path: Path,
+) -> None:
+    ids = SequentialIds()
+    async with host(tmp_path, ids) as registry:
+        program = await registry.create("alice", DOCKERFILE, {})
+        await registry.start(program.id)
+        await registry.wait(program.id, State.READY, 2)
+        await registry.stop(program.id)
+        await registry.wait(program.id, State.STOPPED, 2)
+        before = registry.hub.revision
+    async with host(tmp_path, ids) as registry:
+        start = registry.watch("", resume_revision=2)
+        assert [change.revision for change in start.replay] == list(range(3, before + 1))
+        assert start.replay[-1].program.state is State.STOPPED
+        newer = await registry.create("alice", DOCKERFILE, {})
+        assert newer.revision == before + 1
+        with pytest.raises(RevisionTooOld, match="ahead"):
+            registry.watch("", resume_revision=before + 50)
+
+
+async def test_a_deleted_program_never_comes_back(tmp_path: Path) -> None:
+    ids = SequentialIds()
+    async with host(tmp_path, ids) as registry:
+        program = await registry.create("alice", DOCKERFILE, {})
+        waiter = asyncio.create_task(registry.wait(program.id, State.DELETED, 2))
+        await asyncio.sleep(0)
+        await registry.delete(program.id)
+        await waiter
+    async with host(tmp_path, ids) as registry:
+        with pytest.raises(NotFound):
+            registry.get(program.id)
+        assert registry.list_programs().total_size == 0
+
+
+async def test_a_program_cut_off_while_building_is_rebuilt(tmp_path: Path) -> None:
+    ids = SequentialIds()
+    async with host(tmp_path, ids) as registry:
+        program = await registry.create("alice", DOCKERFILE, {})
+        handler = registry._handler
+        assert isinstance(handler, FakeEffectHandler)
+        handler.behaviour.build_delay = 60
+        await registry.start(program.id)
+        assert registry.get(program.id).state is State.BUILDING
+    async with host(tmp_path, ids) as registry:
+        ready = await registry.wait(program.id, State.READY, 2)
+        assert ready.run == 1  # the same run, finished rather than begun anew
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1), st.sampled_from(["start", "stop", "restart", "delete"])),
+        max_size=12,
+    )
+)
+def test_replaying_the_log_through_the_reducer_gives_the_stored_states(
+    requests: list[tuple[int, str]],
+) -> None:
+    async def scenario(data_dir: Path) -> None:
+        async with host(data_dir) as registry:
+            ids = [(await registry.create("alice", DOCKERFILE, {})).id for _ in range(2)]
+            for index, kind in requests:
+                with contextlib.suppress(FailedPrecondition, NotFound):
+                    await getattr(registry, kind)(ids[index])
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)
+        store = SqliteEventLog(data_dir)
+        store.open()
+        try:
+            for program_id in ids:
+                history = store.events_of(program_id)
+                first_event = history[0][1]
+                assert isinstance(first_event, ev.ProgramCreated)
+                program = replace(create(first_event), revision=history[0][0])
+                assert program == history[0][2]
+                for revision, event, stored in history[1:]:
+                    outcome = reduce(program, event, FAST)
+                    assert isinstance(outcome, Transition), (event, outcome)
+                    program = replace(outcome.program, revision=revision)
+                    assert program == stored
+        finally:
+            store.close()
+
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(scenario(Path(directory)))
+
+
+# --- stores that cannot be read --------------------------------------------------
+
+
+def make_store(data_dir: Path) -> bytes:
+    async def fill() -> None:
+        async with host(data_dir) as registry:
+            await registry.create("alice", DOCKERFILE, {})
+
+    asyncio.run(fill())
+    return (data_dir / FILE_NAME).read_bytes()
+
+
+def test_a_truncated_store_is_a_clear_error_and_is_left_as_it_was(tmp_path: Path) -> None:
+    whole = make_store(tmp_path)
+    (tmp_path / FILE_NAME).write_bytes(whole[: len(whole) // 2])
+    cut = (tmp_path / FILE_NAME).read_bytes()
+    with pytest.raises(StoreError, match="cannot be read") as error:
+        SqliteEventLog(tmp_path).open()
+    assert "restore it from a backup" in str(error.value)
+    assert (tmp_path / FILE_NAME).read_bytes() == cut
+
+
+def test_garbage_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / FILE_NAME).write_bytes(b"this is not a database, just some text" * 100)
+    with pytest.raises(StoreError, match="not a Hershy store"):
+        SqliteEventLog(tmp_path).open()
+
+
+def test_a_store_from_a_newer_hershy_is_refused_untouched(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    with sqlite3.connect(tmp_path / FILE_NAME) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    before = (tmp_path / FILE_NAME).read_bytes()
+    with pytest.raises(StoreError, match=f"newer Hershy .schema {SCHEMA_VERSION + 1}"):
+        SqliteEventLog(tmp_path).open()
+    assert (tmp_path / FILE_NAME).read_bytes() == before
+
+
+def test_a_program_row_this_hershy_cannot_read_stops_the_start(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    with sqlite3.connect(tmp_path / FILE_NAME) as db:
+        db.execute('UPDATE programs SET program = \'{"state": "FLYING"}\'')
+    with pytest.raises(StoreError, match=r"cannot read .* nothing was dropped"):
+        SqliteEventLog(tmp_path).open()
+
+
+def test_the_store_is_durable_on_commit(tmp_path: Path) -> None:
+    store = SqliteEventLog(tmp_path)
+    store.open()
+    try:
+        db = store._conn
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()
+
+
+def test_changes_after_reads_the_log(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    store = SqliteEventLog(tmp_path)
+    store.open()
+    try:
+        oldest, changes = store.changes_after(0)
+        assert oldest == 1
+        assert [type(change) for change in changes] == [Change]
+        assert changes[0].program.state is State.CREATED
+    finally:
+        store.close()
