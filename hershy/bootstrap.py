@@ -46,7 +46,7 @@ class HostConfig:
 
 @contextlib.asynccontextmanager
 async def effect_handler(
-    config: HostConfig, sources: FileSourceStore, logs: LogStore
+    config: HostConfig, sources: FileSourceStore, logs: LogStore, host_id: str
 ) -> AsyncIterator[EffectHandler]:
     """The runtime programs run on, for as long as the Host runs."""
     if config.runtime is Runtime.FAKE:
@@ -56,6 +56,7 @@ async def effect_handler(
         config.docker,
         runtime=config.runtime.value,
         allow_insecure_runtime=config.allow_insecure_runtime,
+        host_id=host_id,
     )
     async with DockerEffectHandler(settings, sources, logs) as handler:
         yield handler
@@ -72,7 +73,9 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
     recovered = store.open()
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(store.close)
-        handler = await stack.enter_async_context(effect_handler(config, sources, logs))
+        handler = await stack.enter_async_context(
+            effect_handler(config, sources, logs, store.host_id)
+        )
         registry = Registry(
             handler=handler,
             sources=sources,

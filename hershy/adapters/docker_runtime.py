@@ -75,6 +75,8 @@ class DockerSettings:
     #: The OCI runtime programs run under: runsc (gVisor), or runc when allowed.
     runtime: str = SECURE_RUNTIME
     allow_insecure_runtime: bool = False
+    #: Labels everything this Host makes; only what carries it is ever reaped.
+    host_id: str = "default"
     socket: str = DEFAULT_SOCKET
     build_timeout: float = 600.0
     ready_timeout: float = 60.0
@@ -230,7 +232,7 @@ class DockerEffectHandler:
 
     async def reap(self, owned: Mapping[str, int]) -> None:
         """Remove what carries Hershy's labels but no live program owns (Nomad's reaping)."""
-        managed = {"label": [f"{LABEL_MANAGED}=true"]}
+        managed = {"label": [f"{LABEL_MANAGED}={self.settings.host_id}"]}
         containers = await self._call(self._docker.containers.list, all=True, filters=managed)
         orphans = [
             container.id
@@ -282,7 +284,7 @@ class DockerEffectHandler:
         source = await self._files.load(program_id)
         params = {
             "t": tag,
-            "labels": json.dumps(labels_for(program_id, effect.build_id)),
+            "labels": json.dumps(labels_for(self.settings.host_id, program_id, effect.build_id)),
             "rm": "1",
             "forcerm": "1",
             "pull": "0",
@@ -319,6 +321,7 @@ class DockerEffectHandler:
         state_dir = self._files.program_dir(program_id) / "state"
         await self._call(state_dir.mkdir, parents=True, exist_ok=True)
         request = ContainerRequest(
+            host_id=self.settings.host_id,
             program_id=program_id,
             run=effect.run,
             build_id=effect.build_id,
@@ -457,7 +460,7 @@ class DockerEffectHandler:
         """Container deaths drive the crash handling; reconnects after the daemon comes back."""
         filters = {
             "type": ["container"],
-            "label": [f"{LABEL_MANAGED}=true"],
+            "label": [f"{LABEL_MANAGED}={self.settings.host_id}"],
             "event": ["die", "oom"],
         }
         since = time.time()

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import enum
 import json
+import secrets
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -133,6 +134,8 @@ class SqliteEventLog:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
         self._revision = 0
+        #: This Host's id, made when the store is created; labels what the Host owns.
+        self.host_id = ""
 
     # --- opening -----------------------------------------------------------------
 
@@ -168,6 +171,11 @@ class SqliteEventLog:
     def _check_version(self) -> None:
         db = self._conn
         db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('host_id', ?)",
+            (secrets.token_hex(6),),
+        )
+        self.host_id = db.execute("SELECT value FROM meta WHERE key = 'host_id'").fetchone()[0]
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             db.execute(

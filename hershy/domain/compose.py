@@ -30,6 +30,8 @@ STATE_MOUNT = "/state"
 PORT_RANGE = range(19001, 30000)
 SECURE_RUNTIME = "runsc"
 
+#: Its value is the id of the Host that owns the container or image (one per data dir),
+#: so that two Hosts on one Docker daemon never take each other's for orphans.
 LABEL_MANAGED = "dev.hershy.managed"
 LABEL_PROGRAM = "dev.hershy.program"
 LABEL_RUN = "dev.hershy.run"
@@ -38,6 +40,7 @@ LABEL_BUILD = "dev.hershy.build"
 
 @dataclass(frozen=True, slots=True)
 class ContainerRequest:
+    host_id: str
     program_id: str
     run: int
     build_id: str
@@ -52,8 +55,10 @@ def container_name(program_id: str, run: int) -> str:
     return f"hershy-{program_id}-r{run}"
 
 
-def labels_for(program_id: str, build_id: str, run: int | None = None) -> dict[str, str]:
-    labels = {LABEL_MANAGED: "true", LABEL_PROGRAM: program_id, LABEL_BUILD: build_id}
+def labels_for(
+    host_id: str, program_id: str, build_id: str, run: int | None = None
+) -> dict[str, str]:
+    labels = {LABEL_MANAGED: host_id, LABEL_PROGRAM: program_id, LABEL_BUILD: build_id}
     if run is not None:
         labels[LABEL_RUN] = str(run)
     return labels
@@ -93,7 +98,9 @@ def compose_spec(request: ContainerRequest) -> dict[str, Any]:
                 "mem_limit": request.resources.memory_bytes,
                 "cpus": request.resources.milli_cpus / 1000,
                 "restart": "no",
-                "labels": labels_for(request.program_id, request.build_id, request.run),
+                "labels": labels_for(
+                    request.host_id, request.program_id, request.build_id, request.run
+                ),
                 "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
             }
         },
@@ -167,7 +174,7 @@ def contract_violations(
     )
     labels = service.get("labels", {})
     require(
-        labels.get(LABEL_MANAGED) == "true" and bool(labels.get(LABEL_PROGRAM)),
+        bool(labels.get(LABEL_MANAGED)) and bool(labels.get(LABEL_PROGRAM)),
         f"the container must carry the {LABEL_MANAGED} and {LABEL_PROGRAM} labels",
     )
     return problems

@@ -18,7 +18,7 @@ wins over a pending automatic restart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
@@ -352,9 +352,26 @@ def _on_restart_timer(program: Program, at: float) -> Outcome:
 # --- building blocks ---------------------------------------------------------
 
 
+_FIELDS = tuple(field.name for field in fields(Program))
+_FIELD_SET = frozenset(_FIELDS)
+
+
 def _at(program: Program, at: float, **changes: object) -> Program:
-    """The program with `changes` applied, changed at time `at`."""
-    return replace(program, updated_at=at, **changes)  # type: ignore[arg-type]
+    """The program with `changes` applied, changed at time `at`.
+
+    `dataclasses.replace` re-validates through `__init__` and was two thirds of
+    the reducer's time; this copies the slots directly (Program has no
+    `__post_init__`), still refusing a field that does not exist.
+    """
+    if not changes.keys() <= _FIELD_SET:
+        raise TypeError(f"Program has no field {sorted(changes.keys() - _FIELD_SET)}")
+    changes["updated_at"] = at
+    changed = object.__new__(Program)
+    for name in _FIELDS:
+        object.__setattr__(
+            changed, name, changes[name] if name in changes else getattr(program, name)
+        )
+    return changed
 
 
 def _begin_run(program: Program, at: float) -> Outcome:

@@ -111,7 +111,9 @@ class WatchHub:
     ) -> None:
         self._history: deque[Change] = deque(maxlen=history)
         self._older = older
-        self._subscribers: set[Subscription] = set()
+        # Indexed by what they watch, so a change only visits its own subscribers.
+        self._watching_all: set[Subscription] = set()
+        self._watching_one: dict[str, set[Subscription]] = {}
         self._capacity = subscriber_capacity
         self._closed = False
         #: The revision of the last change published (0: none yet).
@@ -119,16 +121,17 @@ class WatchHub:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return len(self._watching_all) + sum(map(len, self._watching_one.values()))
 
     def publish(self, change: Change) -> None:
         if change.revision <= self.revision:
             raise ValueError(f"revision {change.revision} published after {self.revision}")
         self.revision = change.revision
         self._history.append(change)
-        for subscription in self._subscribers:
-            if subscription.wants(change):
-                subscription.offer(change)
+        for subscription in self._watching_all:
+            subscription.offer(change)
+        for subscription in self._watching_one.get(change.program.id, ()):
+            subscription.offer(change)
 
     def subscribe(
         self, program_id: str | None = None, *, capacity: int | None = None
@@ -136,12 +139,21 @@ class WatchHub:
         subscription = Subscription(self, program_id, capacity or self._capacity)
         if self._closed:
             subscription.close()
+        elif program_id is None:
+            self._watching_all.add(subscription)
         else:
-            self._subscribers.add(subscription)
+            self._watching_one.setdefault(program_id, set()).add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        self._subscribers.discard(subscription)
+        if subscription.program_id is None:
+            self._watching_all.discard(subscription)
+            return
+        watching = self._watching_one.get(subscription.program_id)
+        if watching is not None:
+            watching.discard(subscription)
+            if not watching:
+                del self._watching_one[subscription.program_id]
 
     def start_at(self, revision: int, older: OlderChanges | None) -> None:
         """After a restart: the next change follows `revision`; older ones come from `older`."""
@@ -174,6 +186,10 @@ class WatchHub:
     def close(self) -> None:
         """End every subscription (Host shutdown)."""
         self._closed = True
-        for subscription in self._subscribers:
+        for subscription in (*self._watching_all, *self._single_program_subscribers()):
             subscription.close()
-        self._subscribers.clear()
+        self._watching_all.clear()
+        self._watching_one.clear()
+
+    def _single_program_subscribers(self) -> list[Subscription]:
+        return [s for watching in self._watching_one.values() for s in watching]

@@ -18,6 +18,7 @@ SECURE = frozenset({"runsc"})
 def spec() -> dict[str, Any]:
     return compose_spec(
         ContainerRequest(
+            host_id="h-1",
             program_id="prog-1",
             run=3,
             build_id="b-1",

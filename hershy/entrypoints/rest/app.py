@@ -1,0 +1,361 @@
+"""The `:9000` REST API: every route is a translation onto the gRPC core.
+
+The shim holds no program logic and no registry: it talks to the core through
+a real gRPC channel, like any other client, and maps answers and errors to
+HTTP (errors.py is the one place statuses are mapped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hershy.entrypoints.rest import openapi, shapes, uploads
+from hershy.entrypoints.rest.cache import ProgramCache
+from hershy.entrypoints.rest.errors import ApiError, bad_request, error_middleware, state_label
+from hershy.entrypoints.rest.proxy import WatcherProxy
+from hershy.entrypoints.rest.streams import StreamPump, pump_ndjson, pump_sse, sse_event
+from hershy.v1 import program_pb2 as pb
+from hershy.v1 import program_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = "hershy.v1.ProgramService"
+#: Same limits as the core's server: sources can be tens of MiB.
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+#: Deadline on the shim's unary calls: the core answers them at once, this only
+#: bounds a request when the core is wedged.
+CALL_TIMEOUT = 30.0
+MAX_WAIT_SECONDS = 3600.0
+MAX_PAGE_SIZE = 1000
+Kind = pb.WatchProgramsResponse
+
+
+@dataclass(frozen=True, slots=True)
+class RestConfig:
+    grpc_address: str
+    http_address: str = "127.0.0.1:9000"
+    #: SSE comment lines this often, so idle connections stay open through proxies.
+    heartbeat_seconds: float = 15.0
+    #: The longest silence of a proxied WatcherAPI response before it is cut.
+    proxy_read_timeout: float = 300.0
+    #: How long a DELETE waits for the program to be gone before answering 202.
+    delete_wait_seconds: float = 30.0
+    #: On shutdown, how long requests still running get before they are cancelled.
+    shutdown_timeout: float = 2.0
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class RestApi:
+    """The routes and their handlers, over one gRPC channel."""
+
+    def __init__(self, config: RestConfig, channel: grpc.aio.Channel) -> None:
+        self.config = config
+        self._stub: pb_grpc.ProgramServiceAsyncStub = pb_grpc.ProgramServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self.cache = ProgramCache(self._stub)
+        self.proxy = WatcherProxy(self.cache, self._stub)
+        #: Set on shutdown: SSE and log streams end cleanly instead of being cut.
+        self.closing = asyncio.Event()
+
+    def app(self) -> web.Application:
+        # Bodies are read by the handlers that take them, with their own limit (uploads.py).
+        app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+        add = app.router.add_route
+        add("GET", "/healthz", self.healthz)
+        add("GET", "/readyz", self.readyz)
+        add("GET", "/openapi.json", self.openapi)
+        add("POST", "/programs", self.create)
+        add("GET", "/programs", self.list)
+        add("GET", "/programs/{program_id}", self.get)
+        add("DELETE", "/programs/{program_id}", self.delete)
+        add("POST", "/programs/{program_id}/start", self.start)
+        add("POST", "/programs/{program_id}/stop", self.stop)
+        add("POST", "/programs/{program_id}/restart", self.restart)
+        add("GET", "/programs/{program_id}/wait", self.wait)
+        add("GET", "/programs/{program_id}/logs", self.logs)
+        add("GET", "/programs/{program_id}/source", self.source)
+        add("GET", "/programs/{program_id}/events", self.events)
+        add("GET", "/events", self.events)
+        # The proxy re-reads the raw path itself: the router sees it decoded.
+        add("*", "/programs/{program_id}/watcher{rest:.*}", self.proxy.handle)
+        add("*", "/programs/{program_id}/proxy/watcher{rest:.*}", self.proxy.handle)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self.closing.set()
+        await self.proxy.close()
+
+    # --- helpers ------------------------------------------------------------------
+
+    def _base(self, request: web.Request) -> str:
+        return shapes.base_url(request, self.config.http_address)
+
+    def _program(
+        self, request: web.Request, program: pb.Program, status: int = 200
+    ) -> web.Response:
+        return web.json_response(shapes.program_json(program, self._base(request)), status=status)
+
+    @staticmethod
+    def _name(request: web.Request) -> str:
+        return shapes.program_name(request.match_info["program_id"])
+
+    # --- health and the API description -----------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Ready when the core's health check says SERVING and the proxy's view is current."""
+        try:
+            answer = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=1.0
+            )
+            serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError as error:
+            log.debug("readiness: the core's health check failed: %s", error.code())
+            serving = False
+        if not serving:
+            raise ApiError(503, "CORE_NOT_SERVING", "the Host core is not serving")
+        if not self.cache.synced:
+            raise ApiError(503, "PROXY_NOT_SYNCED", "the proxy's view of programs is not current")
+        return web.json_response({"status": "ready"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi.DOCUMENT)
+
+    # --- programs ------------------------------------------------------------------
+
+    async def create(self, request: web.Request) -> web.Response:
+        message = await uploads.create_request(request)
+        program = await self._stub.CreateProgram(message, timeout=CALL_TIMEOUT * 2)
+        response = self._program(request, program, status=201)
+        response.headers["Location"] = f"/programs/{program.id}"
+        return response
+
+    async def list(self, request: web.Request) -> web.Response:
+        page_size = shapes.parse_int(request, "page_size", 0, 0, MAX_PAGE_SIZE)
+        answer = await self._stub.ListPrograms(
+            pb.ListProgramsRequest(
+                page_size=page_size or 0,
+                page_token=request.query.get("page_token", ""),
+                user_id=request.query.get("user_id", ""),
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        base = self._base(request)
+        return web.json_response(
+            {
+                "programs": [shapes.program_json(program, base) for program in answer.programs],
+                "count": answer.total_size,
+                "next_page_token": answer.next_page_token,
+            }
+        )
+
+    async def get(self, request: web.Request) -> web.Response:
+        request_ = pb.GetProgramRequest(name=self._name(request))
+        return self._program(request, await self._stub.GetProgram(request_, timeout=CALL_TIMEOUT))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """Deletes and waits until the program is gone: 200 once Deleted, 202 if still going."""
+        name = self._name(request)
+        program = await self._stub.DeleteProgram(
+            pb.DeleteProgramRequest(name=name), timeout=CALL_TIMEOUT
+        )
+        program = await self._until_deleted(program)
+        status = 200 if program.state == pb.STATE_DELETED else 202
+        return self._program(request, program, status=status)
+
+    async def _until_deleted(self, program: pb.Program) -> pb.Program:
+        """The program's last change once DELETED, or as it is when the wait runs out."""
+        watch = pb.WatchProgramsRequest(name=program.name, resume_revision=program.revision)
+        call = self._stub.WatchPrograms(watch)
+        try:
+            async with asyncio.timeout(self.config.delete_wait_seconds):
+                async for message in call:
+                    if message.type == Kind.TYPE_RESYNC:
+                        continue
+                    if message.HasField("program"):
+                        program = message.program
+                    if program.state == pb.STATE_DELETED:
+                        return program
+                    if program.state == pb.STATE_DELETING and program.error_message:
+                        raise ApiError(
+                            500,
+                            "DELETE_FAILED",
+                            f"{program.error_message}; DELETE again to retry",
+                            state=state_label(program.state),
+                        )
+        except TimeoutError:
+            pass
+        except grpc.aio.AioRpcError as error:
+            # E.g. the core is shutting down: the delete was accepted all the same.
+            log.info("waiting for %s to be deleted: %s", program.name, error.code())
+        finally:
+            call.cancel()
+        return program
+
+    async def start(self, request: web.Request) -> web.Response:
+        message = pb.StartProgramRequest(name=self._name(request))
+        return self._program(request, await self._stub.StartProgram(message, timeout=CALL_TIMEOUT))
+
+    async def stop(self, request: web.Request) -> web.Response:
+        message = pb.StopProgramRequest(name=self._name(request))
+        return self._program(request, await self._stub.StopProgram(message, timeout=CALL_TIMEOUT))
+
+    async def restart(self, request: web.Request) -> web.Response:
+        message = pb.RestartProgramRequest(name=self._name(request))
+        answer = await self._stub.RestartProgram(message, timeout=CALL_TIMEOUT)
+        return self._program(request, answer)
+
+    async def wait(self, request: web.Request) -> web.Response:
+        name = self._name(request)
+        state = shapes.parse_state(request.query.get("state", "ready"))
+        seconds = shapes.parse_seconds(request, "timeout", 60.0, MAX_WAIT_SECONDS)
+        timeout = Duration()
+        timeout.FromNanoseconds(round(seconds * 1e9))
+        message = pb.WaitProgramRequest(name=name, state=state, timeout=timeout)
+        answer = await self._stub.WaitProgram(message, timeout=seconds + CALL_TIMEOUT)
+        return self._program(request, answer)
+
+    async def source(self, request: web.Request) -> web.Response:
+        name = self._name(request)
+        answer = await self._stub.GetProgramSource(
+            pb.GetProgramSourceRequest(name=name), timeout=CALL_TIMEOUT
+        )
+        return web.json_response(shapes.source_json(answer, request.match_info["program_id"]))
+
+    # --- streams --------------------------------------------------------------------
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        message = pb.ReadProgramLogsRequest(
+            name=self._name(request),
+            follow=shapes.parse_bool(request, "follow"),
+            streams=shapes.parse_log_streams(",".join(request.query.getall("stream", []))),
+        )
+        tail = shapes.parse_int(request, "tail", None, 0, 2**31 - 1)
+        if tail is not None:
+            message.tail = tail
+        pump = StreamPump(self._stub.ReadProgramLogs(message), self.closing)
+        try:
+            return await pump_ndjson(
+                request, pump, lambda entry: json.dumps(shapes.log_json(entry))
+            )
+        finally:
+            pump.close()
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Watch as Server-Sent Events: `/events` for all programs, or one program's."""
+        program_id = request.match_info.get("program_id")
+        message = pb.WatchProgramsRequest(
+            name=shapes.program_name(program_id) if program_id is not None else ""
+        )
+        resume = _resume_revision(request)
+        if resume is not None:
+            message.resume_revision = resume
+        base = self._base(request)
+
+        def render(answer: pb.WatchProgramsResponse) -> str:
+            kind = Kind.Type.Name(answer.type).removeprefix("TYPE_").lower()
+            match answer.type:
+                case Kind.TYPE_SNAPSHOT:
+                    # No id: a snapshot is in creation order, not revision order, so
+                    # resuming from the middle of one would skip changes.
+                    return sse_event(kind, shapes.program_json(answer.program, base))
+                case Kind.TYPE_SYNCED:
+                    return sse_event(kind, {"revision": answer.revision}, answer.revision)
+                case Kind.TYPE_RESYNC:
+                    return sse_event(kind, {})
+                case _:
+                    data = shapes.program_json(answer.program, base)
+                    return sse_event(kind, data, answer.revision)
+
+        pump = StreamPump(self._stub.WatchPrograms(message), self.closing)
+        try:
+            return await pump_sse(request, pump, render, self.config.heartbeat_seconds)
+        finally:
+            pump.close()
+
+
+def _resume_revision(request: web.Request) -> int | None:
+    """`Last-Event-ID` (what a reconnecting EventSource sends) wins over `?resume_revision=`."""
+    for field, raw in (
+        ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+        ("resume_revision", request.query.get("resume_revision")),
+    ):
+        if raw is None or raw == "":
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            raise bad_request(field, f"{raw[:40]!r} is not a revision (an integer)") from None
+        if not 0 <= value < 2**63:
+            raise bad_request(field, "must be between 0 and 2^63-1")
+        return value
+    return None
+
+
+class RestServer:
+    """The shim's lifetime: a gRPC channel, the program cache, the HTTP site."""
+
+    def __init__(self, config: RestConfig) -> None:
+        self.config = config
+        self.address = config.http_address
+        self._channel: grpc.aio.Channel | None = None
+        self._runner: web.AppRunner | None = None
+        self._api: RestApi | None = None
+        self._cache_task: asyncio.Task[None] | None = None
+
+    async def start(self, sync_timeout: float = 5.0) -> None:
+        """Listen, and give the proxy's cache a moment to sync before serving."""
+        self._channel = grpc.aio.insecure_channel(self.config.grpc_address, options=CHANNEL_OPTIONS)
+        self._api = api = RestApi(self.config, self._channel)
+        await api.proxy.start(self.config.proxy_read_timeout)
+        self._cache_task = asyncio.create_task(api.cache.run(), name="rest-program-cache")
+        self._runner = web.AppRunner(
+            api.app(),
+            # No access log: one line per request would cost more than the proxy itself.
+            access_log=None,
+            shutdown_timeout=self.config.shutdown_timeout,
+            # A body left unread (a 413, say) closes the connection instead of being
+            # read and thrown away for up to 10 s: that is what refusing it means.
+            lingering_time=0,
+        )
+        try:
+            await self._runner.setup()
+            host, port = split_address(self.config.http_address)
+            await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+        except BaseException:
+            await self.stop()
+            raise
+        bound = self._runner.addresses[0]
+        self.address = f"{self.config.http_address.rpartition(':')[0]}:{bound[1]}"
+        if not await api.cache.wait_synced(sync_timeout):
+            log.warning("the proxy's program cache did not sync within %s s", sync_timeout)
+
+    async def stop(self) -> None:
+        """Streams end, running requests get a short grace, then everything closes."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._cache_task is not None:
+            self._cache_task.cancel()
+            await asyncio.gather(self._cache_task, return_exceptions=True)
+        if self._api is not None:
+            await self._api.proxy.close()
+        if self._channel is not None:
+            await self._channel.close()

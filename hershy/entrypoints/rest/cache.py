@@ -1,0 +1,106 @@
+"""Where each program's WatcherAPI is, kept current by one Watch stream.
+
+The proxy looks a program up here on every request, so a proxied request
+costs no gRPC call. The stream is list-then-watch: a snapshot (ended by
+SYNCED), then every change; after a RESYNC, or after the stream breaks and is
+opened again, a fresh snapshot replaces what was known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from hershy.v1 import program_pb2 as pb
+from hershy.v1 import program_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+Kind = pb.WatchProgramsResponse
+#: Reconnect delays after the stream breaks: doubling from the first to the cap.
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the proxy needs to know about one program."""
+
+    state: pb.State.ValueType
+    proxy_target: str
+    revision: int
+
+
+class ProgramCache:
+    def __init__(self, stub: pb_grpc.ProgramServiceAsyncStub) -> None:
+        self._stub = stub
+        self._targets: dict[str, Target] = {}
+        #: True while the map is a faithful copy of the core's (between SYNCED and a break).
+        self.synced = False
+        self._synced_event = asyncio.Event()
+
+    def get(self, program_id: str) -> Target | None:
+        """The program as last seen, or None when unknown (or while not synced)."""
+        return self._targets.get(program_id) if self.synced else None
+
+    def observe(self, program: pb.Program) -> Target:
+        """A fresher answer from the core (e.g. GetProgram) than the stream brought so far."""
+        known = self._targets.get(program.id)
+        target = Target(program.state, program.proxy_target, program.revision)
+        if self.synced and (known is None or known.revision < program.revision):
+            self._targets[program.id] = target
+        return target
+
+    async def wait_synced(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._synced_event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Follow the core until cancelled, reconnecting with backoff when the stream breaks."""
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                await self._follow()
+                log.debug("program watch ended; watching again")
+            except grpc.aio.AioRpcError as error:
+                log.warning("program watch failed (%s); retrying in %.1f s", error.code(), delay)
+            if self.synced:  # that stream worked for a while: start the backoff anew
+                delay = BACKOFF_FIRST
+            self._unsync()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_CAP)
+
+    def _unsync(self) -> None:
+        self.synced = False
+        self._synced_event.clear()
+        self._targets = {}
+
+    async def _follow(self) -> None:
+        pending: dict[str, Target] = {}
+        async for message in self._stub.WatchPrograms(pb.WatchProgramsRequest()):
+            program = message.program
+            match message.type:
+                case Kind.TYPE_SNAPSHOT:
+                    pending[program.id] = Target(
+                        program.state, program.proxy_target, program.revision
+                    )
+                case Kind.TYPE_SYNCED:
+                    # Swap in the fresh map whole: until now the old one kept serving.
+                    self._targets, pending = pending, {}
+                    self.synced = True
+                    self._synced_event.set()
+                case Kind.TYPE_RESYNC:
+                    pending = {}
+                case Kind.TYPE_CREATED | Kind.TYPE_UPDATED:
+                    self._targets[program.id] = Target(
+                        program.state, program.proxy_target, program.revision
+                    )
+                case Kind.TYPE_DELETED:
+                    self._targets.pop(program.id, None)

@@ -1,0 +1,438 @@
+"""The OpenAPI 3.0 description of the REST API, served at `/openapi.json`.
+
+Written by hand next to the routes (app.py) and checked against them by the
+property-based fuzz test (tests/e2e/test_openapi_fuzz.py) and by a test that
+every route is described.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hershy.entrypoints.rest.shapes import LOG_STREAM_NAMES, STATE_LABELS
+from hershy.entrypoints.rest.uploads import MAX_BODY_BYTES
+
+JSON = "application/json"
+PROGRAM_ID_PATTERN = "^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_ERRORS = {
+    "400": _error("Bad input; `field` names it."),
+    "404": _error("No such program (or it was deleted)."),
+    "409": _error("The program's state does not allow this; `state` names it."),
+    "413": _error("The build context is over a size limit."),
+    "503": _error("The Host is not ready, or out of WatcherAPI ports."),
+}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: _ERRORS[code] for code in codes}
+
+
+_PROGRAM_ID = {
+    "name": "program_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": PROGRAM_ID_PATTERN},
+}
+
+
+def _program_op(summary: str, *codes: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": [_PROGRAM_ID],
+        "responses": {"200": _json(_ref("Program"), "The program."), **_errors(*codes)},
+        **extra,
+    }
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
+_INT64 = {"type": "integer", "format": "int64", "minimum": 0}
+_FILES = {
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+    "description": "Relative `/`-separated path -> UTF-8 text.",
+}
+_FILES_BASE64 = {
+    "type": "object",
+    "additionalProperties": {"type": "string", "format": "byte"},
+    "description": "Relative path -> base64 content, for files that are not UTF-8 text.",
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "code", "message"],
+        "properties": {
+            "error": {"type": "string", "description": "A stable reason, e.g. PROGRAM_NOT_FOUND."},
+            "code": {"type": "integer", "description": "The HTTP status."},
+            "message": {"type": "string"},
+            "field": {"type": "string", "description": "The bad input, for 400 and 413."},
+            "state": {"type": "string", "enum": STATE_LABELS},
+            "oldest_revision": {"type": "integer"},
+        },
+    },
+    "Resources": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "memory_bytes": _INT64,
+            "milli_cpus": _INT64,
+            "pids": _INT64,
+        },
+        "description": "Container limits; 0 or absent means the Host's default.",
+    },
+    "Program": {
+        "type": "object",
+        "required": ["program_id", "user_id", "build_id", "state", "proxy_url", "created_at"],
+        "properties": {
+            "program_id": {"type": "string", "pattern": PROGRAM_ID_PATTERN},
+            "user_id": {"type": "string"},
+            "build_id": {"type": "string"},
+            "state": {"type": "string", "enum": STATE_LABELS},
+            "proxy_url": {"type": "string", "description": "The WatcherAPI, through the proxy."},
+            "proxy_target": {
+                "type": "string",
+                "description": "Where the Host reaches the WatcherAPI (127.0.0.1:PORT).",
+            },
+            "created_at": _TIME,
+            "updated_at": _TIME,
+            "image_id": {"type": "string"},
+            "container_id": {"type": "string"},
+            "error": {"type": "string"},
+            "restart_count": {"type": "integer"},
+            "last_exit_code": {"type": "integer", "nullable": True},
+            "revision": {"type": "integer", "format": "int64"},
+            "run": {"type": "integer", "format": "int64"},
+            "runtime": {"type": "string"},
+            "resources": _ref("Resources"),
+            "next_restart_at": _NULLABLE_TIME,
+            "ready_at": _NULLABLE_TIME,
+            "restart_pending": {"type": "boolean"},
+        },
+    },
+    "ProgramList": {
+        "type": "object",
+        "required": ["programs", "count", "next_page_token"],
+        "properties": {
+            "programs": {"type": "array", "items": _ref("Program")},
+            "count": {"type": "integer", "description": "How many programs match in all."},
+            "next_page_token": {"type": "string", "description": "Empty on the last page."},
+        },
+    },
+    "CreateProgram": {
+        "type": "object",
+        "required": ["user_id", "dockerfile"],
+        "additionalProperties": False,
+        "properties": {
+            "user_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+            "dockerfile": {"type": "string", "minLength": 1},
+            "src_files": _FILES,
+            "src_files_base64": _FILES_BASE64,
+            "resources": _ref("Resources"),
+        },
+    },
+    "Source": {
+        "type": "object",
+        "required": ["program_id", "dockerfile", "src_files", "src_files_base64", "build_id"],
+        "properties": {
+            "program_id": {"type": "string"},
+            "dockerfile": {"type": "string"},
+            "src_files": _FILES,
+            "src_files_base64": _FILES_BASE64,
+            "build_id": {"type": "string"},
+        },
+    },
+    "LogEntry": {
+        "type": "object",
+        "description": "One line of `GET /programs/{program_id}/logs` (one JSON object a line).",
+        "properties": {
+            "time": _TIME,
+            "stream": {"type": "string", "enum": LOG_STREAM_NAMES},
+            "run": {"type": "integer"},
+            "line": {"type": "string"},
+        },
+    },
+    "Status": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
+    },
+}
+
+_SSE = {
+    "description": (
+        "Server-Sent Events: `snapshot` (one per program, no id), `synced` (id: the "
+        "snapshot's revision), then `created`, `updated`, `deleted` (id: the change's "
+        "revision), `resync` when the stream fell behind (a fresh snapshot follows). "
+        "Data: the program as JSON. A comment line every 15 s keeps the stream open."
+    ),
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+_RESUME = [
+    {
+        "name": "resume_revision",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "Every change after this revision instead of a snapshot.",
+    },
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        "description": "Sent by a reconnecting EventSource; wins over resume_revision.",
+    },
+]
+_GONE = {"410": _error("The resume revision is no longer remembered: watch without it.")}
+
+_PROXY_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
+
+
+def _proxy_path(alias: bool) -> dict[str, Any]:
+    responses = {
+        "default": {"description": "Whatever the program's WatcherAPI answers, passed through."},
+        **_errors("400", "404"),
+        "502": _error("The WatcherAPI does not answer (or refused a WebSocket)."),
+        "503": _error("The program is not Ready; `state` names its state."),
+        "504": _error("The WatcherAPI did not answer in time."),
+    }
+    parameters = [
+        _PROGRAM_ID,
+        {
+            "name": "path",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "Forwarded as /watcher/{path}; dot segments and encoded slashes: 400.",
+        },
+    ]
+    summary = (
+        "Alias of /programs/{program_id}/watcher/{path}."
+        if alias
+        else ("Reverse proxy to the program's WatcherAPI (any method, streaming, WebSocket).")
+    )
+    return {
+        method: {
+            "summary": summary,
+            "tags": ["proxy"],
+            "parameters": parameters,
+            "responses": responses,
+        }
+        for method in _PROXY_METHODS
+    }
+
+
+PATHS: dict[str, Any] = {
+    "/healthz": {
+        "get": {
+            "summary": "The shim is up.",
+            "tags": ["health"],
+            "responses": {"200": _json(_ref("Status"), "Up.")},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "The gRPC core answers its health check and the proxy's view is current.",
+            "tags": ["health"],
+            "responses": {
+                "200": _json(_ref("Status"), "Ready."),
+                "503": _error("Not ready."),
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document.",
+            "tags": ["health"],
+            "responses": {"200": {"description": "OpenAPI 3.0.", "content": {JSON: {}}}},
+        }
+    },
+    "/programs": {
+        "post": {
+            "summary": "Register a program from a Dockerfile and its files (it starts Created).",
+            "parameters": [
+                {
+                    "name": "user_id",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "The owner, for a tar upload (a JSON body carries its own).",
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "description": f"At most {MAX_BODY_BYTES} bytes.",
+                "content": {
+                    JSON: {"schema": _ref("CreateProgram")},
+                    "application/x-tar": {
+                        "schema": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": (
+                                "The build context: Dockerfile at the top, regular files "
+                                "and folders only; pass user_id in the query."
+                            ),
+                        }
+                    },
+                },
+            },
+            "responses": {
+                "201": _json(_ref("Program"), "Created."),
+                **_errors("400", "413"),
+                "503": _ERRORS["503"],
+            },
+        },
+        "get": {
+            "summary": "Programs in creation order, a page at a time.",
+            "parameters": [
+                {
+                    "name": "page_size",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
+                    "description": "Default 100.",
+                },
+                {"name": "page_token", "in": "query", "schema": {"type": "string"}},
+                {"name": "user_id", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"200": _json(_ref("ProgramList"), "A page."), **_errors("400")},
+        },
+    },
+    "/programs/{program_id}": {
+        "get": _program_op("One program.", "400", "404"),
+        "delete": {
+            "summary": "Stop and remove everything the program owns; waits until it is gone.",
+            "parameters": [_PROGRAM_ID],
+            "responses": {
+                "200": _json(_ref("Program"), "Deleted: its last state, Deleted."),
+                "202": _json(_ref("Program"), "Still being deleted after 30 s."),
+                **_errors("400", "404"),
+                "500": _error("Removing what the program owns failed: DELETE again."),
+            },
+        },
+    },
+    "/programs/{program_id}/start": {
+        "post": _program_op("Build (or reuse) and start.", "400", "404", "409"),
+    },
+    "/programs/{program_id}/stop": {
+        "post": _program_op("Stop; it ends Stopped.", "400", "404", "409"),
+    },
+    "/programs/{program_id}/restart": {
+        "post": _program_op("Stop if running, then start.", "400", "404", "409"),
+    },
+    "/programs/{program_id}/wait": {
+        "get": {
+            "summary": "Block until the program reaches a state.",
+            "parameters": [
+                _PROGRAM_ID,
+                {
+                    "name": "state",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": f"Any case of {', '.join(STATE_LABELS)}; default Ready.",
+                },
+                {
+                    "name": "timeout",
+                    "in": "query",
+                    "schema": {
+                        "type": "number",
+                        "exclusiveMinimum": True,
+                        "minimum": 0,
+                        "maximum": 3600,
+                    },
+                    "description": "Seconds, default 60.",
+                },
+            ],
+            "responses": {
+                "200": _json(_ref("Program"), "The program, in that state."),
+                **_errors("400", "404"),
+                "408": _error("Timed out; the message names the state it is in."),
+                "409": _error("The program failed (Error) while waiting."),
+            },
+        }
+    },
+    "/programs/{program_id}/logs": {
+        "get": {
+            "summary": "The program's logs: build, stdout, stderr and the Host's notes.",
+            "parameters": [
+                _PROGRAM_ID,
+                {
+                    "name": "tail",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                    "description": "Only the last this-many lines (after filtering); default all.",
+                },
+                {
+                    "name": "follow",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+                    "description": "Keep streaming new lines.",
+                },
+                {
+                    "name": "stream",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": f"Comma-separated: {', '.join(LOG_STREAM_NAMES)}; default all.",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "One LogEntry JSON object a line.",
+                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                },
+                **_errors("400", "404"),
+            },
+        }
+    },
+    "/programs/{program_id}/source": {
+        "get": {
+            "summary": "The Dockerfile and files the program was created from.",
+            "parameters": [_PROGRAM_ID],
+            "responses": {"200": _json(_ref("Source"), "The source."), **_errors("400", "404")},
+        }
+    },
+    "/programs/{program_id}/events": {
+        "get": {
+            "summary": "One program's changes as Server-Sent Events.",
+            "tags": ["streaming"],
+            "parameters": [_PROGRAM_ID, *_RESUME],
+            "responses": {"200": _SSE, **_errors("400", "404"), **_GONE},
+        }
+    },
+    "/events": {
+        "get": {
+            "summary": "Every program's changes as Server-Sent Events.",
+            "tags": ["streaming"],
+            "parameters": _RESUME,
+            "responses": {"200": _SSE, **_errors("400"), **_GONE},
+        }
+    },
+    "/programs/{program_id}/watcher/{path}": _proxy_path(alias=False),
+    "/programs/{program_id}/proxy/watcher/{path}": _proxy_path(alias=True),
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "Hershy REST API",
+        "version": "1",
+        "description": (
+            "The :9000 REST API of a Hershy Host, a translation of the gRPC API "
+            "(hershy.v1.ProgramService). Errors are `{error, code, message}`."
+        ),
+    },
+    "servers": [{"url": "/"}],
+    "paths": PATHS,
+    "components": {"schemas": SCHEMAS},
+}

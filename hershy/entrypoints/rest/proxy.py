@@ -1,0 +1,372 @@
+"""The reverse proxy `/programs/{id}/watcher/*` (alias `/programs/{id}/proxy/watcher/*`).
+
+It forwards to one place only: `http://127.0.0.1:{port}/watcher/...`, the
+program's WatcherAPI port as the core allotted it. Nothing the client sends
+(the Host header, an absolute request target, dot segments, encoded slashes)
+takes part in choosing where a request goes; the path is checked on its raw,
+still-encoded form, because that is what the program's server will decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from hershy.entrypoints.rest.cache import ProgramCache, Target
+from hershy.entrypoints.rest.errors import ApiError, bad_request, state_label
+from hershy.entrypoints.rest.shapes import not_ready, program_name
+from hershy.v1 import program_pb2 as pb
+from hershy.v1 import program_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+#: Where WatcherAPIs are published (MISSION: 127.0.0.1:19001-29999 only). The
+#: proxy refuses any other target, so even a corrupted registry cannot turn it
+#: into a way to reach the Host's own services.
+TARGET_HOST = "127.0.0.1"
+TARGET_PORTS = range(19001, 30000)
+_TARGET = re.compile(r"127\.0\.0\.1:([0-9]{1,5})")
+
+#: The proxy routes, matched on the raw request target.
+_ROUTE = re.compile(
+    r"/programs/(?P<id>[^/?#]*)(?P<alias>/proxy)?(?P<path>/watcher(?:/[^?#]*)?)"
+    r"(?:\?(?P<query>[^#]*))?(?:#.*)?"
+)
+#: `http://authority` at the start of an absolute-form request target.
+_ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+#: RFC 9110 7.6.1: headers for one connection only, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Also dropped from requests: set by the proxy itself (a client must not forge them),
+#: or answered by the proxy already (Expect: 100-continue).
+_REQUEST_ONLY = frozenset(
+    {
+        "host",
+        "expect",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-prefix",
+        "x-real-ip",
+    }
+)
+#: A WebSocket handshake is made anew by the proxy's client, with its own key.
+_WEBSOCKET_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+#: Statuses and methods whose responses have no body.
+_NO_BODY_STATUSES = frozenset({204, 304})
+#: Headers aiohttp's client would add by itself; forward only what the client sent.
+_SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
+#: The largest WebSocket message relayed (either way).
+MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
+#: Close codes that must not be sent in a close frame (RFC 6455 7.4.1).
+_RESERVED_CLOSE_CODES = frozenset({1005, 1006, 1015})
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRoute:
+    program_id: str
+    #: What the proxy strips: `/programs/{id}` (or `/programs/{id}/proxy`).
+    prefix: str
+    #: `/watcher...`, still percent-encoded.
+    path: str
+    query: str
+
+
+def parse_route(raw_target: str) -> ProxyRoute:
+    """The program and the upstream path of a raw request target, or 400/404."""
+    absolute = _ABSOLUTE_FORM.match(raw_target)
+    if absolute:  # `GET http://elsewhere/programs/...`: the authority is ignored
+        raw_target = raw_target[absolute.end() :] or "/"
+    match = _ROUTE.fullmatch(raw_target)
+    if match is None:
+        raise ApiError(404, "NOT_FOUND", "no such route: see /openapi.json")
+    program_id = match["id"]
+    program_name(program_id)  # 400 unless a well-formed id (no escapes, no dots)
+    path = match["path"]
+    for segment in path.split("/"):
+        lowered = segment.lower()
+        if "%2f" in lowered or "%5c" in lowered or "\\" in segment:
+            raise bad_request("path", "must not contain encoded slashes or backslashes")
+        if "%00" in lowered:
+            raise bad_request("path", "must not contain NUL")
+        if unquote(segment) in (".", ".."):
+            raise bad_request("path", "must not contain '.' or '..' segments")
+    prefix = f"/programs/{program_id}" + (match["alias"] or "")
+    return ProxyRoute(program_id, prefix, path, match["query"] or "")
+
+
+def target_port(target: Target) -> int:
+    """The program's WatcherAPI port; 502 when the core's answer is not a WatcherAPI port."""
+    match = _TARGET.fullmatch(target.proxy_target)
+    port = int(match[1]) if match else 0
+    if port not in TARGET_PORTS:
+        log.error("refusing to proxy to %r: not a WatcherAPI port", target.proxy_target)
+        raise ApiError(502, "BAD_PROXY_TARGET", "the program has no valid WatcherAPI address")
+    return port
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return (
+        request.method == "GET"
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in request.headers.get("Connection", "").lower()
+    )
+
+
+def _connection_listed(headers: Any) -> set[str]:
+    """Header names a Connection header marks as hop-by-hop too."""
+    names: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        names.update(name.strip().lower() for name in value.split(","))
+    return names
+
+
+class WatcherProxy:
+    def __init__(self, cache: ProgramCache, stub: pb_grpc.ProgramServiceAsyncStub) -> None:
+        self._cache = cache
+        self._stub = stub
+        self._session: aiohttp.ClientSession | None = None
+        self._websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+
+    async def start(self, read_timeout: float) -> None:
+        self._session = aiohttp.ClientSession(
+            # Bodies pass through as the program sent them, compressed or not.
+            auto_decompress=False,
+            # No total: a healthy long stream (logs, SSE, a WebSocket) may last for hours.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            # One session serves every user: it must never keep one's cookies for another.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # HTTP_PROXY and friends must not redirect traffic meant for 127.0.0.1.
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        for websocket in list(self._websockets):
+            await websocket.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"Host shutdown")
+        if self._session is not None:
+            await self._session.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        route = parse_route(request.raw_path)
+        port = target_port(await self._ready_target(route.program_id))
+        url = URL.build(
+            scheme="http",
+            host=TARGET_HOST,
+            port=port,
+            path=route.path,
+            query_string=route.query,
+            encoded=True,
+        )
+        if _is_websocket(request):
+            return await self._websocket(request, route, url)
+        return await self._http(request, route, url)
+
+    async def _ready_target(self, program_id: str) -> Target:
+        """From the cache; asks the core only when the cache does not say Ready.
+
+        The cache trails the core by a moment, so a program that just became
+        Ready is confirmed by GetProgram instead of being refused.
+        """
+        target = self._cache.get(program_id)
+        if target is None or target.state != pb.STATE_READY:
+            name = program_name(program_id)
+            program = await self._stub.GetProgram(pb.GetProgramRequest(name=name), timeout=10)
+            target = self._cache.observe(program)
+        if target.state != pb.STATE_READY:
+            raise not_ready(state_label(target.state))
+        return target
+
+    def _upstream_headers(
+        self, request: web.Request, route: ProxyRoute, drop: frozenset[str]
+    ) -> CIMultiDict[str]:
+        listed = _connection_listed(request.headers)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in request.headers.items():
+            lowered = name.lower()
+            if lowered not in drop and lowered not in listed:
+                headers.add(name, value)
+        headers["X-Forwarded-For"] = request.remote or ""
+        headers["X-Forwarded-Proto"] = request.scheme
+        headers["X-Forwarded-Host"] = request.headers.get("Host", request.host)
+        headers["X-Forwarded-Prefix"] = route.prefix
+        return headers
+
+    async def _http(self, request: web.Request, route: ProxyRoute, url: URL) -> web.StreamResponse:
+        assert self._session is not None, "start() first"
+        headers = self._upstream_headers(request, route, HOP_BY_HOP | _REQUEST_ONLY)
+        try:
+            upstream = await self._session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=request.content if request.body_exists else None,
+                allow_redirects=False,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+            )
+        except aiohttp.SocketTimeoutError:
+            raise ApiError(
+                504, "WATCHER_TIMEOUT", "the program's WatcherAPI did not answer in time"
+            ) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+            raise _unreachable(error) from None
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            listed = _connection_listed(upstream.headers)
+            for name, value in upstream.headers.items():
+                lowered = name.lower()
+                if lowered not in HOP_BY_HOP and lowered not in listed:
+                    response.headers.add(name, value)
+            if "Location" in response.headers:
+                response.headers["Location"] = _rewrite_location(
+                    response.headers["Location"], route, url
+                )
+            await response.prepare(request)
+            if request.method == "HEAD" or upstream.status in _NO_BODY_STATUSES:
+                await response.write_eof()
+                return response
+            try:
+                await _copy_body(upstream, response)
+            except ConnectionResetError:
+                pass  # the client went away; leaving the block drops the upstream connection
+            except _UpstreamBrokeOff:
+                # The status is sent already: cut the connection so the client
+                # sees a truncated body instead of a complete-looking one.
+                log.info("program %s: WatcherAPI broke off a response", route.program_id)
+                if request.transport is not None:
+                    request.transport.close()
+            return response
+
+    async def _websocket(
+        self, request: web.Request, route: ProxyRoute, url: URL
+    ) -> web.StreamResponse:
+        assert self._session is not None, "start() first"
+        headers = self._upstream_headers(
+            request, route, HOP_BY_HOP | _REQUEST_ONLY | _WEBSOCKET_HANDSHAKE
+        )
+        protocols = [
+            protocol.strip()
+            for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if protocol.strip()
+        ]
+        try:
+            upstream = await self._session.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                max_msg_size=MAX_WEBSOCKET_MESSAGE,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
+        except aiohttp.WSServerHandshakeError as error:
+            raise ApiError(
+                502,
+                "WATCHER_REFUSED_WEBSOCKET",
+                f"the program's WatcherAPI refused the WebSocket upgrade ({error.status})",
+            ) from None
+        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+            raise _unreachable(error) from None
+        async with upstream:
+            downstream = web.WebSocketResponse(
+                protocols=(upstream.protocol,) if upstream.protocol else (),
+                max_msg_size=MAX_WEBSOCKET_MESSAGE,
+            )
+            await downstream.prepare(request)
+            self._websockets.add(downstream)
+            await _relay(downstream, upstream)
+        return downstream
+
+
+class _UpstreamBrokeOff(Exception):
+    """The WatcherAPI's response ended before its end."""
+
+
+async def _copy_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> None:
+    """Chunks as they come; upstream failures raise _UpstreamBrokeOff, client ones pass through."""
+    while True:
+        try:
+            chunk = await upstream.content.readany()
+        except (aiohttp.ClientError, OSError) as error:  # includes timeouts and resets
+            raise _UpstreamBrokeOff from error
+        if not chunk:
+            break
+        await response.write(chunk)
+    await response.write_eof()
+
+
+async def _pipe(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    """Messages from one side to the other until the source closes (pings answer themselves)."""
+    async for message in source:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+
+
+async def _relay(
+    downstream: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+) -> None:
+    """Both directions at once; when one side closes, the other is closed with its code."""
+    to_upstream = asyncio.ensure_future(_pipe(downstream, upstream))
+    to_downstream = asyncio.ensure_future(_pipe(upstream, downstream))
+    try:
+        done, _ = await asyncio.wait(
+            (to_upstream, to_downstream), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in (to_upstream, to_downstream):
+            task.cancel()
+        await asyncio.gather(to_upstream, to_downstream, return_exceptions=True)
+    closed, other = (downstream, upstream) if to_upstream in done else (upstream, downstream)
+    code = closed.close_code
+    if code is None or code in _RESERVED_CLOSE_CODES:
+        code = aiohttp.WSCloseCode.INTERNAL_ERROR if closed is upstream else 1000
+    await other.close(code=code)
+
+
+def _rewrite_location(location: str, route: ProxyRoute, url: URL) -> str:
+    """A redirect to the program's own paths, made to point through the proxy."""
+    origin = f"http://{url.raw_authority}"
+    if location.startswith(origin + "/"):
+        location = location[len(origin) :]
+    if location.startswith("/") and not location.startswith("//"):
+        return route.prefix + location
+    return location
+
+
+def _unreachable(error: Exception) -> ApiError:
+    log.info("WatcherAPI unreachable: %s", error)
+    return ApiError(502, "WATCHER_UNREACHABLE", "the program's WatcherAPI does not answer")

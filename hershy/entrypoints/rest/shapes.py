@@ -1,0 +1,189 @@
+"""The REST API's JSON shapes, from the core's protobuf messages.
+
+The keys are the original Go system's (`program_id`, `proxy_url`, `created_at`,
+...), states are spelled like it (`Ready`), times are RFC 3339 in UTC.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from aiohttp import web
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hershy.domain.errors import InvalidArgument
+from hershy.domain.validation import validate_program_id
+from hershy.entrypoints.rest.errors import ApiError, bad_request, state_label
+from hershy.v1 import program_pb2 as pb
+
+NAME_PREFIX = "programs/"
+
+#: `?state=` values: any case of `ready`, `READY` or `STATE_READY`.
+_STATES = {
+    name.removeprefix("STATE_").lower(): value
+    for name, value in pb.State.items()
+    if value != pb.STATE_UNSPECIFIED
+}
+STATE_LABELS = [state_label(value) for value in _STATES.values()]
+
+_LOG_STREAMS = {
+    name.removeprefix("LOG_STREAM_").lower(): value
+    for name, value in pb.LogStream.items()
+    if value != pb.LOG_STREAM_UNSPECIFIED
+}
+LOG_STREAM_NAMES = list(_LOG_STREAMS)
+
+#: What a Host header must look like to be echoed back in `proxy_url`.
+_HOST_PATTERN = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+
+
+def program_name(program_id: str) -> str:
+    """`{id}` -> `programs/{id}`, refusing a malformed id with a 400 naming it."""
+    try:
+        validate_program_id(program_id, "program_id")
+    except InvalidArgument as error:
+        raise bad_request(error.field, error.description) from None
+    return NAME_PREFIX + program_id
+
+
+def rfc3339(stamp: Timestamp) -> str:
+    return stamp.ToJsonString()
+
+
+def optional_time(message: Any, field: str) -> str | None:
+    return rfc3339(getattr(message, field)) if message.HasField(field) else None
+
+
+def base_url(request: web.Request, fallback_host: str) -> str:
+    """`http://{Host}`, as the client called us; a Host header that is not a host is ignored."""
+    host = request.host
+    if not _HOST_PATTERN.fullmatch(host):
+        host = fallback_host
+    return f"{request.scheme}://{host}"
+
+
+def program_json(program: pb.Program, base: str) -> dict[str, Any]:
+    return {
+        "program_id": program.id,
+        "user_id": program.user_id,
+        "build_id": program.build_id,
+        "state": state_label(program.state),
+        "proxy_url": f"{base}/programs/{program.id}/watcher",
+        "proxy_target": program.proxy_target,
+        "created_at": rfc3339(program.create_time),
+        "updated_at": rfc3339(program.update_time),
+        "image_id": program.image_id,
+        "container_id": program.container_id,
+        "error": program.error_message,
+        "restart_count": program.restart_count,
+        "last_exit_code": (program.last_exit_code if program.HasField("last_exit_code") else None),
+        "revision": program.revision,
+        "run": program.run,
+        "runtime": program.runtime,
+        "resources": {
+            "memory_bytes": program.resources.memory_bytes,
+            "milli_cpus": program.resources.milli_cpus,
+            "pids": program.resources.pids,
+        },
+        "next_restart_at": optional_time(program, "next_restart_time"),
+        "ready_at": optional_time(program, "ready_time"),
+        "restart_pending": program.restart_pending,
+    }
+
+
+def log_json(entry: pb.LogEntry) -> dict[str, Any]:
+    return {
+        "time": rfc3339(entry.time),
+        "stream": pb.LogStream.Name(entry.stream).removeprefix("LOG_STREAM_").lower(),
+        "run": entry.run,
+        "line": entry.line,
+    }
+
+
+def source_json(source: pb.ProgramSource, program_id: str) -> dict[str, Any]:
+    """Text files as text; files that are not UTF-8 as base64, under their own key."""
+    text: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    for path, content in sorted(source.src_files.items()):
+        try:
+            text[path] = content.decode("utf-8")
+        except UnicodeDecodeError:
+            binary[path] = base64.b64encode(content).decode("ascii")
+    return {
+        "program_id": program_id,
+        "dockerfile": source.dockerfile,
+        "src_files": text,
+        "src_files_base64": binary,
+        "build_id": source.build_id,
+    }
+
+
+def parse_state(value: str, field: str = "state") -> pb.State.ValueType:
+    state = _STATES.get(value.lower().removeprefix("state_"))
+    if state is None:
+        raise bad_request(field, f"{value[:40]!r} is not a state: one of {', '.join(STATE_LABELS)}")
+    return state
+
+
+def parse_log_streams(value: str, field: str = "stream") -> list[pb.LogStream.ValueType]:
+    streams = []
+    for name in filter(None, (part.strip().lower() for part in value.split(","))):
+        stream = _LOG_STREAMS.get(name)
+        if stream is None:
+            raise bad_request(
+                field, f"{name[:40]!r} is not a log stream: use {', '.join(LOG_STREAM_NAMES)}"
+            )
+        streams.append(stream)
+    return streams
+
+
+def parse_int(
+    request: web.Request, field: str, default: int | None, low: int, high: int
+) -> int | None:
+    raw = request.query.get(field)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(field, f"{raw[:40]!r} is not an integer") from None
+    if not low <= value <= high:
+        raise bad_request(field, f"must be between {low} and {high}")
+    return value
+
+
+def parse_seconds(request: web.Request, field: str, default: float, high: float) -> float:
+    raw = request.query.get(field)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request(field, f"{raw[:40]!r} is not a number of seconds") from None
+    if not 0 < value <= high:  # also refuses nan and inf
+        raise bad_request(field, f"must be more than 0 and at most {high:g} seconds")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def parse_bool(request: web.Request, field: str) -> bool:
+    raw = request.query.get(field, "").lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise bad_request(field, f"{raw[:40]!r} is not a boolean: use 1/0 or true/false")
+
+
+def not_ready(state: str) -> ApiError:
+    return ApiError(
+        503,
+        "PROGRAM_NOT_READY",
+        f"the program is {state}, not Ready: its WatcherAPI is not reachable now",
+        state=state,
+    )

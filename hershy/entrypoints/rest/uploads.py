@@ -1,0 +1,216 @@
+"""`POST /programs` bodies (JSON, or a tar of the build context) to a CreateProgramRequest.
+
+Only the shape is checked here (types, unknown keys, tar members that are not
+plain files); what a valid program is (user ids, paths, sizes) is the core's
+to say, so there is one copy of those rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import tarfile
+from typing import Any
+
+from aiohttp import web
+
+from hershy.domain.validation import SourceLimits
+from hershy.entrypoints.rest.errors import bad_request, too_large
+from hershy.v1 import program_pb2 as pb
+
+#: The core's limit on all files together; base64 (4/3) and JSON escaping or
+#: tar headers make a body bigger than its files, so the shim allows that much
+#: more and leaves the exact limit to the core.
+MAX_BODY_BYTES = SourceLimits().max_total_bytes * 4 // 3 + 1024 * 1024
+TAR_TYPES = frozenset({"application/x-tar", "application/tar"})
+DOCKERFILE = "Dockerfile"
+#: int64 fields of Resources: bigger values would not fit the protobuf field.
+_INT64_MAX = 2**63 - 1
+
+_KEYS = frozenset({"user_id", "dockerfile", "src_files", "src_files_base64", "resources"})
+_RESOURCE_KEYS = ("memory_bytes", "milli_cpus", "pids")
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The whole body, or 413 as soon as it is known to be over `limit` (unread if possible)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large("body", f"is {length} bytes; at most {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large("body", f"is more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def create_request(request: web.Request) -> pb.CreateProgramRequest:
+    """The request a POST /programs describes: a tar by its Content-Type, else JSON.
+
+    Any other Content-Type is read as JSON, as the original system did: its
+    clients (and `curl -d`) do not always say application/json.
+    """
+    if request.content_type.lower() in TAR_TYPES:
+        return from_tar(request.query.get("user_id", ""), await read_body(request))
+    return from_json(await read_body(request))
+
+
+def from_json(body: bytes) -> pb.CreateProgramRequest:
+    if not body.strip():
+        raise bad_request("body", "is empty: send a JSON object with user_id and dockerfile")
+    try:
+        data = json.loads(body)
+    except UnicodeDecodeError:
+        raise bad_request("body", "is not UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise bad_request("body", f"is not valid JSON: {error}") from None
+    except RecursionError:
+        raise bad_request("body", "is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise bad_request("body", f"must be a JSON object, not {_json_type(data)}")
+    for key in data:
+        if key not in _KEYS:
+            raise bad_request(
+                str(key)[:80], f"is not a known field: use {', '.join(sorted(_KEYS))}"
+            )
+    user_id = _string(data, "user_id")
+    dockerfile = _string(data, "dockerfile")
+    files = {
+        path: _utf8(text, f"src_files[{path[:100]!r}]")
+        for path, text in _object(data, "src_files").items()
+    }
+    for path, encoded in _object(data, "src_files_base64").items():
+        field = f"src_files_base64[{path[:100]!r}]"
+        if path in files:
+            raise bad_request(field, "is also in src_files: give each file once")
+        try:
+            files[path] = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request(field, "is not valid base64") from None
+    request = pb.CreateProgramRequest(user_id=user_id, dockerfile=dockerfile, src_files=files)
+    resources = data.get("resources")
+    if resources is not None:
+        request.resources.CopyFrom(_resources(resources))
+    return request
+
+
+def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
+    """A build context as a tar: `Dockerfile` at the top, plain files and folders only."""
+    if not user_id:
+        raise bad_request("user_id", "is required: POST /programs?user_id=...")
+    if not body:
+        raise bad_request("body", "is empty: send a tar of the build context")
+    dockerfile: bytes | None = None
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as archive:
+            for member in archive:
+                path = _member_path(member)
+                if member.isdir():
+                    continue
+                if not member.isreg():
+                    raise bad_request(
+                        f"tar member {member.name[:100]!r}",
+                        "is not a regular file (links, devices and fifos are refused)",
+                    )
+                if path in files or (path == DOCKERFILE and dockerfile is not None):
+                    raise bad_request(f"tar member {member.name[:100]!r}", "appears twice")
+                content = archive.extractfile(member)
+                data = content.read() if content is not None else b""
+                if path == DOCKERFILE:
+                    dockerfile = data
+                else:
+                    files[path] = data
+    except tarfile.TarError as error:
+        raise bad_request("body", f"is not a valid tar archive: {error}") from None
+    if dockerfile is None:
+        raise bad_request("dockerfile", "the tar has no Dockerfile at its top level")
+    try:
+        dockerfile_text = dockerfile.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("dockerfile", "is not UTF-8 text") from None
+    return pb.CreateProgramRequest(user_id=user_id, dockerfile=dockerfile_text, src_files=files)
+
+
+def _member_path(member: tarfile.TarInfo) -> str:
+    """The member's path in the build context; absolute and `..` names are refused."""
+    name = member.name
+    field = f"tar member {name[:100]!r}"
+    if name.startswith("/"):
+        raise bad_request(field, "has an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise bad_request(field, "has a '..' segment")
+    # tarfile keeps undecodable bytes of a name as surrogates: no valid path.
+    _utf8(name, field)
+    # `tar -C dir -c .` writes `./Dockerfile`: the same file as `Dockerfile`.
+    return "/".join(parts)
+
+
+def _json_type(value: Any) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case _:
+            return "an object"
+
+
+def _utf8(text: str, field: str) -> bytes:
+    """JSON may carry lone surrogates (`"\\ud800"`), which are no text at all."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(field, "is not valid Unicode text (a lone surrogate?)") from None
+
+
+def _string(data: dict[str, Any], key: str) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise bad_request(key, f"must be a string, not {_json_type(value)}")
+    _utf8(value, key)
+    return value
+
+
+def _object(data: dict[str, Any], key: str) -> dict[str, str]:
+    """A map of path -> string (`{}` when absent)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request(key, f"must be an object of path -> content, not {_json_type(value)}")
+    for path, content in value.items():
+        field = f"{key}[{path[:100]!r}]"
+        _utf8(path, field)
+        if not isinstance(content, str):
+            raise bad_request(field, f"must be a string, not {_json_type(content)}")
+    return value
+
+
+def _resources(value: Any) -> pb.Resources:
+    if not isinstance(value, dict):
+        raise bad_request("resources", f"must be an object, not {_json_type(value)}")
+    resources = pb.Resources()
+    for key, amount in value.items():
+        field = f"resources.{key}"[:100]
+        if key not in _RESOURCE_KEYS:
+            raise bad_request(field, f"is not a known field: use {', '.join(_RESOURCE_KEYS)}")
+        if amount is None:
+            continue
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise bad_request(field, f"must be an integer, not {_json_type(amount)}")
+        if not 0 <= amount <= _INT64_MAX:
+            raise bad_request(field, "must be between 0 (the Host's default) and 2^63-1")
+        setattr(resources, key, amount)
+    return resources
