@@ -39,6 +39,9 @@ class HostConfig:
     grpc_addr: str = "127.0.0.1:9090"
     http_addr: str = "127.0.0.1:9000"
     allow_insecure_runtime: bool = False
+    #: On shutdown, stop every program first (by default they keep running and
+    #: are adopted when the Host starts again).
+    stop_programs_on_exit: bool = False
     policy: BackoffPolicy = field(default_factory=BackoffPolicy)
     docker: DockerSettings = field(default_factory=DockerSettings)
     fake_behaviour: FakeBehaviour = field(default_factory=FakeBehaviour)
@@ -113,6 +116,9 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         try:
             yield registry, server
         finally:
+            if config.stop_programs_on_exit:
+                log.info("stopping every program before exiting (--stop-programs-on-exit)")
+                await registry.stop_all(seconds=config.docker.stop_grace + 20)
             # Streams first: a server stop waits its whole grace while one is open.
             registry.hub.close()
             # The shim's streams and proxied requests end before the core they call.

@@ -48,6 +48,12 @@ def main() -> None:
     is_flag=True,
     help="Allow --runtime runc: programs then run WITHOUT the gVisor sandbox.",
 )
+@click.option(
+    "--stop-programs-on-exit",
+    is_flag=True,
+    help="Stop every program when the Host exits (by default they keep running and are "
+    "adopted when it starts again).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def serve_command(
     data_dir: Path,
@@ -55,6 +61,7 @@ def serve_command(
     http_addr: str,
     runtime: str,
     allow_insecure_runtime: bool,
+    stop_programs_on_exit: bool,
     verbose: bool,
 ) -> None:
     """Start the Host and serve until SIGTERM or SIGINT."""
@@ -68,6 +75,7 @@ def serve_command(
         grpc_addr=_address(grpc_addr, "--grpc-addr"),
         http_addr=_address(http_addr, "--http-addr"),
         allow_insecure_runtime=allow_insecure_runtime,
+        stop_programs_on_exit=stop_programs_on_exit,
     )
     try:
         asyncio.run(serve(config))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
@@ -21,12 +22,21 @@ from hershy.domain import reducer
 from hershy.domain.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    HershyError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )
-from hershy.domain.model import BackoffPolicy, LogLine, LogStream, Program, Resources, State
+from hershy.domain.model import (
+    ACTIVE_STATES,
+    BackoffPolicy,
+    LogLine,
+    LogStream,
+    Program,
+    Resources,
+    State,
+)
 from hershy.domain.validation import (
     ProgramSource,
     ResourcePolicy,
@@ -197,6 +207,21 @@ class Registry:
         now = self._clock.now()
         for supervisor in self._supervisors.values():
             supervisor.emit(ev.HostRestarted(now))
+
+    async def stop_all(self, seconds: float) -> None:
+        """Stop every program that runs and wait (at most `seconds`) until they are at rest."""
+        stopping = []
+        for program in list(self._programs.values()):
+            if program.state in ACTIVE_STATES:
+                with contextlib.suppress(FailedPrecondition, NotFound):
+                    await self.stop(program.id)
+                    stopping.append(program.id)
+        waits = [self._until_at_rest(program_id, seconds) for program_id in stopping]
+        await asyncio.gather(*waits)
+
+    async def _until_at_rest(self, program_id: str, seconds: float) -> None:
+        with contextlib.suppress(HershyError):
+            await self.wait(program_id, State.STOPPED, seconds)
 
     def runs(self) -> dict[str, int]:
         """Each program's current run: what the Host owns, for reaping the rest."""

@@ -319,3 +319,21 @@ def test_revisions_strictly_increase_across_programs(requests: list[tuple[int, s
                     assert registry.get(program_id).revision <= revisions[-1]
 
     asyncio.run(scenario())
+
+
+async def test_stop_all_brings_every_running_program_to_rest() -> None:
+    registry, handler = make_registry(FakeBehaviour(build_delay=30))
+    async with registry:
+        ready = await registry.create("alice", DOCKERFILE, {"a": b"1"})
+        handler.behaviour.build_delay = 0
+        await registry.start(ready.id)
+        await registry.wait(ready.id, State.READY, 2)
+        handler.behaviour.build_delay = 30
+        building = await registry.create("alice", DOCKERFILE, {"b": b"2"})
+        await registry.start(building.id)
+        idle = await registry.create("alice", DOCKERFILE, {"c": b"3"})
+        await registry.stop_all(seconds=2)
+        assert registry.get(ready.id).state is State.STOPPED
+        assert registry.get(building.id).state is State.STOPPED
+        assert registry.get(idle.id).state is State.CREATED
+        assert handler.world.containers == {}
