@@ -8,6 +8,7 @@ import enum
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -95,6 +96,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         await handler.reap(registry.runs())
         if recovered.programs:
             log.info("recovered %d programs from %s", len(recovered.programs), store.path)
+            stack.push_async_callback(_cancel, asyncio.create_task(_report_reconciled(registry)))
         await server.start()
         # The REST shim is a client of the gRPC core, through a real channel. (Imported
         # here to keep the shim's wiring in one place.)
@@ -126,6 +128,18 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             await server.stop(grace=5.0)
             logs.close()
             log.info("Hershy stopped")
+
+
+async def _report_reconciled(registry: Registry) -> None:
+    started = time.monotonic()
+    await registry.reconciled()
+    log.info("every recovered program reconciled in %.2f s", time.monotonic() - started)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def serve(config: HostConfig) -> None:

@@ -12,7 +12,9 @@
 #      uses Debian's /usr/bin/runsc with --network=host (Debian's 2022 runsc cannot use its own
 #      network stack on new kernels)
 #   3. merges into /etc/docker/daemon.json: runtimes.runsc, default-runtime=runsc,
-#      live-restore=true (other keys and other runtimes are kept)
+#      live-restore=true, icc=false (no traffic between containers on the default bridge, so
+#      one program cannot reach another's WatcherAPI directly) (other keys and other runtimes
+#      are kept)
 #   4. starts dockerd in the background (no systemd here) or reloads it (SIGHUP) if the
 #      config changed, and waits for `docker info`
 #   5. builds the local base image hershy-busybox:latest (FROM scratch + static busybox; its
@@ -165,6 +167,7 @@ if args:
 cfg.setdefault("runtimes", {})["runsc"] = runtime
 cfg["default-runtime"] = "runsc"
 cfg["live-restore"] = True
+cfg["icc"] = False
 if json.dumps(cfg, sort_keys=True) == old:
     print("unchanged")
 else:
@@ -325,6 +328,29 @@ if [[ ${HERSHY_SETUP_SKIP_VERIFY:-0} != 1 ]]; then
     mkdir -p "$(dirname "$MODE_FILE")"
     if [[ ! -f $MODE_FILE || $(cat "$MODE_FILE") != "$mode_in_use" ]]; then
         echo "$mode_in_use" >"$MODE_FILE"
+    fi
+fi
+
+# icc is not reloadable: a dockerd that was running before daemon.json said "icc": false keeps
+# inter-container traffic on until it restarts with no container running (live-restore keeps the
+# old bridge otherwise). Restart it when that is safe; otherwise say what to do.
+bridge_icc() {
+    docker_cli network inspect bridge \
+        --format '{{index .Options "com.docker.network.bridge.enable_icc"}}' 2>/dev/null || true
+}
+icc=$(bridge_icc)
+if [[ $icc != false ]]; then
+    if [[ -z $(docker_cli ps -q) ]]; then
+        log "restarting dockerd so that \"icc\": false applies (no container is running)"
+        pid=$(pidof dockerd || true)
+        [[ -n $pid ]] && kill "$pid"
+        for _ in $(seq 1 100); do pidof dockerd >/dev/null || break; sleep 0.2; done
+        setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+        wait_docker
+        icc=$(bridge_icc)
+    fi
+    if [[ $icc != false ]]; then
+        log "WARNING: the running dockerd has inter-container traffic on (enable_icc=${icc:-?}); \"icc\": false applies once dockerd restarts with no container running"
     fi
 fi
 

@@ -60,6 +60,7 @@ T = TypeVar("T")
 READY_PATH = "/watcher/status"
 SPEC_FILE = "compose.json"
 BUILD_TAIL_LINES = 15
+RUN_STEP_PREFIX = " ---> Running in "
 
 
 class RuntimeUnavailable(Exception):
@@ -294,6 +295,9 @@ class DockerEffectHandler:
         note(f"building {tag} (runtime of RUN steps: the daemon's default, {SECURE_RUNTIME})")
         tail: deque[str] = deque(maxlen=BUILD_TAIL_LINES)
         started = time.monotonic()
+        # The container of the RUN step under way: it carries none of our labels, and
+        # dockerd removes it in its own time after a cancelled build, so we do it.
+        step: str | None = None
         try:
             async with asyncio.timeout(self.settings.build_timeout):
                 async for message in self._engine.build(build_context(source), params):
@@ -301,18 +305,35 @@ class DockerEffectHandler:
                         if line.strip():
                             tail.append(line)
                             note(line)
+                        if line.startswith(RUN_STEP_PREFIX):
+                            step = line.removeprefix(RUN_STEP_PREFIX).strip()
                     if "error" in message:
                         note(f"error: {message['error']}")
                         raise BuildError(str(message["error"]).strip(), tail)
         except TimeoutError:
+            await self._remove_build_step(step)
             raise BuildError(
                 f"the build took longer than {self.settings.build_timeout:g} s", tail
             ) from None
+        except asyncio.CancelledError:
+            await asyncio.shield(self._remove_build_step(step))
+            raise
         except EngineError as error:
             raise BuildError(str(error), tail) from None
         image = await self._call(self._docker.images.get, tag)
         note(f"built {image.id} in {time.monotonic() - started:.1f} s")
         outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
+
+    async def _remove_build_step(self, container_id: str | None) -> None:
+        """Remove a build step's container and wait until it is really gone."""
+        if container_id is None:
+            return
+        with contextlib.suppress(NotFound):
+            for _ in range(100):
+                container = await self._call(self._docker.containers.get, container_id)
+                with contextlib.suppress(APIError):  # 409: dockerd is removing it already
+                    await self._call(container.remove, force=True)
+                await asyncio.sleep(0.1)
 
     async def _start(self, program_id: str, effect: fx.StartContainer, outbox: Outbox) -> None:
         # First of all: no container of this run or an older one may be left (a start

@@ -223,6 +223,10 @@ class Registry:
         with contextlib.suppress(HershyError):
             await self.wait(program_id, State.STOPPED, seconds)
 
+    async def reconciled(self) -> None:
+        """Returns once every recovered program was compared with the runtime."""
+        await asyncio.gather(*(s.reconciled.wait() for s in list(self._supervisors.values())))
+
     def runs(self) -> dict[str, int]:
         """Each program's current run: what the Host owns, for reaping the rest."""
         return {program.id: program.run for program in self._programs.values()}

@@ -52,6 +52,8 @@ class Supervisor:
         self._inflight: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
+        #: Set after a Host restart once the program was compared with the runtime.
+        self.reconciled = asyncio.Event()
 
     # --- the Outbox port, for effect results --------------------------------
 
@@ -102,12 +104,37 @@ class Supervisor:
                     _reply(message, error=error)
                     return
         _reply(message, program=self.program)
-        self._start(effects)
+        started = self._start(effects)
+        if isinstance(message.event, ev.HostRestarted):
+            # Reconciled once every container the store says runs has been looked at.
+            checks = [task for effect, task in started if isinstance(effect, fx.AdoptContainer)]
+            self._mark_reconciled(checks)
 
-    def _start(self, effects: tuple[fx.Effect, ...]) -> None:
-        """Start effects in order; the ones after a CancelInflight wait for the cancelled tasks."""
+    def _mark_reconciled(self, checks: list[asyncio.Task[None]]) -> None:
+        if not checks:
+            self.reconciled.set()
+            return
+        remaining = len(checks)
+
+        def one_done(_: asyncio.Task[None]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                self.reconciled.set()
+
+        for task in checks:
+            task.add_done_callback(one_done)
+
+    def _start(
+        self, effects: tuple[fx.Effect, ...]
+    ) -> list[tuple[fx.HandledEffect, asyncio.Task[None]]]:
+        """Start effects in order; the ones after a CancelInflight wait for the cancelled tasks.
+
+        Returns the handled effects with the tasks carrying them out.
+        """
         assert self._tasks is not None
         cancelled: list[asyncio.Task[None]] = []
+        started: list[tuple[fx.HandledEffect, asyncio.Task[None]]] = []
         for effect in effects:
             match effect:
                 case fx.CancelInflight():
@@ -127,8 +154,11 @@ class Supervisor:
                     task = self._tasks.create_task(self._execute(effect, tuple(cancelled)))
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
+                    started.append((effect, task))
                 case fx.StopContainer() | fx.AdoptContainer() | fx.Teardown():
-                    self._tasks.create_task(self._execute(effect, tuple(cancelled)))
+                    task = self._tasks.create_task(self._execute(effect, tuple(cancelled)))
+                    started.append((effect, task))
+        return started
 
     async def _execute(
         self, effect: fx.HandledEffect, after: tuple[asyncio.Task[None], ...]
