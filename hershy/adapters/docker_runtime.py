@@ -268,6 +268,7 @@ class DockerEffectHandler:
                 effect.run,
                 int(state.get("ExitCode", -1)),
                 bool(state.get("OOMKilled", False)),
+                container.id,
             )
         )
 
@@ -513,6 +514,7 @@ class DockerEffectHandler:
                 int(attributes[LABEL_RUN]),
                 int(attributes.get("exitCode", "-1")),
                 oom,
+                container_id,
             )
         )
 

@@ -93,11 +93,13 @@ class FakeEffectHandler:
 
     def crash(self, program_id: str, exit_code: int = 1, *, oom_killed: bool = False) -> None:
         """Make the program's running container exit on its own."""
-        for container in self.world.containers.values():
+        for container_id, container in self.world.containers.items():
             if container.program_id == program_id and container.running:
                 container.running = False
                 container.outbox.emit(
-                    ev.ContainerExited(container.outbox.now(), container.run, exit_code, oom_killed)
+                    ev.ContainerExited(
+                        container.outbox.now(), container.run, exit_code, oom_killed, container_id
+                    )
                 )
 
     async def _build(self, effect: fx.Build, outbox: Outbox) -> None:

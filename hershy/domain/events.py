@@ -98,6 +98,9 @@ class ContainerExited:
     run: int
     exit_code: int
     oom_killed: bool = False
+    #: Which container exited, when known: the exit of a container the Host
+    #: removed on purpose (a leftover) is not the program's crash.
+    container_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_PO
         case ev.DeleteRequested():
             return _on_delete(program, event.at)
         case ev.HostRestarted():
-            return _on_host_restarted(program)
+            return _on_host_restarted(program, event.at)
         case ev.ContainerStopped():
             return _on_container_stopped(program, event)
         case _ if event.run != program.run:
@@ -197,15 +197,19 @@ def _on_delete(program: Program, at: float) -> Outcome:
     )
 
 
-def _on_host_restarted(program: Program) -> Ignored:
+def _on_host_restarted(program: Program, at: float) -> Outcome:
     """Finish or redo what was under way when the Host stopped; adopt what runs."""
     run, container = program.run, program.container_id
     match program.state:
         case State.BUILDING:
             effects: tuple[fx.Effect, ...] = (fx.Build(run, program.build_id),)
         case State.STARTING if program.image_id is not None:
-            # The handler removes whatever this run had left before starting anew.
-            effects = (_start_container(program, run, program.image_id),)
+            # The start is redone; the handler removes what the cut-off one left, and
+            # that container's exit must not count as the program's crash.
+            redo = (_start_container(program, run, program.image_id),)
+            if container is not None:
+                return Transition(_at(program, at, container_id=None), redo)
+            effects = redo
         case State.READY:
             effects = (fx.AdoptContainer(run, container),)
         case State.STOPPING:
@@ -257,6 +261,8 @@ def _on_container_exited(
     if program.state not in (State.READY, State.STARTING):
         # Expected during a stop or delete; old news otherwise.
         return Ignored(f"container exit while {program.state.name}")
+    if event.container_id is not None and event.container_id != program.container_id:
+        return Ignored(f"exit of container {event.container_id}, not the program's own")
     ran_long_enough = (
         program.ready_since is not None and event.at - program.ready_since >= policy.reset_after
     )

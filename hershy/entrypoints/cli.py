@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from hershy.adapters.docker_runtime import RuntimeUnavailable
+from hershy.adapters.docker_runtime import DockerSettings, RuntimeUnavailable
 from hershy.adapters.sqlite_store import StoreError
 from hershy.bootstrap import HostConfig, Runtime, serve
+from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints import doctor
 
 
@@ -49,6 +50,35 @@ def main() -> None:
     help="Allow --runtime runc: programs then run WITHOUT the gVisor sandbox.",
 )
 @click.option(
+    "--stop-grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL when a program is stopped.",
+)
+@click.option(
+    "--ready-timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds a started program has to answer GET /watcher/status before it is an error.",
+)
+@click.option(
+    "--build-timeout",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Seconds an image build may take.",
+)
+@click.option(
+    "--backoff",
+    type=(click.FloatRange(min=0.01), click.FloatRange(min=0.01)),
+    default=(10.0, 300.0),
+    show_default=True,
+    metavar="FIRST MAX",
+    help="Delay before restarting a crashed program: FIRST, doubling up to MAX seconds.",
+)
+@click.option(
     "--stop-programs-on-exit",
     is_flag=True,
     help="Stop every program when the Host exits (by default they keep running and are "
@@ -61,6 +91,10 @@ def serve_command(
     http_addr: str,
     runtime: str,
     allow_insecure_runtime: bool,
+    stop_grace: float,
+    ready_timeout: float,
+    build_timeout: float,
+    backoff: tuple[float, float],
     stop_programs_on_exit: bool,
     verbose: bool,
 ) -> None:
@@ -76,6 +110,10 @@ def serve_command(
         http_addr=_address(http_addr, "--http-addr"),
         allow_insecure_runtime=allow_insecure_runtime,
         stop_programs_on_exit=stop_programs_on_exit,
+        policy=BackoffPolicy(initial=backoff[0], cap=max(backoff)),
+        docker=DockerSettings(
+            stop_grace=stop_grace, ready_timeout=ready_timeout, build_timeout=build_timeout
+        ),
     )
     try:
         asyncio.run(serve(config))

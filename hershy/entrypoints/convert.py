@@ -135,6 +135,7 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
         case ev.ContainerExited():
             message.container_exited.exit_code = event.exit_code
             message.container_exited.oom_killed = event.oom_killed
+            message.container_exited.container_id = event.container_id or ""
         case ev.ContainerStopped():
             message.container_stopped.SetInParent()
         case ev.StopFailed():

@@ -182,7 +182,9 @@ class Lifecycle(RuleBasedStateMachine):
     def container_exits(self, data: st.DataObject, code: int) -> None:
         name = data.draw(st.sampled_from(sorted(set(self.world.containers) - self.world.dead)))
         self.world.dead.add(name)
-        self.world.inbox.append(ev.ContainerExited(self.tick(), self.world.containers[name], code))
+        self.world.inbox.append(
+            ev.ContainerExited(self.tick(), self.world.containers[name], code, False, name)
+        )
 
     @precondition(lambda self: self.world.timer is not None)
     @rule()

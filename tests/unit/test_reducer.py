@@ -243,3 +243,19 @@ def test_start_from_error_with_a_leftover_container_removes_it_first() -> None:
     step = accepted(reduce(step.program, ev.ContainerStopped(NOW, 1)))
     assert step.program.state is State.BUILDING
     assert step.program.container_id is None
+
+
+def test_the_exit_of_a_container_that_is_not_the_programs_own_is_no_crash() -> None:
+    ready = program_in(State.READY)
+    stranger = reduce(ready, ev.ContainerExited(NOW, 1, 137, False, "c-leftover"))
+    assert isinstance(stranger, Ignored)
+    own = accepted(reduce(ready, ev.ContainerExited(NOW, 1, 137, False, "c-1")))
+    assert own.program.state is State.BACKOFF
+
+
+def test_a_start_cut_off_by_a_host_restart_is_redone_without_its_old_container() -> None:
+    starting = replace(program_in(State.STARTING), container_id="c-old")
+    redo = accepted(reduce(starting, ev.HostRestarted(NOW)))
+    assert redo.program.container_id is None
+    assert [type(effect) for effect in redo.effects] == [fx.StartContainer]
+    assert isinstance(reduce(redo.program, ev.ContainerExited(NOW, 1, 0, False, "c-old")), Ignored)
