@@ -24,8 +24,19 @@ elif git rev-parse --verify --quiet HEAD~1 >/dev/null \
     buf breaking --against ".git#ref=HEAD~1"
 fi
 
-echo "==> generated code is current"
+echo "==> generated code is current (Python and Go)"
 scripts/codegen.sh --check
+
+echo "==> Go client (clients/go): vet, gofmt, go.mod, tests against a live Host"
+(
+    cd clients/go
+    command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"
+    go vet ./...
+    unformatted=$(gofmt -l .)
+    [[ -z "$unformatted" ]] || { echo "gofmt needed: $unformatted" >&2; exit 1; }
+    go mod tidy -diff
+    go test -count=1 ./...
+)
 
 echo "==> pytest"
 python3 -m pytest -p no:cacheprovider "$@"
