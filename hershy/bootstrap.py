@@ -18,11 +18,11 @@ from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
 from hershy.adapters.sqlite_store import SqliteEventLog
-from hershy.adapters.system import RandomIds, SystemClock
+from hershy.adapters.system import RandomIds, SystemClock, loopback_port_is_free
 from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints.grpc_server import GrpcServer
 from hershy.service.ports import EffectHandler, LogStore
-from hershy.service.registry import Registry
+from hershy.service.registry import PortAllocator, Registry
 
 log = logging.getLogger("hershy")
 
@@ -85,6 +85,9 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             sources=sources,
             logs=logs,
             event_log=store,
+            ports=PortAllocator(
+                is_free=lambda port: config.runtime is Runtime.FAKE or loopback_port_is_free(port)
+            ),
             clock=SystemClock(),
             ids=RandomIds(),
             policy=config.policy,

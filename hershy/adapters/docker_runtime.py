@@ -395,6 +395,8 @@ class DockerEffectHandler:
         deadline = time.monotonic() + self.settings.ready_timeout
         last_problem = "no answer yet"
         assert self._http is not None
+        # Poll fast first (most programs listen within a few hundred ms), then back off.
+        interval = min(0.02, self.settings.ready_poll_interval)
         while time.monotonic() < deadline:
             try:
                 async with self._http.get(url) as response:
@@ -403,7 +405,8 @@ class DockerEffectHandler:
                     last_problem = f"it answered {response.status}"
             except (aiohttp.ClientError, TimeoutError) as error:
                 last_problem = type(error).__name__
-            await asyncio.sleep(self.settings.ready_poll_interval)
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, self.settings.ready_poll_interval)
         raise TimeoutError(
             f"its WatcherAPI did not answer GET {READY_PATH} on 127.0.0.1:{port} within "
             f"{self.settings.ready_timeout:g} s ({last_problem})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 
 
@@ -14,3 +15,13 @@ class SystemClock:
 class RandomIds:
     def new_program_id(self) -> str:
         return "prog-" + secrets.token_hex(6)
+
+
+def loopback_port_is_free(port: int) -> bool:
+    """True if nothing holds `port` on 127.0.0.1 (a WatcherAPI port must be bindable there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

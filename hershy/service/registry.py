@@ -12,7 +12,7 @@ import base64
 import binascii
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Protocol
@@ -87,16 +87,20 @@ class MemoryEventLog:
 class PortAllocator:
     """Host ports for WatcherAPIs: the lowest free one, never two programs on one port."""
 
-    def __init__(self, first: int = 19001, last: int = 29999) -> None:
+    def __init__(
+        self, first: int = 19001, last: int = 29999, is_free: Callable[[int], bool] | None = None
+    ) -> None:
+        """`is_free` tells whether the OS lets a port be bound (something else may hold it)."""
         self._first, self._last = first, last
         self._used: set[int] = set()
         self._next = first
+        self._is_free = is_free or (lambda port: True)
 
     def allocate(self) -> int:
         size = self._last - self._first + 1
         for offset in range(size):
             port = self._first + (self._next - self._first + offset) % size
-            if port not in self._used:
+            if port not in self._used and self._is_free(port):
                 self._used.add(port)
                 self._next = port + 1 if port < self._last else self._first
                 return port

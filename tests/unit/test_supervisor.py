@@ -337,3 +337,12 @@ async def test_stop_all_brings_every_running_program_to_rest() -> None:
         assert registry.get(building.id).state is State.STOPPED
         assert registry.get(idle.id).state is State.CREATED
         assert handler.world.containers == {}
+
+
+def test_the_port_allocator_skips_ports_something_else_holds() -> None:
+    taken = {19001, 19002}
+    ports = PortAllocator(19001, 19004, is_free=lambda port: port not in taken)
+    assert ports.allocate() == 19003
+    assert ports.allocate() == 19004
+    with pytest.raises(ResourceExhausted):
+        ports.allocate()
