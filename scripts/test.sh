@@ -38,5 +38,14 @@ echo "==> Go client (clients/go): vet, gofmt, go.mod, tests against a live Host"
     go test -count=1 ./...
 )
 
+echo "==> example programs (examples/): gofmt, vet, tests, static builds"
+(
+    cd examples
+    command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"
+    unformatted=$(gofmt -l .)
+    [[ -z "$unformatted" ]] || { echo "gofmt needed: $unformatted" >&2; exit 1; }
+    ./build-all.sh  # go vet, go test, then each example's static binary
+)
+
 echo "==> pytest"
 python3 -m pytest -p no:cacheprovider "$@"

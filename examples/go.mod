@@ -1,0 +1,3 @@
+module github.com/hershy/hershy/examples
+
+go 1.22
