@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hershy.domain import events as ev
+from hershy.domain.auth import TokenRecord
 from hershy.domain.model import Program, Resources, State
 from hershy.service.watch import Change, ChangeKind
 
@@ -68,6 +69,14 @@ CREATE TABLE IF NOT EXISTS events (
     program TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_program ON events (program_id, revision);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    admin INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
 CREATE TABLE IF NOT EXISTS programs (
     program_id TEXT PRIMARY KEY,
     created_revision INTEGER NOT NULL,
@@ -284,6 +293,40 @@ class SqliteEventLog:
             (program_id,),
         ).fetchall()
         return [(rev, decode_event(event), decode_program(program)) for rev, event, program in rows]
+
+    # --- tokens ---------------------------------------------------------------------
+
+    def tokens(self) -> list[TokenRecord]:
+        rows = self._conn.execute(
+            "SELECT id, secret_hash, user_id, admin, created_at, revoked_at FROM tokens "
+            "ORDER BY created_at, id"
+        ).fetchall()
+        return [TokenRecord(i, h, u, bool(a), c, r) for i, h, u, a, c, r in rows]
+
+    async def save_token(self, record: TokenRecord) -> None:
+        await self._in_writer(
+            "INSERT INTO tokens (id, secret_hash, user_id, admin, created_at, revoked_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.secret_hash,
+                record.user_id,
+                int(record.admin),
+                record.created_at,
+                record.revoked_at,
+            ),
+        )
+
+    async def revoke_token(self, token_id: str, at: float) -> None:
+        await self._in_writer(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, token_id)
+        )
+
+    async def _in_writer(self, sql: str, parameters: tuple[object, ...]) -> None:
+        def write() -> None:
+            self._conn.execute(sql, parameters)  # autocommit: one statement, durable
+
+        await asyncio.get_running_loop().run_in_executor(self._writer, write)
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)

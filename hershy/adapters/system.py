@@ -6,6 +6,8 @@ import secrets
 import socket
 import time
 
+from hershy.domain.auth import TOKEN_PREFIX
+
 
 class SystemClock:
     def now(self) -> float:
@@ -15,6 +17,9 @@ class SystemClock:
 class RandomIds:
     def new_program_id(self) -> str:
         return "prog-" + secrets.token_hex(6)
+
+    def new_token(self) -> tuple[str, str]:
+        return "tok-" + secrets.token_hex(6), TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def loopback_port_is_free(port: int) -> bool:

@@ -40,6 +40,18 @@ class NotFound(HershyError):
     reason = "PROGRAM_NOT_FOUND"
 
 
+class Unauthenticated(HershyError):
+    """No token, or one the Host does not know or has revoked."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(HershyError):
+    """A valid token that may not do this (only the admin manages tokens)."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class FailedPrecondition(HershyError):
     """The program's state does not allow the request. `state` is its current state name."""
 

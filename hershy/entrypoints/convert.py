@@ -5,13 +5,16 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hershy.domain import events as ev
+from hershy.domain.auth import TokenRecord
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream, Program, Resources, State
 from hershy.domain.validation import validate_program_id
 from hershy.service.watch import Change, ChangeKind
 from hershy.v1 import program_pb2 as pb
+from hershy.v1 import token_pb2 as token_pb
 
 NAME_PREFIX = "programs/"
+TOKEN_PREFIX = "tokens/"
 
 CHANGE_TYPES = {
     ChangeKind.CREATED: pb.WatchProgramsResponse.TYPE_CREATED,
@@ -156,3 +159,22 @@ def change_to_pb(change: Change, runtime: str) -> pb.WatchProgramsResponse:
         revision=change.revision,
         event=event_to_pb(change.event),
     )
+
+
+def token_id_from_name(name: str) -> str:
+    if not name.startswith(TOKEN_PREFIX) or not name[len(TOKEN_PREFIX) :]:
+        raise InvalidArgument("name", f"{name[:80]!r} is not of the form tokens/{{id}}")
+    return name[len(TOKEN_PREFIX) :]
+
+
+def token_to_pb(record: TokenRecord) -> token_pb.Token:
+    message = token_pb.Token(
+        name=TOKEN_PREFIX + record.id,
+        id=record.id,
+        user_id=record.user_id,
+        admin=record.admin,
+        create_time=timestamp(record.created_at),
+    )
+    if record.revoked_at is not None:
+        message.revoke_time.CopyFrom(timestamp(record.revoked_at))
+    return message

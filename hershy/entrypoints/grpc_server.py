@@ -13,18 +13,23 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hershy.domain.errors import HershyError
+from hershy.domain.auth import Principal
+from hershy.domain.errors import HershyError, NotFound, PermissionDenied
 from hershy.domain.model import Program
 from hershy.entrypoints import convert
 from hershy.entrypoints.grpc_errors import to_status
+from hershy.service.auth import Authenticator
 from hershy.service.registry import Registry
 from hershy.service.watch import Change, Closed, Resync
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy.v1 import token_pb2 as token_pb
+from hershy.v1 import token_pb2_grpc as token_pb_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ProgramService"].full_name
+TOKEN_SERVICE_NAME = token_pb.DESCRIPTOR.services_by_name["TokenService"].full_name
 DEFAULT_WAIT_SECONDS = 60.0
 #: Sources can be tens of MiB; gRPC's default limit is 4 MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -37,7 +42,7 @@ def _unary(method: Method) -> Method:
     """Maps Host errors to statuses: the one place this happens for unary calls."""
 
     @functools.wraps(method)
-    async def wrapper(self: ProgramService, request: Message, context: Context) -> Any:
+    async def wrapper(self: object, request: Message, context: Context) -> Any:
         try:
             return await method(self, request, context)
         except HershyError as error:
@@ -53,18 +58,41 @@ def _unary(method: Method) -> Method:
 
 
 class ProgramService(pb_grpc.ProgramServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, auth: Authenticator) -> None:
         self._registry = registry
+        self._auth = auth
         # Changes are encoded once, however many subscribers there are.
         self._encoded: OrderedDict[int, pb.WatchProgramsResponse] = OrderedDict()
 
     def _pb(self, program: Program) -> pb.Program:
         return convert.program_to_pb(program, self._registry.runtime)
 
+    def _caller(self, context: Context) -> Principal:
+        """Who calls: from the `authorization` metadata (UNAUTHENTICATED if missing or bad)."""
+        metadata = dict(context.invocation_metadata() or ())
+        value = metadata.get("authorization")
+        return self._auth.authenticate(value if isinstance(value, str) else None)
+
+    def _own(self, caller: Principal, name: str) -> str:
+        """The id in `name`, if the caller may see that program; NOT_FOUND otherwise.
+
+        Another user's program answers exactly like one that does not exist.
+        """
+        program_id = convert.program_id_from_name(name)
+        if not caller.sees(self._registry.get(program_id)):
+            raise NotFound(f"program {program_id} not found")
+        return program_id
+
     @_unary
     async def CreateProgram(self, request: pb.CreateProgramRequest, context: Context) -> pb.Program:
+        caller = self._caller(context)
+        user_id = request.user_id or ("" if caller.admin else caller.user_id)
+        if not caller.admin and user_id != caller.user_id:
+            raise PermissionDenied(
+                f"your token is {caller.user_id}'s: it cannot create programs for {user_id}"
+            )
         program = await self._registry.create(
-            request.user_id,
+            user_id,
             request.dockerfile,
             dict(request.src_files),
             convert.resources_from_pb(request.resources),
@@ -73,13 +101,20 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
 
     @_unary
     async def GetProgram(self, request: pb.GetProgramRequest, context: Context) -> pb.Program:
-        return self._pb(self._registry.get(convert.program_id_from_name(request.name)))
+        caller = self._caller(context)
+        return self._pb(self._registry.get(self._own(caller, request.name)))
 
     @_unary
     async def ListPrograms(
         self, request: pb.ListProgramsRequest, context: Context
     ) -> pb.ListProgramsResponse:
-        page = self._registry.list_programs(request.page_size, request.page_token, request.user_id)
+        caller = self._caller(context)
+        user_id = request.user_id
+        if not caller.admin:
+            if user_id and user_id != caller.user_id:
+                return pb.ListProgramsResponse()  # nobody else's programs, not even a count
+            user_id = caller.user_id
+        page = self._registry.list_programs(request.page_size, request.page_token, user_id)
         return pb.ListProgramsResponse(
             programs=[self._pb(program) for program in page.programs],
             next_page_token=page.next_page_token,
@@ -88,25 +123,29 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
 
     @_unary
     async def DeleteProgram(self, request: pb.DeleteProgramRequest, context: Context) -> pb.Program:
-        return self._pb(await self._registry.delete(convert.program_id_from_name(request.name)))
+        caller = self._caller(context)
+        return self._pb(await self._registry.delete(self._own(caller, request.name)))
 
     @_unary
     async def StartProgram(self, request: pb.StartProgramRequest, context: Context) -> pb.Program:
-        return self._pb(await self._registry.start(convert.program_id_from_name(request.name)))
+        caller = self._caller(context)
+        return self._pb(await self._registry.start(self._own(caller, request.name)))
 
     @_unary
     async def StopProgram(self, request: pb.StopProgramRequest, context: Context) -> pb.Program:
-        return self._pb(await self._registry.stop(convert.program_id_from_name(request.name)))
+        caller = self._caller(context)
+        return self._pb(await self._registry.stop(self._own(caller, request.name)))
 
     @_unary
     async def RestartProgram(
         self, request: pb.RestartProgramRequest, context: Context
     ) -> pb.Program:
-        return self._pb(await self._registry.restart(convert.program_id_from_name(request.name)))
+        caller = self._caller(context)
+        return self._pb(await self._registry.restart(self._own(caller, request.name)))
 
     @_unary
     async def WaitProgram(self, request: pb.WaitProgramRequest, context: Context) -> pb.Program:
-        program_id = convert.program_id_from_name(request.name)
+        program_id = self._own(self._caller(context), request.name)
         state = convert.state_from_pb(request.state)
         timeout = DEFAULT_WAIT_SECONDS
         if request.HasField("timeout"):
@@ -117,9 +156,13 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         self, request: pb.WatchProgramsRequest, context: Context
     ) -> AsyncIterator[pb.WatchProgramsResponse]:
         try:
+            caller = self._caller(context)
             program_id = convert.program_id_from_name(request.name) if request.name else ""
             resume = request.resume_revision if request.HasField("resume_revision") else None
-            start = self._registry.watch(program_id, resume)
+            if program_id and resume is None:
+                self._own(caller, request.name)
+            owner = None if caller.admin else caller.user_id
+            start = self._registry.watch(program_id, resume, owner)
         except HershyError as error:
             await context.abort_with_status(to_status(error))
             return
@@ -148,7 +191,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
     async def GetProgramSource(
         self, request: pb.GetProgramSourceRequest, context: Context
     ) -> pb.ProgramSource:
-        program_id = convert.program_id_from_name(request.name)
+        program_id = self._own(self._caller(context), request.name)
         source = await self._registry.source(program_id)
         return pb.ProgramSource(
             name=request.name,
@@ -161,7 +204,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         self, request: pb.ReadProgramLogsRequest, context: Context
     ) -> AsyncIterator[pb.LogEntry]:
         try:
-            program_id = convert.program_id_from_name(request.name)
+            program_id = self._own(self._caller(context), request.name)
             streams = frozenset(
                 convert.log_stream_from_pb(value, "streams") for value in request.streams
             )
@@ -197,10 +240,49 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         return message
 
 
-class GrpcServer:
-    """The server with ProgramService, health checking and reflection."""
+class TokenService(token_pb_grpc.TokenServiceServicer):
+    """API tokens; the admin's token only."""
 
-    def __init__(self, registry: Registry, address: str) -> None:
+    def __init__(self, auth: Authenticator) -> None:
+        self._auth = auth
+
+    def _admin(self, context: Context) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        value = metadata.get("authorization")
+        self._auth.require_admin(self._auth.authenticate(value if isinstance(value, str) else None))
+
+    @_unary
+    async def CreateToken(
+        self, request: token_pb.CreateTokenRequest, context: Context
+    ) -> token_pb.Token:
+        self._admin(context)
+        record, secret = await self._auth.create(request.user_id)
+        message = convert.token_to_pb(record)
+        message.secret = secret
+        return message
+
+    @_unary
+    async def ListTokens(
+        self, request: token_pb.ListTokensRequest, context: Context
+    ) -> token_pb.ListTokensResponse:
+        self._admin(context)
+        return token_pb.ListTokensResponse(
+            tokens=[convert.token_to_pb(record) for record in self._auth.tokens()]
+        )
+
+    @_unary
+    async def RevokeToken(
+        self, request: token_pb.RevokeTokenRequest, context: Context
+    ) -> token_pb.Token:
+        self._admin(context)
+        token_id = convert.token_id_from_name(request.name)
+        return convert.token_to_pb(await self._auth.revoke(token_id))
+
+
+class GrpcServer:
+    """The server with ProgramService, TokenService, health checking and reflection."""
+
+    def __init__(self, registry: Registry, auth: Authenticator, address: str) -> None:
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -208,11 +290,13 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_ProgramServiceServicer_to_server(ProgramService(registry), self.server)
+        pb_grpc.add_ProgramServiceServicer_to_server(ProgramService(registry, auth), self.server)
+        token_pb_grpc.add_TokenServiceServicer_to_server(TokenService(auth), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, TOKEN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
         )
         try:
             self.port = self.server.add_insecure_port(address)

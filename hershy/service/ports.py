@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Protocol
 
 from hershy.domain import events as ev
+from hershy.domain.auth import TokenRecord
 from hershy.domain.effects import HandledEffect
 from hershy.domain.model import LogLine, LogStream
 from hershy.domain.validation import ProgramSource
@@ -22,6 +23,10 @@ class Clock(Protocol):
 
 class IdGenerator(Protocol):
     def new_program_id(self) -> str: ...
+
+    def new_token(self) -> tuple[str, str]:
+        """A token's (public id, secret)."""
+        ...
 
 
 class Outbox(Protocol):
@@ -81,3 +86,13 @@ class LogStore(Protocol):
         ...
 
     async def remove(self, program_id: str) -> None: ...
+
+
+class TokenStore(Protocol):
+    """Keeps API tokens (their hashes, never their secrets)."""
+
+    def tokens(self) -> list[TokenRecord]: ...
+
+    async def save_token(self, record: TokenRecord) -> None: ...
+
+    async def revoke_token(self, token_id: str, at: float) -> None: ...

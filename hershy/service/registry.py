@@ -369,13 +369,18 @@ class Registry:
         finally:
             subscription.unsubscribe()
 
-    def watch(self, program_id: str = "", resume_revision: int | None = None) -> WatchStart:
-        """Subscribe and take the snapshot (or the replay) in one step, so nothing falls between."""
+    def watch(
+        self, program_id: str = "", resume_revision: int | None = None, user_id: str | None = None
+    ) -> WatchStart:
+        """Subscribe and take the snapshot (or the replay) in one step, so nothing falls between.
+
+        `user_id` limits the stream to that user's programs.
+        """
         if program_id:
             validate_program_id(program_id)
             if resume_revision is None:
                 self.get(program_id)
-        subscription = self.hub.subscribe(program_id or None)
+        subscription = self.hub.subscribe(program_id or None, user_id=user_id)
         if resume_revision is None:
             return WatchStart(self.snapshot(subscription), [], self.hub.revision, subscription)
         try:
@@ -389,9 +394,12 @@ class Registry:
         """The programs a subscription covers, now; drops what it had buffered."""
         subscription.drop_buffered()
         if subscription.program_id is None:
-            return list(self._programs.values())
-        program = self._programs.get(subscription.program_id)
-        return [program] if program else []
+            candidates = list(self._programs.values())
+        else:
+            program = self._programs.get(subscription.program_id)
+            candidates = [program] if program else []
+        owner = subscription.user_id
+        return [p for p in candidates if owner is None or p.user_id == owner]
 
     # --- internals ------------------------------------------------------------
 

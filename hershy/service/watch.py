@@ -52,9 +52,13 @@ class Closed(enum.Enum):
 class Subscription:
     """One subscriber's bounded buffer of changes."""
 
-    def __init__(self, hub: WatchHub, program_id: str | None, capacity: int) -> None:
+    def __init__(
+        self, hub: WatchHub, program_id: str | None, capacity: int, user_id: str | None = None
+    ) -> None:
         self._hub = hub
         self.program_id = program_id
+        #: Only this user's programs, when set (a user's token sees nothing else).
+        self.user_id = user_id
         self._capacity = capacity
         self._buffer: deque[Change] = deque()
         self._overflowed = False
@@ -62,7 +66,9 @@ class Subscription:
         self._wakeup = asyncio.Event()
 
     def wants(self, change: Change) -> bool:
-        return self.program_id is None or change.program.id == self.program_id
+        return (self.program_id is None or change.program.id == self.program_id) and (
+            self.user_id is None or change.program.user_id == self.user_id
+        )
 
     def offer(self, change: Change) -> None:
         if self._overflowed or self._closed:
@@ -128,15 +134,21 @@ class WatchHub:
             raise ValueError(f"revision {change.revision} published after {self.revision}")
         self.revision = change.revision
         self._history.append(change)
+        owner = change.program.user_id
         for subscription in self._watching_all:
-            subscription.offer(change)
+            if subscription.user_id is None or subscription.user_id == owner:
+                subscription.offer(change)
         for subscription in self._watching_one.get(change.program.id, ()):
             subscription.offer(change)
 
     def subscribe(
-        self, program_id: str | None = None, *, capacity: int | None = None
+        self,
+        program_id: str | None = None,
+        *,
+        capacity: int | None = None,
+        user_id: str | None = None,
     ) -> Subscription:
-        subscription = Subscription(self, program_id, capacity or self._capacity)
+        subscription = Subscription(self, program_id, capacity or self._capacity, user_id)
         if self._closed:
             subscription.close()
         elif program_id is None:

@@ -44,6 +44,10 @@ class SequentialIds:
     def new_program_id(self) -> str:
         return f"prog-{next(self._ids)}"
 
+    def new_token(self) -> tuple[str, str]:
+        number = next(self._ids)
+        return f"tok-{number}", f"hershy_test-secret-{number}"
+
 
 def make_registry(
     behaviour: FakeBehaviour | None = None,
