@@ -227,6 +227,7 @@ def host_config(data_dir: Path) -> HostConfig:
         runtime=Runtime.FAKE,
         grpc_addr="127.0.0.1:0",
         http_addr="127.0.0.1:0",
+        no_auth=True,  # these talk to the registry (or test tokens elsewhere)
     )
 
 

@@ -33,7 +33,11 @@ STUB_DOCKERFILE = 'FROM scratch\nCOPY watcher-stub /watcher-stub\nENTRYPOINT ["/
 
 def config(data_dir: Path, runtime: Runtime) -> HostConfig:
     return HostConfig(
-        data_dir=data_dir, runtime=runtime, grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0"
+        data_dir=data_dir,
+        runtime=runtime,
+        grpc_addr="127.0.0.1:0",
+        http_addr="127.0.0.1:0",
+        no_auth=True,
     )
 
 

@@ -459,6 +459,7 @@ async def bench_runtime(
             # Port 0: whatever is free, so a Host already serving here is no obstacle.
             grpc_addr="127.0.0.1:0",
             http_addr="127.0.0.1:0",
+            no_auth=True,  # these talk to the registry (or test tokens elsewhere)
             docker=DockerSettings(ready_poll_interval=poll.hershy),
         )
         direct_series, hershy_series = (

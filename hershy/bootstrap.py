@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ipaddress
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -21,6 +23,7 @@ from hershy.adapters.sqlite_store import SqliteEventLog
 from hershy.adapters.system import RandomIds, SystemClock, loopback_port_is_free
 from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints.grpc_server import GrpcServer
+from hershy.service.auth import Authenticator
 from hershy.service.ports import EffectHandler, LogStore
 from hershy.service.registry import PortAllocator, Registry
 
@@ -43,6 +46,10 @@ class HostConfig:
     #: On shutdown, stop every program first (by default they keep running and
     #: are adopted when the Host starts again).
     stop_programs_on_exit: bool = False
+    #: Skip tokens: every caller is the admin. Refused unless both addresses are loopback.
+    no_auth: bool = False
+    #: Write the admin's token here (mode 0600) on the first start instead of showing it.
+    admin_token_file: Path | None = None
     policy: BackoffPolicy = field(default_factory=BackoffPolicy)
     docker: DockerSettings = field(default_factory=DockerSettings)
     fake_behaviour: FakeBehaviour = field(default_factory=FakeBehaviour)
@@ -69,6 +76,11 @@ async def effect_handler(
 @contextlib.asynccontextmanager
 async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, GrpcServer]]:
     """The Host, serving until the context exits; then it shuts down in order."""
+    if config.no_auth and not (is_loopback(config.grpc_addr) and is_loopback(config.http_addr)):
+        raise OSError(
+            "--no-auth is allowed only when both addresses are on loopback "
+            f"(gRPC {config.grpc_addr}, HTTP {config.http_addr})"
+        )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.data_dir, 0o700)  # sources, state and logs are the users' business
     sources = FileSourceStore(config.data_dir)
@@ -92,14 +104,20 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             ids=RandomIds(),
             policy=config.policy,
         )
+        auth = Authenticator(store, SystemClock(), RandomIds(), enabled=not config.no_auth)
+        if config.no_auth:
+            log.warning("--no-auth: every caller is the admin (allowed on loopback only)")
         # Bound before anything starts, so a taken address is a plain error.
-        server = GrpcServer(registry, config.grpc_addr)
+        server = GrpcServer(registry, auth, config.grpc_addr)
         await stack.enter_async_context(registry)
         await registry.recover(recovered.programs, recovered.revision, store.changes_after)
         await handler.reap(registry.runs())
         if recovered.programs:
             log.info("recovered %d programs from %s", len(recovered.programs), store.path)
             stack.push_async_callback(_cancel, asyncio.create_task(_report_reconciled(registry)))
+        admin_secret = await auth.ensure_admin()
+        if admin_secret is not None:
+            show_admin_token(admin_secret, config.admin_token_file)
         await server.start()
         # The REST shim is a client of the gRPC core, through a real channel. (Imported
         # here to keep the shim's wiring in one place.)
@@ -131,6 +149,35 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             await server.stop(grace=5.0)
             logs.close()
             log.info("Hershy stopped")
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def show_admin_token(secret: str, into: Path | None) -> None:
+    """The admin's token, shown once: on the terminal (never through logging), or in a file."""
+    if into is not None:
+        into.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(into, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secret + "\n")
+        log.info("the admin's token was written to %s (mode 0600); it is not shown again", into)
+        return
+    print(
+        "\n  Hershy made the admin's API token. It is shown this once; keep it safe:\n\n"
+        f"      {secret}\n\n"
+        "  Use it as `authorization: Bearer <token>` (gRPC) or `Authorization: Bearer <token>`\n"
+        "  (REST), or export HERSHY_TOKEN for the hershy CLI.\n",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 async def _report_reconciled(registry: Registry) -> None:

@@ -84,6 +84,17 @@ def main() -> None:
     help="Stop every program when the Host exits (by default they keep running and are "
     "adopted when it starts again).",
 )
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Accept calls without a token (every caller is the admin). Loopback addresses only.",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="On the first start, write the admin's token here (mode 0600) instead of showing it.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def serve_command(
     data_dir: Path,
@@ -96,6 +107,8 @@ def serve_command(
     build_timeout: float,
     backoff: tuple[float, float],
     stop_programs_on_exit: bool,
+    no_auth: bool,
+    admin_token_file: Path | None,
     verbose: bool,
 ) -> None:
     """Start the Host and serve until SIGTERM or SIGINT."""
@@ -110,6 +123,8 @@ def serve_command(
         http_addr=_address(http_addr, "--http-addr"),
         allow_insecure_runtime=allow_insecure_runtime,
         stop_programs_on_exit=stop_programs_on_exit,
+        no_auth=no_auth,
+        admin_token_file=admin_token_file,
         policy=BackoffPolicy(initial=backoff[0], cap=max(backoff)),
         docker=DockerSettings(
             stop_grace=stop_grace, ready_timeout=ready_timeout, build_timeout=build_timeout

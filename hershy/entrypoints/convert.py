@@ -169,7 +169,7 @@ def token_id_from_name(name: str) -> str:
 
 def token_to_pb(record: TokenRecord) -> token_pb.Token:
     message = token_pb.Token(
-        name=TOKEN_PREFIX + record.id,
+        name=TOKEN_PREFIX + record.id if record.id else "",
         id=record.id,
         user_id=record.user_id,
         admin=record.admin,

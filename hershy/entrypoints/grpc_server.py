@@ -271,6 +271,14 @@ class TokenService(token_pb_grpc.TokenServiceServicer):
         )
 
     @_unary
+    async def GetCurrentToken(
+        self, request: token_pb.GetCurrentTokenRequest, context: Context
+    ) -> token_pb.Token:
+        metadata = dict(context.invocation_metadata() or ())
+        value = metadata.get("authorization")
+        return convert.token_to_pb(self._auth.record_for(value if isinstance(value, str) else None))
+
+    @_unary
     async def RevokeToken(
         self, request: token_pb.RevokeTokenRequest, context: Context
     ) -> token_pb.Token:

@@ -38,6 +38,22 @@ class Authenticator:
             raise Unauthenticated("the token is not valid (unknown or revoked)")
         return record.principal
 
+    def record_for(self, authorization: str | None) -> TokenRecord:
+        """The token record a caller's header names (UNAUTHENTICATED as `authenticate`)."""
+        principal = self.authenticate(authorization)
+        _, _, secret = (authorization or "").strip().partition(" ")
+        record = self._active.get(hash_secret(secret.strip()))
+        if record is None:  # --no-auth, or the Host's own token
+            return TokenRecord("", "", principal.user_id, principal.admin, 0.0)
+        return record
+
+    def internal_secret(self) -> str:
+        """A token for the Host's own parts (the REST shim): admin, in memory, never stored."""
+        _, secret = self._ids.new_token()
+        record = TokenRecord("", hash_secret(secret), ADMIN_USER, True, self._clock.now())
+        self._active[record.secret_hash] = record
+        return secret
+
     @staticmethod
     def require_admin(principal: Principal) -> None:
         if not principal.admin:

@@ -155,6 +155,8 @@ def start_server(base: Path) -> ServerProcess:
                 address,
                 "--http-addr",
                 http_address,
+                # Tokens have tests of their own (test_auth.py); these test everything else.
+                "--no-auth",
             ],
             stdin=subprocess.DEVNULL,
             stdout=stderr,

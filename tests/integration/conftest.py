@@ -271,6 +271,7 @@ async def open_host(
         runtime=Runtime.RUNSC,
         grpc_addr="127.0.0.1:0",
         http_addr="127.0.0.1:0",
+        no_auth=True,  # these talk to the registry (or test tokens elsewhere)
         policy=POLICY,
         docker=DockerSettings(ready_timeout=ready_timeout, stop_grace=2),
     )

@@ -144,6 +144,7 @@ async def test_the_host_refuses_to_run_programs_outside_gvisor(tmp_path: Path) -
         allow_insecure_runtime=False,
         grpc_addr="127.0.0.1:0",
         http_addr="127.0.0.1:0",
+        no_auth=True,  # these talk to the registry (or test tokens elsewhere)
     )
     with pytest.raises(RuntimeUnavailable, match="not a sandbox") as refused:
         async with running_host(config):

@@ -71,6 +71,7 @@ class HostProcess:
                     self.address,
                     "--http-addr",
                     f"127.0.0.1:{self.http_port}",
+                    "--no-auth",  # tokens are tested in tests/e2e/test_auth.py
                     *self.extra,
                 ],
                 stdin=subprocess.DEVNULL,

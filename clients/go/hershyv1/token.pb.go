@@ -300,6 +300,43 @@ func (x *RevokeTokenRequest) GetName() string {
 	return ""
 }
 
+// Request for GetCurrentToken.
+type GetCurrentTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCurrentTokenRequest) Reset() {
+	*x = GetCurrentTokenRequest{}
+	mi := &file_hershy_v1_token_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCurrentTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCurrentTokenRequest) ProtoMessage() {}
+
+func (x *GetCurrentTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_token_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCurrentTokenRequest.ProtoReflect.Descriptor instead.
+func (*GetCurrentTokenRequest) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_token_proto_rawDescGZIP(), []int{5}
+}
+
 var File_hershy_v1_token_proto protoreflect.FileDescriptor
 
 const file_hershy_v1_token_proto_rawDesc = "" +
@@ -321,12 +358,14 @@ const file_hershy_v1_token_proto_rawDesc = "" +
 	"\x12ListTokensResponse\x12(\n" +
 	"\x06tokens\x18\x01 \x03(\v2\x10.hershy.v1.TokenR\x06tokens\"(\n" +
 	"\x12RevokeTokenRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name2\xd9\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
+	"\x16GetCurrentTokenRequest2\xa1\x02\n" +
 	"\fTokenService\x12>\n" +
 	"\vCreateToken\x12\x1d.hershy.v1.CreateTokenRequest\x1a\x10.hershy.v1.Token\x12I\n" +
 	"\n" +
 	"ListTokens\x12\x1c.hershy.v1.ListTokensRequest\x1a\x1d.hershy.v1.ListTokensResponse\x12>\n" +
-	"\vRevokeToken\x12\x1d.hershy.v1.RevokeTokenRequest\x1a\x10.hershy.v1.TokenB7Z5github.com/hershy/hershy/clients/go/hershyv1;hershyv1b\x06proto3"
+	"\vRevokeToken\x12\x1d.hershy.v1.RevokeTokenRequest\x1a\x10.hershy.v1.Token\x12F\n" +
+	"\x0fGetCurrentToken\x12!.hershy.v1.GetCurrentTokenRequest\x1a\x10.hershy.v1.TokenB7Z5github.com/hershy/hershy/clients/go/hershyv1;hershyv1b\x06proto3"
 
 var (
 	file_hershy_v1_token_proto_rawDescOnce sync.Once
@@ -340,27 +379,30 @@ func file_hershy_v1_token_proto_rawDescGZIP() []byte {
 	return file_hershy_v1_token_proto_rawDescData
 }
 
-var file_hershy_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_hershy_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_hershy_v1_token_proto_goTypes = []any{
-	(*Token)(nil),                 // 0: hershy.v1.Token
-	(*CreateTokenRequest)(nil),    // 1: hershy.v1.CreateTokenRequest
-	(*ListTokensRequest)(nil),     // 2: hershy.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 3: hershy.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),    // 4: hershy.v1.RevokeTokenRequest
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*Token)(nil),                  // 0: hershy.v1.Token
+	(*CreateTokenRequest)(nil),     // 1: hershy.v1.CreateTokenRequest
+	(*ListTokensRequest)(nil),      // 2: hershy.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),     // 3: hershy.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),     // 4: hershy.v1.RevokeTokenRequest
+	(*GetCurrentTokenRequest)(nil), // 5: hershy.v1.GetCurrentTokenRequest
+	(*timestamppb.Timestamp)(nil),  // 6: google.protobuf.Timestamp
 }
 var file_hershy_v1_token_proto_depIdxs = []int32{
-	5, // 0: hershy.v1.Token.create_time:type_name -> google.protobuf.Timestamp
-	5, // 1: hershy.v1.Token.revoke_time:type_name -> google.protobuf.Timestamp
+	6, // 0: hershy.v1.Token.create_time:type_name -> google.protobuf.Timestamp
+	6, // 1: hershy.v1.Token.revoke_time:type_name -> google.protobuf.Timestamp
 	0, // 2: hershy.v1.ListTokensResponse.tokens:type_name -> hershy.v1.Token
 	1, // 3: hershy.v1.TokenService.CreateToken:input_type -> hershy.v1.CreateTokenRequest
 	2, // 4: hershy.v1.TokenService.ListTokens:input_type -> hershy.v1.ListTokensRequest
 	4, // 5: hershy.v1.TokenService.RevokeToken:input_type -> hershy.v1.RevokeTokenRequest
-	0, // 6: hershy.v1.TokenService.CreateToken:output_type -> hershy.v1.Token
-	3, // 7: hershy.v1.TokenService.ListTokens:output_type -> hershy.v1.ListTokensResponse
-	0, // 8: hershy.v1.TokenService.RevokeToken:output_type -> hershy.v1.Token
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
+	5, // 6: hershy.v1.TokenService.GetCurrentToken:input_type -> hershy.v1.GetCurrentTokenRequest
+	0, // 7: hershy.v1.TokenService.CreateToken:output_type -> hershy.v1.Token
+	3, // 8: hershy.v1.TokenService.ListTokens:output_type -> hershy.v1.ListTokensResponse
+	0, // 9: hershy.v1.TokenService.RevokeToken:output_type -> hershy.v1.Token
+	0, // 10: hershy.v1.TokenService.GetCurrentToken:output_type -> hershy.v1.Token
+	7, // [7:11] is the sub-list for method output_type
+	3, // [3:7] is the sub-list for method input_type
 	3, // [3:3] is the sub-list for extension type_name
 	3, // [3:3] is the sub-list for extension extendee
 	0, // [0:3] is the sub-list for field type_name
@@ -377,7 +419,7 @@ func file_hershy_v1_token_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hershy_v1_token_proto_rawDesc), len(file_hershy_v1_token_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

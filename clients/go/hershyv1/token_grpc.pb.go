@@ -19,16 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TokenService_CreateToken_FullMethodName = "/hershy.v1.TokenService/CreateToken"
-	TokenService_ListTokens_FullMethodName  = "/hershy.v1.TokenService/ListTokens"
-	TokenService_RevokeToken_FullMethodName = "/hershy.v1.TokenService/RevokeToken"
+	TokenService_CreateToken_FullMethodName     = "/hershy.v1.TokenService/CreateToken"
+	TokenService_ListTokens_FullMethodName      = "/hershy.v1.TokenService/ListTokens"
+	TokenService_RevokeToken_FullMethodName     = "/hershy.v1.TokenService/RevokeToken"
+	TokenService_GetCurrentToken_FullMethodName = "/hershy.v1.TokenService/GetCurrentToken"
 )
 
 // TokenServiceClient is the client API for TokenService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// Manages API tokens. Admin only.
+// Manages API tokens. Admin only, but for GetCurrentToken.
 type TokenServiceClient interface {
 	// Makes a token for a user; the answer is the only time its secret is shown.
 	CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*Token, error)
@@ -36,6 +37,8 @@ type TokenServiceClient interface {
 	ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error)
 	// Revokes a token: calls with it fail from now on.
 	RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*Token, error)
+	// The token this call was made with (any valid token; no secret): who am I.
+	GetCurrentToken(ctx context.Context, in *GetCurrentTokenRequest, opts ...grpc.CallOption) (*Token, error)
 }
 
 type tokenServiceClient struct {
@@ -76,11 +79,21 @@ func (c *tokenServiceClient) RevokeToken(ctx context.Context, in *RevokeTokenReq
 	return out, nil
 }
 
+func (c *tokenServiceClient) GetCurrentToken(ctx context.Context, in *GetCurrentTokenRequest, opts ...grpc.CallOption) (*Token, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Token)
+	err := c.cc.Invoke(ctx, TokenService_GetCurrentToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenServiceServer is the server API for TokenService service.
 // All implementations must embed UnimplementedTokenServiceServer
 // for forward compatibility.
 //
-// Manages API tokens. Admin only.
+// Manages API tokens. Admin only, but for GetCurrentToken.
 type TokenServiceServer interface {
 	// Makes a token for a user; the answer is the only time its secret is shown.
 	CreateToken(context.Context, *CreateTokenRequest) (*Token, error)
@@ -88,6 +101,8 @@ type TokenServiceServer interface {
 	ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error)
 	// Revokes a token: calls with it fail from now on.
 	RevokeToken(context.Context, *RevokeTokenRequest) (*Token, error)
+	// The token this call was made with (any valid token; no secret): who am I.
+	GetCurrentToken(context.Context, *GetCurrentTokenRequest) (*Token, error)
 	mustEmbedUnimplementedTokenServiceServer()
 }
 
@@ -106,6 +121,9 @@ func (UnimplementedTokenServiceServer) ListTokens(context.Context, *ListTokensRe
 }
 func (UnimplementedTokenServiceServer) RevokeToken(context.Context, *RevokeTokenRequest) (*Token, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeToken not implemented")
+}
+func (UnimplementedTokenServiceServer) GetCurrentToken(context.Context, *GetCurrentTokenRequest) (*Token, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCurrentToken not implemented")
 }
 func (UnimplementedTokenServiceServer) mustEmbedUnimplementedTokenServiceServer() {}
 func (UnimplementedTokenServiceServer) testEmbeddedByValue()                      {}
@@ -182,6 +200,24 @@ func _TokenService_RevokeToken_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenService_GetCurrentToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCurrentTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).GetCurrentToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_GetCurrentToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).GetCurrentToken(ctx, req.(*GetCurrentTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenService_ServiceDesc is the grpc.ServiceDesc for TokenService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -200,6 +236,10 @@ var TokenService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeToken",
 			Handler:    _TokenService_RevokeToken_Handler,
+		},
+		{
+			MethodName: "GetCurrentToken",
+			Handler:    _TokenService_GetCurrentToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
