@@ -17,8 +17,9 @@ from hershy.domain.auth import Principal
 from hershy.domain.errors import HershyError, NotFound, PermissionDenied
 from hershy.domain.model import Program
 from hershy.entrypoints import convert
-from hershy.entrypoints.grpc_errors import to_status
+from hershy.entrypoints.grpc_errors import code_for, to_status
 from hershy.service.auth import Authenticator
+from hershy.service.metrics import Metrics
 from hershy.service.registry import Registry
 from hershy.service.watch import Change, Closed, Resync
 from hershy.v1 import program_pb2 as pb
@@ -43,15 +44,24 @@ def _unary(method: Method) -> Method:
 
     @functools.wraps(method)
     async def wrapper(self: object, request: Message, context: Context) -> Any:
+        count = getattr(self, "_count", None)
         try:
-            return await method(self, request, context)
+            answer = await method(self, request, context)
         except HershyError as error:
+            if count:
+                count(method.__name__, code_for(error))
             await context.abort_with_status(to_status(error))
         except grpc.aio.AbortError:
             raise
         except Exception as error:
             log.exception("%s failed", method.__name__)
+            if count:
+                count(method.__name__, grpc.StatusCode.INTERNAL)
             await context.abort_with_status(to_status(error))
+        else:
+            if count:
+                count(method.__name__, grpc.StatusCode.OK)
+            return answer
         raise AssertionError("abort_with_status returned")  # pragma: no cover
 
     return cast(Method, wrapper)
@@ -61,6 +71,10 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
     def __init__(self, registry: Registry, auth: Authenticator) -> None:
         self._registry = registry
         self._auth = auth
+        self._rpcs = registry.metrics.rpcs
+
+    def _count(self, method: str, code: grpc.StatusCode) -> None:
+        self._rpcs.labels(method, code.name).inc()
         # Changes are encoded once, however many subscribers there are.
         self._encoded: OrderedDict[int, pb.WatchProgramsResponse] = OrderedDict()
 
@@ -243,8 +257,12 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
 class TokenService(token_pb_grpc.TokenServiceServicer):
     """API tokens; the admin's token only."""
 
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, metrics: Metrics) -> None:
         self._auth = auth
+        self._rpcs = metrics.rpcs
+
+    def _count(self, method: str, code: grpc.StatusCode) -> None:
+        self._rpcs.labels(method, code.name).inc()
 
     def _admin(self, context: Context) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -299,7 +317,9 @@ class GrpcServer:
             ]
         )
         pb_grpc.add_ProgramServiceServicer_to_server(ProgramService(registry, auth), self.server)
-        token_pb_grpc.add_TokenServiceServicer_to_server(TokenService(auth), self.server)
+        token_pb_grpc.add_TokenServiceServicer_to_server(
+            TokenService(auth, registry.metrics), self.server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

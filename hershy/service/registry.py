@@ -47,6 +47,7 @@ from hershy.domain.validation import (
     validate_source,
     validate_user_id,
 )
+from hershy.service.metrics import Metrics
 from hershy.service.ports import Clock, EffectHandler, IdGenerator, LogStore, SourceStore
 from hershy.service.supervisor import Supervisor
 from hershy.service.watch import (
@@ -151,6 +152,7 @@ class Registry:
         policy: BackoffPolicy = reducer.DEFAULT_POLICY,
         limits: SourceLimits = DEFAULT_LIMITS,
         resource_policy: ResourcePolicy = DEFAULT_RESOURCES,
+        metrics: Metrics | None = None,
     ) -> None:
         self._handler = handler
         self._sources = sources
@@ -170,6 +172,8 @@ class Registry:
         self._created = 0
         self._tasks: asyncio.TaskGroup | None = None
         self._commit_lock = asyncio.Lock()
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(lambda: self._programs.values(), lambda: self.hub.subscriber_count)
 
     @property
     def runtime(self) -> str:
@@ -422,6 +426,7 @@ class Registry:
         async with self._commit_lock:
             revision = await self._log.append(program, event)
             committed = replace(program, revision=revision)
+            self.metrics.committed(self._programs.get(program.id), committed, event)
             kind = ChangeKind.UPDATED
             if isinstance(event, ev.ProgramCreated):
                 kind = ChangeKind.CREATED

@@ -350,3 +350,30 @@ def test_the_port_allocator_skips_ports_something_else_holds() -> None:
     assert ports.allocate() == 19004
     with pytest.raises(ResourceExhausted):
         ports.allocate()
+
+
+def sample(registry: Registry, name: str, **labels: str) -> float:
+    value = registry.metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+async def test_metrics_move_with_what_happens(host: tuple[Registry, FakeEffectHandler]) -> None:
+    registry, handler = host
+    program_id = await ready_program(registry)
+    text = registry.metrics.exposition().decode()
+    assert 'hershy_programs{state="ready"} 1.0' in text
+    transitions = "hershy_transitions_total"
+    assert sample(registry, transitions, from_state="starting", to_state="ready") == 1
+    assert sample(registry, "hershy_build_duration_seconds_count", outcome="built") == 1
+    assert sample(registry, "hershy_start_duration_seconds_count", outcome="ready") == 1
+    # The start took at least the fake ready delay (0.01 s), counted from entering STARTING.
+    assert sample(registry, "hershy_start_duration_seconds_sum", outcome="ready") >= 0.01
+    handler.crash(program_id, exit_code=9)
+    await registry.wait(program_id, State.BACKOFF, 2)
+    await registry.wait(program_id, State.READY, 2)
+    assert sample(registry, "hershy_crashes_total") == 1
+    assert sample(registry, "hershy_restarts_total") == 1
+    watch = registry.watch("", None)
+    assert sample(registry, "hershy_watch_subscribers") == 1
+    watch.subscription.unsubscribe()
+    assert sample(registry, "hershy_watch_subscribers") == 0
