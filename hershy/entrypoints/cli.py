@@ -13,6 +13,7 @@ from hershy.adapters.sqlite_store import StoreError
 from hershy.bootstrap import HostConfig, Runtime, serve
 from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints import doctor
+from hershy.entrypoints.logging_setup import configure as configure_logging
 
 
 def _address(value: str, option: str) -> str:
@@ -95,6 +96,13 @@ def main() -> None:
     default=None,
     help="On the first start, write the admin's token here (mode 0600) instead of showing it.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with program_id on lines about a program.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def serve_command(
     data_dir: Path,
@@ -109,13 +117,11 @@ def serve_command(
     stop_programs_on_exit: bool,
     no_auth: bool,
     admin_token_file: Path | None,
+    log_format: str,
     verbose: bool,
 ) -> None:
     """Start the Host and serve until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.DEBUG if verbose else logging.INFO, json_lines=log_format == "json")
     config = HostConfig(
         data_dir=data_dir,
         runtime=Runtime(runtime),

@@ -426,7 +426,16 @@ class Registry:
         async with self._commit_lock:
             revision = await self._log.append(program, event)
             committed = replace(program, revision=revision)
-            self.metrics.committed(self._programs.get(program.id), committed, event)
+            before = self._programs.get(program.id)
+            self.metrics.committed(before, committed, event)
+            if before is None or before.state is not committed.state:
+                log.info(
+                    "program %s: %s (%s)%s",
+                    committed.id,
+                    committed.state.name,
+                    type(event).__name__,
+                    f": {committed.error}" if committed.error else "",
+                )
             kind = ChangeKind.UPDATED
             if isinstance(event, ev.ProgramCreated):
                 kind = ChangeKind.CREATED
