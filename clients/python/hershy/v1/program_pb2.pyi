@@ -614,19 +614,23 @@ class ContainerExited(_message.Message):
 
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     OOM_KILLED_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
     exit_code: _builtins.int
     """The exit code."""
     oom_killed: _builtins.bool
     """True when the kernel killed it for using too much memory."""
+    container_id: _builtins.str
+    """Which container exited, when known."""
     def __init__(
         self,
         *,
         exit_code: _builtins.int = ...,
         oom_killed: _builtins.bool = ...,
+        container_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "oom_killed", b"oom_killed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "exit_code", b"exit_code", "oom_killed", b"oom_killed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

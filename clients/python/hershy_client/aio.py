@@ -1,0 +1,290 @@
+"""The asyncio client: the same methods as `Client`, awaited; streams are async iterators."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from hershy.v1 import program_pb2 as pb
+from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy_client import _common as common
+from hershy_client._common import LogStreamLike, ProgramRef, StateLike
+from hershy_client.errors import HershyError, RevisionTooOld, from_rpc_error
+from hershy_client.watch import (
+    INITIAL_BACKOFF,
+    MAX_BACKOFF,
+    RETRYABLE,
+    Backoff,
+    WatchCursor,
+    WatchItem,
+)
+
+if TYPE_CHECKING:
+    from hershy.v1.program_pb2_grpc import ProgramServiceAsyncStub
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+class AsyncClient:
+    """A connection to a Host's ProgramService for asyncio code.
+
+    Create it inside the event loop that uses it (gRPC's asyncio channels
+    belong to one loop), ideally as `async with AsyncClient(...) as hershy:`.
+    Errors, names and the token work as in `Client`.
+
+    Async generators are not closed when a caller leaves `async for` early;
+    wrap streams in `contextlib.aclosing(...)` to cancel the call at once.
+    """
+
+    def __init__(
+        self,
+        target: str = common.DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        timeout: float | None = common.DEFAULT_TIMEOUT,
+        secure: bool = False,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        wait_for_ready: bool = False,
+    ) -> None:
+        """`timeout` bounds each unary call (None: no deadline). TLS is off unless
+        `secure` (system roots) or `credentials` say otherwise. With
+        `wait_for_ready`, calls made while the Host is unreachable (e.g.
+        restarting) wait for it, up to their timeout, instead of failing at
+        once with Unavailable. `options` are extra gRPC channel options."""
+        self.target = target
+        self.timeout = timeout
+        self.wait_for_ready = wait_for_ready
+        self._metadata = common.auth_metadata(token)
+        #: Set by close(): ends watch_forever loops instead of retrying.
+        self._closed = False
+        creds = common.channel_credentials(secure, credentials)
+        channel_options = common.channel_options(options)
+        self.channel: grpc.aio.Channel = (
+            grpc.aio.secure_channel(target, creds, options=channel_options)
+            if creds is not None
+            else grpc.aio.insecure_channel(target, options=channel_options)
+        )
+        #: The generated stub, for anything the wrapper does not cover.
+        self.stub: ProgramServiceAsyncStub = pb_grpc.ProgramServiceStub(self.channel)
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight fail with CANCELLED, `watch_forever` returns."""
+        self._closed = True
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _ended_by_close(self) -> bool:
+        """Whether a CancelledError out of a call means close() ended it.
+
+        gRPC raises CancelledError for calls the closed channel cancelled; if
+        our own task is being cancelled, though, that must propagate.
+        """
+        task = asyncio.current_task()
+        return self._closed and (task is None or not task.cancelling())
+
+    # --- unary calls --------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
+        request: Request,
+        deadline: float | None = None,
+    ) -> Response:
+        """One unary call with the token, `deadline` (else the client timeout), typed errors."""
+        try:
+            return await method(
+                request,
+                timeout=self.timeout if deadline is None else deadline,
+                metadata=self._metadata,
+                wait_for_ready=self.wait_for_ready,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+
+    async def create(
+        self,
+        user_id: str,
+        dockerfile: str,
+        files: Mapping[str, bytes | str] | None = None,
+        resources: pb.Resources | Mapping[str, int] | None = None,
+    ) -> pb.Program:
+        """Register a program (state CREATED). `files` maps relative paths to contents."""
+        request = common.create_request(user_id, dockerfile, files, resources)
+        return await self._call(self.stub.CreateProgram, request)
+
+    async def get(self, program: ProgramRef) -> pb.Program:
+        return await self._call(
+            self.stub.GetProgram, pb.GetProgramRequest(name=common.program_name(program))
+        )
+
+    async def list(
+        self, user_id: str | None = None, page_size: int | None = None
+    ) -> AsyncGenerator[pb.Program, None]:
+        """Every program (of `user_id`, if given) in creation order, fetching page after page."""
+        token = ""
+        while True:
+            page = await self._call(
+                self.stub.ListPrograms, common.list_request(user_id, page_size, token)
+            )
+            for program in page.programs:
+                yield program
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def start(self, program: ProgramRef) -> pb.Program:
+        return await self._call(
+            self.stub.StartProgram, pb.StartProgramRequest(name=common.program_name(program))
+        )
+
+    async def stop(self, program: ProgramRef) -> pb.Program:
+        return await self._call(
+            self.stub.StopProgram, pb.StopProgramRequest(name=common.program_name(program))
+        )
+
+    async def restart(self, program: ProgramRef) -> pb.Program:
+        return await self._call(
+            self.stub.RestartProgram, pb.RestartProgramRequest(name=common.program_name(program))
+        )
+
+    async def delete(self, program: ProgramRef) -> pb.Program:
+        """Stop and remove everything the program owns; returns it in DELETING."""
+        return await self._call(
+            self.stub.DeleteProgram, pb.DeleteProgramRequest(name=common.program_name(program))
+        )
+
+    async def wait(
+        self,
+        program: ProgramRef,
+        state: StateLike,
+        # The Host enforces this timeout (a request field), not asyncio.
+        timeout: float = common.DEFAULT_WAIT_TIMEOUT,  # noqa: ASYNC109
+    ) -> pb.Program:
+        """Wait until the program is in `state` (e.g. `"READY"`); DeadlineExceeded after `timeout`.
+
+        The Host enforces the timeout, so the error names the state the program was in.
+        """
+        return await self._call(
+            self.stub.WaitProgram,
+            common.wait_request(program, state, timeout),
+            deadline=timeout + common.WAIT_DEADLINE_MARGIN,
+        )
+
+    async def source(self, program: ProgramRef) -> pb.ProgramSource:
+        """The Dockerfile and files the program was created from."""
+        return await self._call(
+            self.stub.GetProgramSource,
+            pb.GetProgramSourceRequest(name=common.program_name(program)),
+        )
+
+    # --- streams ------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        method: grpc.aio.UnaryStreamMultiCallable[Request, Response],
+        request: Request,
+        deadline: float | None,
+    ) -> AsyncGenerator[Response, None]:
+        """The responses; closing the iterator cancels the call, closing the client ends it."""
+        call = method(
+            request, timeout=deadline, metadata=self._metadata, wait_for_ready=self.wait_for_ready
+        )
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+        except asyncio.CancelledError:
+            if not self._ended_by_close():
+                raise
+        finally:
+            call.cancel()
+
+    def logs(
+        self,
+        program: ProgramRef,
+        tail: int | None = None,
+        follow: bool = False,
+        streams: Iterable[LogStreamLike] | None = None,
+    ) -> AsyncGenerator[pb.LogEntry, None]:
+        """Log lines (builds, stdout, stderr, Host notes); with `follow`, new ones as they come.
+
+        `streams` filters, e.g. `["stdout", "stderr"]`; `tail` keeps the last lines only.
+        A followed stream has no deadline: close the iterator to stop.
+        """
+        request = common.logs_request(program, tail, follow, streams)
+        return self._stream(self.stub.ReadProgramLogs, request, None if follow else self.timeout)
+
+    def watch(
+        self, resume_revision: int | None = None, program_id: ProgramRef | None = None
+    ) -> AsyncGenerator[pb.WatchProgramsResponse, None]:
+        """The raw Watch stream: a snapshot then every change, or the changes after a revision.
+
+        It ends when the Host shuts down and raises when the connection breaks;
+        `watch_forever` handles both.
+        """
+        request = common.watch_request(program_id, resume_revision)
+        return self._stream(self.stub.WatchPrograms, request, None)
+
+    async def watch_forever(
+        self,
+        resume_revision: int | None = None,
+        program_id: ProgramRef | None = None,
+        *,
+        initial_backoff: float = INITIAL_BACKOFF,
+        max_backoff: float = MAX_BACKOFF,
+    ) -> AsyncGenerator[WatchItem, None]:
+        """Watch across disconnects and Host restarts, never repeating or skipping a change.
+
+        Yields the stream's messages and, when the caller must rebuild its
+        view from the snapshot that follows, a `Resync` marker (see
+        hershy_client.watch). Reconnects resume after the last revision seen,
+        waiting `initial_backoff` doubling to `max_backoff` between attempts.
+        Raises only errors a retry cannot fix (e.g. NotFound, InvalidArgument);
+        returns once the client is closed. Cancelling the task also stops it.
+        """
+        cursor = WatchCursor(program_id, resume_revision, Backoff(initial_backoff, max_backoff))
+        while not self._closed:
+            call = self.stub.WatchPrograms(cursor.request(), metadata=self._metadata)
+            failure: HershyError | None = None
+            try:
+                async for message in call:
+                    item = cursor.on_message(message)
+                    if item is not None:
+                        yield item
+            except asyncio.CancelledError:
+                if self._ended_by_close():
+                    return
+                raise
+            except grpc.aio.AioRpcError as rpc_error:
+                if self._closed:
+                    return
+                failure = from_rpc_error(rpc_error)
+                if isinstance(failure, RevisionTooOld) and cursor.revision is not None:
+                    yield cursor.on_revision_too_old(failure)
+                    continue
+                if failure.code not in RETRYABLE:
+                    raise failure from rpc_error
+            finally:
+                call.cancel()
+            delay, marker = cursor.on_disconnect(failure)
+            if marker is not None:
+                yield marker
+            await asyncio.sleep(delay)
