@@ -20,7 +20,9 @@ COMPLETE_MARKER = ".complete"
 
 class FileSourceStore:
     def __init__(self, data_dir: Path) -> None:
-        self.root = data_dir / "programs"
+        # Absolute: the state folder becomes a bind mount, and Docker takes a relative
+        # source for the name of a volume.
+        self.root = data_dir.absolute() / "programs"
 
     def program_dir(self, program_id: str) -> Path:
         if not PROGRAM_ID_PATTERN.fullmatch(program_id):

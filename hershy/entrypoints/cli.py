@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from hershy.adapters.docker_runtime import DockerSettings, RuntimeUnavailable
-from hershy.adapters.sqlite_store import StoreError
-from hershy.bootstrap import HostConfig, Runtime, serve
-from hershy.domain.model import BackoffPolicy
-from hershy.entrypoints import doctor
-from hershy.entrypoints.logging_setup import configure as configure_logging
+from hershy.entrypoints import cli_commands
+
+#: `hershy.bootstrap.Runtime`'s values, spelled out so that the client commands
+#: start without importing the Host (Docker, aiohttp: most of a second);
+#: tests/e2e/test_cli.py checks they match. `serve` and `doctor` import it.
+RUNTIMES = ("runsc", "runc", "fake")
 
 
 def _address(value: str, option: str) -> str:
@@ -23,9 +23,17 @@ def _address(value: str, option: str) -> str:
     return value
 
 
-@click.group()
-def main() -> None:
-    """Hershy: run other people's long-running programs safely."""
+@click.group(epilog=cli_commands.EXIT_CODES_HELP)
+@cli_commands.group_options
+@click.pass_context
+def main(ctx: click.Context, target: str, http_url: str, token: str | None) -> None:
+    """Hershy: run other people's long-running programs safely.
+
+    `serve` runs a Host; the other commands talk to one (this machine's by
+    default, or any with --target, --http and a token). Read commands take
+    --json: the API's messages as JSON (JSON lines for streams).
+    """
+    ctx.obj = cli_commands.make_settings(target, http_url, token)
 
 
 @main.command("serve")
@@ -40,8 +48,8 @@ def main() -> None:
 @click.option("--http-addr", default="127.0.0.1:9000", show_default=True, help="REST API address.")
 @click.option(
     "--runtime",
-    type=click.Choice([runtime.value for runtime in Runtime]),
-    default=Runtime.RUNSC.value,
+    type=click.Choice(RUNTIMES),
+    default="runsc",
     show_default=True,
     help="runsc: gVisor. runc: no sandbox (insecure). fake: no containers at all (demos, tests).",
 )
@@ -121,9 +129,16 @@ def serve_command(
     verbose: bool,
 ) -> None:
     """Start the Host and serve until SIGTERM or SIGINT."""
+    from hershy.adapters.docker_runtime import DockerSettings, RuntimeUnavailable
+    from hershy.adapters.sqlite_store import StoreError
+    from hershy.bootstrap import HostConfig, Runtime, serve
+    from hershy.domain.model import BackoffPolicy
+    from hershy.entrypoints.logging_setup import configure as configure_logging
+
     configure_logging(logging.DEBUG if verbose else logging.INFO, json_lines=log_format == "json")
     config = HostConfig(
-        data_dir=data_dir,
+        # Absolute: Docker takes a relative bind-mount source for a volume name.
+        data_dir=data_dir.absolute(),
         runtime=Runtime(runtime),
         grpc_addr=_address(grpc_addr, "--grpc-addr"),
         http_addr=_address(http_addr, "--http-addr"),
@@ -155,8 +170,8 @@ def serve_command(
 @click.option("--http-addr", default="127.0.0.1:9000", show_default=True, help="REST API address.")
 @click.option(
     "--runtime",
-    type=click.Choice([runtime.value for runtime in Runtime]),
-    default=Runtime.RUNSC.value,
+    type=click.Choice(RUNTIMES),
+    default="runsc",
     show_default=True,
     help="The runtime `serve` would use (fake: skip the Docker checks).",
 )
@@ -166,6 +181,8 @@ def doctor_command(
     data_dir: Path, grpc_addr: str, http_addr: str, runtime: str, deep: bool, as_json: bool
 ) -> None:
     """Check this machine for `serve`: say what is wrong and how to fix it (exit 1 on a FAIL)."""
+    from hershy.entrypoints import doctor
+
     options = doctor.Options(
         data_dir=data_dir,
         grpc_addr=_address(grpc_addr, "--grpc-addr"),
@@ -176,3 +193,6 @@ def doctor_command(
     checks = doctor.run_checks(options)
     click.echo(doctor.render_json(checks) if as_json else doctor.render_text(checks))
     raise SystemExit(doctor.exit_code(checks))
+
+
+cli_commands.register(main)
