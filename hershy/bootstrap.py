@@ -123,7 +123,15 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         # here to keep the shim's wiring in one place.)
         from hershy.entrypoints.rest import RestConfig, RestServer
 
-        rest = RestServer(RestConfig(grpc_address=server.address, http_address=config.http_addr))
+        rest = RestServer(
+            RestConfig(
+                grpc_address=server.address,
+                http_address=config.http_addr,
+                auth_enabled=not config.no_auth,
+                # Admin, in memory only: the proxy's view of every program.
+                service_token=auth.internal_secret() if not config.no_auth else None,
+            )
+        )
         try:
             await rest.start()
         except BaseException:

@@ -18,12 +18,14 @@ from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hershy.entrypoints.rest import openapi, shapes, uploads
+from hershy.entrypoints.rest.auth import Metadata, Principals, bearer, credentials
 from hershy.entrypoints.rest.cache import ProgramCache
 from hershy.entrypoints.rest.errors import ApiError, bad_request, error_middleware, state_label
-from hershy.entrypoints.rest.proxy import WatcherProxy
+from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, WatcherProxy
 from hershy.entrypoints.rest.streams import StreamPump, pump_ndjson, pump_sse, sse_event
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy.v1 import token_pb2_grpc as token_grpc
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ class RestConfig:
     delete_wait_seconds: float = 30.0
     #: On shutdown, how long requests still running get before they are cancelled.
     shutdown_timeout: float = 2.0
+    #: False when the core takes calls without tokens (--no-auth): the proxy then
+    #: lets everyone through, as the core does.
+    auth_enabled: bool = True
+    #: The shim's own token (admin), for the proxy's view of every program.
+    service_token: str | None = None
+    #: How long the proxy trusts what the core said a token stands for.
+    principal_ttl_seconds: float = 5.0
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -67,20 +76,30 @@ class RestApi:
         self.config = config
         self._stub: pb_grpc.ProgramServiceAsyncStub = pb_grpc.ProgramServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
-        self.cache = ProgramCache(self._stub)
-        self.proxy = WatcherProxy(self.cache, self._stub)
+        self.cache = ProgramCache(self._stub, bearer(config.service_token))
+        principals = None
+        if config.auth_enabled:
+            tokens: token_grpc.TokenServiceAsyncStub = token_grpc.TokenServiceStub(channel)
+            principals = Principals(tokens, config.principal_ttl_seconds)
+        self.proxy = WatcherProxy(self.cache, self._stub, principals)
         #: Set on shutdown: SSE and log streams end cleanly instead of being cut.
         self.closing = asyncio.Event()
+        #: Where the shim listens, for `proxy_url` when a client's Host header is unusable.
+        self.address = config.http_address
 
     def app(self) -> web.Application:
         # Bodies are read by the handlers that take them, with their own limit (uploads.py).
         app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
         add = app.router.add_route
+        # The proxy first: the router tries routes in order, and it is the hot path.
+        # It re-reads the raw path itself (the router sees it decoded).
+        add("*", "/programs/{program_id}/watcher{rest:.*}", self.proxy.handle)
+        add("*", "/programs/{program_id}/proxy/watcher{rest:.*}", self.proxy.handle)
         add("GET", "/healthz", self.healthz)
         add("GET", "/readyz", self.readyz)
         add("GET", "/openapi.json", self.openapi)
         add("POST", "/programs", self.create)
-        add("GET", "/programs", self.list)
+        add("GET", "/programs", self.list_programs)
         add("GET", "/programs/{program_id}", self.get)
         add("DELETE", "/programs/{program_id}", self.delete)
         add("POST", "/programs/{program_id}/start", self.start)
@@ -91,20 +110,19 @@ class RestApi:
         add("GET", "/programs/{program_id}/source", self.source)
         add("GET", "/programs/{program_id}/events", self.events)
         add("GET", "/events", self.events)
-        # The proxy re-reads the raw path itself: the router sees it decoded.
-        add("*", "/programs/{program_id}/watcher{rest:.*}", self.proxy.handle)
-        add("*", "/programs/{program_id}/proxy/watcher{rest:.*}", self.proxy.handle)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        # Requests still running get the runner's shutdown_timeout to finish; the
+        # streams that would never finish by themselves are told to end now.
         self.closing.set()
-        await self.proxy.close()
+        await self.proxy.close_websockets()
 
     # --- helpers ------------------------------------------------------------------
 
     def _base(self, request: web.Request) -> str:
-        return shapes.base_url(request, self.config.http_address)
+        return shapes.base_url(request, self.address)
 
     def _program(
         self, request: web.Request, program: pb.Program, status: int = 200
@@ -143,12 +161,14 @@ class RestApi:
 
     async def create(self, request: web.Request) -> web.Response:
         message = await uploads.create_request(request)
-        program = await self._stub.CreateProgram(message, timeout=CALL_TIMEOUT * 2)
+        program = await self._stub.CreateProgram(
+            message, metadata=credentials(request), timeout=CALL_TIMEOUT * 2
+        )
         response = self._program(request, program, status=201)
         response.headers["Location"] = f"/programs/{program.id}"
         return response
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list_programs(self, request: web.Request) -> web.Response:
         page_size = shapes.parse_int(request, "page_size", 0, 0, MAX_PAGE_SIZE)
         answer = await self._stub.ListPrograms(
             pb.ListProgramsRequest(
@@ -156,6 +176,7 @@ class RestApi:
                 page_token=request.query.get("page_token", ""),
                 user_id=request.query.get("user_id", ""),
             ),
+            metadata=credentials(request),
             timeout=CALL_TIMEOUT,
         )
         base = self._base(request)
@@ -168,23 +189,26 @@ class RestApi:
         )
 
     async def get(self, request: web.Request) -> web.Response:
-        request_ = pb.GetProgramRequest(name=self._name(request))
-        return self._program(request, await self._stub.GetProgram(request_, timeout=CALL_TIMEOUT))
+        message = pb.GetProgramRequest(name=self._name(request))
+        answer = await self._stub.GetProgram(
+            message, metadata=credentials(request), timeout=CALL_TIMEOUT
+        )
+        return self._program(request, answer)
 
     async def delete(self, request: web.Request) -> web.Response:
         """Deletes and waits until the program is gone: 200 once Deleted, 202 if still going."""
         name = self._name(request)
         program = await self._stub.DeleteProgram(
-            pb.DeleteProgramRequest(name=name), timeout=CALL_TIMEOUT
+            pb.DeleteProgramRequest(name=name), metadata=credentials(request), timeout=CALL_TIMEOUT
         )
-        program = await self._until_deleted(program)
+        program = await self._until_deleted(program, credentials(request))
         status = 200 if program.state == pb.STATE_DELETED else 202
         return self._program(request, program, status=status)
 
-    async def _until_deleted(self, program: pb.Program) -> pb.Program:
+    async def _until_deleted(self, program: pb.Program, metadata: Metadata) -> pb.Program:
         """The program's last change once DELETED, or as it is when the wait runs out."""
         watch = pb.WatchProgramsRequest(name=program.name, resume_revision=program.revision)
-        call = self._stub.WatchPrograms(watch)
+        call = self._stub.WatchPrograms(watch, metadata=metadata)
         try:
             async with asyncio.timeout(self.config.delete_wait_seconds):
                 async for message in call:
@@ -212,15 +236,23 @@ class RestApi:
 
     async def start(self, request: web.Request) -> web.Response:
         message = pb.StartProgramRequest(name=self._name(request))
-        return self._program(request, await self._stub.StartProgram(message, timeout=CALL_TIMEOUT))
+        answer = await self._stub.StartProgram(
+            message, metadata=credentials(request), timeout=CALL_TIMEOUT
+        )
+        return self._program(request, answer)
 
     async def stop(self, request: web.Request) -> web.Response:
         message = pb.StopProgramRequest(name=self._name(request))
-        return self._program(request, await self._stub.StopProgram(message, timeout=CALL_TIMEOUT))
+        answer = await self._stub.StopProgram(
+            message, metadata=credentials(request), timeout=CALL_TIMEOUT
+        )
+        return self._program(request, answer)
 
     async def restart(self, request: web.Request) -> web.Response:
         message = pb.RestartProgramRequest(name=self._name(request))
-        answer = await self._stub.RestartProgram(message, timeout=CALL_TIMEOUT)
+        answer = await self._stub.RestartProgram(
+            message, metadata=credentials(request), timeout=CALL_TIMEOUT
+        )
         return self._program(request, answer)
 
     async def wait(self, request: web.Request) -> web.Response:
@@ -230,13 +262,17 @@ class RestApi:
         timeout = Duration()
         timeout.FromNanoseconds(round(seconds * 1e9))
         message = pb.WaitProgramRequest(name=name, state=state, timeout=timeout)
-        answer = await self._stub.WaitProgram(message, timeout=seconds + CALL_TIMEOUT)
+        answer = await self._stub.WaitProgram(
+            message, metadata=credentials(request), timeout=seconds + CALL_TIMEOUT
+        )
         return self._program(request, answer)
 
     async def source(self, request: web.Request) -> web.Response:
         name = self._name(request)
         answer = await self._stub.GetProgramSource(
-            pb.GetProgramSourceRequest(name=name), timeout=CALL_TIMEOUT
+            pb.GetProgramSourceRequest(name=name),
+            metadata=credentials(request),
+            timeout=CALL_TIMEOUT,
         )
         return web.json_response(shapes.source_json(answer, request.match_info["program_id"]))
 
@@ -251,7 +287,8 @@ class RestApi:
         tail = shapes.parse_int(request, "tail", None, 0, 2**31 - 1)
         if tail is not None:
             message.tail = tail
-        pump = StreamPump(self._stub.ReadProgramLogs(message), self.closing)
+        call = self._stub.ReadProgramLogs(message, metadata=credentials(request))
+        pump = StreamPump(call, self.closing)
         try:
             return await pump_ndjson(
                 request, pump, lambda entry: json.dumps(shapes.log_json(entry))
@@ -285,7 +322,8 @@ class RestApi:
                     data = shapes.program_json(answer.program, base)
                     return sse_event(kind, data, answer.revision)
 
-        pump = StreamPump(self._stub.WatchPrograms(message), self.closing)
+        call = self._stub.WatchPrograms(message, metadata=credentials(request))
+        pump = StreamPump(call, self.closing)
         try:
             return await pump_sse(request, pump, render, self.config.heartbeat_seconds)
         finally:
@@ -335,6 +373,8 @@ class RestServer:
             # A body left unread (a 413, say) closes the connection instead of being
             # read and thrown away for up to 10 s: that is what refusing it means.
             lingering_time=0,
+            # Proxied uploads are read in bigger pieces (see proxy.READ_BUFFER_BYTES).
+            read_bufsize=READ_BUFFER_BYTES,
         )
         try:
             await self._runner.setup()
@@ -344,7 +384,7 @@ class RestServer:
             await self.stop()
             raise
         bound = self._runner.addresses[0]
-        self.address = f"{self.config.http_address.rpartition(':')[0]}:{bound[1]}"
+        self.address = api.address = f"{self.config.http_address.rpartition(':')[0]}:{bound[1]}"
         if not await api.cache.wait_synced(sync_timeout):
             log.warning("the proxy's program cache did not sync within %s s", sync_timeout)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from hershy.entrypoints.rest.auth import Metadata
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
 
@@ -32,11 +33,19 @@ class Target:
     state: pb.State.ValueType
     proxy_target: str
     revision: int
+    #: The owner: only they (and the admin) may reach its WatcherAPI.
+    user_id: str
+
+    @classmethod
+    def of(cls, program: pb.Program) -> Target:
+        return cls(program.state, program.proxy_target, program.revision, program.user_id)
 
 
 class ProgramCache:
-    def __init__(self, stub: pb_grpc.ProgramServiceAsyncStub) -> None:
+    def __init__(self, stub: pb_grpc.ProgramServiceAsyncStub, metadata: Metadata = ()) -> None:
+        """`metadata`: the shim's own credentials (it watches every program)."""
         self._stub = stub
+        self._metadata = metadata
         self._targets: dict[str, Target] = {}
         #: True while the map is a faithful copy of the core's (between SYNCED and a break).
         self.synced = False
@@ -49,7 +58,7 @@ class ProgramCache:
     def observe(self, program: pb.Program) -> Target:
         """A fresher answer from the core (e.g. GetProgram) than the stream brought so far."""
         known = self._targets.get(program.id)
-        target = Target(program.state, program.proxy_target, program.revision)
+        target = Target.of(program)
         if self.synced and (known is None or known.revision < program.revision):
             self._targets[program.id] = target
         return target
@@ -84,13 +93,12 @@ class ProgramCache:
 
     async def _follow(self) -> None:
         pending: dict[str, Target] = {}
-        async for message in self._stub.WatchPrograms(pb.WatchProgramsRequest()):
+        call = self._stub.WatchPrograms(pb.WatchProgramsRequest(), metadata=self._metadata)
+        async for message in call:
             program = message.program
             match message.type:
                 case Kind.TYPE_SNAPSHOT:
-                    pending[program.id] = Target(
-                        program.state, program.proxy_target, program.revision
-                    )
+                    pending[program.id] = Target.of(program)
                 case Kind.TYPE_SYNCED:
                     # Swap in the fresh map whole: until now the old one kept serving.
                     self._targets, pending = pending, {}
@@ -99,8 +107,6 @@ class ProgramCache:
                 case Kind.TYPE_RESYNC:
                     pending = {}
                 case Kind.TYPE_CREATED | Kind.TYPE_UPDATED:
-                    self._targets[program.id] = Target(
-                        program.state, program.proxy_target, program.revision
-                    )
+                    self._targets[program.id] = Target.of(program)
                 case Kind.TYPE_DELETED:
                     self._targets.pop(program.id, None)

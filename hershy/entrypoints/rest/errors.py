@@ -31,6 +31,8 @@ TOO_LARGE_REASON = "TOO_LARGE"
 #: gRPC code -> (HTTP status, the reason used when the core sent no ErrorInfo).
 _STATUSES: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "INVALID_ARGUMENT"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "UNAUTHENTICATED"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "PERMISSION_DENIED"),
     grpc.StatusCode.NOT_FOUND: (404, "PROGRAM_NOT_FOUND"),
     grpc.StatusCode.FAILED_PRECONDITION: (409, "WRONG_STATE"),
     grpc.StatusCode.OUT_OF_RANGE: (400, "OUT_OF_RANGE"),
@@ -53,17 +55,24 @@ class ApiError(Exception):
         return {"error": self.error, "code": self.status, "message": self.message, **self.extra}
 
     def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
-        return web.Response(
+        response = web.Response(
             status=self.status,
             text=json.dumps(self.body()),
             content_type="application/json",
             headers=headers,
         )
+        if self.status == 401:  # RFC 9110 11.6.1: say how to authenticate
+            response.headers["WWW-Authenticate"] = 'Bearer realm="hershy"'
+        return response
 
 
 def bad_request(field: str, message: str) -> ApiError:
     """400 naming the field, worded like the core's INVALID_ARGUMENT messages."""
     return ApiError(400, "INVALID_ARGUMENT", f"{field}: {message}", field=field)
+
+
+def unauthenticated(message: str) -> ApiError:
+    return ApiError(401, "UNAUTHENTICATED", message)
 
 
 def too_large(field: str, message: str) -> ApiError:

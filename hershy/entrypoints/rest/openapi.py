@@ -422,6 +422,21 @@ PATHS: dict[str, Any] = {
     "/programs/{program_id}/proxy/watcher/{path}": _proxy_path(alias=True),
 }
 
+# Every route but health and this document wants a token (unless the Host runs with
+# --no-auth); the core's 401 applies to all of them alike.
+_UNAUTHENTICATED = _error(
+    "No valid token: send `Authorization: Bearer <token>` (not needed with --no-auth)."
+)
+for _operations in PATHS.values():
+    for _operation in _operations.values():
+        if "health" in _operation.get("tags", ()):
+            _operation["security"] = []
+        else:
+            _operation["responses"].setdefault("401", _UNAUTHENTICATED)
+PATHS["/programs"]["post"]["responses"]["403"] = _error(
+    "The token is another user's: it cannot create programs for this user_id."
+)
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
@@ -429,10 +444,21 @@ DOCUMENT: dict[str, Any] = {
         "version": "1",
         "description": (
             "The :9000 REST API of a Hershy Host, a translation of the gRPC API "
-            "(hershy.v1.ProgramService). Errors are `{error, code, message}`."
+            "(hershy.v1.ProgramService). Errors are `{error, code, message}`. "
+            "Send the API token as `Authorization: Bearer <token>`."
         ),
     },
     "servers": [{"url": "/"}],
+    "security": [{"bearer": []}],
     "paths": PATHS,
-    "components": {"schemas": SCHEMAS},
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API token (`hershy_...`), as the admin made it.",
+            }
+        },
+    },
 }

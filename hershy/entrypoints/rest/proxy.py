@@ -22,6 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from hershy.entrypoints.rest.auth import Principals, credentials
 from hershy.entrypoints.rest.cache import ProgramCache, Target
 from hershy.entrypoints.rest.errors import ApiError, bad_request, state_label
 from hershy.entrypoints.rest.shapes import not_ready, program_name
@@ -83,10 +84,12 @@ _WEBSOCKET_HANDSHAKE = frozenset(
         "sec-websocket-accept",
     }
 )
-#: Statuses and methods whose responses have no body.
+#: Statuses whose responses have no body (as HEAD's have none).
 _NO_BODY_STATUSES = frozenset({204, 304})
 #: Headers aiohttp's client would add by itself; forward only what the client sent.
 _SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
+#: How much of a body is read at a time, each way (the stream pauses at twice this).
+READ_BUFFER_BYTES = 256 * 1024
 #: The largest WebSocket message relayed (either way).
 MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
 #: Close codes that must not be sent in a close frame (RFC 6455 7.4.1).
@@ -153,9 +156,18 @@ def _connection_listed(headers: Any) -> set[str]:
 
 
 class WatcherProxy:
-    def __init__(self, cache: ProgramCache, stub: pb_grpc.ProgramServiceAsyncStub) -> None:
+    def __init__(
+        self,
+        cache: ProgramCache,
+        stub: pb_grpc.ProgramServiceAsyncStub,
+        principals: Principals | None,
+    ) -> None:
+        """`principals`: None when the Host runs without tokens (--no-auth)."""
         self._cache = cache
         self._stub = stub
+        self._principals = principals
+        # The token is the Host's, spent on getting here: the program never sees it.
+        self._drop = HOP_BY_HOP | _REQUEST_ONLY | frozenset({"authorization"} if principals else ())
         self._session: aiohttp.ClientSession | None = None
         self._websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
 
@@ -170,17 +182,26 @@ class WatcherProxy:
             cookie_jar=aiohttp.DummyCookieJar(),
             # HTTP_PROXY and friends must not redirect traffic meant for 127.0.0.1.
             trust_env=False,
+            # Bigger reads, fewer trips through the event loop for big bodies.
+            read_bufsize=READ_BUFFER_BYTES,
+            # Forward only what the client sent (set once here: per request it costs).
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
         )
 
-    async def close(self) -> None:
+    async def close_websockets(self) -> None:
+        """On shutdown: WebSockets never end by themselves, so they are told to (1001)."""
         for websocket in list(self._websockets):
             await websocket.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"Host shutdown")
+
+    async def close(self) -> None:
+        """Once no request runs any more."""
+        await self.close_websockets()
         if self._session is not None:
             await self._session.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         route = parse_route(request.raw_path)
-        port = target_port(await self._ready_target(route.program_id))
+        port = target_port(await self._ready_target(request, route.program_id))
         url = URL.build(
             scheme="http",
             host=TARGET_HOST,
@@ -193,16 +214,27 @@ class WatcherProxy:
             return await self._websocket(request, route, url)
         return await self._http(request, route, url)
 
-    async def _ready_target(self, program_id: str) -> Target:
-        """From the cache; asks the core only when the cache does not say Ready.
+    async def _ready_target(self, request: web.Request, program_id: str) -> Target:
+        """The program's target if it is Ready and the caller's: from the cache, if it can.
 
-        The cache trails the core by a moment, so a program that just became
-        Ready is confirmed by GetProgram instead of being refused.
+        The core is asked (GetProgram) only when the cache does not say "Ready
+        and yours": the cache trails the core by a moment, so a program that
+        just became Ready is confirmed instead of refused. GetProgram runs with
+        the caller's token, and the core answers 404 for a program the caller
+        may not see, as for one that does not exist.
         """
+        principal = await self._principals.resolve(request) if self._principals else None
         target = self._cache.get(program_id)
-        if target is None or target.state != pb.STATE_READY:
-            name = program_name(program_id)
-            program = await self._stub.GetProgram(pb.GetProgramRequest(name=name), timeout=10)
+        if (
+            target is None
+            or target.state != pb.STATE_READY
+            or (principal is not None and not principal.sees(target.user_id))
+        ):
+            program = await self._stub.GetProgram(
+                pb.GetProgramRequest(name=program_name(program_id)),
+                metadata=credentials(request),
+                timeout=10,
+            )
             target = self._cache.observe(program)
         if target.state != pb.STATE_READY:
             raise not_ready(state_label(target.state))
@@ -225,7 +257,7 @@ class WatcherProxy:
 
     async def _http(self, request: web.Request, route: ProxyRoute, url: URL) -> web.StreamResponse:
         assert self._session is not None, "start() first"
-        headers = self._upstream_headers(request, route, HOP_BY_HOP | _REQUEST_ONLY)
+        headers = self._upstream_headers(request, route, self._drop)
         try:
             upstream = await self._session.request(
                 request.method,
@@ -233,7 +265,6 @@ class WatcherProxy:
                 headers=headers,
                 data=request.content if request.body_exists else None,
                 allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
             )
         except aiohttp.SocketTimeoutError:
             raise ApiError(
@@ -243,6 +274,11 @@ class WatcherProxy:
             raise _unreachable(error) from None
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            if upstream.content_length:
+                # A body of known length: the headers go out with its first bytes, in one
+                # send (as aiohttp's own Response does). A stream of unknown length gets
+                # its headers at once: its first bytes may be a long time coming.
+                response._send_headers_immediately = False
             listed = _connection_listed(upstream.headers)
             for name, value in upstream.headers.items():
                 lowered = name.lower()
@@ -272,9 +308,7 @@ class WatcherProxy:
         self, request: web.Request, route: ProxyRoute, url: URL
     ) -> web.StreamResponse:
         assert self._session is not None, "start() first"
-        headers = self._upstream_headers(
-            request, route, HOP_BY_HOP | _REQUEST_ONLY | _WEBSOCKET_HANDSHAKE
-        )
+        headers = self._upstream_headers(request, route, self._drop | _WEBSOCKET_HANDSHAKE)
         protocols = [
             protocol.strip()
             for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(",")

@@ -1,0 +1,82 @@
+"""Who calls the REST API: the client's `Authorization` header, passed on to the core.
+
+The core decides on every gRPC call (tokens, and who sees which program); the
+shim only carries the header along. The proxy is the exception: it answers
+from its cache without calling the core, so it learns who a token stands for
+from the core (GetCurrentToken) and remembers it for a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from hershy.entrypoints.rest.errors import unauthenticated
+from hershy.v1 import token_pb2
+from hershy.v1 import token_pb2_grpc as token_grpc
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def credentials(request: web.Request) -> Metadata:
+    """gRPC metadata carrying the caller's `Authorization` header, if there is one."""
+    value = request.headers.get("Authorization")
+    if value is None:
+        return ()
+    # gRPC metadata is printable ASCII; anything else cannot be a token anyway.
+    if not value.isascii() or not value.isprintable():
+        raise unauthenticated("the Authorization header is malformed: send `Bearer <token>`")
+    return (("authorization", value),)
+
+
+def bearer(token: str | None) -> Metadata:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    admin: bool
+
+    def sees(self, owner: str) -> bool:
+        return self.admin or owner == self.user_id
+
+
+class Principals:
+    """token -> Principal, asked of the core at most once per token per `ttl` seconds.
+
+    A revoked token still opens the proxy for at most `ttl` seconds; every
+    other route asks the core each time.
+    """
+
+    def __init__(
+        self, stub: token_grpc.TokenServiceAsyncStub, ttl: float, capacity: int = 10_000
+    ) -> None:
+        self._stub = stub
+        self._ttl = ttl
+        self._capacity = capacity
+        # Keyed by a hash: the shim keeps no token longer than a request.
+        self._known: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+
+    async def resolve(self, request: web.Request) -> Principal:
+        metadata = credentials(request)
+        if not metadata:
+            raise unauthenticated("a token is required: send `Authorization: Bearer <token>`")
+        key = hashlib.sha256(metadata[0][1].encode()).digest()
+        now = time.monotonic()
+        known = self._known.get(key)
+        if known is not None and known[0] > now:
+            return known[1]
+        token = await self._stub.GetCurrentToken(
+            token_pb2.GetCurrentTokenRequest(), metadata=metadata, timeout=10
+        )
+        principal = Principal(token.user_id, token.admin)
+        self._known[key] = (now + self._ttl, principal)
+        self._known.move_to_end(key)
+        while len(self._known) > self._capacity:
+            self._known.popitem(last=False)
+        return principal
