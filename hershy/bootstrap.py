@@ -130,6 +130,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
                 auth_enabled=not config.no_auth,
                 # Admin, in memory only: the proxy's view of every program.
                 service_token=auth.internal_secret() if not config.no_auth else None,
+                metrics=registry.metrics,
             )
         )
         try:
@@ -152,10 +153,10 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
                 await registry.stop_all(seconds=config.docker.stop_grace + 20)
             # Streams first: a server stop waits its whole grace while one is open.
             registry.hub.close()
+            logs.close()
             # The shim's streams and proxied requests end before the core they call.
             await rest.stop()
             await server.stop(grace=5.0)
-            logs.close()
             log.info("Hershy stopped")
 
 

@@ -125,9 +125,14 @@ class FileLogStore:
         await asyncio.to_thread(shutil.rmtree, self._dir(program_id), True)
 
     def close(self) -> None:
+        """Close the files and end every follow (the Host is shutting down)."""
         for file in self._files.values():
             file.close()
         self._files.clear()
+        for followers in self._followers.values():
+            for follower in followers:
+                follower.closed = True
+                follower.wakeup.set()
 
     def _open(self, program_id: str) -> IO[str]:
         file = self._files.get(program_id)

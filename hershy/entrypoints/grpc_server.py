@@ -178,8 +178,10 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             owner = None if caller.admin else caller.user_id
             start = self._registry.watch(program_id, resume, owner)
         except HershyError as error:
+            self._count("WatchPrograms", code_for(error))
             await context.abort_with_status(to_status(error))
             return
+        self._count("WatchPrograms", grpc.StatusCode.OK)
         subscription = start.subscription
         try:
             if start.snapshot is not None:
@@ -225,8 +227,10 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             tail = request.tail if request.HasField("tail") else None
             lines = self._registry.logs(program_id, tail, streams, request.follow)
         except HershyError as error:
+            self._count("ReadProgramLogs", code_for(error))
             await context.abort_with_status(to_status(error))
             return
+        self._count("ReadProgramLogs", grpc.StatusCode.OK)
         async for line in lines:
             yield convert.log_line_to_pb(line)
 

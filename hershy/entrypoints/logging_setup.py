@@ -69,3 +69,5 @@ def configure(level: int, json_lines: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # aiohttp logs every malformed request with a traceback: anyone could fill the log.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
@@ -28,6 +31,8 @@ Code = grpc.StatusCode
 DOCKERFILE = "FROM scratch\n"
 #: Codes that say the caller got past authentication and authorisation.
 PASSED = (Code.OK, Code.FAILED_PRECONDITION)
+#: The REST address of each secured Host, by its gRPC address.
+HTTP_ADDRESS: dict[str, str] = {}
 #: A call of the token tests: a token (or none) in, the status code out.
 Rpc = Callable[[str | None], Awaitable[Code]]
 
@@ -46,6 +51,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     base = tmp_path_factory.mktemp("auth")
     token_file = base / "admin.token"
     address = f"127.0.0.1:{free_port()}"
+    http = f"127.0.0.1:{free_port()}"
     stderr_path = base / "stderr.log"
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(
@@ -59,7 +65,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
                 "--grpc-addr",
                 address,
                 "--http-addr",
-                f"127.0.0.1:{free_port()}",
+                http,
                 "--admin-token-file",
                 str(token_file),
             ],
@@ -70,6 +76,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
         )
     server = ServerProcess(process, address, base / "data", stderr_path)
     wait_until_serving(server)
+    HTTP_ADDRESS[server.address] = http
     try:
         secret = token_file.read_text().strip()
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
@@ -320,3 +327,80 @@ def test_no_auth_is_refused_beyond_loopback(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "--no-auth is allowed only when both addresses are on loopback" in result.stderr
+
+
+def scrape(http: str, token: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://{http}/metrics")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def figure(text: str, name: str, **labels: str) -> float:
+    """One sample of a scrape (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_metrics_need_the_admin_and_move_with_real_operations(
+    secured: tuple[ServerProcess, str],
+    stubs: tuple[ProgramServiceAsyncStub, TokenServiceAsyncStub],
+    tokens: Tokens,
+) -> None:
+    http = HTTP_ADDRESS[secured[0].address]
+    assert (await asyncio.to_thread(scrape, http, None))[0] == 401
+    assert (await asyncio.to_thread(scrape, http, "hershy_wrong-token"))[0] == 401
+    assert (await asyncio.to_thread(scrape, http, tokens.revoked))[0] == 401
+    assert (await asyncio.to_thread(scrape, http, tokens.alice))[0] == 403
+    status, before = await asyncio.to_thread(scrape, http, tokens.admin)
+    assert status == 200
+    assert "# TYPE hershy_transitions_total counter" in before
+
+    programs, _ = stubs
+    program = await programs.CreateProgram(
+        pb.CreateProgramRequest(dockerfile=DOCKERFILE), metadata=bearer(tokens.alice)
+    )
+    await programs.StartProgram(
+        pb.StartProgramRequest(name=program.name), metadata=bearer(tokens.alice)
+    )
+    await programs.WaitProgram(
+        pb.WaitProgramRequest(name=program.name, state=pb.STATE_READY),
+        metadata=bearer(tokens.alice),
+    )
+    refused = await code_of(
+        programs.StartProgram(
+            pb.StartProgramRequest(name=program.name), metadata=bearer(tokens.alice)
+        )
+    )
+    assert refused == Code.FAILED_PRECONDITION
+    # Nothing listens on a fake program's port: the proxy answers 502, and counts it.
+    proxied = urllib.request.Request(f"http://{http}/programs/{program.id}/watcher/status")
+    proxied.add_header("Authorization", f"Bearer {tokens.alice}")
+    with pytest.raises(urllib.error.HTTPError) as bad_gateway:
+        await asyncio.to_thread(urllib.request.urlopen, proxied, None, 10)
+    assert bad_gateway.value.code == 502
+
+    _, after = await asyncio.to_thread(scrape, http, tokens.admin)
+
+    def moved(name: str, **labels: str) -> float:
+        return figure(after, name, **labels) - figure(before, name, **labels)
+
+    assert moved("hershy_transitions_total", from_state="created", to_state="building") == 1
+    assert moved("hershy_transitions_total", from_state="starting", to_state="ready") == 1
+    assert moved("hershy_build_duration_seconds_count", outcome="built") == 1
+    assert moved("hershy_start_duration_seconds_count", outcome="ready") == 1
+    assert moved("hershy_grpc_requests_total", method="CreateProgram", code="OK") >= 1
+    assert (
+        moved("hershy_grpc_requests_total", method="StartProgram", code="FAILED_PRECONDITION") == 1
+    )
+    assert moved("hershy_proxy_requests_total", status="502") == 1
+    assert figure(after, "hershy_programs", state="ready") >= 1
+    assert tokens.admin not in after
+    assert tokens.alice not in after

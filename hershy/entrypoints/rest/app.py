@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -20,9 +21,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hershy.entrypoints.rest import openapi, shapes, uploads
 from hershy.entrypoints.rest.auth import Metadata, Principals, bearer, credentials
 from hershy.entrypoints.rest.cache import ProgramCache
-from hershy.entrypoints.rest.errors import ApiError, bad_request, error_middleware, state_label
+from hershy.entrypoints.rest.errors import (
+    ApiError,
+    bad_request,
+    error_middleware,
+    forbidden,
+    state_label,
+)
 from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, WatcherProxy
 from hershy.entrypoints.rest.streams import StreamPump, pump_ndjson, pump_sse, sse_event
+from hershy.service.metrics import Metrics
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
 from hershy.v1 import token_pb2_grpc as token_grpc
@@ -62,6 +70,8 @@ class RestConfig:
     service_token: str | None = None
     #: How long the proxy trusts what the core said a token stands for.
     principal_ttl_seconds: float = 5.0
+    #: The Host's figures, served at /metrics (admin token, unless --no-auth).
+    metrics: Metrics | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -81,6 +91,8 @@ class RestApi:
         if config.auth_enabled:
             tokens: token_grpc.TokenServiceAsyncStub = token_grpc.TokenServiceStub(channel)
             principals = Principals(tokens, config.principal_ttl_seconds)
+        self._principals = principals
+        self._metrics = config.metrics
         self.proxy = WatcherProxy(self.cache, self._stub, principals)
         #: Set on shutdown: SSE and log streams end cleanly instead of being cut.
         self.closing = asyncio.Event()
@@ -93,9 +105,10 @@ class RestApi:
         add = app.router.add_route
         # The proxy first: the router tries routes in order, and it is the hot path.
         # It re-reads the raw path itself (the router sees it decoded).
-        add("*", "/programs/{program_id}/watcher{rest:.*}", self.proxy.handle)
-        add("*", "/programs/{program_id}/proxy/watcher{rest:.*}", self.proxy.handle)
+        add("*", "/programs/{program_id}/watcher{rest:.*}", self.proxied)
+        add("*", "/programs/{program_id}/proxy/watcher{rest:.*}", self.proxied)
         add("GET", "/healthz", self.healthz)
+        add("GET", "/metrics", self.metrics)
         add("GET", "/readyz", self.readyz)
         add("GET", "/openapi.json", self.openapi)
         add("POST", "/programs", self.create)
@@ -134,6 +147,36 @@ class RestApi:
         return shapes.program_name(request.match_info["program_id"])
 
     # --- health and the API description -----------------------------------------
+
+    async def proxied(self, request: web.Request) -> web.StreamResponse:
+        """The proxy, counted and timed by status (to the response's headers)."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await self.proxy.handle(request)
+            status = response.status
+            return response
+        except (web.HTTPException, ApiError) as error:
+            status = error.status
+            raise
+        finally:
+            if self._metrics is not None:
+                label = str(status)
+                self._metrics.proxy_requests.labels(label).inc()
+                self._metrics.proxy_seconds.labels(label).observe(time.perf_counter() - started)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus' text format; the admin's token (the figures cover every user)."""
+        if self._principals is not None:
+            caller = await self._principals.resolve(request)
+            if not caller.admin:
+                raise forbidden("only the admin's token may read /metrics")
+        if self._metrics is None:
+            raise web.HTTPNotFound(text="no metrics in this process")
+        return web.Response(
+            body=self._metrics.exposition(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

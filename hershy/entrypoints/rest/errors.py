@@ -75,6 +75,10 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "UNAUTHENTICATED", message)
 
 
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "PERMISSION_DENIED", message)
+
+
 def too_large(field: str, message: str) -> ApiError:
     return ApiError(413, TOO_LARGE_REASON, f"{field}: {message}", field=field)
 

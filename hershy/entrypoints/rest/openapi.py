@@ -243,6 +243,20 @@ PATHS: dict[str, Any] = {
             "responses": {"200": _json(_ref("Status"), "Up.")},
         }
     },
+    "/metrics": {
+        "get": {
+            "summary": "The Host's figures in Prometheus' text format (the admin's token).",
+            "tags": ["health"],
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format 0.0.4.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401": _error("No token, or not a valid one."),
+                "403": _error("Not the admin's token."),
+            },
+        }
+    },
     "/readyz": {
         "get": {
             "summary": "The gRPC core answers its health check and the proxy's view is current.",
