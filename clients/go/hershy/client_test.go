@@ -25,7 +25,11 @@ func dial(t *testing.T, addr string, opts ...hershy.Option) *hershy.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	client, err := hershy.Dial(ctx, addr, append([]hershy.Option{hershy.WithBlock()}, opts...)...)
+	base := []hershy.Option{hershy.WithBlock()}
+	if token, ok := adminTokens.Load(addr); ok {
+		base = append(base, hershy.WithToken(token.(string)))
+	}
+	client, err := hershy.Dial(ctx, addr, append(base, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +61,7 @@ func check[T any](value T, err error) func(*testing.T) T {
 }
 
 func TestLifecycle(t *testing.T) {
-	client := dial(t, shared.grpcAddr, hershy.WithToken("secret"))
+	client := dial(t, shared.grpcAddr)
 	ctx := testContext(t, 30*time.Second)
 	user := userID(t)
 

@@ -93,8 +93,12 @@ func (h *host) start() error {
 		return err
 	}
 	defer logFile.Close()
+	// Tokens on, as in production: the admin's token comes from the file the Host
+	// writes on its first start (the same file across restarts of one data dir).
+	tokenFile := h.dataDir + ".admin-token"
 	cmd := exec.Command(bin, "serve", "--runtime", "fake",
-		"--data-dir", h.dataDir, "--grpc-addr", h.grpcAddr, "--http-addr", h.httpAddr)
+		"--data-dir", h.dataDir, "--grpc-addr", h.grpcAddr, "--http-addr", h.httpAddr,
+		"--admin-token-file", tokenFile)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1")
 	if err := cmd.Start(); err != nil {
@@ -109,8 +113,17 @@ func (h *host) start() error {
 		h.kill()
 		return err
 	}
+	secret, err := os.ReadFile(tokenFile)
+	if err != nil {
+		h.kill()
+		return fmt.Errorf("the admin's token file: %w", err)
+	}
+	adminTokens.Store(h.grpcAddr, strings.TrimSpace(string(secret)))
 	return nil
 }
+
+// adminTokens: each live Host's admin token, by its gRPC address (for dial).
+var adminTokens sync.Map
 
 func (h *host) waitServing() error {
 	conn, err := grpc.NewClient(h.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
