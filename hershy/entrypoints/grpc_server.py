@@ -39,6 +39,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 
 
+def authorization(context: Context) -> str | None:
+    """The call's `authorization` metadata, if it has one."""
+    value = dict(context.invocation_metadata() or ()).get("authorization")
+    return value if isinstance(value, str) else None
+
+
 def _unary(method: Method) -> Method:
     """Maps Host errors to statuses: the one place this happens for unary calls."""
 
@@ -83,9 +89,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
 
     def _caller(self, context: Context) -> Principal:
         """Who calls: from the `authorization` metadata (UNAUTHENTICATED if missing or bad)."""
-        metadata = dict(context.invocation_metadata() or ())
-        value = metadata.get("authorization")
-        return self._auth.authenticate(value if isinstance(value, str) else None)
+        return self._auth.authenticate(authorization(context))
 
     def _own(self, caller: Principal, name: str) -> str:
         """The id in `name`, if the caller may see that program; NOT_FOUND otherwise.
@@ -269,9 +273,7 @@ class TokenService(token_pb_grpc.TokenServiceServicer):
         self._rpcs.labels(method, code.name).inc()
 
     def _admin(self, context: Context) -> None:
-        metadata = dict(context.invocation_metadata() or ())
-        value = metadata.get("authorization")
-        self._auth.require_admin(self._auth.authenticate(value if isinstance(value, str) else None))
+        self._auth.require_admin(self._auth.authenticate(authorization(context)))
 
     @_unary
     async def CreateToken(
@@ -296,9 +298,7 @@ class TokenService(token_pb_grpc.TokenServiceServicer):
     async def GetCurrentToken(
         self, request: token_pb.GetCurrentTokenRequest, context: Context
     ) -> token_pb.Token:
-        metadata = dict(context.invocation_metadata() or ())
-        value = metadata.get("authorization")
-        return convert.token_to_pb(self._auth.record_for(value if isinstance(value, str) else None))
+        return convert.token_to_pb(self._auth.record_for(authorization(context)))
 
     @_unary
     async def RevokeToken(

@@ -59,6 +59,8 @@ class ServerProcess:
     address: str
     data_dir: Path
     stderr_path: Path
+    #: Where it serves REST ("" when not known).
+    http_address: str = ""
     #: True once SIGTERM was sent: a second one could kill the process mid-shutdown.
     signalled: bool = False
 
@@ -135,8 +137,12 @@ def wait_until_serving(server: ServerProcess, timeout: float = STARTUP_TIMEOUT) 
     )
 
 
-def start_server(base: Path) -> ServerProcess:
-    """Start `hershy serve --runtime fake` on a free port and wait until it serves."""
+def start_server(base: Path, *options: str) -> ServerProcess:
+    """Start `hershy serve --runtime fake` on free ports and wait until it serves.
+
+    Without `options` tokens are off (`--no-auth`); pass options (e.g.
+    `--admin-token-file`) to run it with tokens on.
+    """
     base.mkdir(parents=True, exist_ok=True)
     data_dir = base / "data"
     stderr_path = base / "stderr.log"
@@ -156,14 +162,14 @@ def start_server(base: Path) -> ServerProcess:
                 "--http-addr",
                 http_address,
                 # Tokens have tests of their own (test_auth.py); these test everything else.
-                "--no-auth",
+                *(options or ("--no-auth",)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=stderr,
             stderr=stderr,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    server = ServerProcess(process, address, data_dir, stderr_path)
+    server = ServerProcess(process, address, data_dir, stderr_path, http_address)
     try:
         wait_until_serving(server)
     except BaseException:

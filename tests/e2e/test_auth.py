@@ -4,7 +4,6 @@ and the right one. Another user's program answers exactly like one that does not
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
 from hershy.v1 import token_pb2 as token_pb
 from hershy.v1 import token_pb2_grpc as token_pb_grpc
-from tests.e2e.conftest import ServerProcess, free_port, hershy_command, wait_until_serving
+from tests.e2e.conftest import ServerProcess, hershy_command, start_server
 
 if TYPE_CHECKING:
     from hershy.v1.program_pb2_grpc import ProgramServiceAsyncStub
@@ -31,8 +30,6 @@ Code = grpc.StatusCode
 DOCKERFILE = "FROM scratch\n"
 #: Codes that say the caller got past authentication and authorisation.
 PASSED = (Code.OK, Code.FAILED_PRECONDITION)
-#: The REST address of each secured Host, by its gRPC address.
-HTTP_ADDRESS: dict[str, str] = {}
 #: A call of the token tests: a token (or none) in, the status code out.
 Rpc = Callable[[str | None], Awaitable[Code]]
 
@@ -50,33 +47,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     """`hershy serve` with tokens on; the admin's token read from --admin-token-file."""
     base = tmp_path_factory.mktemp("auth")
     token_file = base / "admin.token"
-    address = f"127.0.0.1:{free_port()}"
-    http = f"127.0.0.1:{free_port()}"
-    stderr_path = base / "stderr.log"
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            [
-                *hershy_command(),
-                "serve",
-                "--runtime",
-                "fake",
-                "--data-dir",
-                str(base / "data"),
-                "--grpc-addr",
-                address,
-                "--http-addr",
-                http,
-                "--admin-token-file",
-                str(token_file),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    server = ServerProcess(process, address, base / "data", stderr_path)
-    wait_until_serving(server)
-    HTTP_ADDRESS[server.address] = http
+    server = start_server(base, "--admin-token-file", str(token_file))
     try:
         secret = token_file.read_text().strip()
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
@@ -84,10 +55,6 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
         assert secret not in server.stderr(), "the admin's token reached the log"
     finally:
         server.stop_and_check()
-
-
-async def channel_to(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address)
 
 
 def bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
@@ -354,7 +321,7 @@ async def test_metrics_need_the_admin_and_move_with_real_operations(
     stubs: tuple[ProgramServiceAsyncStub, TokenServiceAsyncStub],
     tokens: Tokens,
 ) -> None:
-    http = HTTP_ADDRESS[secured[0].address]
+    http = secured[0].http_address
     assert (await asyncio.to_thread(scrape, http, None))[0] == 401
     assert (await asyncio.to_thread(scrape, http, "hershy_wrong-token"))[0] == 401
     assert (await asyncio.to_thread(scrape, http, tokens.revoked))[0] == 401
