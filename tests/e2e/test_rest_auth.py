@@ -217,3 +217,76 @@ async def test_events_show_a_user_only_their_programs(rest_host: RestHost, http:
     assert theirs["program_id"].encode() not in text
     status, body, _ = await call(http, "GET", f"{rest_host.url}/events")
     assert status == 401, body
+
+
+async def status_of(
+    http: Session, method: str, url: str, headers: dict[str, str]
+) -> tuple[int, str]:
+    """The status and the body as text (some routes answer NDJSON)."""
+    async with http.request(method, url, headers=headers) as response:
+        return response.status, await response.text()
+
+
+async def test_every_route_with_every_kind_of_token(rest_host: RestHost, http: Session) -> None:
+    """No token, a wrong one, a revoked one: 401. Another user's: 404 (no hint). The owner's and
+    the admin's: through (2xx, or the route's own answer: 409 for a second start; from the
+    proxy 502 where nothing listens on the fake program's port, 503 once it is stopped)."""
+    owner, other = await make_user(rest_host, "owner"), await make_user(rest_host, "other")
+    gone = await make_user(rest_host, "gone")
+    await revoke(rest_host, gone)
+    program = await ready_program_of(http, rest_host, owner)
+    base = f"{rest_host.url}/programs/{program['program_id']}"
+    routes = [
+        ("GET", base),
+        ("GET", f"{base}/source"),
+        ("GET", f"{base}/logs"),
+        ("GET", f"{base}/wait?state=ready&timeout=5"),
+        ("POST", f"{base}/start"),
+        ("POST", f"{base}/restart"),
+        ("POST", f"{base}/stop"),
+        ("GET", f"{base}/watcher/status"),
+        ("GET", f"{base}/proxy/watcher/status"),
+    ]
+    admin = {"Authorization": f"Bearer {rest_host.admin_token}"}
+    refused = [
+        ({}, 401),
+        ({"Authorization": "Bearer hershy_wrong-token-wrong-token"}, 401),
+        (gone.headers, 401),
+        (other.headers, 404),
+    ]
+    for method, url in routes:
+        for headers, expected in refused:
+            status, body = await status_of(http, method, url, headers)
+            assert status == expected, (method, url, headers, body)
+        for caller in (owner.headers, admin):
+            status, body = await status_of(http, method, url, caller)
+            assert status in (200, 409, 502, 503), (method, url, status, body)
+    # Programs and events are listed per user; create is refused without a good token.
+    for headers, expected in refused[:3]:
+        status, _, _ = await call(http, "GET", f"{rest_host.url}/programs", headers)
+        assert status == expected
+        status, _, _ = await call(
+            http,
+            "POST",
+            f"{rest_host.url}/programs",
+            headers,
+            json={"user_id": owner.user_id, "dockerfile": DOCKERFILE},
+        )
+        assert status == expected
+    status, _, _ = await call(
+        http,
+        "POST",
+        f"{rest_host.url}/programs",
+        other.headers,
+        json={"user_id": owner.user_id, "dockerfile": DOCKERFILE},
+    )
+    assert status == 403
+    status, listed, _ = await call(http, "GET", f"{rest_host.url}/programs", other.headers)
+    assert status == 200
+    assert all(p["user_id"] == other.user_id for p in listed["programs"])
+    # Delete last: another user's token cannot, the owner's can.
+    for headers, expected in refused:
+        status, _, _ = await call(http, "DELETE", base, headers)
+        assert status == expected
+    status, _, _ = await call(http, "DELETE", base, owner.headers)
+    assert status in (200, 202)
