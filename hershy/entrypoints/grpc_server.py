@@ -186,6 +186,8 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             await context.abort_with_status(to_status(error))
             return
         self._count("WatchPrograms", grpc.StatusCode.OK)
+        # Accepted: say so now, so a client need not wait for the first change to know.
+        await context.send_initial_metadata(())
         subscription = start.subscription
         try:
             if start.snapshot is not None:
@@ -235,6 +237,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             await context.abort_with_status(to_status(error))
             return
         self._count("ReadProgramLogs", grpc.StatusCode.OK)
+        await context.send_initial_metadata(())
         async for line in lines:
             yield convert.log_line_to_pb(line)
 
