@@ -137,18 +137,21 @@ def wait_until_serving(server: ServerProcess, timeout: float = STARTUP_TIMEOUT) 
     )
 
 
-def start_server(base: Path, *options: str) -> ServerProcess:
-    """Start `hershy serve --runtime fake` on free ports and wait until it serves.
+def start_server(
+    base: Path, *options: str, grpc_address: str = "", http_address: str = ""
+) -> ServerProcess:
+    """Start `hershy serve --runtime fake` and wait until it serves.
 
-    Without `options` tokens are off (`--no-auth`); pass options (e.g.
-    `--admin-token-file`) to run it with tokens on.
+    On free ports unless given (the same `base` and addresses again: the same
+    Host, restarted). Without `options` tokens are off (`--no-auth`); pass
+    options (e.g. `--admin-token-file`) to run it with tokens on.
     """
     base.mkdir(parents=True, exist_ok=True)
     data_dir = base / "data"
     stderr_path = base / "stderr.log"
-    address = f"127.0.0.1:{free_port()}"
-    http_address = f"127.0.0.1:{free_port()}"
-    with open(stderr_path, "wb") as stderr:
+    address = grpc_address or f"127.0.0.1:{free_port()}"
+    http_address = http_address or f"127.0.0.1:{free_port()}"
+    with open(stderr_path, "ab") as stderr:
         process = subprocess.Popen(
             [
                 *hershy_command(),

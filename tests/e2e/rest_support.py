@@ -14,10 +14,8 @@ import errno
 import gzip
 import hashlib
 import json
-import os
 import secrets
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.e2e.conftest import ServerProcess, free_port, hershy_command, wait_until_serving
+from tests.e2e.conftest import ServerProcess, start_server
 
 DOCKERFILE = 'FROM scratch\nCOPY . /app\nCMD ["/app/run"]\n'
 STARTUP_TIMEOUT = 20.0
@@ -92,38 +90,14 @@ def start_rest_server(base: Path, *, auth: bool = False) -> RestHost:
     Without `auth`, with --no-auth (tokens have tests of their own); with it,
     the admin's token is in `RestHost.admin_token`.
     """
-    base.mkdir(parents=True, exist_ok=True)
-    stderr_path = base / "stderr.log"
-    grpc_address = f"127.0.0.1:{free_port()}"
-    http_address = f"127.0.0.1:{free_port()}"
     token_file = base / "admin-token"
-    auth_options = ["--admin-token-file", str(token_file)] if auth else ["--no-auth"]
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            [
-                *hershy_command(),
-                "serve",
-                "--runtime",
-                "fake",
-                "--data-dir",
-                str(base / "data"),
-                "--grpc-addr",
-                grpc_address,
-                "--http-addr",
-                http_address,
-                *auth_options,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    host = RestHost(ServerProcess(process, grpc_address, base / "data", stderr_path), http_address)
+    options = ("--admin-token-file", str(token_file)) if auth else ()
+    server = start_server(base, *options)
+    host = RestHost(server, server.http_address)
     try:
-        wait_until_serving(host.server)
         wait_until_http_ready(host)
     except BaseException:
-        host.server.kill()
+        server.kill()
         raise
     if auth:
         host.admin_token = token_file.read_text().strip()

@@ -33,7 +33,7 @@ from tests.e2e.conftest import (
     ServerProcess,
     free_port,
     hershy_command,
-    wait_until_serving,
+    start_server,
 )
 
 #: Exit codes (hershy --help).
@@ -155,36 +155,16 @@ def running_host(
     Started again on the same `base` (and addresses), it is the same Host: same
     programs, same tokens.
     """
-    base.mkdir(parents=True, exist_ok=True)
     token_file = base / "admin-token"
-    stderr_path = base / "stderr.log"
-    grpc_address = grpc_address or f"127.0.0.1:{free_port()}"
-    http_address = http_address or f"127.0.0.1:{free_port()}"
-    with open(stderr_path, "ab") as stderr:
-        process = subprocess.Popen(
-            [
-                *hershy_command(),
-                "serve",
-                "--runtime",
-                "fake",
-                "--data-dir",
-                str(base / "data"),
-                "--grpc-addr",
-                grpc_address,
-                "--http-addr",
-                http_address,
-                "--admin-token-file",
-                str(token_file),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    server = ServerProcess(process, grpc_address, base / "data", stderr_path)
+    server = start_server(
+        base,
+        "--admin-token-file",
+        str(token_file),
+        grpc_address=grpc_address or "",
+        http_address=http_address or "",
+    )
     try:
-        wait_until_serving(server)
-        host = CliHost(server, http_address, token_file.read_text().strip())
+        host = CliHost(server, server.http_address, token_file.read_text().strip())
         wait_until_http_ready(host)
         yield host
     finally:
