@@ -272,6 +272,13 @@ class SqliteEventLog:
 
     # --- reading the log -----------------------------------------------------------
 
+    def knows(self, program_id: str) -> bool:
+        """Whether the program ever existed here (deleted ones keep their row)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM programs WHERE program_id = ?", (program_id,)
+        ).fetchone()
+        return row is not None
+
     def changes_after(self, revision: int, limit: int = 100_000) -> tuple[int, list[Change]]:
         """(oldest revision kept, the changes after `revision`) for resuming a Watch."""
         db = self._conn

@@ -73,16 +73,25 @@ class EventLog(Protocol):
 
     async def append(self, program: Program, event: ev.Event) -> int: ...
 
+    def knows(self, program_id: str) -> bool:
+        """Whether the program ever existed (deleted ones included)."""
+        ...
+
 
 class MemoryEventLog:
     """Numbers events; keeps nothing (a Host restart forgets every program)."""
 
     def __init__(self) -> None:
         self._revision = 0
+        self._ids: set[str] = set()
 
     async def append(self, program: Program, event: ev.Event) -> int:
         self._revision += 1
+        self._ids.add(program.id)
         return self._revision
+
+    def knows(self, program_id: str) -> bool:
+        return program_id in self._ids
 
 
 class PortAllocator:
@@ -384,6 +393,9 @@ class Registry:
             validate_program_id(program_id)
             if resume_revision is None:
                 self.get(program_id)
+            elif program_id not in self._programs and not self._log.knows(program_id):
+                # Resuming may follow a program to its deletion, not one that never was.
+                raise NotFound(f"program {program_id} not found")
         subscription = self.hub.subscribe(program_id or None, user_id=user_id)
         if resume_revision is None:
             return WatchStart(self.snapshot(subscription), [], self.hub.revision, subscription)

@@ -97,6 +97,23 @@ async def test_revisions_go_on_after_a_restart_and_watch_resumes_from_the_log(
             registry.watch("", resume_revision=before + 50)
 
 
+async def test_resuming_a_watch_follows_a_deleted_program_but_not_a_made_up_one(
+    tmp_path: Path,
+) -> None:
+    ids = SequentialIds()
+    async with host(tmp_path, ids) as registry:
+        program = await registry.create("alice", DOCKERFILE, {})
+        waiter = asyncio.create_task(registry.wait(program.id, State.DELETED, 2))
+        await asyncio.sleep(0)
+        await registry.delete(program.id)
+        await waiter
+    async with host(tmp_path, ids) as registry:
+        start = registry.watch(program.id, resume_revision=1)
+        assert start.replay[-1].program.state is State.DELETED
+        with pytest.raises(NotFound):
+            registry.watch("prog-never", resume_revision=1)
+
+
 async def test_a_deleted_program_never_comes_back(tmp_path: Path) -> None:
     ids = SequentialIds()
     async with host(tmp_path, ids) as registry:
