@@ -50,6 +50,12 @@ class FakeWorld:
     def containers_of(self, program_id: str) -> list[str]:
         return [cid for cid, c in self.containers.items() if c.program_id == program_id]
 
+    def remove_runs_up_to(self, program_id: str, run: int, container_id: str | None = None) -> None:
+        """Remove `container_id` and the program's containers of runs up to `run`."""
+        for cid in self.containers_of(program_id):
+            if cid == container_id or self.containers[cid].run <= run:
+                del self.containers[cid]
+
 
 class FakeEffectHandler:
     runtime = "fake"
@@ -114,9 +120,7 @@ class FakeEffectHandler:
         outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image))
 
     async def _start(self, program_id: str, effect: fx.StartContainer, outbox: Outbox) -> None:
-        for container_id in self.world.containers_of(program_id):
-            if self.world.containers[container_id].run <= effect.run:
-                del self.world.containers[container_id]
+        self.world.remove_runs_up_to(program_id, effect.run)
         await asyncio.sleep(self.behaviour.start_delay)
         if self._take_failure("failing_starts"):
             raise RuntimeError(self.behaviour.failure_reason)
@@ -137,10 +141,7 @@ class FakeEffectHandler:
         await asyncio.sleep(self.behaviour.stop_delay)
         if self._take_failure("failing_stops"):
             raise RuntimeError(self.behaviour.failure_reason)
-        for container_id in self.world.containers_of(program_id):
-            container = self.world.containers[container_id]
-            if container_id == effect.container_id or container.run <= effect.run:
-                del self.world.containers[container_id]
+        self.world.remove_runs_up_to(program_id, effect.run, effect.container_id)
         outbox.emit(ev.ContainerStopped(outbox.now(), effect.run))
 
     async def _teardown(self, program_id: str, effect: fx.Teardown, outbox: Outbox) -> None:

@@ -198,13 +198,7 @@ class Lifecycle(RuleBasedStateMachine):
     @rule()
     def everything_in_flight_finishes(self) -> None:
         """Reach resting states in one step, so deep sequences stay likely."""
-        for _ in range(200):
-            if self.world.inbox:
-                self.deliver(self.world.inbox.popleft())
-            elif self.world.jobs:
-                self.complete(self.world.jobs[0], succeed=True)
-            else:
-                return
+        self.run_to_rest(steps=200, fire_timers=False)
 
     @rule()
     def host_killed_and_restarted(self) -> None:
@@ -232,18 +226,23 @@ class Lifecycle(RuleBasedStateMachine):
         if self.world.timer is not None:
             assert self.program.state is State.BACKOFF
 
-    def settle(self) -> None:
-        """Let every job finish successfully and every result arrive; no new requests."""
-        for _ in range(1000):
+    def run_to_rest(self, *, steps: int, fire_timers: bool) -> bool:
+        """Deliver results and finish jobs (successfully) until nothing is left; True if so."""
+        for _ in range(steps):
             if self.world.inbox:
                 self.deliver(self.world.inbox.popleft())
             elif self.world.jobs:
                 self.complete(self.world.jobs[0], succeed=True)
-            elif self.world.timer is not None:
+            elif fire_timers and self.world.timer is not None:
                 self.timer_fires()
             else:
-                return
-        raise AssertionError("the lifecycle never settled")
+                return True
+        return False
+
+    def settle(self) -> None:
+        """Let every job finish successfully and every result arrive; no new requests."""
+        if not self.run_to_rest(steps=1000, fire_timers=True):
+            raise AssertionError("the lifecycle never settled")
 
     def teardown(self) -> None:
         self.settle()
