@@ -217,8 +217,7 @@ class Registry:
         self.hub.start_at(revision, older)
         for program in programs:
             self._ports.reserve(int(program.proxy_target.rsplit(":", 1)[1]))
-            self._created += 1
-            self._order[program.id] = self._created
+            self._number(program.id)
             self._programs[program.id] = program
             self._spawn(program)
         now = self._clock.now()
@@ -433,6 +432,11 @@ class Registry:
         self._supervisor_tasks[program.id] = task
         task.add_done_callback(lambda _: self._supervisor_tasks.pop(program.id, None))
 
+    def _number(self, program_id: str) -> None:
+        """Give a program its place in creation order (List's stable order)."""
+        self._created += 1
+        self._order[program_id] = self._created
+
     async def _commit(self, program: Program, event: ev.Event) -> Program:
         # One commit at a time, so revisions are published in order.
         async with self._commit_lock:
@@ -451,8 +455,7 @@ class Registry:
             kind = ChangeKind.UPDATED
             if isinstance(event, ev.ProgramCreated):
                 kind = ChangeKind.CREATED
-                self._created += 1
-                self._order[committed.id] = self._created
+                self._number(committed.id)
             if committed.state is State.DELETED:
                 kind = ChangeKind.DELETED
                 await self._forget(committed)

@@ -157,6 +157,12 @@ async def until_state(
     return program
 
 
+async def start_until_ready(address: str, name: str) -> pb.Program:
+    async with programs(address) as stub:
+        await stub.StartProgram(pb.StartProgramRequest(name=name))
+    return await until_state(address, name, pb.STATE_READY, 30)
+
+
 async def source_is_intact(address: str, name: str, files: dict[str, bytes]) -> None:
     async with programs(address) as stub:
         source = await stub.GetProgramSource(pb.GetProgramSourceRequest(name=name))
@@ -231,9 +237,7 @@ async def test_kill_9_while_ready_adopts_the_running_container(
 ) -> None:
     with host_process(tmp_path) as host:
         program, files = await create(host.address, stub_binary, stub_dockerfile(), clean_docker)
-        async with programs(host.address) as stub:
-            await stub.StartProgram(pb.StartProgramRequest(name=program.name))
-        ready = await until_state(host.address, program.name, pb.STATE_READY, 30)
+        ready = await start_until_ready(host.address, program.name)
         started_at = docker_client.containers.get(ready.container_id).attrs["State"]["StartedAt"]
         host.kill9()
         host.start()
@@ -280,9 +284,7 @@ async def test_orphans_of_this_host_are_reaped_and_others_left_alone(
 ) -> None:
     with host_process(tmp_path) as host:
         program, _ = await create(host.address, stub_binary, stub_dockerfile(), clean_docker)
-        async with programs(host.address) as stub:
-            await stub.StartProgram(pb.StartProgramRequest(name=program.name))
-        ready = await until_state(host.address, program.name, pb.STATE_READY, 30)
+        ready = await start_until_ready(host.address, program.name)
         labels: dict[str, Any] = docker_client.containers.get(ready.container_id).labels
         host_id = labels["dev.hershy.managed"]
         host.kill9()
@@ -347,9 +349,7 @@ async def test_a_docker_daemon_restart_loses_nothing(
 ) -> None:
     with host_process(tmp_path, "--backoff", "0.5", "2") as host:
         program, _ = await create(host.address, stub_binary, stub_dockerfile(), clean_docker)
-        async with programs(host.address) as stub:
-            await stub.StartProgram(pb.StartProgramRequest(name=program.name))
-        ready = await until_state(host.address, program.name, pb.STATE_READY, 30)
+        ready = await start_until_ready(host.address, program.name)
         restart_dockerd()
         client = docker.DockerClient(base_url="unix:///var/run/docker.sock")
         try:
