@@ -6,7 +6,7 @@ import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -39,6 +39,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 
 
+class _Counted(Protocol):
+    """A servicer that counts its calls (hershy_grpc_requests_total)."""
+
+    def _count(self, method: str, code: grpc.StatusCode) -> None: ...
+
+
 def authorization(context: Context) -> str | None:
     """The call's `authorization` metadata, if it has one."""
     value = dict(context.invocation_metadata() or ()).get("authorization")
@@ -46,27 +52,23 @@ def authorization(context: Context) -> str | None:
 
 
 def _unary(method: Method) -> Method:
-    """Maps Host errors to statuses: the one place this happens for unary calls."""
+    """Maps Host errors to statuses (the one place, for unary calls) and counts each call."""
 
     @functools.wraps(method)
-    async def wrapper(self: object, request: Message, context: Context) -> Any:
-        count = getattr(self, "_count", None)
+    async def wrapper(self: _Counted, request: Message, context: Context) -> Any:
         try:
             answer = await method(self, request, context)
         except HershyError as error:
-            if count:
-                count(method.__name__, code_for(error))
+            self._count(method.__name__, code_for(error))
             await context.abort_with_status(to_status(error))
         except grpc.aio.AbortError:
             raise
         except Exception as error:
             log.exception("%s failed", method.__name__)
-            if count:
-                count(method.__name__, grpc.StatusCode.INTERNAL)
+            self._count(method.__name__, grpc.StatusCode.INTERNAL)
             await context.abort_with_status(to_status(error))
         else:
-            if count:
-                count(method.__name__, grpc.StatusCode.OK)
+            self._count(method.__name__, grpc.StatusCode.OK)
             return answer
         raise AssertionError("abort_with_status returned")  # pragma: no cover
 
