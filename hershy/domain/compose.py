@@ -4,7 +4,7 @@
 refuses any spec that breaks a security contract. The Docker adapter only
 ever creates containers from a spec that passed. Pure: no IO.
 
-The contracts (MISSION.md):
+The contracts (README.md, "How programs run"):
 
 | contract | how |
 |---|---|
