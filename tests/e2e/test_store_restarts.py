@@ -57,7 +57,9 @@ class Host:
             yield pb_grpc.ProgramServiceStub(channel)
 
 
-def until(stub: pb_grpc.ProgramServiceStub, name: str, state: int, restarts: int) -> pb.Program:
+def until(
+    stub: pb_grpc.ProgramServiceStub, name: str, state: pb.State.ValueType, restarts: int
+) -> pb.Program:
     """Poll until the program is in `state` with `restarts` automatic restarts behind it.
 
     (Polling, not WaitProgram: just after a Host restart the program may still read
