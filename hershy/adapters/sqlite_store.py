@@ -118,8 +118,8 @@ class SqliteEventLog:
             self._close_connection()
             raise StoreError(
                 f"the store {self.path} cannot be read ({error}). It may be truncated or not "
-                "a Hershy store. Nothing was changed: restore it from a backup, or move it "
-                "away to start empty (every program it held would be forgotten)."
+                "a Hershy store. Nothing was changed: restore it from a backup, or move the "
+                "whole data dir away to start empty (every program it held would be forgotten)."
             ) from None
         except BaseException:
             self._close_connection()
@@ -170,8 +170,8 @@ class SqliteEventLog:
             if missing == _CORE_TABLES:
                 raise StoreError(
                     f"the store {self.path} is an SQLite database but not a Hershy store (its "
-                    f"tables: {', '.join(sorted(tables))}). Nothing was changed: move it away, "
-                    "or give the Host another --data-dir."
+                    f"tables: {', '.join(sorted(tables))}). Nothing was changed: give the Host "
+                    "another --data-dir, or move the whole data dir away."
                 )
             if missing:
                 raise StoreError(
