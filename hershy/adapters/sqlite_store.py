@@ -11,25 +11,29 @@ Two tables, written in one transaction per accepted event:
 
 A change is acknowledged only once its transaction is on disk
 (`synchronous=FULL`). A store that cannot be read fails loudly at start,
-naming what is wrong; it never silently drops a program.
+naming what is wrong; it never silently drops a program. A new store is begun
+only in a data dir that holds nothing of a Host: a missing, empty or
+table-less store next to programs' folders was lost, not never made. Events
+and programs are stored as JSON by `json_codec`, which reads back every event
+class there is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
-import json
+import os
 import secrets
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from hershy.adapters.json_codec import decode_event, decode_program, encode_event, encode_program
+from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
-from hershy.domain.model import Program, Resources, State
+from hershy.domain.model import Program, State
 from hershy.service.watch import Change, ChangeKind
 
 FILE_NAME = "hershy.db"
@@ -37,27 +41,10 @@ SCHEMA_VERSION = 1
 #: Older events are dropped at start, past this many; each program's latest row stays.
 KEEP_EVENTS = 200_000
 
-_EVENT_TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        ev.ProgramCreated,
-        ev.StartRequested,
-        ev.StopRequested,
-        ev.RestartRequested,
-        ev.DeleteRequested,
-        ev.BuildSucceeded,
-        ev.BuildFailed,
-        ev.ContainerCreated,
-        ev.ContainerReady,
-        ev.StartFailed,
-        ev.ContainerExited,
-        ev.ContainerStopped,
-        ev.StopFailed,
-        ev.RestartTimerFired,
-        ev.TornDown,
-        ev.TeardownFailed,
-    )
-}
+#: The tables every Hershy store has had from the first; newer ones are added when missing.
+_CORE_TABLES = frozenset({"meta", "events", "programs"})
+#: SQLite's files next to the store: the write-ahead log and a rollback journal.
+_LOG_SUFFIXES = ("-wal", "-journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -98,46 +85,12 @@ class Recovered:
     revision: int
 
 
-# --- encoding ------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.name
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return value
-
-
-def encode_event(event: ev.Event) -> str:
-    return json.dumps({"type": type(event).__name__, **_plain(event)}, separators=(",", ":"))
-
-
-def decode_event(text: str) -> ev.Event:
-    data = json.loads(text)
-    cls = _EVENT_TYPES[data.pop("type")]
-    if "resources" in data:
-        data["resources"] = Resources(**data["resources"])
-    event: ev.Event = cls(**data)
-    return event
-
-
-def encode_program(program: Program) -> str:
-    return json.dumps(_plain(program), separators=(",", ":"))
-
-
-def decode_program(text: str) -> Program:
-    data = json.loads(text)
-    data["state"] = State[data["state"]]
-    data["resources"] = Resources(**data["resources"])
-    return Program(**data)
-
-
 # --- the store -------------------------------------------------------------------
 
 
 class SqliteEventLog:
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.path = data_dir / FILE_NAME
         # One thread does every write, in order; reads at start happen before it runs.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
@@ -149,54 +102,131 @@ class SqliteEventLog:
     # --- opening -----------------------------------------------------------------
 
     def open(self) -> Recovered:
-        """Open (or create) the store and read every live program; StoreError if unreadable."""
+        """Open (or create) the store and read every live program; StoreError if unreadable.
+
+        Nothing is written until the store is known to be readable, or known to be
+        a new one in a data dir that holds nothing else: a refused store is left
+        exactly as it was.
+        """
         try:
+            self._inspect()
             self._db = self._connect()
-            self._check_version()
+            self._prepare()
             recovered = self._recover()
             self._compact()
         except sqlite3.DatabaseError as error:
+            self._close_connection()
             raise StoreError(
                 f"the store {self.path} cannot be read ({error}). It may be truncated or not "
-                "a Hershy store. Nothing was changed: restore it from a backup, or move it "
-                "away to start empty (every program it held would be forgotten)."
+                "a Hershy store. Nothing was changed: restore it from a backup, or move the "
+                "whole data dir away to start empty (every program it held would be forgotten)."
             ) from None
+        except BaseException:
+            self._close_connection()
+            raise
         self._revision = recovered.revision
         return recovered
+
+    def _inspect(self) -> None:
+        """Refuse, before writing a byte, a store that is unreadable or must not be begun anew."""
+        blank = self._why_blank()
+        if blank is None:
+            return
+        held = self._what_the_data_dir_holds()
+        if held:
+            raise StoreError(
+                f"the store {self.path} {blank}, but the data dir {self.data_dir} holds "
+                f"{' and '.join(held)}: the store was lost or damaged, and starting a new one "
+                "would forget every program and make a new admin token. Nothing was changed. "
+                f"Restore {self.path} from a backup; or, to really start afresh, move the "
+                "whole data dir away."
+            )
+
+    def _why_blank(self) -> str | None:
+        """What makes the store blank (missing, empty, no tables); None if it holds a store."""
+        if not self.path.exists():
+            return "does not exist"
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            return "is empty (0 bytes)"
+        # Read-only: even the checkpoint SQLite does on closing cannot touch the file. With
+        # no write-ahead log the file is the whole store: read it as immutable, which makes
+        # no -wal or -shm file either. Else the log must be read too (SQLite needs its -shm).
+        wal = self.path.with_name(self.path.name + "-wal")
+        has_log = wal.is_file() and wal.stat().st_size > 0
+        mode = "mode=ro" if has_log else "immutable=1"
+        db = sqlite3.connect(f"{self.path.absolute().as_uri()}?{mode}", uri=True)
+        try:
+            # Reading the header proves it is a database before anything else.
+            db.execute("PRAGMA schema_version").fetchone()
+            result = db.execute("PRAGMA quick_check").fetchone()
+            if result is None or result[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {result}")
+            tables = {
+                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if not tables:
+                return "holds no tables"
+            missing = _CORE_TABLES - tables
+            if missing == _CORE_TABLES:
+                raise StoreError(
+                    f"the store {self.path} is an SQLite database but not a Hershy store (its "
+                    f"tables: {', '.join(sorted(tables))}). Nothing was changed: give the Host "
+                    "another --data-dir, or move the whole data dir away."
+                )
+            if missing:
+                raise StoreError(
+                    f"the store {self.path} lacks its tables {', '.join(sorted(missing))}: it "
+                    "is damaged. Nothing was changed: restore it from a backup."
+                )
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        finally:
+            db.close()
+        if row is not None and not str(row[0]).isdigit():
+            raise StoreError(
+                f"the store {self.path} names its schema {row[0]!r}, not a number: it is "
+                "damaged. Nothing was changed: restore it from a backup."
+            )
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {self.path} was written by a newer Hershy (schema {row[0]}; this "
+                f"one reads up to {SCHEMA_VERSION}). Upgrade Hershy; the store was not changed."
+            )
+        return None
+
+    def _what_the_data_dir_holds(self) -> list[str]:
+        """What a Host left in the data dir besides the store: the signs it is not a new one."""
+        held = []
+        programs = FileSourceStore(self.data_dir).root
+        entries = os.listdir(programs) if programs.is_dir() else []
+        if entries:
+            held.append(f"{len(entries)} entries in {programs} (programs' sources, state, logs)")
+        for suffix in _LOG_SUFFIXES:
+            side = self.path.with_name(self.path.name + suffix)
+            if side.is_file() and side.stat().st_size > 0:
+                held.append(f"SQLite's {side.name} ({side.stat().st_size} bytes)")
+        return held
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # Reading the header proves it is a database before anything is written to it.
-        db.execute("PRAGMA schema_version").fetchone()
-        result = db.execute("PRAGMA quick_check").fetchone()
-        if result is None or result[0] != "ok":
-            raise sqlite3.DatabaseError(f"integrity check failed: {result}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         return db
 
-    def _check_version(self) -> None:
+    def _prepare(self) -> None:
+        """The tables and the Host's id, made where missing (a new store, or an older one)."""
         db = self._conn
         db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
         db.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('host_id', ?)",
             (secrets.token_hex(6),),
         )
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
         self.host_id = db.execute("SELECT value FROM meta WHERE key = 'host_id'").fetchone()[0]
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            return
-        version = int(row[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the store {self.path} was written by a newer Hershy (schema {version}; this "
-                f"one reads up to {SCHEMA_VERSION}). Upgrade Hershy; the store was not changed."
-            )
 
     def _recover(self) -> Recovered:
         programs = []
@@ -337,6 +367,9 @@ class SqliteEventLog:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+        self._close_connection()
+
+    def _close_connection(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None

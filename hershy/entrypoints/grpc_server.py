@@ -80,11 +80,11 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         self._registry = registry
         self._auth = auth
         self._rpcs = registry.metrics.rpcs
+        # Changes are encoded once, however many subscribers there are.
+        self._encoded: OrderedDict[int, pb.WatchProgramsResponse] = OrderedDict()
 
     def _count(self, method: str, code: grpc.StatusCode) -> None:
         self._rpcs.labels(method, code.name).inc()
-        # Changes are encoded once, however many subscribers there are.
-        self._encoded: OrderedDict[int, pb.WatchProgramsResponse] = OrderedDict()
 
     def _pb(self, program: Program) -> pb.Program:
         return convert.program_to_pb(program, self._registry.runtime)

@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -441,6 +441,24 @@ def test_lifecycle_ls_get_logs_and_exit_codes(host: CliHost, folder: Path) -> No
     cli(host, owner, "rm", program_id, "--yes", expect=NOT_FOUND)
 
 
+def lines_until(
+    process: subprocess.Popen[str], done: Callable[[str], bool], timeout: float = 15.0
+) -> list[str]:
+    """The process's stdout lines up to the first `done` accepts (killed past `timeout`)."""
+    assert process.stdout is not None
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        while line := process.stdout.readline():
+            lines.append(line)
+            if done(line):
+                return lines
+    finally:
+        watchdog.cancel()
+    raise AssertionError(f"no such line within {timeout} s (exit {process.wait()}): {lines}")
+
+
 def test_watch_and_follow_end_when_the_program_is_deleted(host: CliHost, folder: Path) -> None:
     owner = new_token(host, "jack")
     program_id = cli(host, owner, "deploy", str(folder)).stdout.strip()
@@ -474,6 +492,10 @@ def test_watch_and_follow_end_when_the_program_is_deleted(host: CliHost, folder:
         first = json.loads(watch.stdout.readline())  # the snapshot: it is watching now
         assert first["type"] == "TYPE_SNAPSHOT"
         assert first["program"]["state"] == "STATE_READY"
+        # The other two must be following too before anything changes: a reader that
+        # starts late (a loaded machine) would begin after the deletion and miss it.
+        followed = lines_until(follow, lambda line: line.startswith("host "))  # the deploy's
+        shown = lines_until(everything, lambda line: "-- synced at revision" in line)
         cli(host, owner, "stop", program_id, "--wait")
         cli(host, owner, "rm", program_id, "--yes", "--wait")
         out, errors = watch.communicate(timeout=15)
@@ -487,15 +509,17 @@ def test_watch_and_follow_end_when_the_program_is_deleted(host: CliHost, folder:
 
         out, errors = follow.communicate(timeout=15)
         assert follow.returncode == OK, errors
+        out = "".join(followed) + out
         assert "host   StopRequested: now STOPPING" in out
         assert "host   DeleteRequested: now DELETING" in out
 
-        # The unfiltered watch keeps going until interrupted: Ctrl-C ends it quietly.
-        time.sleep(0.5)
+        # The unfiltered watch keeps going until interrupted: once it has shown the
+        # deletion, Ctrl-C ends it quietly.
+        shown += lines_until(everything, lambda line: line.split()[1:3] == ["DELETED", program_id])
         everything.send_signal(signal.SIGINT)
         out, errors = everything.communicate(timeout=15)
         assert everything.returncode == OK, errors
-        changes = [line.split() for line in out.splitlines()]
+        changes = [line.split() for line in [*shown, *out.splitlines()]]
         assert any(line[1:3] == ["DELETED", program_id] for line in changes if len(line) > 2), out
     finally:
         for process in (watch, follow, everything):

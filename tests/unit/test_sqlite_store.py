@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -14,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hershy.adapters.fake_runtime import FakeEffectHandler
+from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
 from hershy.adapters.sqlite_store import FILE_NAME, SCHEMA_VERSION, SqliteEventLog, StoreError
@@ -30,13 +33,15 @@ DOCKERFILE = "FROM scratch\n"
 
 
 @contextlib.asynccontextmanager
-async def host(data_dir: Path, ids: SequentialIds | None = None) -> AsyncIterator[Registry]:
+async def host(
+    data_dir: Path, ids: SequentialIds | None = None, behaviour: FakeBehaviour | None = None
+) -> AsyncIterator[Registry]:
     """A Host on `data_dir` with the fake runtime, recovering whatever the store holds."""
     sources = FileSourceStore(data_dir)
     logs = FileLogStore(sources.root)
     store = SqliteEventLog(data_dir)
     recovered = store.open()
-    handler = FakeEffectHandler(sources, logs)
+    handler = FakeEffectHandler(sources, logs, behaviour)
     registry = Registry(
         handler=handler,
         sources=sources,
@@ -247,5 +252,208 @@ def test_changes_after_reads_the_log(tmp_path: Path) -> None:
         assert oldest == 1
         assert [type(change) for change in changes] == [Change]
         assert changes[0].program.state is State.CREATED
+    finally:
+        store.close()
+
+
+async def test_watch_resumes_over_the_host_restarted_events_of_several_restarts(
+    tmp_path: Path,
+) -> None:
+    """A program cut off while starting gets a stored HostRestarted at every restart.
+
+    Resuming from before the first restart reads every one of them back from the log.
+    """
+    ids = SequentialIds()
+    never_ready = FakeBehaviour(ready_delay=60)
+
+    async def until_it_has_a_container(registry: Registry, after: int) -> None:
+        subscription = registry.hub.subscribe(program.id)
+        try:
+            async with asyncio.timeout(5):
+                while not (registry.hub.revision > after and registry.get(program.id).container_id):
+                    await subscription.next()
+        finally:
+            subscription.unsubscribe()
+
+    async with host(tmp_path, ids, never_ready) as registry:
+        program = await registry.create("alice", DOCKERFILE, {})
+        first = program.revision
+        await registry.start(program.id)
+        await until_it_has_a_container(registry, first)
+        revision = registry.hub.revision
+    for _ in range(3):
+        async with host(tmp_path, ids, never_ready) as registry:
+            await until_it_has_a_container(registry, revision + 1)  # HostRestarted, then a new one
+            assert registry.get(program.id).state is State.STARTING
+            revision = registry.hub.revision
+    async with host(tmp_path, ids) as registry:
+        await registry.wait(program.id, State.READY, 2)
+        for resume in (0, first):
+            start = registry.watch("", resume_revision=resume)
+            start.subscription.unsubscribe()
+            revisions = [change.revision for change in start.replay]
+            assert revisions == list(range(resume + 1, registry.hub.revision + 1))
+        replay = start.replay
+    restarts = [change for change in replay if isinstance(change.event, ev.HostRestarted)]
+    assert len(restarts) == 4  # every Host after the first found the program starting
+    assert all(change.program.state is State.STARTING for change in restarts)
+    assert replay[-1].program.state is State.READY
+
+
+# --- a new store only in a new data dir ---------------------------------------------
+
+
+def snapshot_of(data_dir: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `data_dir`: its bytes and mtime, to prove nothing changed."""
+    return {
+        str(path.relative_to(data_dir)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(data_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+def refused(data_dir: Path, complaint: str) -> str:
+    """Open the store, expecting StoreError: nothing under data_dir may change."""
+    before = snapshot_of(data_dir)
+    store = SqliteEventLog(data_dir)
+    with pytest.raises(StoreError, match=complaint) as error:
+        store.open()
+    store.close()
+    assert snapshot_of(data_dir) == before
+    return str(error.value)
+
+
+def test_an_emptied_store_next_to_programs_stops_the_start_untouched(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    (tmp_path / FILE_NAME).write_bytes(b"")
+    for side in ("-wal", "-shm"):
+        (tmp_path / (FILE_NAME + side)).unlink(missing_ok=True)
+    message = refused(tmp_path, r"is empty \(0 bytes\)")
+    assert "holds 1 entries in" in message
+    assert "would forget every program and make a new admin token" in message
+    assert "Restore" in message
+    assert "move the whole data dir away" in message
+    assert (tmp_path / FILE_NAME).stat().st_size == 0
+
+
+def test_a_missing_store_next_to_programs_stops_the_start_and_makes_none(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    for name in (FILE_NAME, FILE_NAME + "-wal", FILE_NAME + "-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    refused(tmp_path, "does not exist, but the data dir .* holds 1 entries")
+    assert not (tmp_path / FILE_NAME).exists()
+
+
+def blank_database(path: Path) -> None:
+    """A valid SQLite file with no tables at all (not 0 bytes: it has a header)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version = 7")
+    assert path.stat().st_size > 0
+
+
+def test_a_store_without_tables_next_to_programs_stops_the_start_untouched(
+    tmp_path: Path,
+) -> None:
+    make_store(tmp_path)
+    for name in (FILE_NAME, FILE_NAME + "-wal", FILE_NAME + "-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    blank_database(tmp_path / FILE_NAME)
+    refused(tmp_path, "holds no tables, but the data dir")
+
+
+def test_an_empty_store_next_to_a_write_ahead_log_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / FILE_NAME).write_bytes(b"")
+    (tmp_path / (FILE_NAME + "-wal")).write_bytes(b"\x37\x7f\x06\x82" + bytes(60))
+    message = refused(tmp_path, r"is empty \(0 bytes\)")
+    assert "SQLite's hershy.db-wal (64 bytes)" in message
+
+
+def test_a_store_lacking_some_of_its_tables_is_damaged_even_in_an_empty_data_dir(
+    tmp_path: Path,
+) -> None:
+    make_store(tmp_path)
+    with contextlib.closing(sqlite3.connect(tmp_path / FILE_NAME)) as db:
+        db.execute("DROP TABLE programs")
+    shutil.rmtree(tmp_path / "programs")
+    message = refused(tmp_path, "lacks its tables programs: it is damaged")
+    assert "restore it from a backup" in message
+
+
+def test_another_database_is_not_taken_for_a_store(tmp_path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(tmp_path / FILE_NAME)) as db:
+        db.execute("CREATE TABLE recipes (name TEXT)")
+        db.commit()
+    message = refused(tmp_path, "is an SQLite database but not a Hershy store")
+    assert "recipes" in message
+
+
+def test_a_store_with_a_garbled_schema_version_is_refused_untouched(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    with contextlib.closing(sqlite3.connect(tmp_path / FILE_NAME)) as db:
+        db.execute("UPDATE meta SET value = 'one' WHERE key = 'schema_version'")
+        db.commit()
+    refused(tmp_path, "names its schema 'one', not a number")
+
+
+@pytest.mark.parametrize("programs_dir", ["none", "empty"])
+@pytest.mark.parametrize("store", ["missing", "empty", "blank"])
+def test_a_new_data_dir_gets_a_new_store(tmp_path: Path, store: str, programs_dir: str) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    if programs_dir == "empty":
+        (data_dir / "programs").mkdir()
+    if store == "empty":
+        (data_dir / FILE_NAME).write_bytes(b"")
+    elif store == "blank":
+        blank_database(data_dir / FILE_NAME)
+
+    async def use() -> None:
+        async with host(data_dir) as registry:
+            await registry.create("alice", DOCKERFILE, {})
+
+    asyncio.run(use())
+    again = SqliteEventLog(data_dir)
+    recovered = again.open()
+    try:
+        assert len(recovered.programs) == 1
+        assert len(again.host_id) == 12
+    finally:
+        again.close()
+
+
+def test_a_refused_store_leaves_no_connection_open(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    (tmp_path / FILE_NAME).write_bytes(b"")
+    store = SqliteEventLog(tmp_path)
+    with pytest.raises(StoreError):
+        store.open()
+    assert store._db is None
+    with pytest.raises(StoreError, match="not open"):
+        store.knows("prog-1")
+
+
+def test_a_store_whose_host_was_killed_before_a_checkpoint_is_read_whole(tmp_path: Path) -> None:
+    """Everything still in the write-ahead log (the Host died with -9) counts: no refusal."""
+    script = """
+import asyncio, os, sys
+from pathlib import Path
+from hershy.adapters.sqlite_store import SqliteEventLog
+from hershy.domain import events as ev
+from hershy.domain.reducer import create
+
+data_dir = Path(sys.argv[1])
+store = SqliteEventLog(data_dir)
+store.open()
+event = ev.ProgramCreated(1.0, "prog-1", "alice", "b1", "127.0.0.1:19001")
+asyncio.run(store.append(create(event), event))
+(data_dir / "programs" / "prog-1").mkdir(parents=True)
+os._exit(0)  # no close, no checkpoint: like kill -9
+"""
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=30)
+    assert (tmp_path / (FILE_NAME + "-wal")).stat().st_size > 0
+    store = SqliteEventLog(tmp_path)
+    recovered = store.open()
+    try:
+        assert [program.id for program in recovered.programs] == ["prog-1"]
     finally:
         store.close()
