@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hershy.domain import events as ev
@@ -149,6 +151,10 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
             message.torn_down.SetInParent()
         case ev.TeardownFailed():
             message.teardown_failed.reason = event.reason
+        case ev.HostRestarted():
+            message.host_restarted.SetInParent()
+        case _:
+            assert_never(event)
     return message
 
 

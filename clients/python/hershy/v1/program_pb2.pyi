@@ -291,6 +291,7 @@ class ProgramEvent(_message.Message):
     RESTART_TIMER_FIRED_FIELD_NUMBER: _builtins.int
     TORN_DOWN_FIELD_NUMBER: _builtins.int
     TEARDOWN_FAILED_FIELD_NUMBER: _builtins.int
+    HOST_RESTARTED_FIELD_NUMBER: _builtins.int
     run: _builtins.int
     """The run the event belongs to (0 for user requests)."""
     @_builtins.property
@@ -361,6 +362,10 @@ class ProgramEvent(_message.Message):
     def teardown_failed(self) -> Global___TeardownFailed:
         """Removing what the program owned failed."""
 
+    @_builtins.property
+    def host_restarted(self) -> Global___HostRestarted:
+        """The Host started again with the program in its store and picks up where it was."""
+
     def __init__(
         self,
         *,
@@ -382,16 +387,34 @@ class ProgramEvent(_message.Message):
         restart_timer_fired: Global___RestartTimerFired | None = ...,
         torn_down: Global___TornDown | None = ...,
         teardown_failed: Global___TeardownFailed | None = ...,
+        host_restarted: Global___HostRestarted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed", "host_restarted"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ProgramEvent: _TypeAlias = ProgramEvent  # noqa: Y015
+
+@_typing.final
+class HostRestarted(_message.Message):
+    """The Host started again with the program in its store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostRestarted: _TypeAlias = HostRestarted  # noqa: Y015
 
 @_typing.final
 class ProgramCreated(_message.Message):
