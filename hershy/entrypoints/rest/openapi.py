@@ -106,7 +106,11 @@ SCHEMAS: dict[str, Any] = {
             "proxy_url": {"type": "string", "description": "The WatcherAPI, through the proxy."},
             "proxy_target": {
                 "type": "string",
-                "description": "Where the Host reaches the WatcherAPI (127.0.0.1:PORT).",
+                "description": (
+                    "Where the Host itself reaches the WatcherAPI (127.0.0.1:PORT), as the "
+                    "runtime placed its current or last run; empty until it first runs. "
+                    "Clients use proxy_url."
+                ),
             },
             "created_at": _TIME,
             "updated_at": _TIME,
