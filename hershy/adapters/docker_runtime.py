@@ -78,6 +78,10 @@ class ContractBroken(Exception):
     """A container would break a security contract; it is not started."""
 
 
+class PortsTaken(Exception):
+    """Port after port the container was to publish on turned out taken; the start gives up."""
+
+
 @dataclass(frozen=True)
 class DockerSettings:
     #: The OCI runtime programs run under: runsc (gVisor), or runc when allowed.
@@ -413,8 +417,13 @@ class DockerEffectHandler:
                     await self._call(container.start)
                     break
                 except APIError as error:
-                    if attempt == PORT_ATTEMPTS or not port_taken(error):
+                    if not port_taken(error):
                         raise
+                    if attempt == PORT_ATTEMPTS:
+                        raise PortsTaken(
+                            f"Docker found {attempt} WatcherAPI ports in a row taken by "
+                            f"others; the last: {error.explanation or error}"
+                        ) from None
                 # Not the program's failure: someone bound the port after the pool's check.
                 self._note(program_id, effect.run, f"port {port} was taken; trying another")
                 await self._remove(container.id)

@@ -208,6 +208,8 @@ class Host:
     created: list[str] = field(default_factory=list)
     #: Where the Host's runtime publishes WatcherAPIs.
     ports: PortPool = field(default_factory=PortPool)
+    #: Where its gRPC core serves (for a REST shim of a test's own).
+    grpc_address: str = ""
 
     async def create(
         self,
@@ -285,10 +287,10 @@ async def open_host(
     created: list[str] = []
     try:
         async with (
-            running_host(config) as (registry, _server),
+            running_host(config) as (registry, server),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
         ):
-            host = Host(registry, data_dir, client, stub, http, created, ports)
+            host = Host(registry, data_dir, client, stub, http, created, ports, server.address)
             try:
                 yield host
             finally:
