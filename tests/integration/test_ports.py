@@ -20,15 +20,23 @@ from pathlib import Path
 import docker
 import pytest
 
-from hershy.adapters.docker_runtime import PORT_ATTEMPTS
+from hershy.adapters.docker_runtime import PORT_ATTEMPTS, DockerSettings
 from hershy.adapters.port_pool import PortPool, loopback_port_is_free
+from hershy.bootstrap import HostConfig, running_host
 from hershy.domain import events as ev
 from hershy.domain.compose import PORT_RANGE
 from hershy.domain.errors import FailedPrecondition
 from hershy.domain.model import BackoffPolicy, LogStream, Program, State
 from hershy.entrypoints.rest import RestConfig, RestServer
 from hershy.service.watch import Change
-from tests.integration.conftest import Host, containers_of, eventually, open_host
+from tests.integration.conftest import (
+    USER,
+    Host,
+    containers_of,
+    eventually,
+    open_host,
+    stub_dockerfile,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -281,3 +289,54 @@ async def test_when_every_port_is_taken_the_start_fails_saying_so(
             within=10,
             what="the last container removed and its port given back",
         )
+
+
+async def test_after_a_host_restart_an_adopted_containers_port_stays_its_own(
+    tmp_path: Path, docker_client: docker.DockerClient, stub_binary: bytes
+) -> None:
+    """The runtime learns from Docker where the containers it adopts publish: nobody else
+    is placed there, even when the OS check would say otherwise."""
+    a, b = free_ports(2)
+    data_dir = tmp_path / "data"
+    config = HostConfig(
+        data_dir=data_dir,
+        grpc_addr="127.0.0.1:0",
+        http_addr="127.0.0.1:0",
+        no_auth=True,
+        policy=SLOW_BACKOFF,
+        docker=DockerSettings(ready_timeout=30, stop_grace=2),
+        port_pool=PortPool(range(a, b + 1)),
+    )
+    first_id = ""
+    try:
+        async with running_host(config) as (registry, _):
+            first = await registry.create(USER, stub_dockerfile(), {"watcher-stub": stub_binary})
+            await registry.start(first.id)
+            ready = await registry.wait(first.id, State.READY, 60)
+            assert port_of(ready) == a
+        # The Host is gone; its program runs on. The next Host's check is made to lie:
+        # only what it learnt from Docker keeps a for the program that publishes it.
+        pool = PortPool(range(a, b + 1), is_free=lambda _: True)
+        async with open_host(data_dir, docker_client, stub_binary, ports=pool) as host:
+            host.created.append(first.id)
+            assert pool.held == {a}
+            adopted = await host.registry.wait(first.id, State.READY, 10)
+            assert (adopted.container_id, adopted.proxy_target) == (
+                ready.container_id,
+                ready.proxy_target,
+            )
+            second = await host.create()
+            watch = Placements(host, second.id)
+            await host.registry.start(second.id)
+            placed = await watch.until(State.READY)
+            watch.close()
+            assert watch.addresses == [f"127.0.0.1:{b}"], "it was placed on the adopted port"
+            assert port_of(placed) == b
+            assert (await host.probe(adopted, "/watcher/status"))["state"] == "Ready"
+            for program_id in (first.id, second.id):
+                await host.delete(program_id)
+            assert pool.held == frozenset()
+    finally:
+        for container in containers_of(docker_client, first_id) if first_id else []:
+            with contextlib.suppress(docker.errors.DockerException):
+                container.remove(force=True)

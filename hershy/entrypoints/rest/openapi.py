@@ -33,7 +33,7 @@ _ERRORS = {
     "404": _error("No such program (or it was deleted)."),
     "409": _error("The program's state does not allow this; `state` names it."),
     "413": _error("The build context is over a size limit."),
-    "503": _error("The Host is not ready, or out of WatcherAPI ports."),
+    "503": _error("The Host (or the program) is not ready."),
 }
 
 
