@@ -425,7 +425,10 @@ class DockerEffectHandler:
                             f"others; the last: {error.explanation or error}"
                         ) from None
                 # Not the program's failure: someone bound the port after the pool's check.
-                self._note(program_id, effect.run, f"port {port} was taken; trying another")
+                note = f"port {port} was taken; trying another"
+                self._logs.write(
+                    program_id, LogLine(outbox.now(), LogStream.HOST, effect.run, note)
+                )
                 await self._remove(container.id)
                 container = None
             self._follow_logs(program_id, effect.run, container.id)
@@ -477,9 +480,6 @@ class DockerEffectHandler:
             raise
         self._published[container.id] = Published(program_id, effect.run, port)
         return container, spec
-
-    def _note(self, program_id: str, run: int, text: str) -> None:
-        self._logs.write(program_id, LogLine(time.time(), LogStream.HOST, run, text))
 
     async def _create(self, arguments: dict[str, Any]) -> Any:
         """Create a container; if cancelled meanwhile, remove it once it exists."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 
 import pytest
+from docker.errors import APIError
 
+from hershy.adapters.docker_runtime import port_taken, published_port
 from hershy.adapters.port_pool import PortPool, loopback_address, loopback_port_is_free
 from hershy.domain.errors import ResourceExhausted
 
@@ -55,3 +57,46 @@ def test_the_pool_stays_within_the_watcher_range(ports: range) -> None:
 
 def test_the_address_is_loopback() -> None:
     assert loopback_address(19001) == "127.0.0.1:19001"
+
+
+# --- what the Docker runtime reads from Docker about ports -------------------------------
+
+
+def test_the_published_port_is_read_from_the_containers_bindings() -> None:
+    attrs = {
+        "HostConfig": {"PortBindings": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "19005"}]}}
+    }
+    assert published_port(attrs) == 19005
+    for nothing in (
+        {},
+        {"HostConfig": None},
+        {"HostConfig": {"PortBindings": None}},
+        {"HostConfig": {"PortBindings": {"9090/tcp": [{"HostPort": "19005"}]}}},
+        {"HostConfig": {"PortBindings": {"8080/tcp": [{"HostPort": ""}]}}},
+        {"HostConfig": {"PortBindings": {"8080/tcp": [{"HostPort": "19005; rm -rf"}]}}},
+    ):
+        assert published_port(nothing) is None, nothing
+
+
+@pytest.mark.parametrize(
+    ("explanation", "taken"),
+    [
+        (
+            "driver failed programming external connectivity on endpoint x (y): "
+            "Bind for 127.0.0.1:19001 failed: port is already allocated",
+            True,
+        ),
+        (
+            "driver failed programming external connectivity on endpoint x (y): Error starting "
+            "userland proxy: listen tcp4 127.0.0.1:19001: bind: address already in use",
+            True,
+        ),
+        ("OCI runtime create failed: runsc did not start", False),
+        ("", False),
+    ],
+)
+def test_docker_saying_a_port_is_taken_is_told_from_other_failures(
+    explanation: str, taken: bool
+) -> None:
+    error = APIError("500 Server Error", explanation=explanation)
+    assert port_taken(error) is taken
