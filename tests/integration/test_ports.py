@@ -340,3 +340,24 @@ async def test_after_a_host_restart_an_adopted_containers_port_stays_its_own(
         for container in containers_of(docker_client, first_id) if first_id else []:
             with contextlib.suppress(docker.errors.DockerException):
                 container.remove(force=True)
+
+
+async def test_a_container_removed_behind_the_hosts_back_gives_its_port_back(
+    tmp_path: Path, docker_client: docker.DockerClient, stub_binary: bytes
+) -> None:
+    a, b = free_ports(2)
+    pool = PortPool(range(a, b + 1))
+    async with ports_host(tmp_path, docker_client, stub_binary, pool) as host:
+        program = await host.ready()
+        assert pool.held == {port_of(program)}
+        (container,) = containers_of(host.docker, program.id)
+        await asyncio.to_thread(container.remove, force=True)  # `docker rm -f`, not the Host
+        await host.registry.wait(program.id, State.BACKOFF, 30)
+        await eventually(
+            lambda: (host.registry.get(program.id).container_id, pool.held),
+            lambda seen: seen == (None, frozenset()),
+            within=10,
+            what="the vanished container's port given back",
+        )
+        again = await host.registry.wait(program.id, State.READY, 30)
+        assert pool.held == {port_of(again)}
