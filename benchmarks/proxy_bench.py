@@ -167,7 +167,10 @@ async def ready_program(session: aiohttp.ClientSession, host: Host) -> tuple[str
             assert response.status == 200, await response.text()
         async with session.get(f"{host.url}/programs/{program_id}/wait?timeout=10") as response:
             assert response.status == 200, await response.text()
-        port = int(program["proxy_target"].rsplit(":", 1)[1])
+            ready = await response.json()
+        # The runtime placed it when it started (checked free then); the bench's own
+        # WatcherAPI still has to bind it.
+        port = int(ready["proxy_target"].rsplit(":", 1)[1])
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))

@@ -54,7 +54,6 @@ import contextlib
 import io
 import os
 import platform
-import random
 import shutil
 import socket
 import statistics
@@ -79,7 +78,6 @@ from hershy.adapters.docker_runtime import (
 )
 from hershy.bootstrap import HostConfig, Runtime, running_host
 from hershy.domain.compose import (
-    PORT_RANGE,
     ContainerRequest,
     compose_spec,
     container_name,
@@ -285,15 +283,6 @@ def free_port() -> int:
         return port
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 async def until_ready(http: aiohttp.ClientSession, port: int, poll: float) -> None:
     """The Host's readiness loop (DockerEffectHandler._until_ready), line for line."""
     url = f"http://127.0.0.1:{port}{READY_PATH}"
@@ -428,22 +417,9 @@ async def _until_ready_change(subscription: Subscription) -> list[Change]:
 
 
 async def new_program(registry: Registry, dockerfile: str, binary: bytes) -> Program:
-    """A program from the stub, on a WatcherAPI port that is free and likely to stay so.
-
-    Every Host hands out ports from 19001 up without asking the OS, so on a shared
-    daemon other Hosts (tests running meanwhile) take the first ones, and a start on
-    a port taken meanwhile fails ("port is already allocated"). Skipping a random
-    stretch first (placeholder programs, deleted at once) keeps clear of them.
-    """
-    skip = random.randrange(100, 200)
-    placeholders = [await registry.create("bench", "FROM scratch\n", {}) for _ in range(skip)]
-    await asyncio.gather(*(registry.delete(placeholder.id) for placeholder in placeholders))
-    for _ in range(50):
-        program = await registry.create("bench", dockerfile, {"watcher-stub": binary})
-        if port_is_free(int(program.proxy_target.rsplit(":", 1)[1])):
-            return program
-        await registry.delete(program.id)
-    raise BenchError(f"no free WatcherAPI port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
+    """A program from the stub. The runtime places it on a free port at every start (and
+    moves on if Docker finds that port taken), so other Hosts on the daemon do not matter."""
+    return await registry.create("bench", dockerfile, {"watcher-stub": binary})
 
 
 async def bench_runtime(

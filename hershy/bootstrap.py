@@ -18,14 +18,15 @@ from pathlib import Path
 from hershy.adapters.docker_runtime import DockerEffectHandler, DockerSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
+from hershy.adapters.port_pool import PortPool
 from hershy.adapters.source_files import FileSourceStore
 from hershy.adapters.sqlite_store import SqliteEventLog
-from hershy.adapters.system import RandomIds, SystemClock, loopback_port_is_free
+from hershy.adapters.system import RandomIds, SystemClock
 from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints.grpc_server import GrpcServer
 from hershy.service.auth import Authenticator
 from hershy.service.ports import EffectHandler, LogStore
-from hershy.service.registry import PortAllocator, Registry
+from hershy.service.registry import Registry
 
 log = logging.getLogger("hershy")
 
@@ -53,15 +54,19 @@ class HostConfig:
     policy: BackoffPolicy = field(default_factory=BackoffPolicy)
     docker: DockerSettings = field(default_factory=DockerSettings)
     fake_behaviour: FakeBehaviour = field(default_factory=FakeBehaviour)
+    #: Where the runtime publishes programs' WatcherAPIs (None: the whole range, each
+    #: port checked free with the OS). Tests narrow it, or make its check lie.
+    port_pool: PortPool | None = None
 
 
 @contextlib.asynccontextmanager
 async def effect_handler(
     config: HostConfig, sources: FileSourceStore, logs: LogStore, host_id: str
 ) -> AsyncIterator[EffectHandler]:
-    """The runtime programs run on, for as long as the Host runs."""
+    """The runtime programs run on, for as long as the Host runs (it places them too)."""
+    ports = config.port_pool or PortPool()
     if config.runtime is Runtime.FAKE:
-        yield FakeEffectHandler(sources, logs, config.fake_behaviour)
+        yield FakeEffectHandler(sources, logs, config.fake_behaviour, ports)
         return
     settings = replace(
         config.docker,
@@ -69,7 +74,7 @@ async def effect_handler(
         allow_insecure_runtime=config.allow_insecure_runtime,
         host_id=host_id,
     )
-    async with DockerEffectHandler(settings, sources, logs) as handler:
+    async with DockerEffectHandler(settings, sources, logs, ports) as handler:
         yield handler
 
 
@@ -97,9 +102,6 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             sources=sources,
             logs=logs,
             event_log=store,
-            ports=PortAllocator(
-                is_free=lambda port: config.runtime is Runtime.FAKE or loopback_port_is_free(port)
-            ),
             clock=SystemClock(),
             ids=RandomIds(),
             policy=config.policy,

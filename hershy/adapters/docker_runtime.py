@@ -36,6 +36,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig
 
 from hershy.adapters.docker_engine import DEFAULT_SOCKET, Engine, EngineError
+from hershy.adapters.port_pool import LOOPBACK, PortPool, loopback_address
 from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
@@ -44,6 +45,7 @@ from hershy.domain.compose import (
     LABEL_PROGRAM,
     LABEL_RUN,
     SECURE_RUNTIME,
+    WATCHER_PORT,
     ContainerRequest,
     compose_spec,
     contract_violations,
@@ -61,6 +63,11 @@ READY_PATH = "/watcher/status"
 SPEC_FILE = "compose.json"
 BUILD_TAIL_LINES = 15
 RUN_STEP_PREFIX = " ---> Running in "
+#: How many ports one start tries when Docker finds the one it was given taken (another
+#: Host's container, any process binding it after the pool's check) before it gives up.
+PORT_ATTEMPTS = 8
+#: How Docker says a published port is taken: by another container, or by another process.
+PORT_TAKEN = ("port is already allocated", "address already in use")
 
 
 class RuntimeUnavailable(Exception):
@@ -69,6 +76,10 @@ class RuntimeUnavailable(Exception):
 
 class ContractBroken(Exception):
     """A container would break a security contract; it is not started."""
+
+
+class PortsTaken(Exception):
+    """Port after port the container was to publish on turned out taken; the start gives up."""
 
 
 @dataclass(frozen=True)
@@ -141,14 +152,48 @@ def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The WatcherAPI port a container of the program's run publishes."""
+
+    program_id: str
+    run: int
+    port: int
+
+
+def published_port(attrs: dict[str, Any]) -> int | None:
+    """The host port a container publishes its WatcherAPI on, from `docker inspect`."""
+    bindings = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
+    for binding in bindings.get(f"{WATCHER_PORT}/tcp") or []:
+        port = str(binding.get("HostPort", ""))
+        if port.isdigit():
+            return int(port)
+    return None
+
+
+def port_taken(error: APIError) -> bool:
+    """Whether Docker refused to start a container because its published port is taken."""
+    text = str(error.explanation or error)
+    return any(phrase in text for phrase in PORT_TAKEN)
+
+
 class DockerEffectHandler:
     """Carries out effects on Docker. Use as an async context manager (it owns background tasks)."""
 
-    def __init__(self, settings: DockerSettings, files: FileSourceStore, logs: LogStore) -> None:
+    def __init__(
+        self,
+        settings: DockerSettings,
+        files: FileSourceStore,
+        logs: LogStore,
+        ports: PortPool | None = None,
+    ) -> None:
         self.settings = settings
         self.runtime = settings.runtime
         self._files = files
         self._logs = logs
+        #: Where programs' WatcherAPIs are published; this handler places every container.
+        self.ports = ports or PortPool()
+        self._published: dict[str, Published] = {}  # container id -> its port
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         self._engine = Engine(settings.socket)
         self._client: docker.DockerClient | None = None
@@ -180,10 +225,25 @@ class DockerEffectHandler:
                 self.settings.runtime,
             )
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        await self._hold_published_ports()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._spawn(self._watch_events())
         return self
+
+    async def _hold_published_ports(self) -> None:
+        """Learn the ports this Host's containers publish (they outlive a Host restart)."""
+        managed = {"label": [f"{LABEL_MANAGED}={self.settings.host_id}"]}
+        for container in await self._call(self._docker.containers.list, all=True, filters=managed):
+            port = published_port(container.attrs)
+            if port is None:
+                continue
+            self.ports.hold(port)
+            self._published[container.id] = Published(
+                container.labels.get(LABEL_PROGRAM, ""),
+                int(container.labels.get(LABEL_RUN, "0")),
+                port,
+            )
 
     async def __aexit__(
         self,
@@ -342,42 +402,84 @@ class DockerEffectHandler:
         await self._stop_containers(program_id, effect.run, None)
         state_dir = self._files.program_dir(program_id) / "state"
         await self._call(state_dir.mkdir, parents=True, exist_ok=True)
-        request = ContainerRequest(
-            host_id=self.settings.host_id,
-            program_id=program_id,
-            run=effect.run,
-            build_id=effect.build_id,
-            image=effect.image_id,
-            host_port=int(effect.proxy_target.rsplit(":", 1)[1]),
-            state_dir=str(state_dir),
-            resources=effect.resources,
-            runtime=self.settings.runtime,
-        )
-        spec = compose_spec(request)
-        problems = contract_violations(
-            spec,
-            allowed_runtimes=self.settings.allowed_runtimes,
-            maximum=self.settings.max_resources,
-        )
-        if problems:
-            raise ContractBroken("refusing to run it: " + "; ".join(problems))
-        await self._call(_write_atomically, self._files.program_dir(program_id) / SPEC_FILE, spec)
-        container = await self._create(docker_create_args(spec))
-        outbox.emit(ev.ContainerCreated(outbox.now(), effect.run, container.id))
+        container: Any = None
         try:
-            check_created(container.attrs, spec)
-            await self._call(container.start)
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                container, spec = await self._create_on_a_free_port(program_id, effect, state_dir)
+                port = self._published[container.id].port
+                outbox.emit(
+                    ev.ContainerCreated(
+                        outbox.now(), effect.run, container.id, loopback_address(port)
+                    )
+                )
+                check_created(container.attrs, spec)
+                try:
+                    await self._call(container.start)
+                    break
+                except APIError as error:
+                    if not port_taken(error):
+                        raise
+                    if attempt == PORT_ATTEMPTS:
+                        raise PortsTaken(
+                            f"Docker found {attempt} WatcherAPI ports in a row taken by "
+                            f"others; the last: {error.explanation or error}"
+                        ) from None
+                # Not the program's failure: someone bound the port after the pool's check.
+                note = f"port {port} was taken; trying another"
+                self._logs.write(
+                    program_id, LogLine(outbox.now(), LogStream.HOST, effect.run, note)
+                )
+                await self._remove(container.id)
+                container = None
             self._follow_logs(program_id, effect.run, container.id)
-            await self._until_ready(request.host_port, effect.run, program_id)
+            await self._until_ready(port, effect.run, program_id)
         except asyncio.CancelledError:
-            await asyncio.shield(self._remove(container.id))
+            if container is not None:
+                await asyncio.shield(self._remove(container.id))
             raise
         except Exception as error:
+            if container is None:
+                raise  # nothing was created: the supervisor reports the failure
             # Failed first, removed second: the container's death that follows is old news.
             outbox.emit(ev.StartFailed(outbox.now(), effect.run, str(error)))
             await self._remove(container.id)
             return
         outbox.emit(ev.ContainerReady(outbox.now(), effect.run))
+
+    async def _create_on_a_free_port(
+        self, program_id: str, effect: fx.StartContainer, state_dir: Path
+    ) -> tuple[Any, dict[str, Any]]:
+        """The program's container, created to publish on a port from the pool, and its spec."""
+        port = self.ports.take()
+        try:
+            request = ContainerRequest(
+                host_id=self.settings.host_id,
+                program_id=program_id,
+                run=effect.run,
+                build_id=effect.build_id,
+                image=effect.image_id,
+                host_port=port,
+                state_dir=str(state_dir),
+                resources=effect.resources,
+                runtime=self.settings.runtime,
+            )
+            spec = compose_spec(request)
+            problems = contract_violations(
+                spec,
+                allowed_runtimes=self.settings.allowed_runtimes,
+                maximum=self.settings.max_resources,
+            )
+            if problems:
+                raise ContractBroken("refusing to run it: " + "; ".join(problems))
+            await self._call(
+                _write_atomically, self._files.program_dir(program_id) / SPEC_FILE, spec
+            )
+            container = await self._create(docker_create_args(spec))
+        except BaseException:
+            self.ports.release(port)
+            raise
+        self._published[container.id] = Published(program_id, effect.run, port)
+        return container, spec
 
     async def _create(self, arguments: dict[str, Any]) -> Any:
         """Create a container; if cancelled meanwhile, remove it once it exists."""
@@ -391,7 +493,7 @@ class DockerEffectHandler:
             raise
 
     async def _until_ready(self, port: int, run: int, program_id: str) -> None:
-        url = f"http://127.0.0.1:{port}{READY_PATH}"
+        url = f"http://{loopback_address(port)}{READY_PATH}"
         deadline = time.monotonic() + self.settings.ready_timeout
         last_problem = "no answer yet"
         assert self._http is not None
@@ -408,7 +510,7 @@ class DockerEffectHandler:
             await asyncio.sleep(interval)
             interval = min(interval * 1.5, self.settings.ready_poll_interval)
         raise TimeoutError(
-            f"its WatcherAPI did not answer GET {READY_PATH} on 127.0.0.1:{port} within "
+            f"its WatcherAPI did not answer GET {READY_PATH} on {loopback_address(port)} within "
             f"{self.settings.ready_timeout:g} s ({last_problem})"
         )
 
@@ -419,6 +521,7 @@ class DockerEffectHandler:
         container_id: str | None,
     ) -> None:
         """Stop and remove `container_id` and the program's containers of runs up to `run`."""
+        known = list(self._published.items())
         containers = await self._call(
             self._docker.containers.list,
             all=True,
@@ -429,6 +532,13 @@ class DockerEffectHandler:
             if container.id == container_id or int(container.labels.get(LABEL_RUN, "0")) <= run:
                 targets.append(container.id)
         await asyncio.gather(*(self._remove(target, graceful=True) for target in targets))
+        # Containers removed behind the Host's back (`docker rm`) give their ports back too;
+        # not one a start created since the listing above (it was not looked at).
+        for gone, published in known:
+            if published.program_id == program_id and (
+                gone == container_id or published.run <= run
+            ):
+                self._release_port(gone)
 
     async def _remove(self, container_id: str, *, graceful: bool = False) -> None:
         """SIGTERM, the grace period, SIGKILL, then remove. A container already gone is fine."""
@@ -443,6 +553,12 @@ class DockerEffectHandler:
             if error.status_code != 409:  # 409: removal already in progress
                 raise
         self._followed.discard(container_id)
+        self._release_port(container_id)
+
+    def _release_port(self, container_id: str) -> None:
+        published = self._published.pop(container_id, None)
+        if published is not None:
+            self.ports.release(published.port)
 
     async def _teardown(self, program_id: str) -> None:
         await self._stop_containers(program_id, run=2**62, container_id=None)
@@ -542,8 +658,8 @@ def check_created(attrs: dict[str, Any], spec: dict[str, Any]) -> None:
     if host.get("ReadonlyRootfs") is not True:
         problems.append("its root file system would be writable")
     bindings = host.get("PortBindings") or {}
-    if any(b.get("HostIp") != "127.0.0.1" for entries in bindings.values() for b in entries or []):
-        problems.append("a port would be published beyond 127.0.0.1")
+    if any(b.get("HostIp") != LOOPBACK for entries in bindings.values() for b in entries or []):
+        problems.append(f"a port would be published beyond {LOOPBACK}")
     if "ALL" not in (host.get("CapDrop") or []):
         problems.append("its capabilities would not all be dropped")
     if problems:

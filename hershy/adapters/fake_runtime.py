@@ -4,6 +4,10 @@ It keeps a model of the world (which containers and images exist) so tests
 can check that nothing leaks, and lets a test slow effects down, make them
 fail, and crash running containers. `hershy serve --runtime fake` uses it
 for demos and for tests of everything above the runtime.
+
+It places containers like the Docker runtime: each start takes a loopback port
+from the same kind of pool, checked free with the OS, and reports it. Nothing
+listens there (the fake serves no WatcherAPI): tests put one there themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hershy.adapters.port_pool import PortPool, loopback_address
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.model import LogLine, LogStream
@@ -39,34 +44,47 @@ class FakeContainer:
     program_id: str
     run: int
     outbox: Outbox
+    #: The loopback port its (pretend) WatcherAPI is published on.
+    port: int
     running: bool = True
 
 
 @dataclass(slots=True)
 class FakeWorld:
+    ports: PortPool = field(default_factory=PortPool)
     containers: dict[str, FakeContainer] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)  # build id -> image id
 
     def containers_of(self, program_id: str) -> list[str]:
         return [cid for cid, c in self.containers.items() if c.program_id == program_id]
 
+    def remove(self, container_id: str) -> None:
+        """Remove a container (if it exists) and give its port back."""
+        container = self.containers.pop(container_id, None)
+        if container is not None:
+            self.ports.release(container.port)
+
     def remove_runs_up_to(self, program_id: str, run: int, container_id: str | None = None) -> None:
         """Remove `container_id` and the program's containers of runs up to `run`."""
         for cid in self.containers_of(program_id):
             if cid == container_id or self.containers[cid].run <= run:
-                del self.containers[cid]
+                self.remove(cid)
 
 
 class FakeEffectHandler:
     runtime = "fake"
 
     def __init__(
-        self, sources: SourceStore, logs: LogStore, behaviour: FakeBehaviour | None = None
+        self,
+        sources: SourceStore,
+        logs: LogStore,
+        behaviour: FakeBehaviour | None = None,
+        ports: PortPool | None = None,
     ) -> None:
         self._sources = sources
         self._logs = logs
         self.behaviour = behaviour or FakeBehaviour()
-        self.world = FakeWorld()
+        self.world = FakeWorld(ports or PortPool())
         self.builds_run = 0
         self._ids = itertools.count(1)
 
@@ -88,7 +106,7 @@ class FakeEffectHandler:
     async def reap(self, owned: Mapping[str, int]) -> None:
         for container_id, container in list(self.world.containers.items()):
             if owned.get(container.program_id) != container.run:
-                del self.world.containers[container_id]
+                self.world.remove(container_id)
 
     def _adopt(self, program_id: str, effect: fx.AdoptContainer, outbox: Outbox) -> None:
         container = self.world.containers.get(effect.container_id or "")
@@ -124,14 +142,17 @@ class FakeEffectHandler:
         await asyncio.sleep(self.behaviour.start_delay)
         if self._take_failure("failing_starts"):
             raise RuntimeError(self.behaviour.failure_reason)
+        port = self.world.ports.take()
         container_id = f"fake{next(self._ids):012d}"
-        self.world.containers[container_id] = FakeContainer(program_id, effect.run, outbox)
-        outbox.emit(ev.ContainerCreated(outbox.now(), effect.run, container_id))
+        self.world.containers[container_id] = FakeContainer(program_id, effect.run, outbox, port)
+        outbox.emit(
+            ev.ContainerCreated(outbox.now(), effect.run, container_id, loopback_address(port))
+        )
         try:
             await asyncio.sleep(self.behaviour.ready_delay)
         except asyncio.CancelledError:
             # Cancelled while starting: undo what this start created.
-            self.world.containers.pop(container_id, None)
+            self.world.remove(container_id)
             raise
         self._log(program_id, outbox, LogStream.STDOUT, effect.run, "fake program: ready")
         self._log(program_id, outbox, LogStream.STDERR, effect.run, "fake program: no errors")
@@ -147,7 +168,7 @@ class FakeEffectHandler:
     async def _teardown(self, program_id: str, effect: fx.Teardown, outbox: Outbox) -> None:
         await asyncio.sleep(self.behaviour.stop_delay)
         for container_id in self.world.containers_of(program_id):
-            del self.world.containers[container_id]
+            self.world.remove(container_id)
         await self._sources.remove(program_id)
         outbox.emit(ev.TornDown(outbox.now(), effect.run))
 

@@ -30,15 +30,17 @@ class StartContainer:
     """Create and start the container, then wait until its WatcherAPI answers.
 
     Removes any container of this run or an older one first: a program has
-    one container at a time, whatever an earlier attempt left behind.
+    one container at a time, whatever an earlier attempt left behind. The
+    handler picks where the WatcherAPI is reached, anew at every start.
 
-    Results: `ContainerCreated` as soon as the container exists, then
-    `ContainerReady` or `StartFailed` (after removing what it created).
+    Results: `ContainerCreated` (with that address) as soon as the container
+    exists, then `ContainerReady` or `StartFailed` (after removing what it
+    created). When the place it picked turns out to be taken, the handler
+    removes that container and reports another `ContainerCreated` elsewhere.
     """
 
     run: int
     image_id: str
-    proxy_target: str
     build_id: str
     resources: Resources
 

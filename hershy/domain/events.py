@@ -18,7 +18,10 @@ class ProgramCreated:
     program_id: str
     user_id: str
     build_id: str
-    proxy_target: str
+    #: Where the program's WatcherAPI was to be reached. Empty since the runtime picks
+    #: that at every start (`ContainerCreated.address`); in stores written before, it
+    #: holds the address fixed at Create, which stays the program's until its next start.
+    proxy_target: str = ""
     resources: Resources = Resources()
 
 
@@ -77,6 +80,10 @@ class ContainerCreated:
     at: float
     run: int
     container_id: str
+    #: Where the Host reaches this container's WatcherAPI (`HOST:PORT`), as the runtime
+    #: placed it. Empty in stores written before the runtime chose it: the program
+    #: keeps the address it had.
+    address: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,10 @@ class Program:
     `run` numbers the build/start attempts: every effect and every result
     carries the run it belongs to, so a late result of an old run is told
     apart from the current one.
+
+    `proxy_target` is where the Host reaches the program's WatcherAPI, as the
+    runtime reported it when the container of its current (or last) run was
+    created; empty until the program first runs.
     """
 
     id: str

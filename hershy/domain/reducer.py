@@ -240,7 +240,12 @@ def _on_build_succeeded(program: Program, event: ev.BuildSucceeded) -> Outcome:
 
 def _on_container_created(program: Program, event: ev.ContainerCreated) -> Outcome:
     if program.state is State.STARTING:
-        return Transition(_at(program, event.at, container_id=event.container_id))
+        # The runtime places the container: its address is the program's from now on
+        # (an event from an older store has none, and the program keeps what it had).
+        address = event.address or program.proxy_target
+        return Transition(
+            _at(program, event.at, container_id=event.container_id, proxy_target=address)
+        )
     # Nobody wants this container any more (the run is being stopped or
     # deleted): make sure it goes.
     return Ignored(
@@ -405,9 +410,7 @@ def _begin_run(program: Program, at: float) -> Outcome:
 
 
 def _start_container(program: Program, run: int, image_id: str) -> fx.StartContainer:
-    return fx.StartContainer(
-        run, image_id, program.proxy_target, program.build_id, program.resources
-    )
+    return fx.StartContainer(run, image_id, program.build_id, program.resources)
 
 
 def _stop(program: Program, at: float, *first: fx.Effect, then_start: bool = False) -> Transition:

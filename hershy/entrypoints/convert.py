@@ -133,6 +133,7 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
             message.build_failed.reason = event.reason
         case ev.ContainerCreated():
             message.container_created.container_id = event.container_id
+            message.container_created.address = event.address
         case ev.ContainerReady():
             message.container_ready.SetInParent()
         case ev.StartFailed():

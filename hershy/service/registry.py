@@ -12,7 +12,7 @@ import base64
 import binascii
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Protocol
@@ -25,7 +25,6 @@ from hershy.domain.errors import (
     HershyError,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unavailable,
 )
 from hershy.domain.model import (
@@ -94,41 +93,6 @@ class MemoryEventLog:
         return program_id in self._ids
 
 
-class PortAllocator:
-    """Host ports for WatcherAPIs: the lowest free one, never two programs on one port."""
-
-    def __init__(
-        self, first: int = 19001, last: int = 29999, is_free: Callable[[int], bool] | None = None
-    ) -> None:
-        """`is_free` tells whether the OS lets a port be bound (something else may hold it)."""
-        self._first, self._last = first, last
-        self._used: set[int] = set()
-        self._next = first
-        self._is_free = is_free or (lambda port: True)
-
-    def allocate(self) -> int:
-        size = self._last - self._first + 1
-        for offset in range(size):
-            port = self._first + (self._next - self._first + offset) % size
-            if port not in self._used and self._is_free(port):
-                self._used.add(port)
-                self._next = port + 1 if port < self._last else self._first
-                return port
-        raise ResourceExhausted(
-            f"all {size} WatcherAPI ports ({self._first}-{self._last}) are in use: "
-            "delete programs you no longer need"
-        )
-
-    def release(self, port: int) -> None:
-        self._used.discard(port)
-
-    def reserve(self, port: int) -> None:
-        """Mark a port taken (a recovered program's)."""
-        if port in self._used:
-            raise ValueError(f"port {port} is reserved twice")
-        self._used.add(port)
-
-
 @dataclass(frozen=True, slots=True)
 class Page:
     programs: list[Program]
@@ -157,7 +121,6 @@ class Registry:
         ids: IdGenerator,
         event_log: EventLog | None = None,
         hub: WatchHub | None = None,
-        ports: PortAllocator | None = None,
         policy: BackoffPolicy = reducer.DEFAULT_POLICY,
         limits: SourceLimits = DEFAULT_LIMITS,
         resource_policy: ResourcePolicy = DEFAULT_RESOURCES,
@@ -171,7 +134,6 @@ class Registry:
         self._ids = ids
         self._log = event_log or MemoryEventLog()
         self.hub = hub or WatchHub()
-        self._ports = ports or PortAllocator()
         self._policy = policy
         self._limits = limits
         self._programs: dict[str, Program] = {}
@@ -211,12 +173,12 @@ class Registry:
     async def recover(self, programs: list[Program], revision: int, older: OlderChanges) -> None:
         """Take back the programs a store holds after a Host restart, and resume each.
 
-        Ports stay as they were; each supervisor gets `HostRestarted`, so what
-        was under way is finished or redone and running containers are adopted.
+        Each supervisor gets `HostRestarted`, so what was under way is finished
+        or redone and running containers are adopted (where they are reached is
+        the runtime's business: it learns that from the containers themselves).
         """
         self.hub.start_at(revision, older)
         for program in programs:
-            self._ports.reserve(int(program.proxy_target.rsplit(":", 1)[1]))
             self._number(program.id)
             self._programs[program.id] = program
             self._spawn(program)
@@ -266,7 +228,6 @@ class Registry:
         limits = resolve_resources(
             asked.memory_bytes, asked.milli_cpus, asked.pids, self._resource_policy
         )
-        port = self._ports.allocate()
         program_id = self._ids.new_program_id()
         try:
             await self._sources.save(program_id, source)
@@ -275,12 +236,11 @@ class Registry:
                 program_id=program_id,
                 user_id=user_id,
                 build_id=build_id(source),
-                proxy_target=f"127.0.0.1:{port}",
+                # None yet: the runtime places the program when it starts.
                 resources=limits,
             )
             program = await self._commit(reducer.create(event), event)
         except BaseException:
-            self._ports.release(port)
             await self._sources.remove(program_id)
             raise
         self._spawn(program)
@@ -477,7 +437,6 @@ class Registry:
         self._programs.pop(program.id, None)
         self._supervisors.pop(program.id, None)
         self._order.pop(program.id, None)
-        self._ports.release(int(program.proxy_target.rsplit(":", 1)[1]))
 
 
 def _encode_page_token(position: int) -> str:

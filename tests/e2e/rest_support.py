@@ -380,19 +380,16 @@ async def fake_watcher(port: int) -> AsyncIterator[FakeWatcher]:
 
 @contextlib.asynccontextmanager
 async def program_with_watcher(
-    http: aiohttp.ClientSession, host: RestHost, *, ready: bool = True
+    http: aiohttp.ClientSession, host: RestHost
 ) -> AsyncIterator[tuple[dict[str, Any], FakeWatcher]]:
-    """A program (Ready, or just Created) with a FakeWatcher on its WatcherAPI port.
+    """A Ready program with a FakeWatcher on its WatcherAPI port.
 
-    Every Host hands out ports from 19001 up, and other Hosts (other test runs,
-    the Docker runtime's containers) may hold some of them on this machine: a
-    program whose port is taken is left alone and the next one is tried.
+    The runtime placed it on a port nothing held when it started; something may
+    bind it before the watcher does (other Hosts on this machine): then the
+    program is left alone and the next one is tried.
     """
     for _ in range(50):
-        if ready:
-            program = await ready_program(http, host, new_user())
-        else:
-            program = await create_program(http, host, new_user())
+        program = await ready_program(http, host, new_user())
         watcher = FakeWatcher(target_port(program))
         try:
             await watcher.start()

@@ -29,8 +29,10 @@ from tests.e2e.rest_support import (
     FakeWatcher,
     RestHost,
     client_session,
+    create_program,
     fake_watcher,
     json_body,
+    new_user,
     pattern,
     post_action,
     program_with_watcher,
@@ -328,19 +330,21 @@ async def test_websocket_to_a_program_that_refuses_the_upgrade_is_502(
 
 
 async def test_503_while_the_program_is_not_ready(rest_host: RestHost, http: Session) -> None:
-    async with program_with_watcher(http, rest_host, ready=False) as (program, watcher):
-        program_id = program["program_id"]
-        base = f"{rest_host.url}/programs/{program_id}/watcher"
-        async with http.get(f"{base}/status") as response:
-            body = await response.json()
-            assert_error(response.status, body, 503, "PROGRAM_NOT_READY")
-            assert body["state"] == "Created"
-        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await http.ws_connect(base.replace("http://", "ws://") + "/ws")
-        assert refused.value.status == 503
-        # Ready: through. Stopped again: 503 at once, naming the state.
-        await post_action(http, rest_host, program_id, "start")
-        await wait_state(http, rest_host, program_id, "ready")
+    program = await create_program(http, rest_host, new_user())
+    assert program["proxy_target"] == "", "not placed anywhere before it first runs"
+    program_id = program["program_id"]
+    base = f"{rest_host.url}/programs/{program_id}/watcher"
+    async with http.get(f"{base}/status") as response:
+        body = await response.json()
+        assert_error(response.status, body, 503, "PROGRAM_NOT_READY")
+        assert body["state"] == "Created"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(base.replace("http://", "ws://") + "/ws")
+    assert refused.value.status == 503
+    # Ready: through. Stopped again: 503 at once, naming the state.
+    await post_action(http, rest_host, program_id, "start")
+    ready = await wait_state(http, rest_host, program_id, "ready")
+    async with fake_watcher(target_port(ready)) as watcher:
         async with http.get(f"{base}/status") as response:
             assert response.status == 200
         await post_action(http, rest_host, program_id, "stop")

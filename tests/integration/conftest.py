@@ -30,6 +30,7 @@ import pytest
 from docker.errors import DockerException
 
 from hershy.adapters.docker_runtime import DockerSettings
+from hershy.adapters.port_pool import PortPool
 from hershy.bootstrap import HostConfig, Runtime, running_host
 from hershy.domain.compose import LABEL_MANAGED, LABEL_PROGRAM
 from hershy.domain.errors import NotFound
@@ -205,6 +206,10 @@ class Host:
     stub: bytes
     http: aiohttp.ClientSession
     created: list[str] = field(default_factory=list)
+    #: Where the Host's runtime publishes WatcherAPIs.
+    ports: PortPool = field(default_factory=PortPool)
+    #: Where its gRPC core serves (for a REST shim of a test's own).
+    grpc_address: str = ""
 
     async def create(
         self,
@@ -264,24 +269,28 @@ async def open_host(
     stub: bytes,
     *,
     ready_timeout: float = 30.0,
+    ports: PortPool | None = None,
+    policy: BackoffPolicy = POLICY,
 ) -> AsyncIterator[Host]:
     """A Host on runsc; on exit every program is deleted and checked gone from Docker."""
+    ports = ports or PortPool()
     config = HostConfig(
         data_dir=data_dir,
         runtime=Runtime.RUNSC,
         grpc_addr="127.0.0.1:0",
         http_addr="127.0.0.1:0",
         no_auth=True,  # these talk to the registry (or test tokens elsewhere)
-        policy=POLICY,
+        policy=policy,
         docker=DockerSettings(ready_timeout=ready_timeout, stop_grace=2),
+        port_pool=ports,
     )
     created: list[str] = []
     try:
         async with (
-            running_host(config) as (registry, _server),
+            running_host(config) as (registry, server),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
         ):
-            host = Host(registry, data_dir, client, stub, http, created)
+            host = Host(registry, data_dir, client, stub, http, created, ports, server.address)
             try:
                 yield host
             finally:

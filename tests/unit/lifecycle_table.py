@@ -21,18 +21,18 @@ NOW = 2000.0
 
 
 def program_in(state: State) -> Program:
-    """A typical program in `state`, in run 1."""
+    """A typical program in `state`, in run 1 (placed at 19001 by the runtime)."""
     base = Program(
         id="p1",
         user_id="alice",
         build_id="b-1",
-        proxy_target="127.0.0.1:19001",
+        proxy_target="",
         created_at=T0,
         updated_at=T0,
     )
     if state is State.CREATED:
         return base
-    run1 = replace(base, state=state, run=1)
+    run1 = replace(base, state=state, run=1, proxy_target="127.0.0.1:19001")
     match state:
         case State.BUILDING | State.DELETING | State.DELETED:
             return run1
@@ -67,7 +67,7 @@ def events_for(run: int) -> list[ev.Event]:
         ev.HostRestarted(NOW),
         ev.BuildSucceeded(NOW, run, "img-2"),
         ev.BuildFailed(NOW, run, "syntax error"),
-        ev.ContainerCreated(NOW, run, "c-2"),
+        ev.ContainerCreated(NOW, run, "c-2", "127.0.0.1:19002"),
         ev.ContainerReady(NOW, run),
         ev.StartFailed(NOW, run, "no answer"),
         ev.ContainerExited(NOW, run, 2),

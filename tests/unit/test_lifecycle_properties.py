@@ -37,6 +37,7 @@ class Job:
 @dataclass
 class World:
     containers: dict[str, int] = field(default_factory=dict)  # container -> run
+    addresses: dict[str, str] = field(default_factory=dict)  # container -> where it is reached
     dead: set[str] = field(default_factory=set)  # containers that exited on their own
     jobs: list[Job] = field(default_factory=list)
     timer: fx.StartRestartTimer | None = None
@@ -49,7 +50,7 @@ class Lifecycle(RuleBasedStateMachine):
         super().__init__()
         self.now = 0.0
         self.world = World()
-        self.program: Program = create(ev.ProgramCreated(0.0, "p", "u", "b-1", "127.0.0.1:19001"))
+        self.program: Program = create(ev.ProgramCreated(0.0, "p", "u", "b-1"))
         self.deleted = False
         self.stop_is_last_word = False
         self.last_update = 0.0
@@ -119,9 +120,13 @@ class Lifecycle(RuleBasedStateMachine):
                     self.world.jobs.remove(job)
                     self.world.inbox.append(ev.StartFailed(at, run, "x"))
                     return
-                job.container = f"c{next(self.world.ids)}"
+                number = next(self.world.ids)
+                job.container = f"c{number}"
                 self.world.containers[job.container] = run
-                self.world.inbox.append(ev.ContainerCreated(at, run, job.container))
+                # Like the runtimes: every container is placed anew.
+                address = f"127.0.0.1:{19000 + number}"
+                self.world.addresses[job.container] = address
+                self.world.inbox.append(ev.ContainerCreated(at, run, job.container, address))
             case fx.StartContainer(run=run):
                 self.world.jobs.remove(job)
                 if succeed:
@@ -220,6 +225,17 @@ class Lifecycle(RuleBasedStateMachine):
         if self.program.state is State.READY:
             assert self.program.container_id in self.world.containers
             assert self.world.containers[self.program.container_id] == self.program.run
+
+    @invariant()
+    def a_ready_program_is_reached_where_its_container_was_placed(self) -> None:
+        if self.program.state is State.READY:
+            assert self.program.container_id is not None
+            assert self.program.proxy_target == self.world.addresses[self.program.container_id]
+
+    @invariant()
+    def a_program_is_placed_only_once_it_ran(self) -> None:
+        if self.program.run == 0:
+            assert self.program.proxy_target == ""
 
     @invariant()
     def a_restart_is_scheduled_only_in_backoff(self) -> None:

@@ -51,9 +51,10 @@ def test_happy_path_from_created_to_ready_and_stopped() -> None:
     assert step.program.state is State.BUILDING
     assert step.effects == (fx.Build(1, "b-1"),)
     step = accepted(reduce(step.program, ev.BuildSucceeded(2.0, 1, "img")))
-    assert step.effects == (fx.StartContainer(1, "img", "127.0.0.1:19001", "b-1", Resources()),)
-    step = accepted(reduce(step.program, ev.ContainerCreated(3.0, 1, "c")))
+    assert step.effects == (fx.StartContainer(1, "img", "b-1", Resources()),)
+    step = accepted(reduce(step.program, ev.ContainerCreated(3.0, 1, "c", "127.0.0.1:19005")))
     assert step.program.container_id == "c"
+    assert step.program.proxy_target == "127.0.0.1:19005"
     step = accepted(reduce(step.program, ev.ContainerReady(4.0, 1)))
     assert step.program.state is State.READY
     assert step.program.ready_since == 4.0
@@ -175,9 +176,7 @@ class TestCrashes:
     def come_back(self, program: Program, at: float) -> Program:
         step = accepted(reduce(program, ev.RestartTimerFired(at, program.run), self.policy))
         assert step.program.state is State.STARTING
-        assert step.effects == (
-            fx.StartContainer(program.run + 1, "img-1", "127.0.0.1:19001", "b-1", Resources()),
-        )
+        assert step.effects == (fx.StartContainer(program.run + 1, "img-1", "b-1", Resources()),)
         step = accepted(reduce(step.program, ev.ContainerCreated(at, step.program.run, "c")))
         return accepted(reduce(step.program, ev.ContainerReady(at, step.program.run))).program
 
@@ -259,3 +258,48 @@ def test_a_start_cut_off_by_a_host_restart_is_redone_without_its_old_container()
     assert redo.program.container_id is None
     assert [type(effect) for effect in redo.effects] == [fx.StartContainer]
     assert isinstance(reduce(redo.program, ev.ContainerExited(NOW, 1, 0, False, "c-old")), Ignored)
+
+
+# --- where the program is reached: the runtime's to say, at every start --------------
+
+
+def test_a_new_program_is_placed_nowhere_until_it_runs() -> None:
+    program = create(ev.ProgramCreated(1.0, "p1", "alice", "b-1"))
+    assert program.proxy_target == ""
+    step = accepted(reduce(program, ev.StartRequested(2.0)))
+    assert step.program.proxy_target == ""
+    step = accepted(reduce(step.program, ev.BuildSucceeded(3.0, 1, "img")))
+    assert step.program.proxy_target == ""
+
+
+def test_a_start_records_where_the_runtime_placed_the_container() -> None:
+    stopped = program_in(State.STOPPED)
+    assert stopped.proxy_target == "127.0.0.1:19001"
+    step = accepted(reduce(stopped, ev.StartRequested(NOW)))
+    step = accepted(reduce(step.program, ev.BuildSucceeded(NOW, 2, "img-1")))
+    step = accepted(reduce(step.program, ev.ContainerCreated(NOW, 2, "c-2", "127.0.0.1:19007")))
+    assert step.program.proxy_target == "127.0.0.1:19007"
+    # The place was taken after all: the runtime removed that container and made another.
+    step = accepted(reduce(step.program, ev.ContainerCreated(NOW, 2, "c-3", "127.0.0.1:19008")))
+    assert (step.program.container_id, step.program.proxy_target) == ("c-3", "127.0.0.1:19008")
+    ready = accepted(reduce(step.program, ev.ContainerReady(NOW, 2))).program
+    assert ready.state is State.READY
+    assert ready.proxy_target == "127.0.0.1:19008"
+
+
+def test_a_container_nobody_wants_moves_nothing() -> None:
+    program = replace(program_in(State.STARTING), run=3)
+    old = reduce(program, ev.ContainerCreated(NOW, 2, "c-old", "127.0.0.1:19009"))
+    assert isinstance(old, Ignored)
+    stopping = accepted(reduce(program_in(State.STARTING), ev.StopRequested(NOW))).program
+    late = reduce(stopping, ev.ContainerCreated(NOW, 1, "c-late", "127.0.0.1:19009"))
+    assert isinstance(late, Ignored)
+    assert late.effects == (fx.StopContainer(1, "c-late"),)
+
+
+def test_a_container_created_event_of_an_older_store_keeps_the_address_it_had() -> None:
+    """Stores written before the runtime placed programs: ContainerCreated has no address."""
+    program = program_in(State.STARTING)
+    step = accepted(reduce(program, ev.ContainerCreated(NOW, 1, "c-2")))
+    assert step.program.container_id == "c-2"
+    assert step.program.proxy_target == program.proxy_target == "127.0.0.1:19001"

@@ -457,3 +457,113 @@ os._exit(0)  # no close, no checkpoint: like kill -9
         assert [program.id for program in recovered.programs] == ["prog-1"]
     finally:
         store.close()
+
+
+# --- a store written before the runtime placed programs ---------------------------------
+
+#: How Hershy wrote these events before programs were placed at every start: the port was
+#: fixed at Create (in `ProgramCreated.proxy_target`) and `ContainerCreated` had no address.
+OLD_PROGRAMS = {
+    "prog-oldready": [
+        '{"type":"ProgramCreated","at":1.0,"program_id":"prog-oldready","user_id":"alice",'
+        '"build_id":"b-1","proxy_target":"127.0.0.1:19001",'
+        '"resources":{"memory_bytes":536870912,"milli_cpus":1000,"pids":256}}',
+        '{"type":"StartRequested","at":2.0}',
+        '{"type":"BuildSucceeded","at":3.0,"run":1,"image_id":"sha256:old"}',
+        '{"type":"ContainerCreated","at":4.0,"run":1,"container_id":"fake-gone-1"}',
+        '{"type":"ContainerReady","at":5.0,"run":1}',
+    ],
+    "prog-oldstopped": [
+        '{"type":"ProgramCreated","at":1.0,"program_id":"prog-oldstopped","user_id":"bob",'
+        '"build_id":"b-2","proxy_target":"127.0.0.1:19002",'
+        '"resources":{"memory_bytes":536870912,"milli_cpus":1000,"pids":256}}',
+        '{"type":"StartRequested","at":2.0}',
+        '{"type":"BuildSucceeded","at":3.0,"run":1,"image_id":"sha256:old2"}',
+        '{"type":"ContainerCreated","at":4.0,"run":1,"container_id":"fake-gone-2"}',
+        '{"type":"ContainerReady","at":5.0,"run":1}',
+        '{"type":"StopRequested","at":6.0}',
+        '{"type":"ContainerStopped","at":7.0,"run":1}',
+    ],
+    "prog-oldcreated": [
+        '{"type":"ProgramCreated","at":1.0,"program_id":"prog-oldcreated","user_id":"carol",'
+        '"build_id":"b-3","proxy_target":"127.0.0.1:19003",'
+        '"resources":{"memory_bytes":536870912,"milli_cpus":1000,"pids":256}}',
+    ],
+}
+
+
+def write_old_store(data_dir: Path) -> None:
+    """A store as the Hershy before this one left it (the Program rows are unchanged)."""
+    from hershy.adapters.json_codec import decode_event, encode_program
+
+    store = SqliteEventLog(data_dir)
+    store.open()
+    store.close()
+    db = sqlite3.connect(data_dir / FILE_NAME, isolation_level=None)
+    revision = 0
+    for program_id, texts in OLD_PROGRAMS.items():
+        first = revision + 1
+        program = None
+        for text in texts:
+            revision += 1
+            event = decode_event(text)
+            if isinstance(event, ev.ProgramCreated):
+                program = create(event)
+            else:
+                assert program is not None
+                outcome = reduce(program, event)
+                assert isinstance(outcome, Transition), (text, outcome)
+                program = outcome.program
+            program = replace(program, revision=revision)
+            kind = "created" if isinstance(event, ev.ProgramCreated) else "updated"
+            db.execute(
+                "INSERT INTO events (revision, program_id, kind, event, program) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (revision, program_id, kind, text, encode_program(program)),
+            )
+        assert program is not None
+        db.execute(
+            "INSERT INTO programs (program_id, created_revision, revision, program) "
+            "VALUES (?, ?, ?, ?)",
+            (program_id, first, revision, encode_program(program)),
+        )
+    db.close()
+
+
+async def test_a_store_of_the_hershy_before_loads_recovers_and_places_programs_anew(
+    tmp_path: Path,
+) -> None:
+    write_old_store(tmp_path)
+    async with host(tmp_path) as registry:
+        ready_before, stopped, created = (
+            registry.get(p) for p in ("prog-oldready", "prog-oldstopped", "prog-oldcreated")
+        )
+        # Loaded as they were: the addresses given at Create are still on record.
+        assert (stopped.state, stopped.proxy_target) == (State.STOPPED, "127.0.0.1:19002")
+        assert (created.state, created.proxy_target) == (State.CREATED, "127.0.0.1:19003")
+        assert ready_before.proxy_target == "127.0.0.1:19001"
+        # The READY one's container is gone (the fake's do not outlive a Host): a crash,
+        # and the automatic restart places it where the runtime chooses.
+        await registry.wait("prog-oldready", State.BACKOFF, 2)
+        restarted = await registry.wait("prog-oldready", State.READY, 2)
+        assert restarted.proxy_target.startswith("127.0.0.1:")
+        for program_id in ("prog-oldstopped", "prog-oldcreated"):
+            subscription = registry.watch(program_id, resume_revision=registry.hub.revision)
+            await registry.start(program_id)
+            ready = await registry.wait(program_id, State.READY, 2)
+            placed: list[str] = []
+            while not placed:
+                change = await subscription.subscription.next()
+                assert isinstance(change, Change)
+                if isinstance(change.event, ev.ContainerCreated):
+                    placed.append(change.event.address)
+            subscription.subscription.unsubscribe()
+            assert placed == [ready.proxy_target]
+        targets = {registry.get(p).proxy_target for p in OLD_PROGRAMS}
+        assert len(targets) == 3, f"two programs placed on one port: {targets}"
+        # The old log still replays, its ContainerCreated events without an address.
+        old = registry.watch("", resume_revision=0).replay
+        assert [c.event.address for c in old if isinstance(c.event, ev.ContainerCreated)][:2] == [
+            "",
+            "",
+        ]

@@ -15,17 +15,17 @@ from hypothesis import strategies as st
 
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
+from hershy.adapters.port_pool import PortPool
 from hershy.adapters.source_files import MemorySourceStore
 from hershy.domain.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     RevisionTooOld,
 )
 from hershy.domain.model import BackoffPolicy, State
-from hershy.service.registry import PortAllocator, Registry
+from hershy.service.registry import Registry
 from hershy.service.watch import Change, ChangeKind, Resync, WatchHub
 
 FAST = BackoffPolicy(initial=0.05, factor=2, cap=0.4, reset_after=60)
@@ -53,11 +53,11 @@ def make_registry(
     behaviour: FakeBehaviour | None = None,
     *,
     hub: WatchHub | None = None,
-    ports: PortAllocator | None = None,
+    ports: PortPool | None = None,
 ) -> tuple[Registry, FakeEffectHandler]:
     sources = MemorySourceStore()
     logs = FileLogStore(Path(tempfile.mkdtemp(prefix="hershy-logs-")))
-    handler = FakeEffectHandler(sources, logs, behaviour)
+    handler = FakeEffectHandler(sources, logs, behaviour, ports)
     registry = Registry(
         handler=handler,
         sources=sources,
@@ -65,7 +65,6 @@ def make_registry(
         clock=TestClock(),
         ids=SequentialIds(),
         hub=hub,
-        ports=ports,
         policy=FAST,
     )
     return registry, handler
@@ -236,20 +235,48 @@ async def test_wait_for_deleted_returns_the_final_program(
         await waiter
 
 
-async def test_ports_are_unique_and_released_on_delete() -> None:
-    registry, _ = make_registry(ports=PortAllocator(19001, 19002))
+async def test_ports_are_unique_and_given_back_when_a_program_is_deleted() -> None:
+    # The OS's view of the ports is not this test's business: every port counts as bindable.
+    registry, handler = make_registry(ports=PortPool(range(19001, 19003), is_free=lambda _: True))
     async with registry:
-        first = await registry.create("alice", DOCKERFILE, {})
-        second = await registry.create("alice", DOCKERFILE, {})
+        created = await registry.create("alice", DOCKERFILE, {})
+        assert created.proxy_target == "", "a program is placed when it starts, not at Create"
+        first = registry.get(await ready_program(registry, b"1"))
+        second = registry.get(await ready_program(registry, b"2"))
         assert {first.proxy_target, second.proxy_target} == {"127.0.0.1:19001", "127.0.0.1:19002"}
-        with pytest.raises(ResourceExhausted, match="19001-19002"):
-            await registry.create("alice", DOCKERFILE, {})
+        third = await registry.create("alice", DOCKERFILE, {"main.txt": b"3"})
+        await registry.start(third.id)
+        with pytest.raises(FailedPrecondition, match="19001-19002"):
+            await registry.wait(third.id, State.READY, 2)
         waiter = asyncio.create_task(registry.wait(first.id, State.DELETED, 2))
         await asyncio.sleep(0)
         await registry.delete(first.id)
         await waiter
-        third = await registry.create("alice", DOCKERFILE, {})
-        assert third.proxy_target == first.proxy_target
+        assert handler.world.ports.held == {int(second.proxy_target.rpartition(":")[2])}
+        await registry.start(third.id)
+        again = await registry.wait(third.id, State.READY, 2)
+        assert again.proxy_target == first.proxy_target
+
+
+async def test_a_stopped_program_gives_its_port_back_and_a_start_places_it_again() -> None:
+    ports = PortPool(range(19001, 19004), is_free=lambda _: True)
+    registry, handler = make_registry(ports=ports)
+    async with registry:
+        program_id = await ready_program(registry)
+        placed = registry.get(program_id).proxy_target
+        await registry.stop(program_id)
+        stopped = await registry.wait(program_id, State.STOPPED, 2)
+        assert ports.held == frozenset()
+        assert stopped.proxy_target == placed, "where it last ran stays on record"
+        await registry.start(program_id)
+        again = await registry.wait(program_id, State.READY, 2)
+        assert again.proxy_target != placed, "the pool goes round: a fresh port"
+        assert ports.held == {int(again.proxy_target.rpartition(":")[2])}
+        handler.crash(program_id)
+        await registry.wait(program_id, State.BACKOFF, 2)
+        restarted = await registry.wait(program_id, State.READY, 2)
+        assert restarted.proxy_target not in ("", again.proxy_target)
+        assert len(ports.held) == 1
 
 
 async def test_a_slow_subscriber_is_told_to_resync_and_slows_nobody() -> None:
@@ -341,15 +368,6 @@ async def test_stop_all_brings_every_running_program_to_rest() -> None:
         assert registry.get(building.id).state is State.STOPPED
         assert registry.get(idle.id).state is State.CREATED
         assert handler.world.containers == {}
-
-
-def test_the_port_allocator_skips_ports_something_else_holds() -> None:
-    taken = {19001, 19002}
-    ports = PortAllocator(19001, 19004, is_free=lambda port: port not in taken)
-    assert ports.allocate() == 19003
-    assert ports.allocate() == 19004
-    with pytest.raises(ResourceExhausted):
-        ports.allocate()
 
 
 def sample(registry: Registry, name: str, **labels: str) -> float:

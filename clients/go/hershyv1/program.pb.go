@@ -262,7 +262,10 @@ type Program struct {
 	ImageId string `protobuf:"bytes,6,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
 	// Docker container id of the current run, if any.
 	ContainerId string `protobuf:"bytes,7,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	// Where the Host reaches the program's WatcherAPI (`127.0.0.1:PORT`).
+	// Where the Host reaches the program's WatcherAPI (`127.0.0.1:PORT`), as
+	// the runtime placed the container of its current or last run (a start may
+	// place it elsewhere). Empty until the program first runs. Clients reach the
+	// WatcherAPI through the Host's proxy, not here.
 	ProxyTarget string `protobuf:"bytes,8,opt,name=proxy_target,json=proxyTarget,proto3" json:"proxy_target,omitempty"`
 	// Why the program is in ERROR (or why its last run failed).
 	ErrorMessage string `protobuf:"bytes,9,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
@@ -936,7 +939,9 @@ type ProgramCreated struct {
 	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Content hash of the build inputs.
 	BuildId string `protobuf:"bytes,3,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
-	// Where its WatcherAPI will be reachable on the Host.
+	// Empty: the runtime places the program when it starts (see
+	// `ContainerCreated.address`). Programs created by older Hosts carry the
+	// address they were given at creation.
 	ProxyTarget string `protobuf:"bytes,4,opt,name=proxy_target,json=proxyTarget,proto3" json:"proxy_target,omitempty"`
 	// The limits its container runs with.
 	Resources     *Resources `protobuf:"bytes,5,opt,name=resources,proto3" json:"resources,omitempty"`
@@ -1253,7 +1258,10 @@ func (x *BuildFailed) GetReason() string {
 type ContainerCreated struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The container id.
-	ContainerId   string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	ContainerId string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// Where the Host reaches this container's WatcherAPI (`127.0.0.1:PORT`);
+	// it becomes the program's `proxy_target`. Empty in events of older Hosts.
+	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1291,6 +1299,13 @@ func (*ContainerCreated) Descriptor() ([]byte, []int) {
 func (x *ContainerCreated) GetContainerId() string {
 	if x != nil {
 		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *ContainerCreated) GetAddress() string {
+	if x != nil {
+		return x.Address
 	}
 	return ""
 }
@@ -2611,9 +2626,10 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\x0eBuildSucceeded\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\"%\n" +
 	"\vBuildFailed\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"5\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"O\n" +
 	"\x10ContainerCreated\x12!\n" +
-	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x10\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x10\n" +
 	"\x0eContainerReady\"%\n" +
 	"\vStartFailed\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"p\n" +

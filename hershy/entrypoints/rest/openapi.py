@@ -33,7 +33,7 @@ _ERRORS = {
     "404": _error("No such program (or it was deleted)."),
     "409": _error("The program's state does not allow this; `state` names it."),
     "413": _error("The build context is over a size limit."),
-    "503": _error("The Host is not ready, or out of WatcherAPI ports."),
+    "503": _error("The Host (or the program) is not ready."),
 }
 
 
@@ -106,7 +106,11 @@ SCHEMAS: dict[str, Any] = {
             "proxy_url": {"type": "string", "description": "The WatcherAPI, through the proxy."},
             "proxy_target": {
                 "type": "string",
-                "description": "Where the Host reaches the WatcherAPI (127.0.0.1:PORT).",
+                "description": (
+                    "Where the Host itself reaches the WatcherAPI (127.0.0.1:PORT), as the "
+                    "runtime placed its current or last run; empty until it first runs. "
+                    "Clients use proxy_url."
+                ),
             },
             "created_at": _TIME,
             "updated_at": _TIME,

@@ -160,7 +160,11 @@ class Program(_message.Message):
     container_id: _builtins.str
     """Docker container id of the current run, if any."""
     proxy_target: _builtins.str
-    """Where the Host reaches the program's WatcherAPI (`127.0.0.1:PORT`)."""
+    """Where the Host reaches the program's WatcherAPI (`127.0.0.1:PORT`), as
+    the runtime placed the container of its current or last run (a start may
+    place it elsewhere). Empty until the program first runs. Clients reach the
+    WatcherAPI through the Host's proxy, not here.
+    """
     error_message: _builtins.str
     """Why the program is in ERROR (or why its last run failed)."""
     restart_count: _builtins.int
@@ -434,7 +438,10 @@ class ProgramCreated(_message.Message):
     build_id: _builtins.str
     """Content hash of the build inputs."""
     proxy_target: _builtins.str
-    """Where its WatcherAPI will be reachable on the Host."""
+    """Empty: the runtime places the program when it starts (see
+    `ContainerCreated.address`). Programs created by older Hosts carry the
+    address they were given at creation.
+    """
     @_builtins.property
     def resources(self) -> Global___Resources:
         """The limits its container runs with."""
@@ -575,16 +582,22 @@ class ContainerCreated(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     """The container id."""
+    address: _builtins.str
+    """Where the Host reaches this container's WatcherAPI (`127.0.0.1:PORT`);
+    it becomes the program's `proxy_target`. Empty in events of older Hosts.
+    """
     def __init__(
         self,
         *,
         container_id: _builtins.str = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "container_id", b"container_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
