@@ -85,6 +85,11 @@ class LogStore(Protocol):
         lost or repeated between the two parts."""
         ...
 
+    def last_mark(self, program_id: str, prefix: str) -> tuple[str, int] | None:
+        """The mark (`LogLine.mark`) of the newest line whose mark starts with
+        `prefix`, and how many lines carry exactly that mark; None if none does."""
+        ...
+
     async def remove(self, program_id: str) -> None: ...
 
 
