@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import requests
 from docker.errors import APIError, ImageNotFound, NotFound
@@ -29,10 +30,13 @@ from hershy.adapters.docker_runtime import DockerEffectHandler, DockerSettings, 
 from hershy.adapters.fake_runtime import FakeEffectHandler
 from hershy.adapters.log_files import FILE_NAME, FileLogStore
 from hershy.adapters.source_files import FileSourceStore, MemorySourceStore
+from hershy.bootstrap import HostConfig, Runtime, running_host
 from hershy.domain import events as ev
 from hershy.domain.compose import LABEL_MANAGED, LABEL_PROGRAM, LABEL_RUN
 from hershy.domain.model import LogLine, LogStream, Program, State
+from hershy.entrypoints.doctor import Level, check_host_readiness, host_readiness
 from hershy.service.registry import Registry
+from tests.e2e.conftest import free_port
 from tests.unit.test_supervisor import DOCKERFILE, FAST, SequentialIds, TestClock
 
 HOST_ID = "host-test"
@@ -230,7 +234,7 @@ class _Response:
 def racing_handler(fake: RacingDocker, root: Path) -> DockerEffectHandler:
     files = FileSourceStore(root)
     handler = DockerEffectHandler(DockerSettings(host_id=HOST_ID), files, FileLogStore(files.root))
-    handler._client = fake  # type: ignore[assignment]
+    handler._client = fake
     return handler
 
 
@@ -476,3 +480,71 @@ async def test_a_death_waits_for_the_copy_only_a_bounded_time(
         )
         await asyncio.sleep(0.5)
         assert len(outbox.events) == 1, "a copy that never ends held the death back"
+
+
+# --- /readyz and `hershy doctor` tell a recovering Host -----------------------------------------
+
+
+async def test_readyz_and_the_doctor_report_a_recovery_retrying_a_docker_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hershy.service.registry.RECOVERY_RETRY_FIRST", 0.05)
+    monkeypatch.setattr("hershy.service.registry.RECOVERY_RETRY_MAX", 0.1)
+    http_addr = f"127.0.0.1:{free_port()}"
+    config = HostConfig(
+        data_dir=tmp_path,
+        runtime=Runtime.FAKE,
+        grpc_addr="127.0.0.1:0",
+        http_addr=http_addr,
+        no_auth=True,
+    )
+    async with running_host(config) as (registry, _):
+        program = await registry.create("alice", DOCKERFILE, {})
+    docker_back = asyncio.Event()
+
+    async def reap_while_docker_is_down(self: FakeEffectHandler, owned: Mapping[str, int]) -> None:
+        if not docker_back.is_set():
+            raise requests.exceptions.ConnectionError("('Connection aborted.', docker.sock)")
+
+    monkeypatch.setattr(FakeEffectHandler, "reap", reap_while_docker_is_down)
+    async with (
+        running_host(config) as (registry, _),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+    ):
+        await asyncio.sleep(0.3)  # a few attempts
+        async with http.get(f"http://{http_addr}/readyz") as response:
+            assert response.status == 503
+            body = await response.json()
+        assert body["error"] == "RECOVERING"
+        assert "ConnectionError" in body["message"]
+        assert "retrying" in body["message"]
+        check = check_host_readiness(http_addr, *await asyncio.to_thread(host_readiness, http_addr))
+        assert check.level is Level.WARN
+        assert "ConnectionError" in check.detail
+        assert check.fix is not None
+        assert registry.get(program.id).state is State.CREATED  # served meanwhile: reads work
+        docker_back.set()
+        await asyncio.wait_for(registry.reconciled(), 5)
+        for _ in range(50):
+            async with http.get(f"http://{http_addr}/readyz") as response:
+                if response.status == 200:
+                    break
+            await asyncio.sleep(0.1)
+        assert response.status == 200
+        check = check_host_readiness(http_addr, *await asyncio.to_thread(host_readiness, http_addr))
+        assert check.level is Level.OK
+
+
+def test_the_doctor_judges_what_readyz_answered() -> None:
+    address = "127.0.0.1:9000"
+    assert check_host_readiness(address, None, "", "Connection refused").level is Level.OK
+    assert check_host_readiness(address, 200, '{"status": "ready"}', None).level is Level.OK
+    recovering = json.dumps({"error": "RECOVERING", "code": 503, "message": "the Host is x"})
+    check = check_host_readiness(address, 503, recovering, None)
+    assert (check.level, check.detail) == (
+        Level.WARN,
+        f"the Host on http://{address}/readyz is not ready: the Host is x",
+    )
+    other = check_host_readiness(address, 404, "<html>nope</html>", None)
+    assert other.level is Level.WARN
+    assert "404" in other.detail
