@@ -48,7 +48,7 @@ from tests.integration.test_faults import (
 
 pytestmark = pytest.mark.docker
 
-KILLS = 3
+KILLS = 4
 MAX_PROGRAMS = 10
 #: Resting states: nothing under way once every program is in one of them.
 AT_REST = {pb.STATE_CREATED, pb.STATE_READY, pb.STATE_STOPPED, pb.STATE_ERROR}
@@ -125,6 +125,18 @@ class Workload:
             raise
         self.expected[name] = Expected(want)
         self.acknowledged += 1
+
+    async def populate(self, address: str, *, create: int, start: int) -> None:
+        names = []
+        for _ in range(create):
+            program = await create_ticker(address, self.stub_binary, self.made, TICK_SLEEP="0.1")
+            self.expected[program.name] = Expected(Want.CREATED)
+            names.append(program.name)
+        async with programs(address) as stub:
+            for name in names[:start]:
+                await stub.StartProgram(pb.StartProgramRequest(name=name))
+                self.expected[name] = Expected(Want.RUNNING)
+        self.acknowledged += create + start
 
     async def run(self, address: str) -> None:
         """Requests one after another, until cancelled (by the kill)."""
@@ -340,8 +352,7 @@ async def test_chaos_kill_9_at_random_loses_nothing(
     started = time.monotonic()
     with host_process(tmp_path, "--backoff", "1", "4", "--stop-grace", "2") as host:
         # A first set of programs, most of them running, then the revision to resume from.
-        for _ in range(6):
-            await workload.step(host.address)
+        await workload.populate(host.address, create=7, start=5)
         listed = await settled(host.address)
         resume_from = max(p.revision for p in listed.values())
         host_id: str | None = None
