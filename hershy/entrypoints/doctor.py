@@ -311,8 +311,7 @@ def check_host_readiness(
     return warn(
         name,
         f"{url} answered {status}: {message or 'no body'}",
-        "if it is a Host, see its log; if it is something else, give the Host another "
-        "--http-addr",
+        "if it is a Host, see its log; if it is something else, give the Host another --http-addr",
     )
 
 
