@@ -62,8 +62,10 @@ READY_PATH = "/watcher/status"
 SPEC_FILE = "compose.json"
 BUILD_TAIL_LINES = 15
 RUN_STEP_PREFIX = " ---> Running in "
-#: How long a container's death waits for the copy of its last lines before it is reported.
-LOG_DRAIN_SECONDS = 2.0
+#: How long a container's death waits for the copy of its last lines before it is reported
+#: (and a removal before it removes): a copy ends within ms of the death, unless it is
+#: back-filling what was written while the Host was down.
+LOG_DRAIN_SECONDS = 10.0
 #: A list call that raises NotFound (something vanished as the daemon listed it) is retried.
 LIST_ATTEMPTS = 5
 #: Container id characters in a log line's mark: unique enough within one program.
@@ -483,6 +485,8 @@ class DockerEffectHandler:
             container = await self._call(self._docker.containers.get, container_id)
             if graceful and container.status == "running":
                 await self._call(container.stop, timeout=int(self.settings.stop_grace))
+            if graceful:
+                await self._drained(container_id)  # its last lines first: removing loses them
             await self._call(container.remove, force=True)
         except NotFound:
             pass
