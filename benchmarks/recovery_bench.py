@@ -34,11 +34,11 @@ from hershy.service.registry import Registry
 ROOT = Path(__file__).resolve().parent.parent
 STUB = ROOT / "tests" / "fixtures" / "watcher-stub"
 STUB_DOCKERFILE = 'FROM scratch\nCOPY watcher-stub /watcher-stub\nENTRYPOINT ["/watcher-stub"]\n'
-#: The live case: the stub in the background, a numbered line every 10 ms in front.
+#: The live case: the stub in the background, a numbered line every 50 ms in front.
 TICKER_SCRIPT = b"""trap 'exit 0' TERM
 /watcher-stub &
 i=0
-while :; do i=$((i+1)); echo "tick $i"; sleep 0.01; done
+while :; do i=$((i+1)); echo "tick $i"; sleep 0.05; done
 """
 TICKER_DOCKERFILE = (
     "FROM hershy-busybox:latest\nCOPY watcher-stub /watcher-stub\nCOPY ticker.sh /ticker.sh\n"
@@ -76,7 +76,7 @@ async def fill(
             ids.append(program.id)
         await asyncio.gather(*(registry.start(program_id) for program_id in ids[:running]))
         await asyncio.gather(
-            *(registry.wait(program_id, State.READY, 120) for program_id in ids[:running])
+            *(registry.wait(program_id, State.READY, 300) for program_id in ids[:running])
         )
     return ids
 
@@ -180,15 +180,15 @@ async def main(quick: bool) -> int:
         data_dir = Path(directory) / "data"
         binary = stub_binary(Path(directory))
         files = {"watcher-stub": binary, "ticker.sh": TICKER_SCRIPT}
-        before = await fill(
-            data_dir,
-            Runtime.RUNSC,
-            count=live,
-            running=live,
-            files=files,
-            dockerfile=TICKER_DOCKERFILE,
-        )
         try:
+            before = await fill(
+                data_dir,
+                Runtime.RUNSC,
+                count=live,
+                running=live,
+                files=files,
+                dockerfile=TICKER_DOCKERFILE,
+            )
             live_times, backfill_times, copied = [], [], []
             first: dict[str, str] | None = None
             for _ in range(repeats):

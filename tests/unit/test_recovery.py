@@ -16,7 +16,7 @@ import contextlib
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,8 @@ class RacingDocker:
         self.vanished: set[str] = set()
         self.removed: list[str] = []
         self.images_removed: list[str] = []
+        #: Called as a container is removed (to look at the log at that moment).
+        self.on_remove: Callable[[str], None] = lambda _: None
         self.api = self._Api(self)
         self.containers = self._Containers(self)
         self.images = self._Images(self)
@@ -209,6 +211,7 @@ class RacingDocker:
                 status = "exited"
 
                 def remove(self, force: bool = False) -> None:
+                    outer.on_remove(container_id)
                     outer.removed.append(container_id)
 
             return Container()
@@ -548,3 +551,28 @@ def test_the_doctor_judges_what_readyz_answered() -> None:
     other = check_host_readiness(address, 404, "<html>nope</html>", None)
     assert other.level is Level.WARN
     assert "404" in other.detail
+
+
+async def test_a_stopped_container_is_removed_only_after_its_last_lines_are_copied(
+    tmp_path: Path,
+) -> None:
+    lines = [("stdout", BASE + n, f"line {n}") for n in range(1, 31)]
+    engine = FakeEngine(lines, delay=0.01)
+    handler, logs = copier(tmp_path, engine)
+    fake = RacingDocker(containers=[], images=[])
+    handler._client = fake
+    copied_at_removal: list[str] = []
+
+    def removing(_: str) -> None:
+        data = (logs._dir("prog-1") / FILE_NAME).read_text()
+        copied_at_removal.extend(json.loads(raw)["l"] for raw in data.splitlines())
+
+    fake.on_remove = removing
+    try:
+        async with background(handler):
+            handler._follow_logs("prog-1", 1, CONTAINER, resume=True)  # a back-fill under way
+            await handler._remove(CONTAINER, graceful=True)
+    finally:
+        handler._pool.shutdown()
+    assert fake.removed == [CONTAINER]
+    assert copied_at_removal == [f"line {n}" for n in range(1, 31)]
