@@ -105,6 +105,10 @@ async def time_recovery(
                     raise TimeoutError(f"{program_id}: its log never caught up with Docker's")
                 await asyncio.sleep(0.02)
         backfilled = time.monotonic() - started
+        for program_id in docker_lines or {}:
+            numbers = await tick_numbers(registry, program_id)
+            if numbers != list(range(1, len(numbers) + 1)):
+                raise AssertionError(f"{program_id}: log lines missing or repeated")
         containers = {
             p.id: p.container_id or "" for p in registry.list_programs(page_size=1000).programs
         }
@@ -112,8 +116,12 @@ async def time_recovery(
 
 
 async def count_ticks(registry: Registry, program_id: str) -> int:
+    return len(await tick_numbers(registry, program_id))
+
+
+async def tick_numbers(registry: Registry, program_id: str) -> list[int]:
     lines = registry.logs(program_id, None, frozenset({LogStream.STDOUT}), False)
-    return sum([line.text.startswith("tick ") async for line in lines])
+    return [int(line.text.split()[-1]) async for line in lines if line.text.startswith("tick ")]
 
 
 def docker_tick_counts(program_ids: list[str]) -> dict[str, int]:
@@ -216,7 +224,7 @@ async def main(quick: bool) -> int:
                     ok = False
             print(f"  {len(before)} containers adopted: the same container ids after every restart")
             print(
-                f"  log lines in Docker at each start (all copied, each once): "
+                f"  log lines in Docker at each start (all copied, each once, in order: checked): "
                 f"{', '.join(map(str, copied))}; down {DOWN_SECONDS:g} s before each start"
             )
             ok &= report(f"{live} live containers, runsc (adopted, no restart)", live_times, 5.0)
