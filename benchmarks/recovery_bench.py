@@ -103,7 +103,7 @@ async def time_recovery(
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{program_id}: its log never caught up with Docker's")
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.25)  # each look reads the whole log: not too often
         backfilled = time.monotonic() - started
         for program_id in docker_lines or {}:
             numbers = await tick_numbers(registry, program_id)
