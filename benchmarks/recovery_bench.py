@@ -97,13 +97,16 @@ async def time_recovery(
         await registry.reconciled()
         reconciled = time.monotonic() - started
         deadline = time.monotonic() + 120
-        for program_id, wanted in (docker_lines or {}).items():
-            while True:
+        behind = dict(docker_lines or {})
+        while True:
+            for program_id, wanted in list(behind.items()):
                 if await count_ticks(registry, program_id) >= wanted:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{program_id}: its log never caught up with Docker's")
-                await asyncio.sleep(0.25)  # each look reads the whole log: not too often
+                    del behind[program_id]
+            if not behind:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"logs that never caught up with Docker's: {sorted(behind)}")
+            await asyncio.sleep(0.1)  # each look reads whole logs: not too often
         backfilled = time.monotonic() - started
         for program_id in docker_lines or {}:
             numbers = await tick_numbers(registry, program_id)
