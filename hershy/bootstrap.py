@@ -112,8 +112,10 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         # Bound before anything starts, so a taken address is a plain error.
         server = GrpcServer(registry, auth, config.grpc_addr)
         await stack.enter_async_context(registry)
+        # One ordered step, in the background: the runtime is reconciled (what runs is
+        # looked at, output written meanwhile copied, orphans reaped; retried while Docker
+        # fails), then the supervisors go. Until then /readyz answers 503 with the reason.
         await registry.recover(recovered.programs, recovered.revision, store.changes_after)
-        await handler.reap(registry.runs())
         if recovered.programs:
             log.info("recovered %d programs from %s", len(recovered.programs), store.path)
             stack.push_async_callback(_cancel, asyncio.create_task(_report_reconciled(registry)))
@@ -133,6 +135,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
                 # Admin, in memory only: the proxy's view of every program.
                 service_token=auth.internal_secret() if not config.no_auth else None,
                 metrics=registry.metrics,
+                not_ready_reason=registry.not_ready_reason,
             )
         )
         try:

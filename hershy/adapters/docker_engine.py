@@ -71,9 +71,21 @@ class Engine:
             async for message in _json_lines(response):
                 yield message
 
-    async def logs(self, container_id: str, since: float = 0) -> AsyncIterator[tuple[str, str]]:
-        """(`stdout`|`stderr`, line) pairs of a container's output, following it until it ends."""
-        params = {"stdout": "1", "stderr": "1", "follow": "1", "since": f"{since:.9f}"}
+    async def logs(
+        self, container_id: str, since: float | str = 0, *, timestamps: bool = False
+    ) -> AsyncIterator[tuple[str, str]]:
+        """(`stdout`|`stderr`, line) pairs of a container's output, following it until it ends.
+
+        `since` is Unix time; as a string (`seconds.nanoseconds`) it is passed exactly.
+        With `timestamps`, each line starts with Docker's RFC 3339 time (ns) and a space.
+        """
+        params = {
+            "stdout": "1",
+            "stderr": "1",
+            "follow": "1",
+            "since": since if isinstance(since, str) else f"{since:.9f}",
+            "timestamps": "1" if timestamps else "0",
+        }
         async with self._client().get(
             f"/v{API_VERSION}/containers/{container_id}/logs", params=params
         ) as response:

@@ -14,6 +14,7 @@ streams (build, events, logs) go through `Engine`, which asyncio can cancel.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import functools
 import io
@@ -68,6 +69,14 @@ RUN_STEP_PREFIX = " ---> Running in "
 PORT_ATTEMPTS = 8
 #: How Docker says a published port is taken: by another container, or by another process.
 PORT_TAKEN = ("port is already allocated", "address already in use")
+#: How long a container's death waits for the copy of its last lines before it is reported
+#: (and a removal before it removes): a copy ends within ms of the death, unless it is
+#: back-filling what was written while the Host was down.
+LOG_DRAIN_SECONDS = 10.0
+#: A list call that raises NotFound (something vanished as the daemon listed it) is retried.
+LIST_ATTEMPTS = 5
+#: Container id characters in a log line's mark: unique enough within one program.
+MARK_ID_LENGTH = 12
 
 
 class RuntimeUnavailable(Exception):
@@ -202,6 +211,8 @@ class DockerEffectHandler:
         self._outboxes: dict[str, Outbox] = {}
         self._oom_killed: set[str] = set()
         self._followed: set[str] = set()
+        #: The task copying each container's output, while it runs.
+        self._copies: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     # --- lifetime -------------------------------------------------------------
@@ -234,7 +245,10 @@ class DockerEffectHandler:
     async def _hold_published_ports(self) -> None:
         """Learn the ports this Host's containers publish (they outlive a Host restart)."""
         managed = {"label": [f"{LABEL_MANAGED}={self.settings.host_id}"]}
-        for container in await self._call(self._docker.containers.list, all=True, filters=managed):
+        # Tolerant of containers vanishing while listed (a kill -9 may leave removals going).
+        for container in await self._listed(
+            self._docker.containers.list, all=True, filters=managed
+        ):
             port = published_port(container.attrs)
             if port is None:
                 continue
@@ -292,36 +306,68 @@ class DockerEffectHandler:
                 await self._adopt(program_id, effect, outbox)
 
     async def reap(self, owned: Mapping[str, int]) -> None:
-        """Remove what carries Hershy's labels but no live program owns (Nomad's reaping)."""
+        """Reconcile with Docker after a Host restart, before any supervisor runs.
+
+        Looks at every container carrying this Host's label: the output of those a
+        program owns (its current run) is copied into its log from where the copy
+        stopped (followed on if the container runs); the rest are removed, like
+        images no program owns (Nomad's reaping). `owned` is read as each decision
+        is made. A container or image that vanishes meanwhile is no error; any
+        other Docker error raises, and the caller retries the whole step.
+        """
         managed = {"label": [f"{LABEL_MANAGED}={self.settings.host_id}"]}
-        containers = await self._call(self._docker.containers.list, all=True, filters=managed)
-        orphans = [
-            container.id
-            for container in containers
-            if owned.get(container.labels.get(LABEL_PROGRAM, ""))
-            != int(container.labels.get(LABEL_RUN, "-1"))
-        ]
+        orphans = []
+        for container in await self._listed(self._docker.api.containers, all=True, filters=managed):
+            labels = container.get("Labels") or {}
+            program_id = labels.get(LABEL_PROGRAM, "")
+            run = _run_of(labels)
+            if run is not None and owned.get(program_id) == run:
+                self._follow_logs(program_id, run, container["Id"], resume=True)
+            else:
+                orphans.append(container["Id"])
         if orphans:
             log.info("removing %d containers no program owns", len(orphans))
         await asyncio.gather(*(self._remove(orphan, graceful=True) for orphan in orphans))
-        for image in await self._call(self._docker.images.list, filters=managed):
-            if image.labels.get(LABEL_PROGRAM) not in owned:
-                log.info("removing image %s: no program owns it", image.id)
-                with contextlib.suppress(ImageNotFound, APIError):
-                    await self._call(self._docker.images.remove, image.id, force=True)
+        for image in await self._listed(self._docker.api.images, filters=managed):
+            if (image.get("Labels") or {}).get(LABEL_PROGRAM) not in owned:
+                log.info("removing image %s: no program owns it", image["Id"])
+                try:
+                    await self._call(self._docker.images.remove, image["Id"], force=True)
+                except ImageNotFound:
+                    pass  # gone meanwhile
+                except APIError as error:
+                    if error.status_code != 409:  # 409: in use, or being removed already
+                        raise
+
+    async def _listed(self, listing: Callable[..., list[dict[str, Any]]], **filters: Any) -> Any:
+        """A Docker list call; one that raises NotFound (an object vanished while the daemon
+        listed it) is asked again."""
+        for attempt in range(LIST_ATTEMPTS):
+            try:
+                return await self._call(listing, **filters)
+            except NotFound:
+                if attempt == LIST_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def _adopt(self, program_id: str, effect: fx.AdoptContainer, outbox: Outbox) -> None:
-        """Take back a container that ran on while the Host was down: same container, no restart."""
+        """Take back a container that ran on while the Host was down: same container, no restart.
+
+        Its output written meanwhile is copied into the log first (the reconciling
+        `reap` began it); one that died meanwhile is reported after its last lines.
+        """
         try:
             container = await self._call(self._docker.containers.get, effect.container_id or "")
         except NotFound:
             outbox.emit(ev.ContainerExited(outbox.now(), effect.run, -1))
             return
         state = container.attrs.get("State", {})
+        self._follow_logs(program_id, effect.run, container.id, resume=True)
         if state.get("Running"):
             log.info("program %s: adopted its running container %s", program_id, container.id)
-            self._follow_logs(program_id, effect.run, container.id, since=time.time())
             return
+        await self._drained(container.id)
         outbox.emit(
             ev.ContainerExited(
                 outbox.now(),
@@ -331,6 +377,12 @@ class DockerEffectHandler:
                 container.id,
             )
         )
+
+    async def _drained(self, container_id: str) -> None:
+        """Wait (a bounded time) until the copy of a container's output has ended."""
+        copy = self._copies.get(container_id)
+        if copy is not None and not copy.done():
+            await asyncio.wait({copy}, timeout=LOG_DRAIN_SECONDS)
 
     async def _build(self, program_id: str, effect: fx.Build, outbox: Outbox) -> None:
         tag = image_tag(program_id, effect.build_id)
@@ -522,15 +574,15 @@ class DockerEffectHandler:
     ) -> None:
         """Stop and remove `container_id` and the program's containers of runs up to `run`."""
         known = list(self._published.items())
-        containers = await self._call(
-            self._docker.containers.list,
+        containers = await self._listed(
+            self._docker.api.containers,
             all=True,
             filters={"label": [f"{LABEL_PROGRAM}={program_id}"]},
         )
         targets = []
         for container in containers:
-            if container.id == container_id or int(container.labels.get(LABEL_RUN, "0")) <= run:
-                targets.append(container.id)
+            if container["Id"] == container_id or (_run_of(container["Labels"] or {}) or 0) <= run:
+                targets.append(container["Id"])
         await asyncio.gather(*(self._remove(target, graceful=True) for target in targets))
         # Containers removed behind the Host's back (`docker rm`) give their ports back too;
         # not one a start created since the listing above (it was not looked at).
@@ -546,6 +598,8 @@ class DockerEffectHandler:
             container = await self._call(self._docker.containers.get, container_id)
             if graceful and container.status == "running":
                 await self._call(container.stop, timeout=int(self.settings.stop_grace))
+            if graceful:
+                await self._drained(container_id)  # its last lines first: removing loses them
             await self._call(container.remove, force=True)
         except NotFound:
             pass
@@ -573,25 +627,59 @@ class DockerEffectHandler:
     # --- watching containers ------------------------------------------------------
 
     def _follow_logs(
-        self, program_id: str, run: int, container_id: str, since: float = 0.0
+        self, program_id: str, run: int, container_id: str, *, resume: bool = False
     ) -> None:
+        """Copy a container's output into the program's log until it ends.
+
+        `resume`: the container may have been copied before (a Host restart): go on
+        after the last line the log has of it. Otherwise it is new: from its start.
+        """
         if self._tasks is None or container_id in self._followed:
             return
         self._followed.add(container_id)
-        self._spawn(self._copy_logs(program_id, run, container_id, since))
+        copy = self._spawn(self._copy_logs(program_id, run, container_id, resume))
+        self._copies[container_id] = copy
+        copy.add_done_callback(lambda _: self._copies.pop(container_id, None))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A background task the handler owns and cancels when it closes."""
         assert self._tasks is not None
         task = self._tasks.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
-    async def _copy_logs(self, program_id: str, run: int, container_id: str, since: float) -> None:
+    async def _copy_logs(self, program_id: str, run: int, container_id: str, resume: bool) -> None:
+        """Each line once, in order: every line copied carries its Docker timestamp as its
+        mark (in the same write), so a copy after a restart, asked for the lines since
+        the last mark, skips exactly the ones the log already has."""
         streams = {"stdout": LogStream.STDOUT, "stderr": LogStream.STDERR}
+        prefix = f"{container_id[:MARK_ID_LENGTH]}@"
+        after_ns, seen_at_after = 0, 0
+        if resume:
+            last = await asyncio.to_thread(self._logs.last_mark, program_id, prefix)
+            if last is not None:
+                after_ns, seen_at_after = int(last[0].removeprefix(prefix)), last[1]
+        since = f"{after_ns // 10**9}.{after_ns % 10**9:09d}"
         try:
-            async for stream, text in self._engine.logs(container_id, since):
-                self._logs.write(program_id, LogLine(time.time(), streams[stream], run, text))
+            async for stream, stamped in self._engine.logs(container_id, since, timestamps=True):
+                stamp, _, text = stamped.partition(" ")
+                at_ns = _docker_time_ns(stamp)
+                if at_ns is None:  # not stamped (the rest of an over-long line): as it is
+                    self._logs.write(
+                        program_id, LogLine(time.time(), streams[stream], run, stamped)
+                    )
+                    continue
+                if at_ns < after_ns:
+                    continue
+                if at_ns == after_ns and seen_at_after > 0:
+                    seen_at_after -= 1  # copied before the restart
+                    continue
+                after_ns = at_ns
+                self._logs.write(
+                    program_id,
+                    LogLine(at_ns / 1e9, streams[stream], run, text, f"{prefix}{at_ns}"),
+                )
         except (EngineError, aiohttp.ClientError) as error:
             log.debug("program %s: log stream of %s ended: %s", program_id, container_id, error)
         finally:
@@ -623,19 +711,42 @@ class DockerEffectHandler:
             return
         program_id = attributes.get(LABEL_PROGRAM)
         outbox = self._outboxes.get(program_id or "")
-        if outbox is None or LABEL_RUN not in attributes:
+        run = _run_of(attributes)
+        if outbox is None or run is None:
             return
         oom = container_id in self._oom_killed
         self._oom_killed.discard(container_id)
-        outbox.emit(
-            ev.ContainerExited(
-                outbox.now(),
-                int(attributes[LABEL_RUN]),
-                int(attributes.get("exitCode", "-1")),
-                oom,
-                container_id,
-            )
-        )
+        exit_code = int(attributes.get("exitCode", "-1"))
+        self._spawn(self._report_exit(outbox, run, exit_code, oom, container_id))
+
+    async def _report_exit(
+        self, outbox: Outbox, run: int, exit_code: int, oom: bool, container_id: str
+    ) -> None:
+        """Report a death once the run's last lines are in the log (so its note comes after)."""
+        await self._drained(container_id)
+        outbox.emit(ev.ContainerExited(outbox.now(), run, exit_code, oom, container_id))
+
+
+def _run_of(labels: Mapping[str, str]) -> int | None:
+    """The run a container's labels name; None if they name none (or garbage)."""
+    try:
+        return int(labels[LABEL_RUN])
+    except (KeyError, ValueError):
+        return None
+
+
+def _docker_time_ns(stamp: str) -> int | None:
+    """Docker's RFC 3339 UTC time with nanoseconds (`2026-12-01T15:41:56.123456789Z`) as
+    ns since the epoch; None if it is not one."""
+    if not stamp.endswith("Z") or "T" not in stamp:
+        return None
+    whole, _, fraction = stamp[:-1].partition(".")
+    try:
+        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+        nanos = int(fraction.ljust(9, "0")[:9]) if fraction else 0
+    except ValueError:
+        return None
+    return seconds * 10**9 + nanos
 
 
 class BuildError(Exception):

@@ -134,11 +134,39 @@ class FileLogStore:
                 follower.closed = True
                 follower.wakeup.set()
 
+    def last_mark(self, program_id: str, prefix: str) -> tuple[str, int] | None:
+        """The mark of the newest line whose mark starts with `prefix`, and how many
+        lines carry that very mark (the current file, then the rotated one); None if none."""
+        directory = self._dir(program_id)
+        needle = f'"m": {json.dumps(prefix, ensure_ascii=False)[:-1]}'
+        for path in (directory / FILE_NAME, directory / (FILE_NAME + ".1")):
+            try:
+                data = path.read_bytes().decode("utf-8", errors="replace")
+            except FileNotFoundError:
+                continue
+            found: str | None = None
+            count = 0
+            for raw in reversed(data.splitlines()):
+                if needle not in raw:
+                    continue
+                line = _decode(raw)
+                if line is None or not line.mark.startswith(prefix):
+                    continue
+                if found is None:
+                    found = line.mark
+                elif line.mark != found:
+                    break
+                count += 1
+            if found is not None:
+                return found, count
+        return None
+
     def _open(self, program_id: str) -> IO[str]:
         file = self._files.get(program_id)
         if file is None:
             directory = self._dir(program_id)
             directory.mkdir(parents=True, exist_ok=True)
+            _end_cut_line(directory / FILE_NAME)
             file = open(directory / FILE_NAME, "a", encoding="utf-8")  # noqa: SIM115
             self._files[program_id] = file
             if len(self._files) > OPEN_FILES:
@@ -171,16 +199,39 @@ class FileLogStore:
         return list(lines)
 
 
+def _end_cut_line(path: Path) -> None:
+    """End a last line a crash cut short, so the next line is not glued to it (and lost)."""
+    try:
+        with open(path, "rb+") as file:
+            if file.seek(0, 2) > 0:
+                file.seek(-1, 2)
+                if file.read(1) != b"\n":
+                    file.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
 def _encode(line: LogLine) -> str:
-    return json.dumps(
-        {"t": line.at, "s": line.stream.name.lower(), "r": line.run, "l": line.text},
-        ensure_ascii=False,
-    )
+    fields: dict[str, object] = {
+        "t": line.at,
+        "s": line.stream.name.lower(),
+        "r": line.run,
+        "l": line.text,
+    }
+    if line.mark:
+        fields["m"] = line.mark
+    return json.dumps(fields, ensure_ascii=False)
 
 
 def _decode(raw: str) -> LogLine | None:
     try:
         data = json.loads(raw)
-        return LogLine(float(data["t"]), LogStream[data["s"].upper()], int(data["r"]), data["l"])
+        return LogLine(
+            float(data["t"]),
+            LogStream[data["s"].upper()],
+            int(data["r"]),
+            data["l"],
+            str(data.get("m", "")),
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # a line cut short by a crash: skip it, keep the rest

@@ -47,6 +47,9 @@ class LogLine:
     stream: LogStream
     run: int
     text: str
+    #: Where the runtime had the line (for Docker `<container>@<ns timestamp>`): a copy
+    #: resumes right after the last line copied, so none is lost or repeated. "" if none.
+    mark: str = ""
 
 
 @dataclass(frozen=True, slots=True)

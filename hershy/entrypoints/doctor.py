@@ -21,6 +21,8 @@ import stat
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +281,50 @@ def check_address(name: str, address: str, option: str, error: OSError | None) -
         f"{address}: cannot bind it ({error.strerror or error})",
         f"pass {option} with a HOST:PORT this machine can listen on",
     )
+
+
+def check_host_readiness(
+    http_addr: str, status: int | None, body: str, problem: str | None
+) -> Check:
+    """What a running Host's `/readyz` answered (`status` None: nothing answered, `problem` why).
+
+    A Host that is recovering after a restart (reconciling with Docker, or retrying
+    a Docker error) answers 503 with the reason until it is done."""
+    name = "running Host"
+    url = f"http://{http_addr}/readyz"
+    if status is None:
+        return ok(name, f"none answers on {url} ({problem}): nothing to check")
+    if status == 200:
+        return ok(name, f"the Host on {url} is ready (recovered and reconciled)")
+    try:
+        answer = json.loads(body)
+        reason, message = str(answer.get("error", "")), str(answer.get("message", body))
+    except (ValueError, AttributeError):
+        reason, message = "", body.strip()[:200]
+    if status == 503 and reason == "RECOVERING":
+        return warn(
+            name,
+            f"the Host on {url} is not ready: {message}",
+            "it retries by itself; if a Docker error is named, fix the daemon (the Docker "
+            f"checks above, {SETUP}) and it goes on; its log says more",
+        )
+    return warn(
+        name,
+        f"{url} answered {status}: {message or 'no body'}",
+        "if it is a Host, see its log; if it is something else, give the Host another --http-addr",
+    )
+
+
+def host_readiness(http_addr: str, timeout: float = 3.0) -> tuple[int | None, str, str | None]:
+    """(status, body, problem) of GET /readyz on `http_addr`; status None if none answered."""
+    try:
+        with urllib.request.urlopen(f"http://{http_addr}/readyz", timeout=timeout) as answer:
+            return int(answer.status), answer.read(4096).decode("utf-8", "replace"), None
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read(4096).decode("utf-8", "replace"), None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        return None, "", str(reason)
 
 
 def check_same_addresses(grpc_addr: str, http_addr: str) -> Check | None:
@@ -584,6 +630,9 @@ def run_checks(options: Options) -> list[Check]:
         ("HTTP address", options.http_addr, "--http-addr"),
     ):
         checks.append(check_address(name, address, option, bind_error(address)))
+    if bind_error(options.http_addr) is not None:
+        # Something listens there: if it is a Host, is it ready (recovery done)?
+        checks.append(check_host_readiness(options.http_addr, *host_readiness(options.http_addr)))
     same = check_same_addresses(options.grpc_addr, options.http_addr)
     if same is not None:
         checks.append(same)

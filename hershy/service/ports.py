@@ -52,10 +52,13 @@ class EffectHandler(Protocol):
     async def execute(self, program_id: str, effect: HandledEffect, outbox: Outbox) -> None: ...
 
     async def reap(self, owned: Mapping[str, int]) -> None:
-        """Remove containers and images of programs not in `owned` or of old runs.
+        """Reconcile after a Host restart: take note of what runs (and copy the output
+        written meanwhile), then remove containers and images of programs not in
+        `owned` or of old runs.
 
-        `owned` maps each live program to its current run; called once after a
-        Host restart, when every program has been recovered.
+        `owned` maps each live program to its current run, read as each decision
+        is made. Called once every program has been recovered and before any of
+        their supervisors runs; raising makes the registry retry it with backoff.
         """
         ...
 
@@ -83,6 +86,11 @@ class LogStore(Protocol):
         """The lines so far (the last `tail`, of `streams`; empty: all); with
         `follow`, then every new one until the logs are removed. Nothing is
         lost or repeated between the two parts."""
+        ...
+
+    def last_mark(self, program_id: str, prefix: str) -> tuple[str, int] | None:
+        """The mark (`LogLine.mark`) of the newest line whose mark starts with
+        `prefix`, and how many lines carry exactly that mark; None if none does."""
         ...
 
     async def remove(self, program_id: str) -> None: ...

@@ -12,7 +12,7 @@ import base64
 import binascii
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Protocol
@@ -65,6 +65,9 @@ MAX_PAGE_SIZE = 1000
 MAX_WAIT_SECONDS = 3600.0
 DEFAULT_LIMITS = SourceLimits()
 DEFAULT_RESOURCES = ResourcePolicy()
+#: Recovery's retries when the runtime fails: the first delay, doubling up to the last.
+RECOVERY_RETRY_FIRST = 0.5
+RECOVERY_RETRY_MAX = 15.0
 
 
 class EventLog(Protocol):
@@ -143,6 +146,13 @@ class Registry:
         self._created = 0
         self._tasks: asyncio.TaskGroup | None = None
         self._commit_lock = asyncio.Lock()
+        #: Set once recovery reconciled the runtime (at once when nothing is recovered).
+        self._runtime_reconciled = asyncio.Event()
+        self._runtime_reconciled.set()
+        self._recovery_problem: str | None = None
+        self._recovered: list[Supervisor] = []
+        self._recovery: asyncio.Task[None] | None = None
+        self._runs = _LiveRuns(self._programs)
         self.metrics = metrics or Metrics()
         self.metrics.watch(lambda: self._programs.values(), lambda: self.hub.subscriber_count)
 
@@ -166,6 +176,8 @@ class Registry:
         """Ends Watch streams and supervisors; effects in flight are cancelled."""
         assert self._tasks is not None
         self.hub.close()
+        if self._recovery is not None:
+            self._recovery.cancel()  # still retrying a runtime that fails: give up, we exit
         for task in self._supervisor_tasks.values():
             task.cancel()
         await self._tasks.__aexit__(exc_type, exc, traceback)
@@ -173,18 +185,58 @@ class Registry:
     async def recover(self, programs: list[Program], revision: int, older: OlderChanges) -> None:
         """Take back the programs a store holds after a Host restart, and resume each.
 
-        Each supervisor gets `HostRestarted`, so what was under way is finished
-        or redone and running containers are adopted (where they are reached is
-        the runtime's business: it learns that from the containers themselves).
+        Returns at once; recovery goes on in a task the registry owns, as ONE
+        ordered step: the runtime is reconciled first (`EffectHandler.reap`: it
+        looks at what runs, copies the output written meanwhile, removes what no
+        program owns), retried with backoff for as long as it fails, and only
+        then do the supervisors run, each starting with `HostRestarted` (so what
+        was under way is finished or redone and running containers are adopted; where they
+        are reached is the runtime's business: it learns that from the containers).
+        Requests to recovered programs wait in their supervisor's inbox until
+        then; `not_ready_reason` says why the Host is not ready meanwhile.
         """
+        assert self._tasks is not None, "use the registry as an async context manager"
         self.hub.start_at(revision, older)
+        self._runtime_reconciled.clear()
+        now = self._clock.now()
         for program in programs:
             self._number(program.id)
             self._programs[program.id] = program
-            self._spawn(program)
-        now = self._clock.now()
-        for supervisor in self._supervisors.values():
+            supervisor = self._spawn(program, after=self._runtime_reconciled)
+            # First in its inbox: nothing a user asks meanwhile is applied before it.
             supervisor.emit(ev.HostRestarted(now))
+            self._recovered.append(supervisor)
+        self._recovery = self._tasks.create_task(self._reconcile_runtime(), name="recovery")
+
+    async def _reconcile_runtime(self) -> None:
+        """Reconcile the runtime until it works, then let the supervisors go."""
+        delay = RECOVERY_RETRY_FIRST
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._handler.reap(self._runs)
+                break
+            except Exception as error:  # a Docker daemon down or erring: retried, never fatal
+                problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                self._recovery_problem = (
+                    f"reconciling with the runtime failed (attempt {attempt}, "
+                    f"retrying in {delay:g} s): {problem}"
+                )
+                log.warning("recovery: %s", self._recovery_problem)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECOVERY_RETRY_MAX)
+        self._recovery_problem = None
+        self._runtime_reconciled.set()
+
+    def not_ready_reason(self) -> str | None:
+        """Why the Host is not ready yet (recovery still under way), or None once it is."""
+        if not self._runtime_reconciled.is_set():
+            return self._recovery_problem or "reconciling the recovered programs with the runtime"
+        waiting = [s.program.id for s in self._recovered if not s.reconciled.is_set()]
+        if waiting:
+            return f"{len(waiting)} recovered programs are not reconciled yet (e.g. {waiting[0]})"
+        return None
 
     async def stop_all(self, seconds: float) -> None:
         """Stop every program that runs and wait (at most `seconds`) until they are at rest."""
@@ -202,12 +254,13 @@ class Registry:
             await self.wait(program_id, State.STOPPED, seconds)
 
     async def reconciled(self) -> None:
-        """Returns once every recovered program was compared with the runtime."""
-        await asyncio.gather(*(s.reconciled.wait() for s in list(self._supervisors.values())))
+        """Returns once the runtime was reconciled and every recovered program compared with it."""
+        await self._runtime_reconciled.wait()
+        await asyncio.gather(*(s.reconciled.wait() for s in self._recovered))
 
-    def runs(self) -> dict[str, int]:
-        """Each program's current run: what the Host owns, for reaping the rest."""
-        return {program.id: program.run for program in self._programs.values()}
+    def runs(self) -> Mapping[str, int]:
+        """Each program's current run, as it is when read: what the Host owns (reap the rest)."""
+        return self._runs
 
     # --- commands ---------------------------------------------------------------
 
@@ -378,7 +431,8 @@ class Registry:
 
     # --- internals ------------------------------------------------------------
 
-    def _spawn(self, program: Program) -> None:
+    def _spawn(self, program: Program, after: asyncio.Event | None = None) -> Supervisor:
+        """A supervisor for the program, running now (or once `after` is set)."""
         assert self._tasks is not None, "use the registry as an async context manager"
         supervisor = Supervisor(
             program,
@@ -388,9 +442,10 @@ class Registry:
             policy=self._policy,
         )
         self._supervisors[program.id] = supervisor
-        task = self._tasks.create_task(supervisor.run(), name=f"supervisor:{program.id}")
+        task = self._tasks.create_task(supervisor.run(after), name=f"supervisor:{program.id}")
         self._supervisor_tasks[program.id] = task
         task.add_done_callback(lambda _: self._supervisor_tasks.pop(program.id, None))
+        return supervisor
 
     def _number(self, program_id: str) -> None:
         """Give a program its place in creation order (List's stable order)."""
@@ -437,6 +492,26 @@ class Registry:
         self._programs.pop(program.id, None)
         self._supervisors.pop(program.id, None)
         self._order.pop(program.id, None)
+
+
+class _LiveRuns(Mapping[str, int]):
+    """Each live program's current run, read at the moment it is asked (not a copy).
+
+    Reaping decides per container with it, so a program created while the
+    runtime is being reconciled is never taken for an orphan.
+    """
+
+    def __init__(self, programs: Mapping[str, Program]) -> None:
+        self._programs = programs
+
+    def __getitem__(self, program_id: str) -> int:
+        return self._programs[program_id].run
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._programs))
+
+    def __len__(self) -> int:
+        return len(self._programs)
 
 
 def _encode_page_token(position: int) -> str:

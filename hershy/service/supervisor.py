@@ -73,8 +73,14 @@ class Supervisor:
 
     # --- the loop ---------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Process events until the program is deleted (or the task is cancelled)."""
+    async def run(self, after: asyncio.Event | None = None) -> None:
+        """Process events until the program is deleted (or the task is cancelled).
+
+        With `after`, nothing is processed before it is set (a recovering Host
+        reconciles the runtime first); events and requests wait in the inbox.
+        """
+        if after is not None:
+            await after.wait()
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             try:

@@ -372,3 +372,171 @@ async def test_a_docker_daemon_restart_loses_nothing(
             assert back.container_id != ready.container_id
         finally:
             client.close()
+
+
+# --- the log has no gaps: output written while the Host was down (finding 4, 7b) ---------------
+
+#: A program on busybox: the WatcherAPI stub in the background, numbered lines in front,
+#: `tick <container> <n>` (the hostname is the container's short id: lines of two containers
+#: of one run stay apart). TICKS lines (default: for ever), TICK_SLEEP apart; BURST: once the
+#: stub answers, print that many lines at once and exit 3 (dying right after its last lines).
+TICKER_SCRIPT = b"""trap 'exit 0' TERM
+h=$(hostname)
+/watcher-stub &
+if [ -n "$BURST" ]; then
+  until wget -q -O /dev/null http://127.0.0.1:8080/watcher/status; do sleep 0.05; done
+  i=0
+  while [ "$i" -lt "$BURST" ]; do i=$((i+1)); echo "tick $h $i"; done
+  exit 3
+fi
+i=0
+while [ "$i" -lt "${TICKS:-1000000000}" ]; do
+  i=$((i+1))
+  echo "tick $h $i"
+  sleep "${TICK_SLEEP:-0.05}"
+done
+exit 3
+"""
+
+
+def ticker_dockerfile(**env: str) -> str:
+    lines = [f"FROM {BASE_IMAGE}", "COPY watcher-stub /watcher-stub", "COPY ticker.sh /ticker.sh"]
+    lines += [f"ENV {name}={value}" for name, value in env.items()]
+    lines.append('ENTRYPOINT ["/bin/sh", "/ticker.sh"]')
+    return "\n".join(lines) + "\n"
+
+
+async def create_ticker(
+    address: str, stub_binary: bytes, made: list[str], **env: str
+) -> pb.Program:
+    files = {"watcher-stub": stub_binary, "ticker.sh": TICKER_SCRIPT}
+    async with programs(address) as stub:
+        program = await stub.CreateProgram(
+            pb.CreateProgramRequest(
+                user_id=USER, dockerfile=ticker_dockerfile(**env), src_files=files
+            )
+        )
+    made.append(program.id)
+    return program
+
+
+async def log_entries(address: str, name: str) -> list[pb.LogEntry]:
+    async with programs(address) as stub:
+        return [entry async for entry in stub.ReadProgramLogs(pb.ReadProgramLogsRequest(name=name))]
+
+
+def ticks(entries: list[pb.LogEntry], run: int | None = None) -> list[int]:
+    """The numbers of the `tick <container> N` lines in the log (of one run), in log order."""
+    return [
+        int(entry.line.split()[-1])
+        for entry in entries
+        if entry.stream == pb.LOG_STREAM_STDOUT
+        and entry.line.startswith("tick ")
+        and (run is None or entry.run == run)
+    ]
+
+
+def docker_ticks(client: docker.DockerClient, container_id: str) -> list[int]:
+    output = client.containers.get(container_id).logs(stdout=True, stderr=False).decode()
+    return [int(line.split()[-1]) for line in output.splitlines() if line.startswith("tick ")]
+
+
+def assert_once_in_order(numbers: list[int], at_least: int) -> None:
+    """1, 2, ... n with nothing missing or repeated, and n >= at_least."""
+    assert numbers == list(range(1, len(numbers) + 1)), (
+        f"gaps or repeats: {[n for i, n in enumerate(numbers, 1) if n != i][:10]} "
+        f"(first of {len(numbers)})"
+    )
+    assert len(numbers) >= at_least, f"{len(numbers)} lines copied, Docker had {at_least}"
+
+
+async def test_output_written_while_the_host_is_down_is_copied_once_across_restarts(
+    tmp_path: Path,
+    stub_binary: bytes,
+    docker_client: docker.DockerClient,
+    clean_docker: list[str],
+) -> None:
+    with host_process(tmp_path) as host:
+        program = await create_ticker(host.address, stub_binary, clean_docker, TICK_SLEEP="0.02")
+        ready = await start_until_ready(host.address, program.name)
+        await asyncio.sleep(1)
+        for pause in (2.0, 0.3, 1.0):  # the second kill falls in the middle of back-filling
+            host.kill9()
+            await asyncio.sleep(pause)  # it prints on meanwhile
+            host.start()
+            await asyncio.sleep(0.4)
+        in_docker = docker_ticks(docker_client, ready.container_id)
+        entries: list[pb.LogEntry] = await eventually(
+            lambda: log_entries(host.address, program.name),
+            lambda found: len(ticks(found)) >= len(in_docker),
+            within=20,
+            what="the log caught up with docker logs",
+        )
+        assert_once_in_order(ticks(entries), at_least=len(in_docker))
+        after = await state_of(host.address, program.name)
+        assert (after.state, after.container_id) == (pb.STATE_READY, ready.container_id)
+
+
+async def test_a_container_that_died_while_the_host_was_down_has_all_its_lines_then_its_exit(
+    tmp_path: Path,
+    stub_binary: bytes,
+    docker_client: docker.DockerClient,
+    clean_docker: list[str],
+) -> None:
+    with host_process(tmp_path, "--backoff", "60", "60") as host:
+        program = await create_ticker(
+            host.address, stub_binary, clean_docker, TICKS="60", TICK_SLEEP="0.05"
+        )
+        ready = await start_until_ready(host.address, program.name)
+        host.kill9()
+        await eventually(
+            lambda: docker_client.containers.get(ready.container_id).status,
+            lambda status: status == "exited",
+            within=30,
+            what="the container ran to its end while the Host was down",
+        )
+        assert docker_ticks(docker_client, ready.container_id) == list(range(1, 61))
+        host.start()
+        crashed = await until_state(host.address, program.name, pb.STATE_BACKOFF, 30)
+        assert (crashed.last_exit_code, crashed.restart_count) == (3, 1)
+        entries = await log_entries(host.address, program.name)
+        assert_once_in_order(ticks(entries, ready.run), at_least=60)
+        last_tick = max(
+            i
+            for i, e in enumerate(entries)
+            if e.line.endswith(" 60") and e.line.startswith("tick ")
+        )
+        exit_note = next(
+            i
+            for i, e in enumerate(entries)
+            if e.stream == pb.LOG_STREAM_HOST and e.line.startswith("ContainerExited")
+        )
+        assert exit_note > last_tick, "the exit is noted before the run's last lines"
+        assert entries[exit_note].time.ToNanoseconds() >= entries[last_tick].time.ToNanoseconds()
+
+
+async def test_a_container_that_exits_at_once_has_its_exit_noted_after_its_lines(
+    tmp_path: Path,
+    stub_binary: bytes,
+    docker_client: docker.DockerClient,
+    clean_docker: list[str],
+) -> None:
+    with host_process(tmp_path, "--backoff", "60", "60") as host:
+        program = await create_ticker(host.address, stub_binary, clean_docker, BURST="300")
+        async with programs(host.address) as stub:
+            await stub.StartProgram(pb.StartProgramRequest(name=program.name))
+        crashed = await until_state(host.address, program.name, pb.STATE_BACKOFF, 60)
+        assert crashed.last_exit_code == 3
+        entries = await log_entries(host.address, program.name)
+        assert_once_in_order(ticks(entries, crashed.run), at_least=300)
+        run = [e for e in entries if e.run == crashed.run]
+        last_tick = max(
+            i for i, e in enumerate(run) if e.line.endswith(" 300") and e.line.startswith("tick ")
+        )
+        exit_note = next(
+            i
+            for i, e in enumerate(run)
+            if e.stream == pb.LOG_STREAM_HOST and e.line.startswith("ContainerExited")
+        )
+        assert exit_note > last_tick, "the exit is noted before the run's last lines"
+        assert run[exit_note].time.ToNanoseconds() >= run[last_tick].time.ToNanoseconds()

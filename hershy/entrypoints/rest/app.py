@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -72,6 +73,8 @@ class RestConfig:
     principal_ttl_seconds: float = 5.0
     #: The Host's figures, served at /metrics (admin token, unless --no-auth).
     metrics: Metrics | None = None
+    #: Why the Host is not ready yet (recovery under way, Docker failing), None when it is.
+    not_ready_reason: Callable[[], str | None] | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -193,6 +196,9 @@ class RestApi:
             serving = False
         if not serving:
             raise ApiError(503, "CORE_NOT_SERVING", "the Host core is not serving")
+        reason = self.config.not_ready_reason() if self.config.not_ready_reason else None
+        if reason is not None:
+            raise ApiError(503, "RECOVERING", f"the Host is recovering: {reason}")
         if not self.cache.synced:
             raise ApiError(503, "PROXY_NOT_SYNCED", "the proxy's view of programs is not current")
         return web.json_response({"status": "ready"})

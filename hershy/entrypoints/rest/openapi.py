@@ -263,11 +263,18 @@ PATHS: dict[str, Any] = {
     },
     "/readyz": {
         "get": {
-            "summary": "The gRPC core answers its health check and the proxy's view is current.",
+            "summary": (
+                "The gRPC core answers its health check, recovery after a restart is done "
+                "and the proxy's view is current."
+            ),
             "tags": ["health"],
             "responses": {
                 "200": _json(_ref("Status"), "Ready."),
-                "503": _error("Not ready."),
+                "503": _error(
+                    "Not ready: `CORE_NOT_SERVING`, `RECOVERING` (the message says why: the "
+                    "runtime is being reconciled, or Docker fails and it is retried), "
+                    "`PROXY_NOT_SYNCED`."
+                ),
             },
         }
     },
