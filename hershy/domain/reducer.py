@@ -202,7 +202,7 @@ def _on_host_restarted(program: Program, at: float) -> Outcome:
     run, container = program.run, program.container_id
     match program.state:
         case State.BUILDING:
-            effects: tuple[fx.Effect, ...] = (fx.Build(run, program.build_id),)
+            effects: tuple[fx.Effect, ...] = (fx.Build(run, program.build_id, program.user_id),)
         case State.STARTING if program.image_id is not None:
             # The start is redone; the handler removes what the cut-off one left, and
             # that container's exit must not count as the program's crash.
@@ -400,7 +400,7 @@ def _begin_run(program: Program, at: float) -> Outcome:
             next_restart_at=None,
             restart_pending=False,
         ),
-        (fx.Build(run, program.build_id),),
+        (fx.Build(run, program.build_id, program.user_id),),
     )
 
 
