@@ -165,7 +165,13 @@ class DockerEffectHandler:
                 f"cannot reach the Docker daemon at {self.settings.socket}: {error}. "
                 "Start it with scripts/setup-host.sh (or check `hershy doctor`)."
             ) from None
-        self.runtime = describe_runtime(self.settings, info)
+        try:
+            self.runtime = describe_runtime(self.settings, info)
+            # Before anything runs: a base image that cannot be used stops the Host here.
+            await self.builder.resolve_base_images(self.settings.base_images)
+        except BaseException:
+            self._docker.close()
+            raise
         self.builder.docker_root = str(info.get("DockerRootDir") or self.builder.docker_root)
         await self._call(self.builder.cgroups.setup)
         if self.settings.runtime != SECURE_RUNTIME:
@@ -272,6 +278,8 @@ class DockerEffectHandler:
 
     async def resolve_base_images(self, names: Sequence[str]) -> dict[str, str]:
         """The base-image allowlist resolved to image ids (the `BaseImageResolver` port)."""
+        if tuple(names) == self.settings.base_images:
+            return dict(self.builder.policy.base_images)  # resolved when the handler opened
         return await self.builder.resolve_base_images(names)
 
     async def _start(self, program_id: str, effect: fx.StartContainer, outbox: Outbox) -> None:
