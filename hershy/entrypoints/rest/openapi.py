@@ -139,7 +139,13 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "user_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
-            "dockerfile": {"type": "string", "minLength": 1},
+            "dockerfile": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Checked by the build policy: FROM only scratch, an earlier "
+                "stage or an allowlisted base image; no remote ADD, no COPY --from an image, "
+                "no ONBUILD. A refusal is 400 naming the line.",
+            },
             "src_files": _FILES,
             "src_files_base64": _FILES_BASE64,
             "resources": _ref("Resources"),
