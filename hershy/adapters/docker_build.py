@@ -64,6 +64,8 @@ USING_CACHE = " ---> Using cache"
 #: A ref no image ever has: `cachefrom` with it turns the cache off (no own image yet).
 NO_CACHE_REF = "hershy-no-cache/none:none"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: How many passes a failed build's clean-up makes (0.25 s apart) before it gives up.
+UNDO_ATTEMPTS = 20
 MiB = 1024**2
 GiB = 1024**3
 
@@ -117,6 +119,10 @@ def build_context(source: ProgramSource) -> bytes:
             info.size, info.mode, info.mtime = len(content), 0o755, 0
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def _short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
 
 
 # --- the Host-wide queue ---------------------------------------------------------------
@@ -326,13 +332,20 @@ class DockerBuilder:
         source = await self._files.load(program_id)
         await self._check_policy(source.dockerfile)
 
+        waited = False
+
         def queued(place: int) -> None:
+            nonlocal waited
+            waited = True
             note(
                 f"queued: {place} build(s) ahead (at most {self.limits.max_concurrent} at once "
                 f"on this Host, {self.limits.max_per_user} per user)"
             )
+            outbox.emit(ev.BuildQueued(outbox.now(), effect.run, place))
 
         async with self.queue.slot(effect.user_id, queued):
+            if waited:
+                outbox.emit(ev.BuildQueued(outbox.now(), effect.run, 0))
             self._check_disk()
             await self._build(program_id, effect, outbox, tag, source.dockerfile, note)
 
@@ -514,13 +527,47 @@ class DockerBuilder:
                 )
 
     async def _undo(self, progress: _Progress, tag: str) -> None:
-        """Remove what a failed build made: the step's container, its tag, its layers."""
+        """Remove what a failed build made: the step's container, its tag, its layers.
+
+        A cancelled build can still be finishing a step in dockerd: what it
+        makes from our layers meanwhile (a container, a child layer) is found
+        by ancestry and removed too, until nothing is left (a few seconds at most).
+        """
         await self.remove_step(progress.step)
         with contextlib.suppress(ImageNotFound, APIError):
             await self._call(self._docker.images.remove, tag, force=True)
-        for layer in reversed(progress.made):
-            with contextlib.suppress(ImageNotFound, APIError):
-                await self._call(self._docker.images.remove, layer, noprune=False)
+        for _ in range(UNDO_ATTEMPTS):
+            left = await self._call(self._remove_layers, list(progress.made))
+            if not left:
+                return
+            await asyncio.sleep(0.25)
+        log.warning("a failed build's layers could not all be removed: %s", ", ".join(left))
+
+    def _remove_layers(self, made: list[str]) -> list[str]:
+        """One pass (on a worker thread): the layers and everything made from them; what is left."""
+        api = self._docker.api
+        parents = {image["Id"]: image.get("ParentId", "") for image in api.images(all=True)}
+        ours = {image_id for image_id in parents if _short(image_id) in made}
+        children = True
+        while children:  # layers made from ours, which we never saw (the build was cut off)
+            found = {i for i, parent in parents.items() if parent in ours and i not in ours}
+            ours |= found
+            children = bool(found)
+
+        def depth(image_id: str) -> int:
+            parent = parents.get(image_id, "")
+            return 1 + depth(parent) if parent in ours else 0
+
+        for image_id in ours:
+            for container in api.containers(all=True, filters={"ancestor": image_id}):
+                with contextlib.suppress(NotFound, APIError):
+                    api.remove_container(container["Id"], force=True)
+        # Newest first: a layer goes once no layer is made from it.
+        for image_id in sorted(ours, key=depth, reverse=True):
+            with contextlib.suppress(ImageNotFound, NotFound, APIError):
+                api.remove_image(image_id, force=True, noprune=False)
+        present = {image["Id"] for image in api.images(all=True)}
+        return [_short(image_id) for image_id in ours & present]
 
     async def remove_step(self, container_id: str | None) -> None:
         """Remove a build step's container and wait until it is really gone.

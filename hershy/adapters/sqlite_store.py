@@ -46,6 +46,7 @@ _EVENT_TYPES: dict[str, type[Any]] = {
         ev.RestartRequested,
         ev.DeleteRequested,
         ev.BuildSucceeded,
+        ev.BuildQueued,
         ev.BuildFailed,
         ev.ContainerCreated,
         ev.ContainerReady,

@@ -28,7 +28,7 @@ from hershy.domain.compose import LABEL_MANAGED
 from hershy.domain.model import LogStream, State
 from hershy_client.aio import AsyncClient
 from hershy_client.errors import HershyError
-from tests.integration.conftest import BASE_IMAGE
+from tests.integration.conftest import BASE_IMAGE, eventually
 from tests.security.conftest import (
     ATTACKER,
     VICTIM,
@@ -282,10 +282,19 @@ async def test_a_flood_of_builds_does_not_starve_another_tenant(
             await host.registry.start(program.id)
         await asyncio.sleep(0.5)
         await host.registry.start(other.id)
+        # Those waiting say so in the program itself (Program.status_note), not only the log.
+        notes = await eventually(
+            lambda: sorted(host.registry.get(p.id).note for p in [*flood, other]),
+            lambda found: sum(note.startswith("build queued: ") for note in found) >= 2,
+            within=10,
+            what="the queued builds' notes",
+        )
+        assert "build queued: 2 ahead" in notes or "build queued: 3 ahead" in notes, notes
         ready = await host.wait_for(other, State.READY, 120)
         assert ready.state is State.READY, ready.error
         for program in flood:
-            assert (await host.wait_for(program, State.READY, 120)).state is State.READY
+            built = await host.wait_for(program, State.READY, 120)
+            assert built.state is State.READY, built.error
 
         async def when(program_id: str, starting: str) -> float:
             async for line in host.registry.logs(

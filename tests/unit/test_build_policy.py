@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from hershy.adapters.docker_build import BuildQueue
+from hershy.domain import events as ev
+from hershy.domain import reducer
 from hershy.domain.build_policy import (
     MAX_QUOTED_CHARS,
     BuildPolicy,
@@ -14,6 +16,7 @@ from hershy.domain.build_policy import (
     expand,
 )
 from hershy.domain.errors import InvalidArgument
+from hershy.domain.model import Program, State
 
 BASE = "hershy-busybox:latest"
 POLICY = BuildPolicy({BASE: "sha256:" + "a4" * 32})
@@ -299,3 +302,30 @@ async def test_a_cancelled_wait_gives_its_place_up() -> None:
     assert queue.running == 0
     async with queue.slot("c", lambda _: None):
         assert queue.running == 1
+
+
+# --- the queue's place, in the program -----------------------------------------------------
+
+
+def building() -> Program:
+    return Program("p1", "alice", "b-1", "127.0.0.1:19001", 0.0, 0.0, state=State.BUILDING, run=1)
+
+
+def test_a_queued_build_notes_its_place_and_the_note_goes_with_the_state() -> None:
+    queued = reducer.reduce(building(), ev.BuildQueued(1.0, 1, 2))
+    assert isinstance(queued, reducer.Transition)
+    assert queued.program.note == "build queued: 2 ahead"
+    assert queued.program.state is State.BUILDING
+    running = reducer.reduce(queued.program, ev.BuildQueued(2.0, 1, 0))
+    assert isinstance(running, reducer.Transition)
+    assert running.program.note == ""
+    built = reducer.reduce(queued.program, ev.BuildSucceeded(3.0, 1, "sha256:x"))
+    assert isinstance(built, reducer.Transition)
+    assert built.program.state is State.STARTING
+    assert built.program.note == ""
+
+
+def test_queue_news_of_an_old_run_or_another_state_is_ignored() -> None:
+    assert isinstance(reducer.reduce(building(), ev.BuildQueued(1.0, 0, 2)), reducer.Ignored)
+    stopped = Program("p1", "alice", "b-1", "127.0.0.1:19001", 0.0, 0.0, state=State.STOPPED, run=1)
+    assert isinstance(reducer.reduce(stopped, ev.BuildQueued(1.0, 1, 2)), reducer.Ignored)

@@ -242,7 +242,7 @@ func (x WatchProgramsResponse_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchProgramsResponse_Type.Descriptor instead.
 func (WatchProgramsResponse_Type) EnumDescriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29, 0}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30, 0}
 }
 
 // A program: a user's long-running container and its lifecycle.
@@ -289,7 +289,10 @@ type Program struct {
 	// `runc (INSECURE: no sandbox)`.
 	Runtime string `protobuf:"bytes,19,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	// The limits the program's container runs with.
-	Resources     *Resources `protobuf:"bytes,20,opt,name=resources,proto3" json:"resources,omitempty"`
+	Resources *Resources `protobuf:"bytes,20,opt,name=resources,proto3" json:"resources,omitempty"`
+	// What the program waits for, for people, e.g. `build queued: 2 ahead`;
+	// empty when it waits for nothing. Cleared when the state changes.
+	StatusNote    string `protobuf:"bytes,21,opt,name=status_note,json=statusNote,proto3" json:"status_note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -464,6 +467,13 @@ func (x *Program) GetResources() *Resources {
 	return nil
 }
 
+func (x *Program) GetStatusNote() string {
+	if x != nil {
+		return x.StatusNote
+	}
+	return ""
+}
+
 // Limits on a program's container. Zero means the Host's default; a value
 // above the Host's maximum is refused.
 type Resources struct {
@@ -557,6 +567,7 @@ type ProgramEvent struct {
 	//	*ProgramEvent_RestartTimerFired
 	//	*ProgramEvent_TornDown
 	//	*ProgramEvent_TeardownFailed
+	//	*ProgramEvent_BuildQueued
 	Kind          isProgramEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -757,6 +768,15 @@ func (x *ProgramEvent) GetTeardownFailed() *TeardownFailed {
 	return nil
 }
 
+func (x *ProgramEvent) GetBuildQueued() *BuildQueued {
+	if x != nil {
+		if x, ok := x.Kind.(*ProgramEvent_BuildQueued); ok {
+			return x.BuildQueued
+		}
+	}
+	return nil
+}
+
 type isProgramEvent_Kind interface {
 	isProgramEvent_Kind()
 }
@@ -841,6 +861,11 @@ type ProgramEvent_TeardownFailed struct {
 	TeardownFailed *TeardownFailed `protobuf:"bytes,30,opt,name=teardown_failed,json=teardownFailed,proto3,oneof"`
 }
 
+type ProgramEvent_BuildQueued struct {
+	// The build waits in the Host's build queue (or, with `ahead` 0, runs).
+	BuildQueued *BuildQueued `protobuf:"bytes,35,opt,name=build_queued,json=buildQueued,proto3,oneof"`
+}
+
 func (*ProgramEvent_Created) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_StartRequested) isProgramEvent_Kind() {}
@@ -872,6 +897,8 @@ func (*ProgramEvent_RestartTimerFired) isProgramEvent_Kind() {}
 func (*ProgramEvent_TornDown) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_TeardownFailed) isProgramEvent_Kind() {}
+
+func (*ProgramEvent_BuildQueued) isProgramEvent_Kind() {}
 
 // The program was registered.
 type ProgramCreated struct {
@@ -1149,6 +1176,52 @@ func (x *BuildSucceeded) GetImageId() string {
 	return ""
 }
 
+// The build waits in the Host's build queue.
+type BuildQueued struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many builds are before it; 0 when it leaves the queue and runs.
+	Ahead         int32 `protobuf:"varint,1,opt,name=ahead,proto3" json:"ahead,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuildQueued) Reset() {
+	*x = BuildQueued{}
+	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildQueued) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildQueued) ProtoMessage() {}
+
+func (x *BuildQueued) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildQueued.ProtoReflect.Descriptor instead.
+func (*BuildQueued) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *BuildQueued) GetAhead() int32 {
+	if x != nil {
+		return x.Ahead
+	}
+	return 0
+}
+
 // The build failed.
 type BuildFailed struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1160,7 +1233,7 @@ type BuildFailed struct {
 
 func (x *BuildFailed) Reset() {
 	*x = BuildFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1245,7 @@ func (x *BuildFailed) String() string {
 func (*BuildFailed) ProtoMessage() {}
 
 func (x *BuildFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1258,7 @@ func (x *BuildFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFailed.ProtoReflect.Descriptor instead.
 func (*BuildFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{9}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BuildFailed) GetReason() string {
@@ -1206,7 +1279,7 @@ type ContainerCreated struct {
 
 func (x *ContainerCreated) Reset() {
 	*x = ContainerCreated{}
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1291,7 @@ func (x *ContainerCreated) String() string {
 func (*ContainerCreated) ProtoMessage() {}
 
 func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1304,7 @@ func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerCreated.ProtoReflect.Descriptor instead.
 func (*ContainerCreated) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ContainerCreated) GetContainerId() string {
@@ -1250,7 +1323,7 @@ type ContainerReady struct {
 
 func (x *ContainerReady) Reset() {
 	*x = ContainerReady{}
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1335,7 @@ func (x *ContainerReady) String() string {
 func (*ContainerReady) ProtoMessage() {}
 
 func (x *ContainerReady) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1348,7 @@ func (x *ContainerReady) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerReady.ProtoReflect.Descriptor instead.
 func (*ContainerReady) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
 }
 
 // The container could not be started or never became ready.
@@ -1289,7 +1362,7 @@ type StartFailed struct {
 
 func (x *StartFailed) Reset() {
 	*x = StartFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1374,7 @@ func (x *StartFailed) String() string {
 func (*StartFailed) ProtoMessage() {}
 
 func (x *StartFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1387,7 @@ func (x *StartFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartFailed.ProtoReflect.Descriptor instead.
 func (*StartFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartFailed) GetReason() string {
@@ -1339,7 +1412,7 @@ type ContainerExited struct {
 
 func (x *ContainerExited) Reset() {
 	*x = ContainerExited{}
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1424,7 @@ func (x *ContainerExited) String() string {
 func (*ContainerExited) ProtoMessage() {}
 
 func (x *ContainerExited) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1437,7 @@ func (x *ContainerExited) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerExited.ProtoReflect.Descriptor instead.
 func (*ContainerExited) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ContainerExited) GetExitCode() int32 {
@@ -1397,7 +1470,7 @@ type ContainerStopped struct {
 
 func (x *ContainerStopped) Reset() {
 	*x = ContainerStopped{}
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1482,7 @@ func (x *ContainerStopped) String() string {
 func (*ContainerStopped) ProtoMessage() {}
 
 func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1495,7 @@ func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStopped.ProtoReflect.Descriptor instead.
 func (*ContainerStopped) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
 }
 
 // The container could not be stopped or removed.
@@ -1436,7 +1509,7 @@ type StopFailed struct {
 
 func (x *StopFailed) Reset() {
 	*x = StopFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1521,7 @@ func (x *StopFailed) String() string {
 func (*StopFailed) ProtoMessage() {}
 
 func (x *StopFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1534,7 @@ func (x *StopFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopFailed.ProtoReflect.Descriptor instead.
 func (*StopFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopFailed) GetReason() string {
@@ -1480,7 +1553,7 @@ type RestartTimerFired struct {
 
 func (x *RestartTimerFired) Reset() {
 	*x = RestartTimerFired{}
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1565,7 @@ func (x *RestartTimerFired) String() string {
 func (*RestartTimerFired) ProtoMessage() {}
 
 func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1578,7 @@ func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartTimerFired.ProtoReflect.Descriptor instead.
 func (*RestartTimerFired) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
 }
 
 // Everything the program owned was removed.
@@ -1517,7 +1590,7 @@ type TornDown struct {
 
 func (x *TornDown) Reset() {
 	*x = TornDown{}
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1602,7 @@ func (x *TornDown) String() string {
 func (*TornDown) ProtoMessage() {}
 
 func (x *TornDown) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1615,7 @@ func (x *TornDown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TornDown.ProtoReflect.Descriptor instead.
 func (*TornDown) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
 }
 
 // Removing what the program owned failed.
@@ -1556,7 +1629,7 @@ type TeardownFailed struct {
 
 func (x *TeardownFailed) Reset() {
 	*x = TeardownFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1641,7 @@ func (x *TeardownFailed) String() string {
 func (*TeardownFailed) ProtoMessage() {}
 
 func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1654,7 @@ func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeardownFailed.ProtoReflect.Descriptor instead.
 func (*TeardownFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TeardownFailed) GetReason() string {
@@ -1609,7 +1682,7 @@ type CreateProgramRequest struct {
 
 func (x *CreateProgramRequest) Reset() {
 	*x = CreateProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1694,7 @@ func (x *CreateProgramRequest) String() string {
 func (*CreateProgramRequest) ProtoMessage() {}
 
 func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1707,7 @@ func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProgramRequest.ProtoReflect.Descriptor instead.
 func (*CreateProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateProgramRequest) GetUserId() string {
@@ -1676,7 +1749,7 @@ type GetProgramRequest struct {
 
 func (x *GetProgramRequest) Reset() {
 	*x = GetProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1761,7 @@ func (x *GetProgramRequest) String() string {
 func (*GetProgramRequest) ProtoMessage() {}
 
 func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1774,7 @@ func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetProgramRequest) GetName() string {
@@ -1726,7 +1799,7 @@ type ListProgramsRequest struct {
 
 func (x *ListProgramsRequest) Reset() {
 	*x = ListProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1811,7 @@ func (x *ListProgramsRequest) String() string {
 func (*ListProgramsRequest) ProtoMessage() {}
 
 func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1824,7 @@ func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsRequest.ProtoReflect.Descriptor instead.
 func (*ListProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListProgramsRequest) GetPageSize() int32 {
@@ -1790,7 +1863,7 @@ type ListProgramsResponse struct {
 
 func (x *ListProgramsResponse) Reset() {
 	*x = ListProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +1875,7 @@ func (x *ListProgramsResponse) String() string {
 func (*ListProgramsResponse) ProtoMessage() {}
 
 func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +1888,7 @@ func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsResponse.ProtoReflect.Descriptor instead.
 func (*ListProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListProgramsResponse) GetPrograms() []*Program {
@@ -1850,7 +1923,7 @@ type DeleteProgramRequest struct {
 
 func (x *DeleteProgramRequest) Reset() {
 	*x = DeleteProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1935,7 @@ func (x *DeleteProgramRequest) String() string {
 func (*DeleteProgramRequest) ProtoMessage() {}
 
 func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1948,7 @@ func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProgramRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteProgramRequest) GetName() string {
@@ -1896,7 +1969,7 @@ type StartProgramRequest struct {
 
 func (x *StartProgramRequest) Reset() {
 	*x = StartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1908,7 +1981,7 @@ func (x *StartProgramRequest) String() string {
 func (*StartProgramRequest) ProtoMessage() {}
 
 func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1921,7 +1994,7 @@ func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProgramRequest.ProtoReflect.Descriptor instead.
 func (*StartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StartProgramRequest) GetName() string {
@@ -1942,7 +2015,7 @@ type StopProgramRequest struct {
 
 func (x *StopProgramRequest) Reset() {
 	*x = StopProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2027,7 @@ func (x *StopProgramRequest) String() string {
 func (*StopProgramRequest) ProtoMessage() {}
 
 func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2040,7 @@ func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopProgramRequest.ProtoReflect.Descriptor instead.
 func (*StopProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StopProgramRequest) GetName() string {
@@ -1988,7 +2061,7 @@ type RestartProgramRequest struct {
 
 func (x *RestartProgramRequest) Reset() {
 	*x = RestartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2073,7 @@ func (x *RestartProgramRequest) String() string {
 func (*RestartProgramRequest) ProtoMessage() {}
 
 func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2086,7 @@ func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartProgramRequest.ProtoReflect.Descriptor instead.
 func (*RestartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RestartProgramRequest) GetName() string {
@@ -2039,7 +2112,7 @@ type WaitProgramRequest struct {
 
 func (x *WaitProgramRequest) Reset() {
 	*x = WaitProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2051,7 +2124,7 @@ func (x *WaitProgramRequest) String() string {
 func (*WaitProgramRequest) ProtoMessage() {}
 
 func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2064,7 +2137,7 @@ func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProgramRequest.ProtoReflect.Descriptor instead.
 func (*WaitProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WaitProgramRequest) GetName() string {
@@ -2103,7 +2176,7 @@ type WatchProgramsRequest struct {
 
 func (x *WatchProgramsRequest) Reset() {
 	*x = WatchProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2115,7 +2188,7 @@ func (x *WatchProgramsRequest) String() string {
 func (*WatchProgramsRequest) ProtoMessage() {}
 
 func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2128,7 +2201,7 @@ func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsRequest.ProtoReflect.Descriptor instead.
 func (*WatchProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchProgramsRequest) GetName() string {
@@ -2162,7 +2235,7 @@ type WatchProgramsResponse struct {
 
 func (x *WatchProgramsResponse) Reset() {
 	*x = WatchProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2247,7 @@ func (x *WatchProgramsResponse) String() string {
 func (*WatchProgramsResponse) ProtoMessage() {}
 
 func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2260,7 @@ func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsResponse.ProtoReflect.Descriptor instead.
 func (*WatchProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchProgramsResponse) GetType() WatchProgramsResponse_Type {
@@ -2229,7 +2302,7 @@ type GetProgramSourceRequest struct {
 
 func (x *GetProgramSourceRequest) Reset() {
 	*x = GetProgramSourceRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2241,7 +2314,7 @@ func (x *GetProgramSourceRequest) String() string {
 func (*GetProgramSourceRequest) ProtoMessage() {}
 
 func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2254,7 +2327,7 @@ func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramSourceRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramSourceRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetProgramSourceRequest) GetName() string {
@@ -2281,7 +2354,7 @@ type ProgramSource struct {
 
 func (x *ProgramSource) Reset() {
 	*x = ProgramSource{}
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2293,7 +2366,7 @@ func (x *ProgramSource) String() string {
 func (*ProgramSource) ProtoMessage() {}
 
 func (x *ProgramSource) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2306,7 +2379,7 @@ func (x *ProgramSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgramSource.ProtoReflect.Descriptor instead.
 func (*ProgramSource) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ProgramSource) GetName() string {
@@ -2354,7 +2427,7 @@ type ReadProgramLogsRequest struct {
 
 func (x *ReadProgramLogsRequest) Reset() {
 	*x = ReadProgramLogsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2439,7 @@ func (x *ReadProgramLogsRequest) String() string {
 func (*ReadProgramLogsRequest) ProtoMessage() {}
 
 func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2452,7 @@ func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadProgramLogsRequest.ProtoReflect.Descriptor instead.
 func (*ReadProgramLogsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReadProgramLogsRequest) GetName() string {
@@ -2427,7 +2500,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2439,7 +2512,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2452,7 +2525,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LogEntry) GetTime() *timestamppb.Timestamp {
@@ -2487,7 +2560,7 @@ var File_hershy_v1_program_proto protoreflect.FileDescriptor
 
 const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
-	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x06\n" +
+	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x06\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
@@ -2512,13 +2585,15 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"ready_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\treadyTime\x12'\n" +
 	"\x0frestart_pending\x18\x12 \x01(\bR\x0erestartPending\x12\x18\n" +
 	"\aruntime\x18\x13 \x01(\tR\aruntime\x122\n" +
-	"\tresources\x18\x14 \x01(\v2\x14.hershy.v1.ResourcesR\tresourcesB\x11\n" +
+	"\tresources\x18\x14 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12\x1f\n" +
+	"\vstatus_note\x18\x15 \x01(\tR\n" +
+	"statusNoteB\x11\n" +
 	"\x0f_last_exit_code\"a\n" +
 	"\tResources\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
 	"milli_cpus\x18\x02 \x01(\x03R\tmilliCpus\x12\x12\n" +
-	"\x04pids\x18\x03 \x01(\x03R\x04pids\"\x98\t\n" +
+	"\x04pids\x18\x03 \x01(\x03R\x04pids\"\xd5\t\n" +
 	"\fProgramEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x10\n" +
 	"\x03run\x18\x02 \x01(\x03R\x03run\x125\n" +
@@ -2539,7 +2614,8 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"stopFailed\x12N\n" +
 	"\x13restart_timer_fired\x18\x1c \x01(\v2\x1c.hershy.v1.RestartTimerFiredH\x00R\x11restartTimerFired\x122\n" +
 	"\ttorn_down\x18\x1d \x01(\v2\x13.hershy.v1.TornDownH\x00R\btornDown\x12D\n" +
-	"\x0fteardown_failed\x18\x1e \x01(\v2\x19.hershy.v1.TeardownFailedH\x00R\x0eteardownFailedB\x06\n" +
+	"\x0fteardown_failed\x18\x1e \x01(\v2\x19.hershy.v1.TeardownFailedH\x00R\x0eteardownFailed\x12;\n" +
+	"\fbuild_queued\x18# \x01(\v2\x16.hershy.v1.BuildQueuedH\x00R\vbuildQueuedB\x06\n" +
 	"\x04kind\"\xba\x01\n" +
 	"\x0eProgramCreated\x12\x1d\n" +
 	"\n" +
@@ -2553,7 +2629,9 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\x10RestartRequested\"\x11\n" +
 	"\x0fDeleteRequested\"+\n" +
 	"\x0eBuildSucceeded\x12\x19\n" +
-	"\bimage_id\x18\x01 \x01(\tR\aimageId\"%\n" +
+	"\bimage_id\x18\x01 \x01(\tR\aimageId\"#\n" +
+	"\vBuildQueued\x12\x14\n" +
+	"\x05ahead\x18\x01 \x01(\x05R\x05ahead\"%\n" +
 	"\vBuildFailed\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"5\n" +
 	"\x10ContainerCreated\x12!\n" +
@@ -2695,7 +2773,7 @@ func file_hershy_v1_program_proto_rawDescGZIP() []byte {
 }
 
 var file_hershy_v1_program_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_hershy_v1_program_proto_goTypes = []any{
 	(State)(0),                      // 0: hershy.v1.State
 	(LogStream)(0),                  // 1: hershy.v1.LogStream
@@ -2709,100 +2787,102 @@ var file_hershy_v1_program_proto_goTypes = []any{
 	(*RestartRequested)(nil),        // 9: hershy.v1.RestartRequested
 	(*DeleteRequested)(nil),         // 10: hershy.v1.DeleteRequested
 	(*BuildSucceeded)(nil),          // 11: hershy.v1.BuildSucceeded
-	(*BuildFailed)(nil),             // 12: hershy.v1.BuildFailed
-	(*ContainerCreated)(nil),        // 13: hershy.v1.ContainerCreated
-	(*ContainerReady)(nil),          // 14: hershy.v1.ContainerReady
-	(*StartFailed)(nil),             // 15: hershy.v1.StartFailed
-	(*ContainerExited)(nil),         // 16: hershy.v1.ContainerExited
-	(*ContainerStopped)(nil),        // 17: hershy.v1.ContainerStopped
-	(*StopFailed)(nil),              // 18: hershy.v1.StopFailed
-	(*RestartTimerFired)(nil),       // 19: hershy.v1.RestartTimerFired
-	(*TornDown)(nil),                // 20: hershy.v1.TornDown
-	(*TeardownFailed)(nil),          // 21: hershy.v1.TeardownFailed
-	(*CreateProgramRequest)(nil),    // 22: hershy.v1.CreateProgramRequest
-	(*GetProgramRequest)(nil),       // 23: hershy.v1.GetProgramRequest
-	(*ListProgramsRequest)(nil),     // 24: hershy.v1.ListProgramsRequest
-	(*ListProgramsResponse)(nil),    // 25: hershy.v1.ListProgramsResponse
-	(*DeleteProgramRequest)(nil),    // 26: hershy.v1.DeleteProgramRequest
-	(*StartProgramRequest)(nil),     // 27: hershy.v1.StartProgramRequest
-	(*StopProgramRequest)(nil),      // 28: hershy.v1.StopProgramRequest
-	(*RestartProgramRequest)(nil),   // 29: hershy.v1.RestartProgramRequest
-	(*WaitProgramRequest)(nil),      // 30: hershy.v1.WaitProgramRequest
-	(*WatchProgramsRequest)(nil),    // 31: hershy.v1.WatchProgramsRequest
-	(*WatchProgramsResponse)(nil),   // 32: hershy.v1.WatchProgramsResponse
-	(*GetProgramSourceRequest)(nil), // 33: hershy.v1.GetProgramSourceRequest
-	(*ProgramSource)(nil),           // 34: hershy.v1.ProgramSource
-	(*ReadProgramLogsRequest)(nil),  // 35: hershy.v1.ReadProgramLogsRequest
-	(*LogEntry)(nil),                // 36: hershy.v1.LogEntry
-	nil,                             // 37: hershy.v1.CreateProgramRequest.SrcFilesEntry
-	nil,                             // 38: hershy.v1.ProgramSource.SrcFilesEntry
-	(*timestamppb.Timestamp)(nil),   // 39: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 40: google.protobuf.Duration
+	(*BuildQueued)(nil),             // 12: hershy.v1.BuildQueued
+	(*BuildFailed)(nil),             // 13: hershy.v1.BuildFailed
+	(*ContainerCreated)(nil),        // 14: hershy.v1.ContainerCreated
+	(*ContainerReady)(nil),          // 15: hershy.v1.ContainerReady
+	(*StartFailed)(nil),             // 16: hershy.v1.StartFailed
+	(*ContainerExited)(nil),         // 17: hershy.v1.ContainerExited
+	(*ContainerStopped)(nil),        // 18: hershy.v1.ContainerStopped
+	(*StopFailed)(nil),              // 19: hershy.v1.StopFailed
+	(*RestartTimerFired)(nil),       // 20: hershy.v1.RestartTimerFired
+	(*TornDown)(nil),                // 21: hershy.v1.TornDown
+	(*TeardownFailed)(nil),          // 22: hershy.v1.TeardownFailed
+	(*CreateProgramRequest)(nil),    // 23: hershy.v1.CreateProgramRequest
+	(*GetProgramRequest)(nil),       // 24: hershy.v1.GetProgramRequest
+	(*ListProgramsRequest)(nil),     // 25: hershy.v1.ListProgramsRequest
+	(*ListProgramsResponse)(nil),    // 26: hershy.v1.ListProgramsResponse
+	(*DeleteProgramRequest)(nil),    // 27: hershy.v1.DeleteProgramRequest
+	(*StartProgramRequest)(nil),     // 28: hershy.v1.StartProgramRequest
+	(*StopProgramRequest)(nil),      // 29: hershy.v1.StopProgramRequest
+	(*RestartProgramRequest)(nil),   // 30: hershy.v1.RestartProgramRequest
+	(*WaitProgramRequest)(nil),      // 31: hershy.v1.WaitProgramRequest
+	(*WatchProgramsRequest)(nil),    // 32: hershy.v1.WatchProgramsRequest
+	(*WatchProgramsResponse)(nil),   // 33: hershy.v1.WatchProgramsResponse
+	(*GetProgramSourceRequest)(nil), // 34: hershy.v1.GetProgramSourceRequest
+	(*ProgramSource)(nil),           // 35: hershy.v1.ProgramSource
+	(*ReadProgramLogsRequest)(nil),  // 36: hershy.v1.ReadProgramLogsRequest
+	(*LogEntry)(nil),                // 37: hershy.v1.LogEntry
+	nil,                             // 38: hershy.v1.CreateProgramRequest.SrcFilesEntry
+	nil,                             // 39: hershy.v1.ProgramSource.SrcFilesEntry
+	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
 }
 var file_hershy_v1_program_proto_depIdxs = []int32{
 	0,  // 0: hershy.v1.Program.state:type_name -> hershy.v1.State
-	39, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
-	39, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
-	39, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
-	39, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
+	40, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
+	40, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
+	40, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
+	40, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
 	4,  // 5: hershy.v1.Program.resources:type_name -> hershy.v1.Resources
-	39, // 6: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
+	40, // 6: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
 	6,  // 7: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
 	7,  // 8: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
 	8,  // 9: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
 	9,  // 10: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
 	10, // 11: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
 	11, // 12: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
-	12, // 13: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
-	13, // 14: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
-	14, // 15: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
-	15, // 16: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
-	16, // 17: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
-	17, // 18: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
-	18, // 19: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
-	19, // 20: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
-	20, // 21: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
-	21, // 22: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
-	4,  // 23: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
-	37, // 24: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
-	4,  // 25: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
-	3,  // 26: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
-	0,  // 27: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
-	40, // 28: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 29: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
-	3,  // 30: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
-	5,  // 31: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
-	38, // 32: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
-	1,  // 33: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
-	39, // 34: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
-	1,  // 35: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
-	22, // 36: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
-	23, // 37: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
-	24, // 38: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
-	26, // 39: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
-	27, // 40: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
-	28, // 41: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
-	29, // 42: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
-	30, // 43: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
-	31, // 44: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
-	33, // 45: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
-	35, // 46: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
-	3,  // 47: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
-	3,  // 48: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
-	25, // 49: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
-	3,  // 50: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
-	3,  // 51: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
-	3,  // 52: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
-	3,  // 53: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
-	3,  // 54: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
-	32, // 55: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
-	34, // 56: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
-	36, // 57: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
-	47, // [47:58] is the sub-list for method output_type
-	36, // [36:47] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	13, // 13: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
+	14, // 14: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
+	15, // 15: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
+	16, // 16: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
+	17, // 17: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
+	18, // 18: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
+	19, // 19: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
+	20, // 20: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
+	21, // 21: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
+	22, // 22: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
+	12, // 23: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
+	4,  // 24: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
+	38, // 25: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
+	4,  // 26: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
+	3,  // 27: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
+	0,  // 28: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
+	41, // 29: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
+	2,  // 30: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
+	3,  // 31: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
+	5,  // 32: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
+	39, // 33: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
+	1,  // 34: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
+	40, // 35: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	1,  // 36: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
+	23, // 37: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
+	24, // 38: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
+	25, // 39: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
+	27, // 40: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
+	28, // 41: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
+	29, // 42: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
+	30, // 43: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
+	31, // 44: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
+	32, // 45: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
+	34, // 46: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
+	36, // 47: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
+	3,  // 48: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
+	3,  // 49: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
+	26, // 50: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
+	3,  // 51: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
+	3,  // 52: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
+	3,  // 53: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
+	3,  // 54: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
+	3,  // 55: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
+	33, // 56: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
+	35, // 57: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
+	37, // 58: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
+	48, // [48:59] is the sub-list for method output_type
+	37, // [37:48] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_hershy_v1_program_proto_init() }
@@ -2828,16 +2908,17 @@ func file_hershy_v1_program_proto_init() {
 		(*ProgramEvent_RestartTimerFired)(nil),
 		(*ProgramEvent_TornDown)(nil),
 		(*ProgramEvent_TeardownFailed)(nil),
+		(*ProgramEvent_BuildQueued)(nil),
 	}
-	file_hershy_v1_program_proto_msgTypes[28].OneofWrappers = []any{}
-	file_hershy_v1_program_proto_msgTypes[32].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[29].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[33].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hershy_v1_program_proto_rawDesc), len(file_hershy_v1_program_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

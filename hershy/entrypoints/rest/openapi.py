@@ -122,6 +122,10 @@ SCHEMAS: dict[str, Any] = {
             "next_restart_at": _NULLABLE_TIME,
             "ready_at": _NULLABLE_TIME,
             "restart_pending": {"type": "boolean"},
+            "status_note": {
+                "type": "string",
+                "description": "What it waits for, e.g. `build queued: 2 ahead`; empty if nothing.",
+            },
         },
     },
     "ProgramList": {
