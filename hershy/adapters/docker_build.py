@@ -63,6 +63,8 @@ LAYER_LINE = re.compile(r" ---> ([0-9a-f]{12,64})$")
 USING_CACHE = " ---> Using cache"
 #: A ref no image ever has: `cachefrom` with it turns the cache off (no own image yet).
 NO_CACHE_REF = "hershy-no-cache/none:none"
+#: At most this many of the user's own images are offered to the builder as cache.
+CACHE_FROM_MAX = 64
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: How many passes a failed build's clean-up makes (0.25 s apart) before it gives up.
 UNDO_ATTEMPTS = 20
@@ -384,7 +386,9 @@ class DockerBuilder:
             return [NO_CACHE_REF]
         filters = {"label": [f"{LABEL_MANAGED}={self._host_id}", f"{LABEL_USER}={user_id}"]}
         images = await self._call(self._docker.images.list, filters=filters)
-        return [image.id for image in images] or [NO_CACHE_REF]
+        # The newest first (the likeliest to share layers), bounded: it goes in a query string.
+        images.sort(key=lambda image: str(image.attrs.get("Created", "")), reverse=True)
+        return [image.id for image in images[:CACHE_FROM_MAX]] or [NO_CACHE_REF]
 
     async def _build(
         self,

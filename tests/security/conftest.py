@@ -7,8 +7,11 @@ container or image of any program a test created may be left in Docker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,7 @@ class SecureHost:
     docker: docker.DockerClient
     stub: bytes
     data_dir: Path
+    host_id: str
     created: list[str] = field(default_factory=list)
 
     async def create(
@@ -67,6 +71,21 @@ class SecureHost:
         await self.registry.start(program.id)
         return await self.wait_for(program, state, within)
 
+    async def built(self, program: Program, within: float = 240) -> Program:
+        """Start it and return once its build is over (its image made, or ERROR).
+
+        What comes after the build (a WatcherAPI port another Host on this Docker
+        may grab) is not what these tests are about.
+        """
+        await self.registry.start(program.id)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            current = self.registry.get(program.id)
+            if current.image_id or current.state is State.ERROR:
+                return current
+            await asyncio.sleep(0.1)
+        pytest.fail(f"the build of {program.id} did not end within {within:g} s")
+
     async def wait_for(self, program: Program, state: State, within: float = 120) -> Program:
         with contextlib.suppress(Exception):
             return await self.registry.wait(program.id, state, within)
@@ -80,7 +99,9 @@ class SecureHost:
         return image_tag(program.id, program.build_id)
 
     def images_of_user(self, user: str) -> list[Any]:
-        found: list[Any] = self.docker.images.list(filters={"label": [f"{LABEL_USER}={user}"]})
+        """The images this Host built for `user` (other Hosts may share the daemon)."""
+        labels = [f"{LABEL_USER}={user}", f"{LABEL_MANAGED}={self.host_id}"]
+        found: list[Any] = self.docker.images.list(filters={"label": labels})
         return found
 
     async def refused(self, user: str, dockerfile: str, files: Mapping[str, bytes] = {}) -> str:
@@ -119,9 +140,12 @@ async def open_secure_host(
         ),
     )
     created: list[str] = []
+    host_id = ""
     try:
         async with running_host(config) as (registry, server):
-            host = SecureHost(registry, server, client, stub, data_dir, created)
+            with contextlib.closing(sqlite3.connect(data_dir / "hershy.db")) as db:
+                (host_id,) = db.execute("SELECT value FROM meta WHERE key = 'host_id'").fetchone()
+            host = SecureHost(registry, server, client, stub, data_dir, host_id, created)
             try:
                 yield host
             finally:
@@ -135,13 +159,12 @@ async def open_secure_host(
         for program_id, found in left.items():
             if found:
                 force_clean(client, program_id)
-        for user in (VICTIM, ATTACKER):
-            host_images = client.images.list(filters={"label": [f"{LABEL_USER}={user}"]})
-            for image in host_images:
-                if image.labels.get(LABEL_MANAGED):
-                    left.setdefault(f"user {user}", []).append(f"image {image.short_id}")
-                    with contextlib.suppress(docker.errors.DockerException):
-                        client.images.remove(image.id, force=True)
+        for user in (VICTIM, ATTACKER) if host_id else ():
+            labels = [f"{LABEL_USER}={user}", f"{LABEL_MANAGED}={host_id}"]
+            for image in client.images.list(filters={"label": labels}):
+                left.setdefault(f"user {user}", []).append(f"image {image.short_id}")
+                with contextlib.suppress(docker.errors.DockerException):
+                    client.images.remove(image.id, force=True)
         left = {key: found for key, found in left.items() if found}
         if left:
             pytest.fail(f"left behind in Docker after the programs were deleted: {left}")
@@ -157,7 +180,7 @@ async def secure_host(
 
 @dataclass(frozen=True)
 class Victim:
-    """Another tenant's READY program, whose image holds marker bytes no one else may see."""
+    """Another tenant's built program, whose image holds marker bytes no one else may see."""
 
     program: Program
     tag: str
@@ -173,10 +196,10 @@ async def victim(secure_host: SecureHost) -> Victim:
         f"FROM {BASE_IMAGE}\nCOPY secret.txt /secret.txt\n",
         {"secret.txt": marker.encode()},
     )
-    ready = await secure_host.started(program, State.READY)
-    assert ready.state is State.READY, ready.error
-    image = secure_host.docker.images.get(secure_host.tag_of(ready))
-    return Victim(ready, secure_host.tag_of(ready), image.id, marker)
+    built = await secure_host.built(program)
+    assert built.image_id, built.error
+    image = secure_host.docker.images.get(secure_host.tag_of(built))
+    return Victim(built, secure_host.tag_of(built), image.id, marker)
 
 
 async def everything_the_attacker_sees(host: SecureHost) -> str:

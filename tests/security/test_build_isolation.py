@@ -25,7 +25,7 @@ from docker.errors import ImageNotFound
 
 from hershy.adapters.docker_build import BaseImageRefused
 from hershy.domain.compose import LABEL_MANAGED
-from hershy.domain.model import LogStream, State
+from hershy.domain.model import LogStream, Program, State
 from hershy_client.aio import AsyncClient
 from hershy_client.errors import HershyError
 from tests.integration.conftest import BASE_IMAGE, eventually
@@ -221,7 +221,7 @@ async def test_a_base_image_retagged_after_start_is_refused_before_the_build(
             victim_program = await host.stub_program(
                 VICTIM, f"FROM {BASE_IMAGE}\nCOPY s /s\n", {"s": marker.encode()}
             )
-            victim_ready = await host.started(victim_program, State.READY)
+            victim_ready = await host.built(victim_program)
             attacker = await host.stub_program(ATTACKER, f"FROM {name}\nRUN cat /s\n")
             # Someone points the allowed name at the victim's image after the Host started.
             docker_client.images.get(host.tag_of(victim_ready)).tag(name)
@@ -242,22 +242,33 @@ async def test_no_cache_is_shared_between_tenants_but_a_users_own_is_reused(
 ) -> None:
     nonce = secrets.token_hex(8)
     head = f"FROM {BASE_IMAGE}\nRUN echo {nonce} > /nonce\n"
-    first = await secure_host.started(await secure_host.stub_program(VICTIM, head), State.READY)
-    assert first.state is State.READY, first.error
+    first = await secure_host.built(await secure_host.stub_program(VICTIM, head))
+    assert first.image_id, first.error
     first_log = await secure_host.log(first.id, LogStream.BUILD)
     assert not any("Using cache" in line for line in first_log)
 
     # Another tenant, the exact same Dockerfile and files: built afresh, no sign of the first.
-    other = await secure_host.started(await secure_host.stub_program(ATTACKER, head), State.READY)
-    assert other.state is State.READY, other.error
+    other = await secure_host.built(await secure_host.stub_program(ATTACKER, head))
+    assert other.image_id, other.error
     other_log = await secure_host.log(other.id, LogStream.BUILD)
     assert not any("Using cache" in line for line in other_log), other_log
 
     # The first tenant again, a new program of the same inputs: its own layers are reused.
-    again = await secure_host.started(await secure_host.stub_program(VICTIM, head), State.READY)
-    assert again.state is State.READY, again.error
+    again = await secure_host.built(await secure_host.stub_program(VICTIM, head))
+    assert again.image_id, again.error
     again_log = await secure_host.log(again.id, LogStream.BUILD)
     assert sum("Using cache" in line for line in again_log) >= 2, again_log
+
+
+async def build_over(host: SecureHost, program: Program) -> Program:
+    """The program once its build is over (an image, or ERROR); it was started already."""
+    found: Program = await eventually(
+        lambda: host.registry.get(program.id),
+        lambda now: bool(now.image_id) or now.state is State.ERROR,
+        within=240,
+        what=f"the build of {program.id}",
+    )
+    return found
 
 
 async def test_a_flood_of_builds_does_not_starve_another_tenant(
@@ -290,11 +301,9 @@ async def test_a_flood_of_builds_does_not_starve_another_tenant(
             what="the queued builds' notes",
         )
         assert "build queued: 2 ahead" in notes or "build queued: 3 ahead" in notes, notes
-        ready = await host.wait_for(other, State.READY, 120)
-        assert ready.state is State.READY, ready.error
-        for program in flood:
-            built = await host.wait_for(program, State.READY, 120)
-            assert built.state is State.READY, built.error
+        for program in [other, *flood]:
+            built = await build_over(host, program)
+            assert built.image_id, built.error
 
         async def when(program_id: str, starting: str) -> float:
             async for line in host.registry.logs(
@@ -315,9 +324,7 @@ async def test_a_flood_of_builds_does_not_starve_another_tenant(
 
 
 async def test_builds_of_users_carry_the_user_label(secure_host: SecureHost) -> None:
-    program = await secure_host.started(
-        await secure_host.stub_program(VICTIM, "FROM scratch\n"), State.READY
-    )
+    program = await secure_host.built(await secure_host.stub_program(VICTIM, "FROM scratch\n"))
     image = secure_host.docker.images.get(secure_host.tag_of(program))
     assert image.labels["dev.hershy.user"] == VICTIM
     assert image.labels[LABEL_MANAGED]
