@@ -72,7 +72,8 @@ from hershy.service.registry import Registry
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
 
-DOCKERFILE = 'FROM python:3.12-slim\nCOPY app.py /app.py\nCMD ["python", "/app.py"]\n'
+# The fake runtime builds nothing, but the build policy still holds: an allowlisted base.
+DOCKERFILE = 'FROM hershy-busybox:latest\nCOPY app.py /app.py\nCMD ["python", "/app.py"]\n'
 SRC_FILES = {"app.py": b"import time\nwhile True:\n    time.sleep(1)\n"}
 SYNCED = pb.WatchProgramsResponse.TYPE_SYNCED
 CHANGE_TYPES = frozenset(

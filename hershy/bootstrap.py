@@ -22,10 +22,11 @@ from hershy.adapters.port_pool import PortPool
 from hershy.adapters.source_files import FileSourceStore
 from hershy.adapters.sqlite_store import SqliteEventLog
 from hershy.adapters.system import RandomIds, SystemClock
+from hershy.domain.build_policy import BuildPolicy
 from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints.grpc_server import GrpcServer
 from hershy.service.auth import Authenticator
-from hershy.service.ports import EffectHandler, LogStore
+from hershy.service.ports import LogStore
 from hershy.service.registry import Registry
 
 log = logging.getLogger("hershy")
@@ -62,7 +63,7 @@ class HostConfig:
 @contextlib.asynccontextmanager
 async def effect_handler(
     config: HostConfig, sources: FileSourceStore, logs: LogStore, host_id: str
-) -> AsyncIterator[EffectHandler]:
+) -> AsyncIterator[DockerEffectHandler | FakeEffectHandler]:
     """The runtime programs run on, for as long as the Host runs (it places them too)."""
     ports = config.port_pool or PortPool()
     if config.runtime is Runtime.FAKE:
@@ -97,6 +98,8 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         handler = await stack.enter_async_context(
             effect_handler(config, sources, logs, store.host_id)
         )
+        # The base-image allowlist, resolved to image ids once: builds must still find them.
+        build_policy = BuildPolicy(await handler.resolve_base_images(config.docker.base_images))
         registry = Registry(
             handler=handler,
             sources=sources,
@@ -105,6 +108,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             clock=SystemClock(),
             ids=RandomIds(),
             policy=config.policy,
+            build_policy=build_policy,
         )
         auth = Authenticator(store, SystemClock(), RandomIds(), enabled=not config.no_auth)
         if config.no_auth:

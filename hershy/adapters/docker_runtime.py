@@ -17,14 +17,11 @@ import asyncio
 import calendar
 import contextlib
 import functools
-import io
 import json
 import logging
 import os
-import tarfile
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +33,8 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig
 
+from hershy.adapters.docker_build import BuildLimits, DockerBuilder
+from hershy.adapters.docker_build import build_context as build_context  # re-exported
 from hershy.adapters.docker_engine import DEFAULT_SOCKET, Engine, EngineError
 from hershy.adapters.port_pool import LOOPBACK, PortPool, loopback_address
 from hershy.adapters.source_files import FileSourceStore
@@ -50,10 +49,8 @@ from hershy.domain.compose import (
     ContainerRequest,
     compose_spec,
     contract_violations,
-    labels_for,
 )
 from hershy.domain.model import LogLine, LogStream, Resources
-from hershy.domain.validation import ProgramSource
 from hershy.service.ports import LogStore, Outbox
 
 log = logging.getLogger(__name__)
@@ -62,8 +59,6 @@ T = TypeVar("T")
 
 READY_PATH = "/watcher/status"
 SPEC_FILE = "compose.json"
-BUILD_TAIL_LINES = 15
-RUN_STEP_PREFIX = " ---> Running in "
 #: How many ports one start tries when Docker finds the one it was given taken (another
 #: Host's container, any process binding it after the pool's check) before it gives up.
 PORT_ATTEMPTS = 8
@@ -106,6 +101,9 @@ class DockerSettings:
     max_resources: Resources = field(
         default_factory=lambda: Resources(memory_bytes=4 * 1024**3, milli_cpus=2000, pids=4096)
     )
+    #: The base-image allowlist (`--base-image`): the only images a FROM may name.
+    base_images: tuple[str, ...] = ("hershy-busybox:latest",)
+    build_limits: BuildLimits = field(default_factory=BuildLimits)
 
     @property
     def allowed_runtimes(self) -> frozenset[str]:
@@ -116,21 +114,6 @@ class DockerSettings:
 
 def image_tag(program_id: str, build_id: str) -> str:
     return f"hershy/{program_id}:{build_id}"
-
-
-def build_context(source: ProgramSource) -> bytes:
-    """The build context as a tar, byte-for-byte the same for the same inputs.
-
-    Every file is 0755: the API carries no file modes, and a `FROM scratch`
-    image has no chmod to make its binary executable.
-    """
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, content in sorted(source.all_files().items()):
-            info = tarfile.TarInfo(path)
-            info.size, info.mode, info.mtime = len(content), 0o755, 0
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
 
 
 def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:
@@ -214,6 +197,16 @@ class DockerEffectHandler:
         #: The task copying each container's output, while it runs.
         self._copies: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.builder = DockerBuilder(
+            call=self._call,
+            client=lambda: self._docker,
+            engine=self._engine,
+            files=files,
+            logs=logs,
+            host_id=settings.host_id,
+            limits=settings.build_limits,
+            timeout=settings.build_timeout,
+        )
 
     # --- lifetime -------------------------------------------------------------
 
@@ -228,7 +221,15 @@ class DockerEffectHandler:
                 f"cannot reach the Docker daemon at {self.settings.socket}: {error}. "
                 "Start it with scripts/setup-host.sh (or check `hershy doctor`)."
             ) from None
-        self.runtime = describe_runtime(self.settings, info)
+        try:
+            self.runtime = describe_runtime(self.settings, info)
+            # Before anything runs: a base image that cannot be used stops the Host here.
+            await self.builder.resolve_base_images(self.settings.base_images)
+        except BaseException:
+            self._docker.close()
+            raise
+        self.builder.docker_root = str(info.get("DockerRootDir") or self.builder.docker_root)
+        await self._call(self.builder.cgroups.setup)
         if self.settings.runtime != SECURE_RUNTIME:
             log.warning(
                 "INSECURE: programs run under %s, WITHOUT the gVisor sandbox "
@@ -385,68 +386,13 @@ class DockerEffectHandler:
             await asyncio.wait({copy}, timeout=LOG_DRAIN_SECONDS)
 
     async def _build(self, program_id: str, effect: fx.Build, outbox: Outbox) -> None:
-        tag = image_tag(program_id, effect.build_id)
+        await self.builder.build(program_id, effect, outbox, image_tag(program_id, effect.build_id))
 
-        def note(text: str) -> None:
-            self._logs.write(program_id, LogLine(outbox.now(), LogStream.BUILD, effect.run, text))
-
-        with contextlib.suppress(ImageNotFound):
-            image = await self._call(self._docker.images.get, tag)
-            note(f"reusing image {image.id} (build {effect.build_id}: same inputs)")
-            outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
-            return
-        source = await self._files.load(program_id)
-        params = {
-            "t": tag,
-            "labels": json.dumps(labels_for(self.settings.host_id, program_id, effect.build_id)),
-            "rm": "1",
-            "forcerm": "1",
-            "pull": "0",
-            # No network while building: nothing to download from here, nothing to leak.
-            "networkmode": "none",
-        }
-        note(f"building {tag} (runtime of RUN steps: the daemon's default, {SECURE_RUNTIME})")
-        tail: deque[str] = deque(maxlen=BUILD_TAIL_LINES)
-        started = time.monotonic()
-        # The container of the RUN step under way: it carries none of our labels, and
-        # dockerd removes it in its own time after a cancelled build, so we do it.
-        step: str | None = None
-        try:
-            async with asyncio.timeout(self.settings.build_timeout):
-                async for message in self._engine.build(build_context(source), params):
-                    for line in str(message.get("stream", "")).splitlines():
-                        if line.strip():
-                            tail.append(line)
-                            note(line)
-                        if line.startswith(RUN_STEP_PREFIX):
-                            step = line.removeprefix(RUN_STEP_PREFIX).strip()
-                    if "error" in message:
-                        note(f"error: {message['error']}")
-                        raise BuildError(str(message["error"]).strip(), tail)
-        except TimeoutError:
-            await self._remove_build_step(step)
-            raise BuildError(
-                f"the build took longer than {self.settings.build_timeout:g} s", tail
-            ) from None
-        except asyncio.CancelledError:
-            await asyncio.shield(self._remove_build_step(step))
-            raise
-        except EngineError as error:
-            raise BuildError(str(error), tail) from None
-        image = await self._call(self._docker.images.get, tag)
-        note(f"built {image.id} in {time.monotonic() - started:.1f} s")
-        outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
-
-    async def _remove_build_step(self, container_id: str | None) -> None:
-        """Remove a build step's container and wait until it is really gone."""
-        if container_id is None:
-            return
-        with contextlib.suppress(NotFound):
-            for _ in range(100):
-                container = await self._call(self._docker.containers.get, container_id)
-                with contextlib.suppress(APIError):  # 409: dockerd is removing it already
-                    await self._call(container.remove, force=True)
-                await asyncio.sleep(0.1)
+    async def resolve_base_images(self, names: Sequence[str]) -> dict[str, str]:
+        """The base-image allowlist resolved to image ids (the `BaseImageResolver` port)."""
+        if tuple(names) == self.settings.base_images:
+            return dict(self.builder.policy.base_images)  # resolved when the handler opened
+        return await self.builder.resolve_base_images(names)
 
     async def _start(self, program_id: str, effect: fx.StartContainer, outbox: Outbox) -> None:
         # First of all: no container of this run or an older one may be left (a start
@@ -747,14 +693,6 @@ def _docker_time_ns(stamp: str) -> int | None:
     except ValueError:
         return None
     return seconds * 10**9 + nanos
-
-
-class BuildError(Exception):
-    def __init__(self, problem: str, tail: deque[str]) -> None:
-        lines = "\n".join(tail)
-        super().__init__(
-            f"{problem}\n--- last lines of the build ---\n{lines}" if lines else problem
-        )
 
 
 def check_created(attrs: dict[str, Any], spec: dict[str, Any]) -> None:

@@ -13,8 +13,9 @@ listens there (the fake serves no WatcherAPI): tests put one there themselves.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hershy.adapters.port_pool import PortPool, loopback_address
@@ -102,6 +103,10 @@ class FakeEffectHandler:
                 await self._teardown(program_id, effect, outbox)
             case fx.AdoptContainer():
                 self._adopt(program_id, effect, outbox)
+
+    async def resolve_base_images(self, names: Sequence[str]) -> dict[str, str]:
+        """Every allowlisted name "exists": an id made from its name."""
+        return {name: "sha256:" + hashlib.sha256(name.encode()).hexdigest() for name in names}
 
     async def reap(self, owned: Mapping[str, int]) -> None:
         for container_id, container in list(self.world.containers.items()):

@@ -36,6 +36,8 @@ LABEL_MANAGED = "dev.hershy.managed"
 LABEL_PROGRAM = "dev.hershy.program"
 LABEL_RUN = "dev.hershy.run"
 LABEL_BUILD = "dev.hershy.build"
+#: On images: the user whose build made it (a build reuses only its own user's cache).
+LABEL_USER = "dev.hershy.user"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ results come back as events carrying the same `run`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hershy.domain import events as ev
 from hershy.domain.model import Resources
@@ -23,6 +23,8 @@ class Build:
 
     run: int
     build_id: str
+    #: Whose build it is: a build may reuse only its own user's cached layers.
+    user_id: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

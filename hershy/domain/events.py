@@ -69,6 +69,15 @@ class BuildSucceeded:
 
 
 @dataclass(frozen=True, slots=True)
+class BuildQueued:
+    """The build waits in the Host's build queue with `ahead` builds before it (0: it runs)."""
+
+    at: float
+    run: int
+    ahead: int
+
+
+@dataclass(frozen=True, slots=True)
 class BuildFailed:
     at: float
     run: int
@@ -144,6 +153,7 @@ class TeardownFailed:
 
 EffectResult = (
     BuildSucceeded
+    | BuildQueued
     | BuildFailed
     | ContainerCreated
     | ContainerReady

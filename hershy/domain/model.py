@@ -114,6 +114,8 @@ class Program:
     ready_since: float | None = None
     next_restart_at: float | None = None
     restart_pending: bool = False
+    #: What the program waits for, for people (the build queue); cleared when the state changes.
+    note: str = ""
     # Host-wide revision of the last committed change. Stamped by the
     # registry when a change is committed; the reducer leaves it alone.
     revision: int = 0

@@ -90,6 +90,11 @@ def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_PO
             return _stale(program, event)
         case ev.BuildSucceeded():
             return _on_build_succeeded(program, event)
+        case ev.BuildQueued():
+            if program.state is State.BUILDING:
+                note = f"build queued: {event.ahead} ahead" if event.ahead > 0 else ""
+                return Transition(_at(program, event.at, note=note))
+            return Ignored(f"build queue news while {program.state.name}")
         case ev.BuildFailed():
             if program.state is State.BUILDING:
                 return _fail(program, event.at, f"build failed: {event.reason}")
@@ -202,7 +207,7 @@ def _on_host_restarted(program: Program, at: float) -> Outcome:
     run, container = program.run, program.container_id
     match program.state:
         case State.BUILDING:
-            effects: tuple[fx.Effect, ...] = (fx.Build(run, program.build_id),)
+            effects: tuple[fx.Effect, ...] = (fx.Build(run, program.build_id, program.user_id),)
         case State.STARTING if program.image_id is not None:
             # The start is redone; the handler removes what the cut-off one left, and
             # that container's exit must not count as the program's crash.
@@ -377,6 +382,8 @@ def _at(program: Program, at: float, **changes: object) -> Program:
     if not changes.keys() <= _FIELD_SET:
         raise TypeError(f"Program has no field {sorted(changes.keys() - _FIELD_SET)}")
     changes["updated_at"] = at
+    if changes.get("state", program.state) is not program.state:
+        changes.setdefault("note", "")  # a note is about the state it was made in
     changed = object.__new__(Program)
     for name in _FIELDS:
         object.__setattr__(
@@ -405,7 +412,7 @@ def _begin_run(program: Program, at: float) -> Outcome:
             next_restart_at=None,
             restart_pending=False,
         ),
-        (fx.Build(run, program.build_id),),
+        (fx.Build(run, program.build_id, program.user_id),),
     )
 
 

@@ -14,6 +14,7 @@ from hershy.entrypoints import cli_commands
 #: start without importing the Host (Docker, aiohttp: most of a second);
 #: tests/e2e/test_cli.py checks they match. `serve` and `doctor` import it.
 RUNTIMES = ("runsc", "runc", "fake")
+MIB = 1024**2
 
 
 def _address(value: str, option: str) -> str:
@@ -80,6 +81,54 @@ def main(ctx: click.Context, target: str, http_url: str, token: str | None) -> N
     help="Seconds an image build may take.",
 )
 @click.option(
+    "--base-image",
+    "base_images",
+    multiple=True,
+    default=("hershy-busybox:latest",),
+    show_default=True,
+    metavar="NAME",
+    help="An image a Dockerfile's FROM may name (repeat for more); resolved to its id at start.",
+)
+@click.option(
+    "--build-memory",
+    type=click.IntRange(min=16),
+    default=1024,
+    show_default=True,
+    metavar="MIB",
+    help="Memory of each build's RUN steps; all builds together get twice this.",
+)
+@click.option(
+    "--build-pids",
+    type=click.IntRange(min=32),
+    default=512,
+    show_default=True,
+    help="Host threads of each build's RUN steps (gVisor's own included); all builds: 4x.",
+)
+@click.option(
+    "--build-max-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    metavar="MIB",
+    help="What a build may write: each RUN step's layer and each image it makes.",
+)
+@click.option(
+    "--build-min-free-disk",
+    type=click.IntRange(min=0),
+    default=2048,
+    show_default=True,
+    metavar="MIB",
+    help="No builds while Docker's root dir has less free space than this.",
+)
+@click.option(
+    "--builds",
+    type=(click.IntRange(min=1), click.IntRange(min=1)),
+    default=(2, 1),
+    show_default=True,
+    metavar="HOST USER",
+    help="Builds at once: on the Host, and per user (the rest wait in a fair queue).",
+)
+@click.option(
     "--backoff",
     type=(click.FloatRange(min=0.01), click.FloatRange(min=0.01)),
     default=(10.0, 300.0),
@@ -121,6 +170,12 @@ def serve_command(
     stop_grace: float,
     ready_timeout: float,
     build_timeout: float,
+    base_images: tuple[str, ...],
+    build_memory: int,
+    build_pids: int,
+    build_max_size: int,
+    build_min_free_disk: int,
+    builds: tuple[int, int],
     backoff: tuple[float, float],
     stop_programs_on_exit: bool,
     no_auth: bool,
@@ -129,6 +184,7 @@ def serve_command(
     verbose: bool,
 ) -> None:
     """Start the Host and serve until SIGTERM or SIGINT."""
+    from hershy.adapters.docker_build import BaseImageRefused, BuildLimits
     from hershy.adapters.docker_runtime import DockerSettings, RuntimeUnavailable
     from hershy.adapters.sqlite_store import StoreError
     from hershy.bootstrap import HostConfig, Runtime, serve
@@ -148,12 +204,25 @@ def serve_command(
         admin_token_file=admin_token_file,
         policy=BackoffPolicy(initial=backoff[0], cap=max(backoff)),
         docker=DockerSettings(
-            stop_grace=stop_grace, ready_timeout=ready_timeout, build_timeout=build_timeout
+            stop_grace=stop_grace,
+            ready_timeout=ready_timeout,
+            build_timeout=build_timeout,
+            base_images=base_images,
+            build_limits=BuildLimits(
+                memory_bytes=build_memory * MIB,
+                total_memory_bytes=2 * build_memory * MIB,
+                pids=build_pids,
+                total_pids=4 * build_pids,
+                max_image_bytes=build_max_size * MIB,
+                min_free_disk_bytes=build_min_free_disk * MIB,
+                max_concurrent=builds[0],
+                max_per_user=builds[1],
+            ),
         ),
     )
     try:
         asyncio.run(serve(config))
-    except (RuntimeUnavailable, StoreError, OSError) as error:
+    except (RuntimeUnavailable, BaseImageRefused, StoreError, OSError) as error:
         raise click.ClickException(str(error)) from None
 
 

@@ -96,6 +96,7 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
         restart_pending=program.restart_pending,
         runtime=runtime,
         resources=resources_to_pb(program.resources),
+        status_note=program.note,
     )
     if program.last_exit_code is not None:
         message.last_exit_code = program.last_exit_code
@@ -129,6 +130,8 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
             message.delete_requested.SetInParent()
         case ev.BuildSucceeded():
             message.build_succeeded.image_id = event.image_id
+        case ev.BuildQueued():
+            message.build_queued.ahead = event.ahead
         case ev.BuildFailed():
             message.build_failed.reason = event.reason
         case ev.ContainerCreated():

@@ -5,7 +5,7 @@ Adapters implement them (hershy/adapters); tests use fakes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Protocol
 
 from hershy.domain import events as ev
@@ -60,6 +60,14 @@ class EffectHandler(Protocol):
         is made. Called once every program has been recovered and before any of
         their supervisors runs; raising makes the registry retry it with backoff.
         """
+        ...
+
+
+class BaseImageResolver(Protocol):
+    """Resolves the Host's base-image allowlist to image ids, once, when the Host starts."""
+
+    async def resolve_base_images(self, names: Sequence[str]) -> dict[str, str]:
+        """Each name's image id; raises when one is missing or cannot be used as a base."""
         ...
 
 

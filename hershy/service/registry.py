@@ -19,6 +19,7 @@ from typing import Protocol
 
 from hershy.domain import events as ev
 from hershy.domain import reducer
+from hershy.domain.build_policy import BuildPolicy, check_dockerfile
 from hershy.domain.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -128,8 +129,11 @@ class Registry:
         limits: SourceLimits = DEFAULT_LIMITS,
         resource_policy: ResourcePolicy = DEFAULT_RESOURCES,
         metrics: Metrics | None = None,
+        build_policy: BuildPolicy | None = None,
     ) -> None:
+        """`build_policy`: what a Dockerfile may use; None only for tests over fakes."""
         self._handler = handler
+        self._build_policy = build_policy
         self._sources = sources
         self._logs = logs
         self._resource_policy = resource_policy
@@ -281,6 +285,9 @@ class Registry:
         limits = resolve_resources(
             asked.memory_bytes, asked.milli_cpus, asked.pids, self._resource_policy
         )
+        if self._build_policy is not None:
+            # Refused here, naming the line, before Docker ever sees the Dockerfile.
+            check_dockerfile(source.dockerfile, self._build_policy)
         program_id = self._ids.new_program_id()
         try:
             await self._sources.save(program_id, source)

@@ -85,7 +85,9 @@ def describe_event(event: ev.Event) -> str:
 
 
 def describe_effect(effect: Effect) -> str:
-    args = ", ".join(f"{field.name}={getattr(effect, field.name)!r}" for field in fields(effect))
+    args = ", ".join(
+        f"{field.name}={getattr(effect, field.name)!r}" for field in fields(effect) if field.repr
+    )
     return f"{type(effect).__name__}({args})"
 
 

@@ -242,7 +242,7 @@ func (x WatchProgramsResponse_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchProgramsResponse_Type.Descriptor instead.
 func (WatchProgramsResponse_Type) EnumDescriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30, 0}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31, 0}
 }
 
 // A program: a user's long-running container and its lifecycle.
@@ -292,7 +292,10 @@ type Program struct {
 	// `runc (INSECURE: no sandbox)`.
 	Runtime string `protobuf:"bytes,19,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	// The limits the program's container runs with.
-	Resources     *Resources `protobuf:"bytes,20,opt,name=resources,proto3" json:"resources,omitempty"`
+	Resources *Resources `protobuf:"bytes,20,opt,name=resources,proto3" json:"resources,omitempty"`
+	// What the program waits for, for people, e.g. `build queued: 2 ahead`;
+	// empty when it waits for nothing. Cleared when the state changes.
+	StatusNote    string `protobuf:"bytes,21,opt,name=status_note,json=statusNote,proto3" json:"status_note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -467,6 +470,13 @@ func (x *Program) GetResources() *Resources {
 	return nil
 }
 
+func (x *Program) GetStatusNote() string {
+	if x != nil {
+		return x.StatusNote
+	}
+	return ""
+}
+
 // Limits on a program's container. Zero means the Host's default; a value
 // above the Host's maximum is refused.
 type Resources struct {
@@ -560,6 +570,7 @@ type ProgramEvent struct {
 	//	*ProgramEvent_RestartTimerFired
 	//	*ProgramEvent_TornDown
 	//	*ProgramEvent_TeardownFailed
+	//	*ProgramEvent_BuildQueued
 	//	*ProgramEvent_HostRestarted
 	Kind          isProgramEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
@@ -761,6 +772,15 @@ func (x *ProgramEvent) GetTeardownFailed() *TeardownFailed {
 	return nil
 }
 
+func (x *ProgramEvent) GetBuildQueued() *BuildQueued {
+	if x != nil {
+		if x, ok := x.Kind.(*ProgramEvent_BuildQueued); ok {
+			return x.BuildQueued
+		}
+	}
+	return nil
+}
+
 func (x *ProgramEvent) GetHostRestarted() *HostRestarted {
 	if x != nil {
 		if x, ok := x.Kind.(*ProgramEvent_HostRestarted); ok {
@@ -854,6 +874,11 @@ type ProgramEvent_TeardownFailed struct {
 	TeardownFailed *TeardownFailed `protobuf:"bytes,30,opt,name=teardown_failed,json=teardownFailed,proto3,oneof"`
 }
 
+type ProgramEvent_BuildQueued struct {
+	// The build waits in the Host's build queue (or, with `ahead` 0, runs).
+	BuildQueued *BuildQueued `protobuf:"bytes,35,opt,name=build_queued,json=buildQueued,proto3,oneof"`
+}
+
 type ProgramEvent_HostRestarted struct {
 	// The Host started again with the program in its store and picks up where it was.
 	HostRestarted *HostRestarted `protobuf:"bytes,55,opt,name=host_restarted,json=hostRestarted,proto3,oneof"`
@@ -890,6 +915,8 @@ func (*ProgramEvent_RestartTimerFired) isProgramEvent_Kind() {}
 func (*ProgramEvent_TornDown) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_TeardownFailed) isProgramEvent_Kind() {}
+
+func (*ProgramEvent_BuildQueued) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_HostRestarted) isProgramEvent_Kind() {}
 
@@ -1208,6 +1235,52 @@ func (x *BuildSucceeded) GetImageId() string {
 	return ""
 }
 
+// The build waits in the Host's build queue.
+type BuildQueued struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many builds are before it; 0 when it leaves the queue and runs.
+	Ahead         int32 `protobuf:"varint,1,opt,name=ahead,proto3" json:"ahead,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuildQueued) Reset() {
+	*x = BuildQueued{}
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildQueued) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildQueued) ProtoMessage() {}
+
+func (x *BuildQueued) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildQueued.ProtoReflect.Descriptor instead.
+func (*BuildQueued) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BuildQueued) GetAhead() int32 {
+	if x != nil {
+		return x.Ahead
+	}
+	return 0
+}
+
 // The build failed.
 type BuildFailed struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1219,7 +1292,7 @@ type BuildFailed struct {
 
 func (x *BuildFailed) Reset() {
 	*x = BuildFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1304,7 @@ func (x *BuildFailed) String() string {
 func (*BuildFailed) ProtoMessage() {}
 
 func (x *BuildFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1317,7 @@ func (x *BuildFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFailed.ProtoReflect.Descriptor instead.
 func (*BuildFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BuildFailed) GetReason() string {
@@ -1268,7 +1341,7 @@ type ContainerCreated struct {
 
 func (x *ContainerCreated) Reset() {
 	*x = ContainerCreated{}
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1353,7 @@ func (x *ContainerCreated) String() string {
 func (*ContainerCreated) ProtoMessage() {}
 
 func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1366,7 @@ func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerCreated.ProtoReflect.Descriptor instead.
 func (*ContainerCreated) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ContainerCreated) GetContainerId() string {
@@ -1319,7 +1392,7 @@ type ContainerReady struct {
 
 func (x *ContainerReady) Reset() {
 	*x = ContainerReady{}
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1404,7 @@ func (x *ContainerReady) String() string {
 func (*ContainerReady) ProtoMessage() {}
 
 func (x *ContainerReady) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1417,7 @@ func (x *ContainerReady) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerReady.ProtoReflect.Descriptor instead.
 func (*ContainerReady) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
 }
 
 // The container could not be started or never became ready.
@@ -1358,7 +1431,7 @@ type StartFailed struct {
 
 func (x *StartFailed) Reset() {
 	*x = StartFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1443,7 @@ func (x *StartFailed) String() string {
 func (*StartFailed) ProtoMessage() {}
 
 func (x *StartFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1456,7 @@ func (x *StartFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartFailed.ProtoReflect.Descriptor instead.
 func (*StartFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StartFailed) GetReason() string {
@@ -1408,7 +1481,7 @@ type ContainerExited struct {
 
 func (x *ContainerExited) Reset() {
 	*x = ContainerExited{}
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1493,7 @@ func (x *ContainerExited) String() string {
 func (*ContainerExited) ProtoMessage() {}
 
 func (x *ContainerExited) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1506,7 @@ func (x *ContainerExited) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerExited.ProtoReflect.Descriptor instead.
 func (*ContainerExited) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ContainerExited) GetExitCode() int32 {
@@ -1466,7 +1539,7 @@ type ContainerStopped struct {
 
 func (x *ContainerStopped) Reset() {
 	*x = ContainerStopped{}
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1551,7 @@ func (x *ContainerStopped) String() string {
 func (*ContainerStopped) ProtoMessage() {}
 
 func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1564,7 @@ func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStopped.ProtoReflect.Descriptor instead.
 func (*ContainerStopped) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
 }
 
 // The container could not be stopped or removed.
@@ -1505,7 +1578,7 @@ type StopFailed struct {
 
 func (x *StopFailed) Reset() {
 	*x = StopFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1590,7 @@ func (x *StopFailed) String() string {
 func (*StopFailed) ProtoMessage() {}
 
 func (x *StopFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1603,7 @@ func (x *StopFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopFailed.ProtoReflect.Descriptor instead.
 func (*StopFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StopFailed) GetReason() string {
@@ -1549,7 +1622,7 @@ type RestartTimerFired struct {
 
 func (x *RestartTimerFired) Reset() {
 	*x = RestartTimerFired{}
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1561,7 +1634,7 @@ func (x *RestartTimerFired) String() string {
 func (*RestartTimerFired) ProtoMessage() {}
 
 func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1574,7 +1647,7 @@ func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartTimerFired.ProtoReflect.Descriptor instead.
 func (*RestartTimerFired) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
 }
 
 // Everything the program owned was removed.
@@ -1586,7 +1659,7 @@ type TornDown struct {
 
 func (x *TornDown) Reset() {
 	*x = TornDown{}
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1671,7 @@ func (x *TornDown) String() string {
 func (*TornDown) ProtoMessage() {}
 
 func (x *TornDown) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1684,7 @@ func (x *TornDown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TornDown.ProtoReflect.Descriptor instead.
 func (*TornDown) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
 }
 
 // Removing what the program owned failed.
@@ -1625,7 +1698,7 @@ type TeardownFailed struct {
 
 func (x *TeardownFailed) Reset() {
 	*x = TeardownFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1637,7 +1710,7 @@ func (x *TeardownFailed) String() string {
 func (*TeardownFailed) ProtoMessage() {}
 
 func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1650,7 +1723,7 @@ func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeardownFailed.ProtoReflect.Descriptor instead.
 func (*TeardownFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TeardownFailed) GetReason() string {
@@ -1678,7 +1751,7 @@ type CreateProgramRequest struct {
 
 func (x *CreateProgramRequest) Reset() {
 	*x = CreateProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1763,7 @@ func (x *CreateProgramRequest) String() string {
 func (*CreateProgramRequest) ProtoMessage() {}
 
 func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1776,7 @@ func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProgramRequest.ProtoReflect.Descriptor instead.
 func (*CreateProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateProgramRequest) GetUserId() string {
@@ -1745,7 +1818,7 @@ type GetProgramRequest struct {
 
 func (x *GetProgramRequest) Reset() {
 	*x = GetProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1757,7 +1830,7 @@ func (x *GetProgramRequest) String() string {
 func (*GetProgramRequest) ProtoMessage() {}
 
 func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1770,7 +1843,7 @@ func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetProgramRequest) GetName() string {
@@ -1795,7 +1868,7 @@ type ListProgramsRequest struct {
 
 func (x *ListProgramsRequest) Reset() {
 	*x = ListProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +1880,7 @@ func (x *ListProgramsRequest) String() string {
 func (*ListProgramsRequest) ProtoMessage() {}
 
 func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +1893,7 @@ func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsRequest.ProtoReflect.Descriptor instead.
 func (*ListProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListProgramsRequest) GetPageSize() int32 {
@@ -1859,7 +1932,7 @@ type ListProgramsResponse struct {
 
 func (x *ListProgramsResponse) Reset() {
 	*x = ListProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1871,7 +1944,7 @@ func (x *ListProgramsResponse) String() string {
 func (*ListProgramsResponse) ProtoMessage() {}
 
 func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1884,7 +1957,7 @@ func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsResponse.ProtoReflect.Descriptor instead.
 func (*ListProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListProgramsResponse) GetPrograms() []*Program {
@@ -1919,7 +1992,7 @@ type DeleteProgramRequest struct {
 
 func (x *DeleteProgramRequest) Reset() {
 	*x = DeleteProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1931,7 +2004,7 @@ func (x *DeleteProgramRequest) String() string {
 func (*DeleteProgramRequest) ProtoMessage() {}
 
 func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1944,7 +2017,7 @@ func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProgramRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteProgramRequest) GetName() string {
@@ -1965,7 +2038,7 @@ type StartProgramRequest struct {
 
 func (x *StartProgramRequest) Reset() {
 	*x = StartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2050,7 @@ func (x *StartProgramRequest) String() string {
 func (*StartProgramRequest) ProtoMessage() {}
 
 func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2063,7 @@ func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProgramRequest.ProtoReflect.Descriptor instead.
 func (*StartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StartProgramRequest) GetName() string {
@@ -2011,7 +2084,7 @@ type StopProgramRequest struct {
 
 func (x *StopProgramRequest) Reset() {
 	*x = StopProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2096,7 @@ func (x *StopProgramRequest) String() string {
 func (*StopProgramRequest) ProtoMessage() {}
 
 func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2109,7 @@ func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopProgramRequest.ProtoReflect.Descriptor instead.
 func (*StopProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StopProgramRequest) GetName() string {
@@ -2057,7 +2130,7 @@ type RestartProgramRequest struct {
 
 func (x *RestartProgramRequest) Reset() {
 	*x = RestartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2069,7 +2142,7 @@ func (x *RestartProgramRequest) String() string {
 func (*RestartProgramRequest) ProtoMessage() {}
 
 func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2082,7 +2155,7 @@ func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartProgramRequest.ProtoReflect.Descriptor instead.
 func (*RestartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RestartProgramRequest) GetName() string {
@@ -2108,7 +2181,7 @@ type WaitProgramRequest struct {
 
 func (x *WaitProgramRequest) Reset() {
 	*x = WaitProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2193,7 @@ func (x *WaitProgramRequest) String() string {
 func (*WaitProgramRequest) ProtoMessage() {}
 
 func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2206,7 @@ func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProgramRequest.ProtoReflect.Descriptor instead.
 func (*WaitProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WaitProgramRequest) GetName() string {
@@ -2172,7 +2245,7 @@ type WatchProgramsRequest struct {
 
 func (x *WatchProgramsRequest) Reset() {
 	*x = WatchProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2257,7 @@ func (x *WatchProgramsRequest) String() string {
 func (*WatchProgramsRequest) ProtoMessage() {}
 
 func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2270,7 @@ func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsRequest.ProtoReflect.Descriptor instead.
 func (*WatchProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchProgramsRequest) GetName() string {
@@ -2231,7 +2304,7 @@ type WatchProgramsResponse struct {
 
 func (x *WatchProgramsResponse) Reset() {
 	*x = WatchProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2316,7 @@ func (x *WatchProgramsResponse) String() string {
 func (*WatchProgramsResponse) ProtoMessage() {}
 
 func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2329,7 @@ func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsResponse.ProtoReflect.Descriptor instead.
 func (*WatchProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WatchProgramsResponse) GetType() WatchProgramsResponse_Type {
@@ -2298,7 +2371,7 @@ type GetProgramSourceRequest struct {
 
 func (x *GetProgramSourceRequest) Reset() {
 	*x = GetProgramSourceRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2383,7 @@ func (x *GetProgramSourceRequest) String() string {
 func (*GetProgramSourceRequest) ProtoMessage() {}
 
 func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2396,7 @@ func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramSourceRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramSourceRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetProgramSourceRequest) GetName() string {
@@ -2350,7 +2423,7 @@ type ProgramSource struct {
 
 func (x *ProgramSource) Reset() {
 	*x = ProgramSource{}
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2362,7 +2435,7 @@ func (x *ProgramSource) String() string {
 func (*ProgramSource) ProtoMessage() {}
 
 func (x *ProgramSource) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2375,7 +2448,7 @@ func (x *ProgramSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgramSource.ProtoReflect.Descriptor instead.
 func (*ProgramSource) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ProgramSource) GetName() string {
@@ -2423,7 +2496,7 @@ type ReadProgramLogsRequest struct {
 
 func (x *ReadProgramLogsRequest) Reset() {
 	*x = ReadProgramLogsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2435,7 +2508,7 @@ func (x *ReadProgramLogsRequest) String() string {
 func (*ReadProgramLogsRequest) ProtoMessage() {}
 
 func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2448,7 +2521,7 @@ func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadProgramLogsRequest.ProtoReflect.Descriptor instead.
 func (*ReadProgramLogsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReadProgramLogsRequest) GetName() string {
@@ -2496,7 +2569,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	mi := &file_hershy_v1_program_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2508,7 +2581,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	mi := &file_hershy_v1_program_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2521,7 +2594,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{34}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LogEntry) GetTime() *timestamppb.Timestamp {
@@ -2556,7 +2629,7 @@ var File_hershy_v1_program_proto protoreflect.FileDescriptor
 
 const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
-	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x06\n" +
+	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x06\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
@@ -2581,13 +2654,16 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"ready_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\treadyTime\x12'\n" +
 	"\x0frestart_pending\x18\x12 \x01(\bR\x0erestartPending\x12\x18\n" +
 	"\aruntime\x18\x13 \x01(\tR\aruntime\x122\n" +
-	"\tresources\x18\x14 \x01(\v2\x14.hershy.v1.ResourcesR\tresourcesB\x11\n" +
+	"\tresources\x18\x14 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12\x1f\n" +
+	"\vstatus_note\x18\x15 \x01(\tR\n" +
+	"statusNoteB\x11\n" +
 	"\x0f_last_exit_code\"a\n" +
 	"\tResources\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
 	"milli_cpus\x18\x02 \x01(\x03R\tmilliCpus\x12\x12\n" +
-	"\x04pids\x18\x03 \x01(\x03R\x04pids\"\xdb\t\n" +
+	"\x04pids\x18\x03 \x01(\x03R\x04pids\"\x98\n" +
+	"\n" +
 	"\fProgramEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x10\n" +
 	"\x03run\x18\x02 \x01(\x03R\x03run\x125\n" +
@@ -2608,7 +2684,8 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"stopFailed\x12N\n" +
 	"\x13restart_timer_fired\x18\x1c \x01(\v2\x1c.hershy.v1.RestartTimerFiredH\x00R\x11restartTimerFired\x122\n" +
 	"\ttorn_down\x18\x1d \x01(\v2\x13.hershy.v1.TornDownH\x00R\btornDown\x12D\n" +
-	"\x0fteardown_failed\x18\x1e \x01(\v2\x19.hershy.v1.TeardownFailedH\x00R\x0eteardownFailed\x12A\n" +
+	"\x0fteardown_failed\x18\x1e \x01(\v2\x19.hershy.v1.TeardownFailedH\x00R\x0eteardownFailed\x12;\n" +
+	"\fbuild_queued\x18# \x01(\v2\x16.hershy.v1.BuildQueuedH\x00R\vbuildQueued\x12A\n" +
 	"\x0ehost_restarted\x187 \x01(\v2\x18.hershy.v1.HostRestartedH\x00R\rhostRestartedB\x06\n" +
 	"\x04kind\"\x0f\n" +
 	"\rHostRestarted\"\xba\x01\n" +
@@ -2624,7 +2701,9 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\x10RestartRequested\"\x11\n" +
 	"\x0fDeleteRequested\"+\n" +
 	"\x0eBuildSucceeded\x12\x19\n" +
-	"\bimage_id\x18\x01 \x01(\tR\aimageId\"%\n" +
+	"\bimage_id\x18\x01 \x01(\tR\aimageId\"#\n" +
+	"\vBuildQueued\x12\x14\n" +
+	"\x05ahead\x18\x01 \x01(\x05R\x05ahead\"%\n" +
 	"\vBuildFailed\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"O\n" +
 	"\x10ContainerCreated\x12!\n" +
@@ -2767,7 +2846,7 @@ func file_hershy_v1_program_proto_rawDescGZIP() []byte {
 }
 
 var file_hershy_v1_program_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_hershy_v1_program_proto_goTypes = []any{
 	(State)(0),                      // 0: hershy.v1.State
 	(LogStream)(0),                  // 1: hershy.v1.LogStream
@@ -2782,101 +2861,103 @@ var file_hershy_v1_program_proto_goTypes = []any{
 	(*RestartRequested)(nil),        // 10: hershy.v1.RestartRequested
 	(*DeleteRequested)(nil),         // 11: hershy.v1.DeleteRequested
 	(*BuildSucceeded)(nil),          // 12: hershy.v1.BuildSucceeded
-	(*BuildFailed)(nil),             // 13: hershy.v1.BuildFailed
-	(*ContainerCreated)(nil),        // 14: hershy.v1.ContainerCreated
-	(*ContainerReady)(nil),          // 15: hershy.v1.ContainerReady
-	(*StartFailed)(nil),             // 16: hershy.v1.StartFailed
-	(*ContainerExited)(nil),         // 17: hershy.v1.ContainerExited
-	(*ContainerStopped)(nil),        // 18: hershy.v1.ContainerStopped
-	(*StopFailed)(nil),              // 19: hershy.v1.StopFailed
-	(*RestartTimerFired)(nil),       // 20: hershy.v1.RestartTimerFired
-	(*TornDown)(nil),                // 21: hershy.v1.TornDown
-	(*TeardownFailed)(nil),          // 22: hershy.v1.TeardownFailed
-	(*CreateProgramRequest)(nil),    // 23: hershy.v1.CreateProgramRequest
-	(*GetProgramRequest)(nil),       // 24: hershy.v1.GetProgramRequest
-	(*ListProgramsRequest)(nil),     // 25: hershy.v1.ListProgramsRequest
-	(*ListProgramsResponse)(nil),    // 26: hershy.v1.ListProgramsResponse
-	(*DeleteProgramRequest)(nil),    // 27: hershy.v1.DeleteProgramRequest
-	(*StartProgramRequest)(nil),     // 28: hershy.v1.StartProgramRequest
-	(*StopProgramRequest)(nil),      // 29: hershy.v1.StopProgramRequest
-	(*RestartProgramRequest)(nil),   // 30: hershy.v1.RestartProgramRequest
-	(*WaitProgramRequest)(nil),      // 31: hershy.v1.WaitProgramRequest
-	(*WatchProgramsRequest)(nil),    // 32: hershy.v1.WatchProgramsRequest
-	(*WatchProgramsResponse)(nil),   // 33: hershy.v1.WatchProgramsResponse
-	(*GetProgramSourceRequest)(nil), // 34: hershy.v1.GetProgramSourceRequest
-	(*ProgramSource)(nil),           // 35: hershy.v1.ProgramSource
-	(*ReadProgramLogsRequest)(nil),  // 36: hershy.v1.ReadProgramLogsRequest
-	(*LogEntry)(nil),                // 37: hershy.v1.LogEntry
-	nil,                             // 38: hershy.v1.CreateProgramRequest.SrcFilesEntry
-	nil,                             // 39: hershy.v1.ProgramSource.SrcFilesEntry
-	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
+	(*BuildQueued)(nil),             // 13: hershy.v1.BuildQueued
+	(*BuildFailed)(nil),             // 14: hershy.v1.BuildFailed
+	(*ContainerCreated)(nil),        // 15: hershy.v1.ContainerCreated
+	(*ContainerReady)(nil),          // 16: hershy.v1.ContainerReady
+	(*StartFailed)(nil),             // 17: hershy.v1.StartFailed
+	(*ContainerExited)(nil),         // 18: hershy.v1.ContainerExited
+	(*ContainerStopped)(nil),        // 19: hershy.v1.ContainerStopped
+	(*StopFailed)(nil),              // 20: hershy.v1.StopFailed
+	(*RestartTimerFired)(nil),       // 21: hershy.v1.RestartTimerFired
+	(*TornDown)(nil),                // 22: hershy.v1.TornDown
+	(*TeardownFailed)(nil),          // 23: hershy.v1.TeardownFailed
+	(*CreateProgramRequest)(nil),    // 24: hershy.v1.CreateProgramRequest
+	(*GetProgramRequest)(nil),       // 25: hershy.v1.GetProgramRequest
+	(*ListProgramsRequest)(nil),     // 26: hershy.v1.ListProgramsRequest
+	(*ListProgramsResponse)(nil),    // 27: hershy.v1.ListProgramsResponse
+	(*DeleteProgramRequest)(nil),    // 28: hershy.v1.DeleteProgramRequest
+	(*StartProgramRequest)(nil),     // 29: hershy.v1.StartProgramRequest
+	(*StopProgramRequest)(nil),      // 30: hershy.v1.StopProgramRequest
+	(*RestartProgramRequest)(nil),   // 31: hershy.v1.RestartProgramRequest
+	(*WaitProgramRequest)(nil),      // 32: hershy.v1.WaitProgramRequest
+	(*WatchProgramsRequest)(nil),    // 33: hershy.v1.WatchProgramsRequest
+	(*WatchProgramsResponse)(nil),   // 34: hershy.v1.WatchProgramsResponse
+	(*GetProgramSourceRequest)(nil), // 35: hershy.v1.GetProgramSourceRequest
+	(*ProgramSource)(nil),           // 36: hershy.v1.ProgramSource
+	(*ReadProgramLogsRequest)(nil),  // 37: hershy.v1.ReadProgramLogsRequest
+	(*LogEntry)(nil),                // 38: hershy.v1.LogEntry
+	nil,                             // 39: hershy.v1.CreateProgramRequest.SrcFilesEntry
+	nil,                             // 40: hershy.v1.ProgramSource.SrcFilesEntry
+	(*timestamppb.Timestamp)(nil),   // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 42: google.protobuf.Duration
 }
 var file_hershy_v1_program_proto_depIdxs = []int32{
 	0,  // 0: hershy.v1.Program.state:type_name -> hershy.v1.State
-	40, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
-	40, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
-	40, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
-	40, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
+	41, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
+	41, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
+	41, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
+	41, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
 	4,  // 5: hershy.v1.Program.resources:type_name -> hershy.v1.Resources
-	40, // 6: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
+	41, // 6: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
 	7,  // 7: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
 	8,  // 8: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
 	9,  // 9: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
 	10, // 10: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
 	11, // 11: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
 	12, // 12: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
-	13, // 13: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
-	14, // 14: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
-	15, // 15: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
-	16, // 16: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
-	17, // 17: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
-	18, // 18: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
-	19, // 19: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
-	20, // 20: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
-	21, // 21: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
-	22, // 22: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
-	6,  // 23: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
-	4,  // 24: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
-	38, // 25: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
-	4,  // 26: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
-	3,  // 27: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
-	0,  // 28: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
-	41, // 29: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 30: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
-	3,  // 31: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
-	5,  // 32: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
-	39, // 33: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
-	1,  // 34: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
-	40, // 35: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
-	1,  // 36: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
-	23, // 37: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
-	24, // 38: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
-	25, // 39: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
-	27, // 40: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
-	28, // 41: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
-	29, // 42: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
-	30, // 43: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
-	31, // 44: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
-	32, // 45: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
-	34, // 46: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
-	36, // 47: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
-	3,  // 48: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
-	3,  // 49: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
-	26, // 50: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
-	3,  // 51: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
-	3,  // 52: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
-	3,  // 53: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
-	3,  // 54: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
-	3,  // 55: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
-	33, // 56: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
-	35, // 57: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
-	37, // 58: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
-	48, // [48:59] is the sub-list for method output_type
-	37, // [37:48] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	14, // 13: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
+	15, // 14: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
+	16, // 15: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
+	17, // 16: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
+	18, // 17: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
+	19, // 18: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
+	20, // 19: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
+	21, // 20: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
+	22, // 21: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
+	23, // 22: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
+	13, // 23: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
+	6,  // 24: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
+	4,  // 25: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
+	39, // 26: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
+	4,  // 27: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
+	3,  // 28: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
+	0,  // 29: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
+	42, // 30: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
+	2,  // 31: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
+	3,  // 32: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
+	5,  // 33: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
+	40, // 34: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
+	1,  // 35: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
+	41, // 36: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	1,  // 37: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
+	24, // 38: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
+	25, // 39: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
+	26, // 40: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
+	28, // 41: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
+	29, // 42: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
+	30, // 43: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
+	31, // 44: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
+	32, // 45: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
+	33, // 46: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
+	35, // 47: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
+	37, // 48: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
+	3,  // 49: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
+	3,  // 50: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
+	27, // 51: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
+	3,  // 52: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
+	3,  // 53: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
+	3,  // 54: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
+	3,  // 55: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
+	3,  // 56: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
+	34, // 57: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
+	36, // 58: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
+	38, // 59: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
+	49, // [49:60] is the sub-list for method output_type
+	38, // [38:49] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_hershy_v1_program_proto_init() }
@@ -2902,17 +2983,18 @@ func file_hershy_v1_program_proto_init() {
 		(*ProgramEvent_RestartTimerFired)(nil),
 		(*ProgramEvent_TornDown)(nil),
 		(*ProgramEvent_TeardownFailed)(nil),
+		(*ProgramEvent_BuildQueued)(nil),
 		(*ProgramEvent_HostRestarted)(nil),
 	}
-	file_hershy_v1_program_proto_msgTypes[29].OneofWrappers = []any{}
-	file_hershy_v1_program_proto_msgTypes[33].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[30].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[34].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hershy_v1_program_proto_rawDesc), len(file_hershy_v1_program_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   37,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

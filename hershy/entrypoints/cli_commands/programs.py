@@ -128,6 +128,8 @@ def show_program(settings: Settings, program: pb.Program) -> None:
     ]
     if program.restart_pending:
         rows.append(("restart", "pending"))
+    if program.status_note:
+        rows.append(("note", program.status_note))
     if program.HasField("next_restart_time"):
         rows.append(("next restart", timestamp_text(program.next_restart_time)))
     if program.error_message:

@@ -126,6 +126,10 @@ SCHEMAS: dict[str, Any] = {
             "next_restart_at": _NULLABLE_TIME,
             "ready_at": _NULLABLE_TIME,
             "restart_pending": {"type": "boolean"},
+            "status_note": {
+                "type": "string",
+                "description": "What it waits for, e.g. `build queued: 2 ahead`; empty if nothing.",
+            },
         },
     },
     "ProgramList": {
@@ -143,7 +147,13 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "user_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
-            "dockerfile": {"type": "string", "minLength": 1},
+            "dockerfile": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Checked by the build policy: FROM only scratch, an earlier "
+                "stage or an allowlisted base image; no remote ADD, no COPY --from an image, "
+                "no ONBUILD. A refusal is 400 naming the line.",
+            },
             "src_files": _FILES,
             "src_files_base64": _FILES_BASE64,
             "resources": _ref("Resources"),

@@ -90,6 +90,7 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
         "next_restart_at": optional_time(program, "next_restart_time"),
         "ready_at": optional_time(program, "ready_time"),
         "restart_pending": program.restart_pending,
+        "status_note": program.status_note,
     }
 
 

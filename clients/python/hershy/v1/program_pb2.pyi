@@ -145,6 +145,7 @@ class Program(_message.Message):
     RESTART_PENDING_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    STATUS_NOTE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `programs/{id}`."""
     id: _builtins.str
@@ -182,6 +183,10 @@ class Program(_message.Message):
     runtime: _builtins.str
     """How the program runs, e.g. `runsc (gVisor, network=host)`, or
     `runc (INSECURE: no sandbox)`.
+    """
+    status_note: _builtins.str
+    """What the program waits for, for people, e.g. `build queued: 2 ahead`;
+    empty when it waits for nothing. Cleared when the state changes.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -226,10 +231,11 @@ class Program(_message.Message):
         restart_pending: _builtins.bool = ...,
         runtime: _builtins.str = ...,
         resources: Global___Resources | None = ...,
+        status_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "create_time", b"create_time", "last_exit_code", b"last_exit_code", "next_restart_time", b"next_restart_time", "ready_time", b"ready_time", "resources", b"resources", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "error_message", b"error_message", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "revision", b"revision", "run", b"run", "runtime", b"runtime", "state", b"state", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "error_message", b"error_message", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "revision", b"revision", "run", b"run", "runtime", b"runtime", "state", b"state", "status_note", b"status_note", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_exit_code: _TypeAlias = _typing.Literal["last_exit_code"]  # noqa: Y015
     _WhichOneofArgType__last_exit_code: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code"]  # noqa: Y015
@@ -295,6 +301,7 @@ class ProgramEvent(_message.Message):
     RESTART_TIMER_FIRED_FIELD_NUMBER: _builtins.int
     TORN_DOWN_FIELD_NUMBER: _builtins.int
     TEARDOWN_FAILED_FIELD_NUMBER: _builtins.int
+    BUILD_QUEUED_FIELD_NUMBER: _builtins.int
     HOST_RESTARTED_FIELD_NUMBER: _builtins.int
     run: _builtins.int
     """The run the event belongs to (0 for user requests)."""
@@ -367,6 +374,10 @@ class ProgramEvent(_message.Message):
         """Removing what the program owned failed."""
 
     @_builtins.property
+    def build_queued(self) -> Global___BuildQueued:
+        """The build waits in the Host's build queue (or, with `ahead` 0, runs)."""
+
+    @_builtins.property
     def host_restarted(self) -> Global___HostRestarted:
         """The Host started again with the program in its store and picks up where it was."""
 
@@ -391,13 +402,14 @@ class ProgramEvent(_message.Message):
         restart_timer_fired: Global___RestartTimerFired | None = ...,
         torn_down: Global___TornDown | None = ...,
         teardown_failed: Global___TeardownFailed | None = ...,
+        build_queued: Global___BuildQueued | None = ...,
         host_restarted: Global___HostRestarted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed", "host_restarted"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed", "build_queued", "host_restarted"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -552,6 +564,28 @@ class BuildSucceeded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BuildSucceeded: _TypeAlias = BuildSucceeded  # noqa: Y015
+
+@_typing.final
+class BuildQueued(_message.Message):
+    """The build waits in the Host's build queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AHEAD_FIELD_NUMBER: _builtins.int
+    ahead: _builtins.int
+    """How many builds are before it; 0 when it leaves the queue and runs."""
+    def __init__(
+        self,
+        *,
+        ahead: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ahead", b"ahead"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildQueued: _TypeAlias = BuildQueued  # noqa: Y015
 
 @_typing.final
 class BuildFailed(_message.Message):

@@ -1,0 +1,589 @@
+"""Builds on Docker's legacy builder, bounded and kept apart per tenant.
+
+Split from the runtime the way Nomad splits its docker driver: the runtime
+runs containers, this builds images. What it adds to a plain `POST /build`:
+
+- the build policy (`hershy.domain.build_policy`) again, right before the
+  build, and the allowlisted base images checked to still be the images the
+  Host resolved at start;
+- no cross-tenant cache: `cachefrom` lists only this user's own images, so
+  the legacy builder reuses a layer only when it is an ancestor of one of
+  them (with none, a ref that never exists: no cache at all);
+- limits on every RUN step: memory, memory+swap and CPU from the build API,
+  and pids through a per-build cgroup under a Host-wide parent cgroup (v1)
+  whose `pids.max` and `memory.limit_in_bytes` bound all builds together;
+- a cap on what a build writes (each step container's `SizeRw`, each image's
+  size) and a free-disk guard on Docker's root dir, watched while it runs;
+- a Host-wide queue with a per-user limit, fair between users.
+
+A build that fails, is cancelled or goes over a cap leaves nothing behind:
+no tagged image, no step container, none of the layers it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import json
+import logging
+import re
+import shutil
+import tarfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+
+from hershy.adapters.docker_engine import Engine, EngineError
+from hershy.adapters.source_files import FileSourceStore
+from hershy.domain import effects as fx
+from hershy.domain import events as ev
+from hershy.domain.build_policy import BuildPolicy, check_dockerfile
+from hershy.domain.compose import LABEL_MANAGED, LABEL_USER, SECURE_RUNTIME, labels_for
+from hershy.domain.errors import InvalidArgument
+from hershy.domain.model import LogLine, LogStream
+from hershy.domain.validation import ProgramSource
+from hershy.service.ports import LogStore, Outbox
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BUILD_TAIL_LINES = 15
+RUN_STEP_PREFIX = " ---> Running in "
+STEP_PREFIX = re.compile(r"Step \d+/\d+ : (\S+)")
+LAYER_LINE = re.compile(r" ---> ([0-9a-f]{12,64})$")
+USING_CACHE = " ---> Using cache"
+#: A ref no image ever has: `cachefrom` with it turns the cache off (no own image yet).
+NO_CACHE_REF = "hershy-no-cache/none:none"
+#: At most this many of the user's own images are offered to the builder as cache.
+CACHE_FROM_MAX = 64
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: How many passes a failed build's clean-up makes (0.25 s apart) before it gives up.
+UNDO_ATTEMPTS = 20
+MiB = 1024**2
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    """Every limit on builds, defined once (`hershy serve --build-*`)."""
+
+    #: Each RUN step's memory (and memory+swap: no swap) and CPU.
+    memory_bytes: int = 1 * GiB
+    milli_cpus: int = 1000
+    #: Host threads of each build's RUN steps (gVisor's own threads included).
+    pids: int = 512
+    #: All builds together: the parent cgroup's limits.
+    total_memory_bytes: int = 2 * GiB
+    total_pids: int = 2048
+    #: What a build may write: each step container's writable layer, and each image it makes.
+    max_image_bytes: int = 1 * GiB
+    #: No new build (and a running one is cancelled) while Docker's disk has less free.
+    min_free_disk_bytes: int = 2 * GiB
+    #: Builds at once on the Host, and per user.
+    max_concurrent: int = 2
+    max_per_user: int = 1
+    #: How often a running build's writes and the free disk are looked at.
+    watch_interval: float = 0.5
+
+
+class BuildError(Exception):
+    def __init__(self, problem: str, tail: Sequence[str] = ()) -> None:
+        self.problem = problem
+        lines = "\n".join(tail)
+        super().__init__(
+            f"{problem}\n--- last lines of the build ---\n{lines}" if lines else problem
+        )
+
+
+class BaseImageRefused(Exception):
+    """A base image on the allowlist cannot be used; the Host does not start."""
+
+
+def build_context(source: ProgramSource) -> bytes:
+    """The build context as a tar, byte-for-byte the same for the same inputs.
+
+    Every file is 0755: the API carries no file modes, and a `FROM scratch`
+    image has no chmod to make its binary executable.
+    """
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, content in sorted(source.all_files().items()):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(content), 0o755, 0
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def _short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
+# --- the Host-wide queue ---------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Ticket:
+    user_id: str
+    admitted: asyncio.Future[None]
+    on_position: Callable[[int], None]
+    position: int = -1
+
+
+class BuildQueue:
+    """At most `slots` builds at once and `per_user` per user; waiting users take turns.
+
+    A free slot goes to the waiting build whose user has the fewest builds
+    running, then whose user was served longest ago, then the oldest: one
+    user's flood of builds cannot starve another's. Each waiting build is
+    told its place whenever it changes.
+    """
+
+    def __init__(self, slots: int, per_user: int) -> None:
+        self._slots, self._per_user = max(1, slots), max(1, per_user)
+        self._running: dict[str, int] = {}
+        self._waiting: list[_Ticket] = []
+        self._served: dict[str, int] = {}
+        self._turn = itertools.count(1)
+
+    @property
+    def running(self) -> int:
+        return sum(self._running.values())
+
+    @contextlib.asynccontextmanager
+    async def slot(self, user_id: str, on_position: Callable[[int], None]) -> AsyncIterator[None]:
+        ticket = _Ticket(user_id, asyncio.get_running_loop().create_future(), on_position)
+        self._waiting.append(ticket)
+        self._admit()
+        try:
+            await ticket.admitted
+        except BaseException:
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+            elif ticket.admitted.done() and not ticket.admitted.cancelled():
+                self._release(user_id)
+            self._admit()
+            raise
+        try:
+            yield
+        finally:
+            self._release(user_id)
+            self._admit()
+
+    def _release(self, user_id: str) -> None:
+        self._running[user_id] -= 1
+        if not self._running[user_id]:
+            del self._running[user_id]
+            # Only users with something running or waiting are remembered: bounded.
+            if not any(ticket.user_id == user_id for ticket in self._waiting):
+                self._served.pop(user_id, None)
+
+    def _admit(self) -> None:
+        while self.running < self._slots:
+            eligible = [
+                (self._running.get(ticket.user_id, 0), self._served.get(ticket.user_id, 0), order)
+                for order, ticket in enumerate(self._waiting)
+                if self._running.get(ticket.user_id, 0) < self._per_user
+            ]
+            if not eligible:
+                break
+            chosen = self._waiting.pop(min(eligible)[2])
+            self._running[chosen.user_id] = self._running.get(chosen.user_id, 0) + 1
+            self._served[chosen.user_id] = next(self._turn)
+            chosen.admitted.set_result(None)
+        for place, ticket in enumerate(self._waiting, 1):
+            if ticket.position != place:
+                ticket.position = place
+                ticket.on_position(place)
+
+
+# --- cgroups -----------------------------------------------------------------------------
+
+
+class BuildCgroups:
+    """The Host-wide parent cgroup of all builds (v1) and one child per build."""
+
+    def __init__(self, host_id: str, limits: BuildLimits, root: Path = CGROUP_ROOT) -> None:
+        self.parent = f"hershy-builds-{re.sub(r'[^A-Za-z0-9_-]', '', host_id) or 'host'}"
+        self._limits = limits
+        self._root = root
+        self.enabled = False
+
+    def setup(self) -> None:
+        """Make the parent with the Host-wide budget; without cgroup v1 pids/memory, warn."""
+        try:
+            pids, memory = self._root / "pids" / self.parent, self._root / "memory" / self.parent
+            pids.mkdir(exist_ok=True)
+            (pids / "pids.max").write_text(str(self._limits.total_pids))
+            memory.mkdir(exist_ok=True)
+            (memory / "memory.limit_in_bytes").write_text(str(self._limits.total_memory_bytes))
+            self.enabled = True
+        except OSError as error:
+            log.warning(
+                "builds have no pids limit and no Host-wide budget: cannot set up the cgroup "
+                "v1 parent %s (%s)",
+                self.parent,
+                error,
+            )
+
+    def create(self, name: str) -> str | None:
+        """A child for one build with its pids limit; the `cgroupparent` to build with."""
+        if not self.enabled:
+            return None
+        child = self._root / "pids" / self.parent / name
+        child.mkdir(exist_ok=True)
+        (child / "pids.max").write_text(str(self._limits.pids))
+        return f"/{self.parent}/{name}"
+
+    def remove(self, name: str) -> None:
+        """Remove the build's child in every hierarchy (runsc made it in all of them)."""
+        if not self.enabled:
+            return
+        for hierarchy in self._root.iterdir():
+            child = hierarchy / self.parent / name
+            for inner in sorted(child.glob("*/"), reverse=True) if child.is_dir() else []:
+                with contextlib.suppress(OSError):
+                    inner.rmdir()
+            with contextlib.suppress(OSError):
+                child.rmdir()
+
+
+# --- the builder ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """What the running build made so far (read by the watcher, undone on failure)."""
+
+    step: str | None = None
+    made: list[str] = field(default_factory=list)
+    instruction: str = ""
+    reused_next: bool = False
+
+
+Call = Callable[..., Awaitable[Any]]
+
+
+class DockerBuilder:
+    def __init__(
+        self,
+        *,
+        call: Call,
+        client: Callable[[], docker.DockerClient],
+        engine: Engine,
+        files: FileSourceStore,
+        logs: LogStore,
+        host_id: str,
+        limits: BuildLimits,
+        timeout: float,
+    ) -> None:
+        self._call = call
+        self._client = client
+        self._engine = engine
+        self._files = files
+        self._logs = logs
+        self._host_id = host_id
+        self.limits = limits
+        self._timeout = timeout
+        self.queue = BuildQueue(limits.max_concurrent, limits.max_per_user)
+        self.cgroups = BuildCgroups(host_id, limits)
+        self.policy = BuildPolicy({})
+        self.docker_root = "/var/lib/docker"
+
+    @property
+    def _docker(self) -> docker.DockerClient:
+        return self._client()
+
+    async def resolve_base_images(self, names: Sequence[str]) -> dict[str, str]:
+        """Each allowlisted name's image id, now; refuses missing images and ONBUILD triggers."""
+        resolved: dict[str, str] = {}
+        for name in names:
+            try:
+                image = await self._call(self._docker.images.get, name)
+            except ImageNotFound:
+                raise BaseImageRefused(
+                    f"base image {name!r} (--base-image) does not exist in Docker; build it "
+                    "first (scripts/setup.sh makes hershy-busybox:latest) or drop it"
+                ) from None
+            if (image.attrs.get("Config") or {}).get("OnBuild"):
+                raise BaseImageRefused(
+                    f"base image {name!r} has ONBUILD triggers, which would run in every "
+                    "tenant's build: refused"
+                )
+            resolved[name] = image.id
+        self.policy = BuildPolicy(resolved)
+        return resolved
+
+    async def build(self, program_id: str, effect: fx.Build, outbox: Outbox, tag: str) -> None:
+        def note(text: str) -> None:
+            self._logs.write(program_id, LogLine(outbox.now(), LogStream.BUILD, effect.run, text))
+
+        with contextlib.suppress(ImageNotFound):
+            image = await self._call(self._docker.images.get, tag)
+            note(f"reusing image {image.id} (build {effect.build_id}: same inputs)")
+            outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
+            return
+        source = await self._files.load(program_id)
+        await self._check_policy(source.dockerfile)
+
+        waited = False
+
+        def queued(place: int) -> None:
+            nonlocal waited
+            waited = True
+            note(
+                f"queued: {place} build(s) ahead (at most {self.limits.max_concurrent} at once "
+                f"on this Host, {self.limits.max_per_user} per user)"
+            )
+            outbox.emit(ev.BuildQueued(outbox.now(), effect.run, place))
+
+        async with self.queue.slot(effect.user_id, queued):
+            if waited:
+                outbox.emit(ev.BuildQueued(outbox.now(), effect.run, 0))
+            self._check_disk()
+            await self._build(program_id, effect, outbox, tag, source.dockerfile, note)
+
+    async def _check_policy(self, dockerfile: bytes) -> None:
+        try:
+            plan = check_dockerfile(dockerfile, self.policy)
+        except InvalidArgument as refused:
+            raise BuildError(f"refused by the build policy: {refused.description}") from None
+        for name in sorted(plan.base_images):
+            try:
+                now = (await self._call(self._docker.images.get, name)).id
+            except ImageNotFound:
+                now = "nothing"
+            if now != self.policy.base_images[name]:
+                raise BuildError(
+                    f"base image {name} now resolves to {now}, not the "
+                    f"{self.policy.base_images[name]} the Host resolved at start: refused "
+                    "(restart the Host to accept the new image)"
+                )
+
+    def _free_disk(self) -> int:
+        return shutil.disk_usage(self.docker_root).free
+
+    def _check_disk(self) -> None:
+        free = self._free_disk()
+        if free < self.limits.min_free_disk_bytes:
+            raise BuildError(
+                f"Docker's disk ({self.docker_root}) has {free / GiB:.1f} GiB free, less than "
+                f"the {self.limits.min_free_disk_bytes / GiB:.1f} GiB this Host keeps free: "
+                "no builds until space is freed"
+            )
+
+    async def _cache_from(self, user_id: str) -> list[str]:
+        """This user's own images: the only layers the build may reuse."""
+        if not user_id:
+            return [NO_CACHE_REF]
+        filters = {"label": [f"{LABEL_MANAGED}={self._host_id}", f"{LABEL_USER}={user_id}"]}
+        images = await self._call(self._docker.images.list, filters=filters)
+        # The newest first (the likeliest to share layers), bounded: it goes in a query string.
+        images.sort(key=lambda image: str(image.attrs.get("Created", "")), reverse=True)
+        return [image.id for image in images[:CACHE_FROM_MAX]] or [NO_CACHE_REF]
+
+    async def _build(
+        self,
+        program_id: str,
+        effect: fx.Build,
+        outbox: Outbox,
+        tag: str,
+        dockerfile: bytes,
+        note: Callable[[str], None],
+    ) -> None:
+        source = await self._files.load(program_id)
+        labels = labels_for(self._host_id, program_id, effect.build_id)
+        if effect.user_id:
+            labels[LABEL_USER] = effect.user_id
+        limits = self.limits
+        params = {
+            "t": tag,
+            "labels": json.dumps(labels),
+            "rm": "1",
+            "forcerm": "1",
+            "pull": "0",
+            # The legacy builder, which `cachefrom` limits as described above.
+            "version": "1",
+            # No network while building: nothing to download from here, nothing to leak.
+            "networkmode": "none",
+            "cachefrom": json.dumps(await self._cache_from(effect.user_id)),
+            "memory": str(limits.memory_bytes),
+            "memswap": str(limits.memory_bytes),
+            "cpuperiod": "100000",
+            "cpuquota": str(limits.milli_cpus * 100),
+        }
+        cgroup_name = f"{program_id}-r{effect.run}"
+        parent = await self._call(self.cgroups.create, cgroup_name)
+        if parent is not None:
+            params["cgroupparent"] = parent
+        note(
+            f"building {tag} (RUN steps under the daemon's default runtime, {SECURE_RUNTIME}; "
+            f"each step at most {limits.memory_bytes // MiB} MiB, "
+            f"{limits.milli_cpus / 1000:g} CPU, {limits.pids} pids; the build may write "
+            f"{limits.max_image_bytes // MiB} MiB)"
+        )
+        tail: deque[str] = deque(maxlen=BUILD_TAIL_LINES)
+        progress = _Progress()
+        started = time.monotonic()
+        try:
+            try:
+                async with asyncio.timeout(self._timeout), asyncio.TaskGroup() as tasks:
+                    stream = tasks.create_task(
+                        self._stream(build_context(source), params, progress, tail, note)
+                    )
+                    watcher = tasks.create_task(self._watch(progress))
+                    await stream
+                    watcher.cancel()
+            except* BuildError as group:
+                failure = group.exceptions[0]
+                assert isinstance(failure, BuildError)
+                raise BuildError(failure.problem, tail) from None
+            except* EngineError as group:
+                raise BuildError(str(group.exceptions[0]), tail) from None
+            image = await self._call(self._docker.images.get, tag)
+            size = int(image.attrs.get("Size") or 0)
+            if size > limits.max_image_bytes:
+                raise BuildError(self._over_cap(f"the image is {size // MiB} MiB"), tail)
+        except TimeoutError:
+            await asyncio.shield(self._undo(progress, tag))
+            raise BuildError(f"the build took longer than {self._timeout:g} s", tail) from None
+        except BaseException:
+            await asyncio.shield(self._undo(progress, tag))
+            raise
+        finally:
+            await self._call(self.cgroups.remove, cgroup_name)
+        note(f"built {image.id} in {time.monotonic() - started:.1f} s")
+        outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
+
+    def _over_cap(self, what: str) -> str:
+        return (
+            f"the build wrote more than its cap of {self.limits.max_image_bytes // MiB} MiB "
+            f"({what}): cancelled, nothing it made is kept"
+        )
+
+    async def _stream(
+        self,
+        context: bytes,
+        params: Mapping[str, str],
+        progress: _Progress,
+        tail: deque[str],
+        note: Callable[[str], None],
+    ) -> None:
+        async for message in self._engine.build(context, params):
+            for line in str(message.get("stream", "")).splitlines():
+                if line.strip():
+                    tail.append(line)
+                    note(line)
+                self._track(line, progress)
+            if "error" in message:
+                note(f"error: {message['error']}")
+                raise BuildError(str(message["error"]).strip(), tail)
+
+    @staticmethod
+    def _track(line: str, progress: _Progress) -> None:
+        """Follow the legacy builder's output: the step's container, the layers it made."""
+        if step := STEP_PREFIX.match(line):
+            progress.instruction = step.group(1).upper()
+            progress.reused_next = progress.instruction == "FROM"
+        elif line.startswith(RUN_STEP_PREFIX):
+            progress.step = line.removeprefix(RUN_STEP_PREFIX).strip()
+        elif line.startswith(USING_CACHE):
+            progress.reused_next = True
+        elif layer := LAYER_LINE.match(line):
+            if not progress.reused_next:
+                progress.made.append(layer.group(1))
+            progress.reused_next = False
+
+    async def _watch(self, progress: _Progress) -> None:
+        """While the build runs: what its step wrote, what its images weigh, the free disk."""
+        cap = self.limits.max_image_bytes
+        while True:
+            await asyncio.sleep(self.limits.watch_interval)
+            step = progress.step
+            if step is not None:
+                listed = await self._call(
+                    self._docker.api.containers, all=True, size=True, filters={"id": step}
+                )
+                for info in listed:
+                    written = int(info.get("SizeRw") or 0)
+                    if written > cap:
+                        raise BuildError(self._over_cap(f"a RUN step wrote {written // MiB} MiB"))
+            if progress.made:
+                with contextlib.suppress(ImageNotFound, APIError):
+                    image = await self._call(self._docker.images.get, progress.made[-1])
+                    size = int(image.attrs.get("Size") or 0)
+                    if size > cap:
+                        raise BuildError(self._over_cap(f"an image it made is {size // MiB} MiB"))
+            free = await self._call(self._free_disk)
+            if free < self.limits.min_free_disk_bytes:
+                raise BuildError(
+                    f"Docker's disk ({self.docker_root}) fell below the "
+                    f"{self.limits.min_free_disk_bytes / GiB:.1f} GiB this Host keeps free: "
+                    "build cancelled"
+                )
+
+    async def _undo(self, progress: _Progress, tag: str) -> None:
+        """Remove what a failed build made: the step's container, its tag, its layers.
+
+        A cancelled build can still be finishing a step in dockerd: what it
+        makes from our layers meanwhile (a container, a child layer) is found
+        by ancestry and removed too, until nothing is left (a few seconds at most).
+        """
+        await self.remove_step(progress.step)
+        with contextlib.suppress(ImageNotFound, APIError):
+            await self._call(self._docker.images.remove, tag, force=True)
+        for _ in range(UNDO_ATTEMPTS):
+            left = await self._call(self._remove_layers, list(progress.made))
+            if not left:
+                return
+            await asyncio.sleep(0.25)
+        log.warning("a failed build's layers could not all be removed: %s", ", ".join(left))
+
+    def _remove_layers(self, made: list[str]) -> list[str]:
+        """One pass (on a worker thread): the layers and everything made from them; what is left."""
+        api = self._docker.api
+        parents = {image["Id"]: image.get("ParentId", "") for image in api.images(all=True)}
+        ours = {image_id for image_id in parents if _short(image_id) in made}
+        children = True
+        while children:  # layers made from ours, which we never saw (the build was cut off)
+            found = {i for i, parent in parents.items() if parent in ours and i not in ours}
+            ours |= found
+            children = bool(found)
+
+        def depth(image_id: str) -> int:
+            parent = parents.get(image_id, "")
+            return 1 + depth(parent) if parent in ours else 0
+
+        for image_id in ours:
+            for container in api.containers(all=True, filters={"ancestor": image_id}):
+                with contextlib.suppress(NotFound, APIError):
+                    api.remove_container(container["Id"], force=True)
+        # Newest first: a layer goes once no layer is made from it.
+        for image_id in sorted(ours, key=depth, reverse=True):
+            with contextlib.suppress(ImageNotFound, NotFound, APIError):
+                api.remove_image(image_id, force=True, noprune=False)
+        present = {image["Id"] for image in api.images(all=True)}
+        return [_short(image_id) for image_id in ours & present]
+
+    async def remove_step(self, container_id: str | None) -> None:
+        """Remove a build step's container and wait until it is really gone.
+
+        It carries none of our labels, and dockerd removes it in its own time
+        after a cancelled build, so we do it.
+        """
+        if container_id is None:
+            return
+        with contextlib.suppress(NotFound):
+            for _ in range(100):
+                container = await self._call(self._docker.containers.get, container_id)
+                with contextlib.suppress(APIError):  # 409: dockerd is removing it already
+                    await self._call(container.remove, force=True)
+                await asyncio.sleep(0.1)
