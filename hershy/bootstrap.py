@@ -25,6 +25,7 @@ from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints.grpc_server import GrpcServer
 from hershy.service.auth import Authenticator
 from hershy.service.ports import EffectHandler, LogStore
+from hershy.service.quotas import Quotas
 from hershy.service.registry import PortAllocator, Registry
 
 log = logging.getLogger("hershy")
@@ -103,6 +104,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             clock=SystemClock(),
             ids=RandomIds(),
             policy=config.policy,
+            quotas=Quotas(store),
         )
         auth = Authenticator(store, SystemClock(), RandomIds(), enabled=not config.no_auth)
         if config.no_auth:

@@ -37,6 +37,7 @@ from docker.types import LogConfig
 
 from hershy.adapters.docker_engine import DEFAULT_SOCKET, Engine, EngineError
 from hershy.adapters.source_files import FileSourceStore
+from hershy.adapters.state_volumes import LoopStateVolumes, StateVolumes
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.compose import (
@@ -50,7 +51,7 @@ from hershy.domain.compose import (
     labels_for,
 )
 from hershy.domain.model import LogLine, LogStream, Resources
-from hershy.domain.validation import ProgramSource
+from hershy.domain.validation import ProgramSource, ResourcePolicy
 from hershy.service.ports import LogStore, Outbox
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,8 @@ class DockerSettings:
     ready_timeout: float = 60.0
     ready_poll_interval: float = 0.2
     stop_grace: float = 10.0
-    max_resources: Resources = field(
-        default_factory=lambda: Resources(memory_bytes=4 * 1024**3, milli_cpus=2000, pids=4096)
-    )
+    #: The contract check's bounds: the Host's maxima, defined once (ResourcePolicy).
+    max_resources: Resources = field(default_factory=lambda: ResourcePolicy().maximum)
 
     @property
     def allowed_runtimes(self) -> frozenset[str]:
@@ -144,11 +144,19 @@ def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:
 class DockerEffectHandler:
     """Carries out effects on Docker. Use as an async context manager (it owns background tasks)."""
 
-    def __init__(self, settings: DockerSettings, files: FileSourceStore, logs: LogStore) -> None:
+    def __init__(
+        self,
+        settings: DockerSettings,
+        files: FileSourceStore,
+        logs: LogStore,
+        volumes: StateVolumes | None = None,
+    ) -> None:
         self.settings = settings
         self.runtime = settings.runtime
         self._files = files
         self._logs = logs
+        #: Each program's /state, a file system of its `resources.state_bytes`.
+        self._volumes = volumes or LoopStateVolumes(files.root)
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         self._engine = Engine(settings.socket)
         self._client: docker.DockerClient | None = None
@@ -340,8 +348,7 @@ class DockerEffectHandler:
         # First of all: no container of this run or an older one may be left (a start
         # cut short, a crashed run's): a program has one container at a time.
         await self._stop_containers(program_id, effect.run, None)
-        state_dir = self._files.program_dir(program_id) / "state"
-        await self._call(state_dir.mkdir, parents=True, exist_ok=True)
+        state_dir = await self._volumes.attach(program_id, effect.resources.state_bytes)
         request = ContainerRequest(
             host_id=self.settings.host_id,
             program_id=program_id,
@@ -452,6 +459,8 @@ class DockerEffectHandler:
         for image in images:
             with contextlib.suppress(ImageNotFound):
                 await self._call(self._docker.images.remove, image.id, force=True)
+        # Unmounted before the folder goes: removing it must not reach into the volume.
+        await self._volumes.remove(program_id)
         await self._files.remove(program_id)
 
     # --- watching containers ------------------------------------------------------

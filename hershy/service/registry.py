@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Protocol
 
 from hershy.domain import events as ev
-from hershy.domain import reducer
+from hershy.domain import quotas, reducer
 from hershy.domain.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -49,6 +49,7 @@ from hershy.domain.validation import (
 )
 from hershy.service.metrics import Metrics
 from hershy.service.ports import Clock, EffectHandler, IdGenerator, LogStore, SourceStore
+from hershy.service.quotas import Quotas
 from hershy.service.supervisor import Supervisor
 from hershy.service.watch import (
     Change,
@@ -162,8 +163,10 @@ class Registry:
         limits: SourceLimits = DEFAULT_LIMITS,
         resource_policy: ResourcePolicy = DEFAULT_RESOURCES,
         metrics: Metrics | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self._handler = handler
+        self.quotas = quotas or Quotas()
         self._sources = sources
         self._logs = logs
         self._resource_policy = resource_policy
@@ -258,14 +261,30 @@ class Registry:
     ) -> Program:
         """Validate, store the source, and register the program (in CREATED).
 
-        `resources` fields left at 0 take the Host's defaults.
+        `resources` fields left at 0 take the Host's defaults. The user's quota
+        is checked and the program committed under the user's lock.
         """
         validate_user_id(user_id)
+        async with self.quotas.held(user_id):
+            return await self._create(user_id, dockerfile, src_files, resources)
+
+    async def _create(
+        self,
+        user_id: str,
+        dockerfile: str,
+        src_files: Mapping[str, bytes],
+        resources: Resources | None,
+    ) -> Program:
         source = validate_source(dockerfile, src_files, self._limits)
-        asked = resources or Resources(0, 0, 0)
+        asked = resources or Resources(0, 0, 0, 0)
         limits = resolve_resources(
-            asked.memory_bytes, asked.milli_cpus, asked.pids, self._resource_policy
+            asked.memory_bytes,
+            asked.milli_cpus,
+            asked.pids,
+            self._resource_policy,
+            state_bytes=asked.state_bytes,
         )
+        quotas.check_create(user_id, self.quotas.get(user_id), self.usage(user_id), limits)
         port = self._ports.allocate()
         program_id = self._ids.new_program_id()
         try:
@@ -299,7 +318,14 @@ class Registry:
         return await self._request(program_id, ev.DeleteRequested(self._clock.now()))
 
     async def _request(self, program_id: str, event: ev.UserRequest) -> Program:
-        self.get(program_id)
+        program = self.get(program_id)
+        if isinstance(event, ev.StartRequested | ev.RestartRequested):
+            # A start can only add to what the user holds: checked and committed as one.
+            async with self.quotas.held(program.user_id):
+                program = self.get(program_id)
+                owner = program.user_id
+                quotas.check_start(owner, self.quotas.get(owner), self.usage(owner), program)
+                return await self._supervisors[program_id].request(event)
         return await self._supervisors[program_id].request(event)
 
     # --- queries -----------------------------------------------------------------
@@ -310,6 +336,10 @@ class Registry:
         if program is None:
             raise NotFound(f"program {program_id} not found")
         return program
+
+    def usage(self, user_id: str) -> quotas.Usage:
+        """What the user's programs hold now, as their quota counts it."""
+        return quotas.usage_of(user_id, self._programs.values())
 
     async def source(self, program_id: str) -> ProgramSource:
         self.get(program_id)
