@@ -12,8 +12,9 @@ user starts with none. What counts:
 
 They are checked when a program is created (programs, state; a program whose
 own memory or CPU is over the limit could never start, so that too) and when
-one at rest is started or restarted (memory, CPU, and state in case the admin
-lowered it). A lowered limit stops nothing that runs.
+one at rest is started or restarted (memory and CPU; programs and state too,
+in case the admin lowered them below what the user holds). A lowered limit
+stops nothing that runs and deletes nothing.
 """
 
 from __future__ import annotations
@@ -138,8 +139,20 @@ def check_create(user_id: str, quota: UserQuota, usage: Usage, resources: Resour
         "programs",
     )
     # Alone over the limit, it could never start.
-    _check(user_id, "memory_bytes", quota.memory_bytes, 0, resources.memory_bytes, "programs")
-    _check(user_id, "milli_cpus", quota.milli_cpus, 0, resources.milli_cpus, "programs")
+    for name, limit, asked, used in (
+        ("memory_bytes", quota.memory_bytes, resources.memory_bytes, usage.memory_bytes),
+        ("milli_cpus", quota.milli_cpus, resources.milli_cpus, usage.milli_cpus),
+    ):
+        if limit is not None and asked > limit:
+            what, show = _UNITS[name]
+            raise QuotaExceeded(
+                f"quota {name} exceeded: this program asks for {show(asked)} of {what}, more "
+                f"than {user_id}'s limit of {show(limit)} for all their running programs "
+                f"(they use {show(used)} now); ask for less, or ask the admin for more",
+                quota=name,
+                limit=limit,
+                usage=used,
+            )
 
 
 def check_start(user_id: str, quota: UserQuota, usage: Usage, program: Program) -> None:
@@ -147,6 +160,14 @@ def check_start(user_id: str, quota: UserQuota, usage: Usage, program: Program) 
     (from rest: a running program already counts, a deleting one is refused anyway)."""
     if program.state not in STARTS_A_RUN:
         return
+    if quota.programs is not None and usage.programs > quota.programs:
+        raise QuotaExceeded(
+            f"quota programs exceeded: {user_id} has {usage.programs} programs, more than the "
+            f"{quota.programs} allowed: delete some before starting one",
+            quota="programs",
+            limit=quota.programs,
+            usage=usage.programs,
+        )
     resources = program.resources
     running = "programs that run or may run"
     _check(
