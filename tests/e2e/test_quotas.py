@@ -21,7 +21,16 @@ import grpc
 import pytest
 
 from hershy_client import Client, PermissionDenied, ResourceExhausted, pb
-from tests.e2e.test_cli import AUTH, USAGE, CliHost, cli, new_token, one_line_error, running_host
+from tests.e2e.test_cli import (
+    AUTH,
+    FAILED,
+    USAGE,
+    CliHost,
+    cli,
+    new_token,
+    one_line_error,
+    running_host,
+)
 
 MiB = 1024**2
 GiB = 1024**3
@@ -259,3 +268,30 @@ def test_quotas_survive_a_host_restart(tmp_path: Path) -> None:
         admin.create("hugo", DOCKERFILE)
         with pytest.raises(ResourceExhausted):
             admin.create("hugo", DOCKERFILE)
+
+
+def test_deploy_sets_resources_and_a_quota_stops_it(host: CliHost, tmp_path: Path) -> None:
+    ivan = new_token(host, "ivan")
+    (tmp_path / "Dockerfile").write_text(DOCKERFILE)
+    run = cli(
+        host,
+        ivan,
+        "deploy",
+        str(tmp_path),
+        "--memory",
+        "256MiB",
+        "--cpus",
+        "0.5",
+        "--state",
+        "64MiB",
+        "--no-wait",
+        "--json",
+    )
+    resources = run.json()["resources"]
+    assert resources["memory_bytes"] == str(256 * MiB)
+    assert resources["milli_cpus"] == "500"
+    assert resources["state_bytes"] == str(64 * MiB)
+    cli(host, host.admin_token, "quota", "set", "ivan", "--state", "100MiB")
+    over = cli(host, ivan, "deploy", str(tmp_path), "--state", "64MiB", expect=FAILED)
+    assert "quota state_bytes exceeded" in one_line_error(over)
+    cli(host, ivan, "deploy", str(tmp_path), "--state", "1 parsec", expect=USAGE)
