@@ -21,7 +21,12 @@ import docker
 import grpc
 import pytest
 
-from hershy.adapters.state_volumes import IMAGE_NAME, mounted_fs_type
+from hershy.adapters.state_volumes import (
+    IMAGE_NAME,
+    LoopStateVolumes,
+    VolumeError,
+    mounted_fs_type,
+)
 from hershy.domain.model import LogStream, Program, Resources, State
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
@@ -221,3 +226,61 @@ async def test_the_volume_survives_a_host_kill_and_a_reboot_and_delete_removes_i
         )
         assert_nothing_left(program_dir)
         assert not containers_of(docker_client, program.id)
+
+
+# --- the adapter alone (root, loop devices, mkfs.ext4; no containers) -----------------------
+
+
+async def test_a_plain_state_folder_moves_into_its_volume(tmp_path: Path) -> None:
+    """A program from before volumes keeps its files; nothing is left under the mount."""
+    volumes = LoopStateVolumes(tmp_path)
+    state = tmp_path / "prog-old" / "state"
+    (state / "nested" / "deeper").mkdir(parents=True)
+    (state / "count").write_text("41")
+    (state / "nested" / "deeper" / "blob").write_bytes(os.urandom(100_000))
+    blob = (state / "nested" / "deeper" / "blob").read_bytes()
+    try:
+        assert await volumes.attach("prog-old", QUOTA) == state
+        assert mounted_fs_type(state) == "ext4"
+        assert (state / "count").read_text() == "41"
+        assert (state / "nested" / "deeper" / "blob").read_bytes() == blob
+        assert sorted(p.name for p in state.iterdir()) == ["count", "nested"]  # no lost+found
+        # Attaching again (a second start) mounts nothing more.
+        await volumes.attach("prog-old", QUOTA)
+        assert len(loop_devices_backing(volumes.image("prog-old"))) == 1
+    finally:
+        await volumes.remove("prog-old")
+    # Under the mount point nothing stayed behind: the files live in the (removed) volume.
+    assert list(state.iterdir()) == []
+    assert not volumes.image("prog-old").exists()
+    assert not loop_devices_backing(volumes.image("prog-old"))
+
+
+async def test_a_folder_too_big_for_its_volume_is_refused_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    volumes = LoopStateVolumes(tmp_path)
+    state = tmp_path / "prog-big" / "state"
+    state.mkdir(parents=True)
+    (state / "big").write_bytes(b"x" * (QUOTA + 1024**2))
+    with pytest.raises(VolumeError, match="do not fit"):
+        await volumes.attach("prog-big", QUOTA)
+    assert (state / "big").stat().st_size == QUOTA + 1024**2
+    assert mounted_fs_type(state) is None
+    assert not volumes.image("prog-big").exists()
+    assert not (tmp_path / "prog-big" / f"{IMAGE_NAME}.partial").exists()
+
+
+async def test_something_else_mounted_at_state_is_never_bound(tmp_path: Path) -> None:
+    """A tmpfs (or anything not the program's ext4) at the mount point: refused, not used."""
+    volumes = LoopStateVolumes(tmp_path)
+    state = tmp_path / "prog-odd" / "state"
+    state.mkdir(parents=True)
+    await asyncio.to_thread(
+        subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True
+    )
+    try:
+        with pytest.raises(VolumeError, match="tmpfs"):
+            await volumes.attach("prog-odd", QUOTA)
+    finally:
+        await asyncio.to_thread(subprocess.run, ["umount", str(state)], check=True)
