@@ -27,6 +27,7 @@ from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints.grpc_server import GrpcServer
 from hershy.service.auth import Authenticator
 from hershy.service.ports import LogStore
+from hershy.service.quotas import Quotas
 from hershy.service.registry import Registry
 
 log = logging.getLogger("hershy")
@@ -109,6 +110,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             ids=RandomIds(),
             policy=config.policy,
             build_policy=build_policy,
+            quotas=Quotas(store),
         )
         auth = Authenticator(store, SystemClock(), RandomIds(), enabled=not config.no_auth)
         if config.no_auth:

@@ -38,6 +38,7 @@ from hershy.adapters.docker_build import build_context as build_context  # re-ex
 from hershy.adapters.docker_engine import DEFAULT_SOCKET, Engine, EngineError
 from hershy.adapters.port_pool import LOOPBACK, PortPool, loopback_address
 from hershy.adapters.source_files import FileSourceStore
+from hershy.adapters.state_volumes import LoopStateVolumes, StateVolumes
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.compose import (
@@ -51,6 +52,7 @@ from hershy.domain.compose import (
     contract_violations,
 )
 from hershy.domain.model import LogLine, LogStream, Resources
+from hershy.domain.validation import ResourcePolicy
 from hershy.service.ports import LogStore, Outbox
 
 log = logging.getLogger(__name__)
@@ -98,9 +100,8 @@ class DockerSettings:
     ready_timeout: float = 60.0
     ready_poll_interval: float = 0.2
     stop_grace: float = 10.0
-    max_resources: Resources = field(
-        default_factory=lambda: Resources(memory_bytes=4 * 1024**3, milli_cpus=2000, pids=4096)
-    )
+    #: The contract check's bounds: the Host's maxima, defined once (ResourcePolicy).
+    max_resources: Resources = field(default_factory=lambda: ResourcePolicy().maximum)
     #: The base-image allowlist (`--base-image`): the only images a FROM may name.
     base_images: tuple[str, ...] = ("hershy-busybox:latest",)
     build_limits: BuildLimits = field(default_factory=BuildLimits)
@@ -178,6 +179,7 @@ class DockerEffectHandler:
         files: FileSourceStore,
         logs: LogStore,
         ports: PortPool | None = None,
+        volumes: StateVolumes | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = settings.runtime
@@ -186,6 +188,8 @@ class DockerEffectHandler:
         #: Where programs' WatcherAPIs are published; this handler places every container.
         self.ports = ports or PortPool()
         self._published: dict[str, Published] = {}  # container id -> its port
+        #: Each program's /state, a file system of its `resources.state_bytes`.
+        self._volumes = volumes or LoopStateVolumes(files.root)
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         self._engine = Engine(settings.socket)
         self._client: docker.DockerClient | None = None
@@ -398,8 +402,7 @@ class DockerEffectHandler:
         # First of all: no container of this run or an older one may be left (a start
         # cut short, a crashed run's): a program has one container at a time.
         await self._stop_containers(program_id, effect.run, None)
-        state_dir = self._files.program_dir(program_id) / "state"
-        await self._call(state_dir.mkdir, parents=True, exist_ok=True)
+        state_dir = await self._volumes.attach(program_id, effect.resources.state_bytes)
         container: Any = None
         try:
             for attempt in range(1, PORT_ATTEMPTS + 1):
@@ -568,6 +571,8 @@ class DockerEffectHandler:
         for image in images:
             with contextlib.suppress(ImageNotFound):
                 await self._call(self._docker.images.remove, image.id, force=True)
+        # Unmounted before the folder goes: removing it must not reach into the volume.
+        await self._volumes.remove(program_id)
         await self._files.remove(program_id)
 
     # --- watching containers ------------------------------------------------------

@@ -1,6 +1,7 @@
 """The embedded default store: SQLite (WAL) in the data dir.
 
-Two tables, written in one transaction per accepted event:
+Two tables, written in one transaction per accepted event (beside them,
+`tokens` and the admin's `user_quotas`):
 - `events`: the append-only log. Its `revision` is the Host-wide revision
   Watch resumes from; each row keeps the event and the program as it was
   right after it (so a Watch can resume from the log after a restart).
@@ -34,6 +35,7 @@ from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
 from hershy.domain.model import Program, State
+from hershy.domain.quotas import UserQuota
 from hershy.service.watch import Change, ChangeKind
 
 FILE_NAME = "hershy.db"
@@ -63,6 +65,15 @@ CREATE TABLE IF NOT EXISTS tokens (
     admin INTEGER NOT NULL,
     created_at REAL NOT NULL,
     revoked_at REAL
+);
+-- Added after schema 1 was released: created in place when an older store opens
+-- (an older Hershy ignores it). NULL: no limit.
+CREATE TABLE IF NOT EXISTS user_quotas (
+    user_id TEXT PRIMARY KEY,
+    max_programs INTEGER,
+    max_memory_bytes INTEGER,
+    max_milli_cpus INTEGER,
+    max_state_bytes INTEGER
 );
 CREATE TABLE IF NOT EXISTS programs (
     program_id TEXT PRIMARY KEY,
@@ -364,6 +375,24 @@ class SqliteEventLog:
             self._conn.execute(sql, parameters)  # autocommit: one statement, durable
 
         await asyncio.get_running_loop().run_in_executor(self._writer, write)
+
+    # --- quotas ---------------------------------------------------------------------
+
+    def quotas(self) -> dict[str, UserQuota]:
+        rows = self._conn.execute(
+            "SELECT user_id, max_programs, max_memory_bytes, max_milli_cpus, max_state_bytes "
+            "FROM user_quotas"
+        ).fetchall()
+        return {user: UserQuota(*limits) for user, *limits in rows}
+
+    async def save_quota(self, user_id: str, quota: UserQuota) -> None:
+        await self._in_writer(
+            "INSERT INTO user_quotas (user_id, max_programs, max_memory_bytes, max_milli_cpus, "
+            "max_state_bytes) VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
+            "max_programs = excluded.max_programs, max_memory_bytes = excluded.max_memory_bytes, "
+            "max_milli_cpus = excluded.max_milli_cpus, max_state_bytes = excluded.max_state_bytes",
+            (user_id, quota.programs, quota.memory_bytes, quota.milli_cpus, quota.state_bytes),
+        )
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)

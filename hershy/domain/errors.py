@@ -82,3 +82,15 @@ class DeadlineExceeded(HershyError):
 
 class Unavailable(HershyError):
     reason = "UNAVAILABLE"
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A user's quota would be passed. `quota` names it; `limit` and `usage` in its units."""
+
+    reason = "QUOTA_EXCEEDED"
+
+    def __init__(self, message: str, *, quota: str, limit: int, usage: int) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.limit = limit
+        self.usage = usage

@@ -76,11 +76,13 @@ class BackoffPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Resources:
-    """Limits on a program's container."""
+    """Limits on a program's container and its `/state` volume."""
 
     memory_bytes: int = 512 * 1024 * 1024
     milli_cpus: int = 1000
     pids: int = 256
+    #: The size of the program's `/state` volume (a file system of its own).
+    state_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

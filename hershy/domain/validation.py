@@ -133,15 +133,33 @@ class ResourcePolicy:
     """The Host's defaults for program limits, and the most a program may ask for."""
 
     default: Resources = Resources()
-    maximum: Resources = Resources(memory_bytes=4 * 1024**3, milli_cpus=2000, pids=4096)
-    minimum: Resources = Resources(memory_bytes=16 * 1024**2, milli_cpus=10, pids=16)
+    maximum: Resources = Resources(
+        memory_bytes=4 * 1024**3, milli_cpus=2000, pids=4096, state_bytes=16 * 1024**3
+    )
+    #: 16 MiB of state: ext4 needs a few MiB for itself.
+    minimum: Resources = Resources(
+        memory_bytes=16 * 1024**2, milli_cpus=10, pids=16, state_bytes=16 * 1024**2
+    )
+
+
+#: The limits, in the order the API lists them.
+RESOURCE_FIELDS = ("memory_bytes", "milli_cpus", "pids", "state_bytes")
 
 
 def resolve_resources(
-    memory_bytes: int, milli_cpus: int, pids: int, policy: ResourcePolicy
+    memory_bytes: int,
+    milli_cpus: int,
+    pids: int,
+    policy: ResourcePolicy,
+    state_bytes: int = 0,
 ) -> Resources:
     """Asked-for limits (0: the default) checked against the Host's bounds."""
-    asked = {"memory_bytes": memory_bytes, "milli_cpus": milli_cpus, "pids": pids}
+    asked = {
+        "memory_bytes": memory_bytes,
+        "milli_cpus": milli_cpus,
+        "pids": pids,
+        "state_bytes": state_bytes,
+    }
     resolved: dict[str, int] = {}
     for name, value in asked.items():
         low, high = getattr(policy.minimum, name), getattr(policy.maximum, name)

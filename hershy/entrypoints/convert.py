@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import assert_never
+from typing import Literal, assert_never
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -10,9 +10,11 @@ from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream, Program, Resources, State
-from hershy.domain.validation import validate_program_id
+from hershy.domain.quotas import QUOTA_NAMES, Usage, UserQuota
+from hershy.domain.validation import validate_program_id, validate_user_id
 from hershy.service.watch import Change, ChangeKind
 from hershy.v1 import program_pb2 as pb
+from hershy.v1 import quota_pb2 as quota_pb
 from hershy.v1 import token_pb2 as token_pb
 
 NAME_PREFIX = "programs/"
@@ -52,12 +54,15 @@ def state_from_pb(value: int, field: str = "state") -> State:
 
 def resources_from_pb(message: pb.Resources) -> Resources:
     """As asked: zeros stand for the Host's defaults and are resolved by the registry."""
-    return Resources(message.memory_bytes, message.milli_cpus, message.pids)
+    return Resources(message.memory_bytes, message.milli_cpus, message.pids, message.state_bytes)
 
 
 def resources_to_pb(resources: Resources) -> pb.Resources:
     return pb.Resources(
-        memory_bytes=resources.memory_bytes, milli_cpus=resources.milli_cpus, pids=resources.pids
+        memory_bytes=resources.memory_bytes,
+        milli_cpus=resources.milli_cpus,
+        pids=resources.pids,
+        state_bytes=resources.state_bytes,
     )
 
 
@@ -188,3 +193,61 @@ def token_to_pb(record: TokenRecord) -> token_pb.Token:
     if record.revoked_at is not None:
         message.revoke_time.CopyFrom(timestamp(record.revoked_at))
     return message
+
+
+USERS_PREFIX = "users/"
+QUOTA_SUFFIX = "/quota"
+QuotaField = Literal["max_programs", "max_memory_bytes", "max_milli_cpus", "max_state_bytes"]
+#: UpdateUserQuota's mask paths: the `max_` field of each quota.
+QUOTA_FIELDS: dict[QuotaField, str] = {
+    "max_programs": "programs",
+    "max_memory_bytes": "memory_bytes",
+    "max_milli_cpus": "milli_cpus",
+    "max_state_bytes": "state_bytes",
+}
+assert tuple(QUOTA_FIELDS.values()) == QUOTA_NAMES
+
+
+def quota_name(user_id: str) -> str:
+    return f"{USERS_PREFIX}{user_id}{QUOTA_SUFFIX}"
+
+
+def user_id_from_quota_name(name: str, field: str = "name") -> str:
+    """`users/{user_id}/quota` -> `{user_id}`; INVALID_ARGUMENT naming the field otherwise."""
+    if not name.startswith(USERS_PREFIX) or not name.endswith(QUOTA_SUFFIX):
+        raise InvalidArgument(field, f"{name[:80]!r} is not of the form users/{{user_id}}/quota")
+    return validate_user_id(name[len(USERS_PREFIX) : -len(QUOTA_SUFFIX)], field)
+
+
+def quota_to_pb(user_id: str, quota: UserQuota, usage: Usage) -> quota_pb.UserQuota:
+    message = quota_pb.UserQuota(
+        name=quota_name(user_id),
+        user_id=user_id,
+        usage=quota_pb.QuotaUsage(
+            programs=usage.programs,
+            memory_bytes=usage.memory_bytes,
+            milli_cpus=usage.milli_cpus,
+            state_bytes=usage.state_bytes,
+        ),
+    )
+    for field, name in QUOTA_FIELDS.items():
+        limit = getattr(quota, name)
+        if limit is not None:
+            setattr(message, field, limit)
+    return message
+
+
+def quota_from_pb(message: quota_pb.UserQuota, mask: list[str], current: UserQuota) -> UserQuota:
+    """`current` with the masked limits taken from `message` (unset: no limit); no mask: all."""
+    for path in mask:
+        if path not in QUOTA_FIELDS:
+            raise InvalidArgument(
+                "update_mask", f"{path[:80]!r} is not a limit: use {', '.join(QUOTA_FIELDS)}"
+            )
+    limits = {}
+    for field, name in QUOTA_FIELDS.items():
+        if mask and field not in mask:
+            limits[name] = getattr(current, name)
+        else:
+            limits[name] = getattr(message, field) if message.HasField(field) else None
+    return UserQuota(**limits)

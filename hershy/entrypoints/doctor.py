@@ -31,6 +31,7 @@ from typing import Any
 import docker
 from docker.errors import DockerException, ImageNotFound
 
+from hershy.adapters import state_volumes
 from hershy.adapters.docker_engine import API_VERSION, DEFAULT_SOCKET
 from hershy.domain.compose import PORT_RANGE, SECURE_RUNTIME
 
@@ -398,6 +399,36 @@ def check_data_dir_permissions(facts: DataDirFacts) -> Check | None:
     return ok(name, f"mode {facts.mode:04o} (owner only)")
 
 
+def check_state_quota(where: Path, problem: str | None) -> Check:
+    """Each program's /state is a loop-mounted ext4 of its size: can this machine make one?
+
+    `problem` is why a test volume made in `where` failed, None if it held its size.
+    """
+    name = "state quotas"
+    if problem is not None:
+        return fail(
+            name,
+            f"a test volume in {where} failed: {problem}; programs could not start",
+            "run the Host as root on a machine with loop devices (/dev/loop-control; "
+            "`modprobe loop`), ext4 and e2fsprogs' mkfs.ext4 (`apt-get install e2fsprogs "
+            "mount`); in a container, give it CAP_SYS_ADMIN and the loop devices",
+        )
+    return ok(
+        name,
+        f"a loop-mounted ext4 volume in {where} refused writes past its size (ENOSPC)",
+    )
+
+
+def state_quota_check(data_dir: Path) -> Check:
+    """Try a real volume where programs' volumes go (else in the temp folder)."""
+    where = data_dir if data_dir.is_dir() else Path(tempfile.gettempdir())
+    try:
+        state_volumes.probe(where)
+    except (state_volumes.VolumeError, OSError) as error:
+        return check_state_quota(where, str(error))
+    return check_state_quota(where, None)
+
+
 def check_disk(paths: Sequence[str], free_bytes: int) -> Check:
     name = "disk space"
     where = " and ".join(paths)
@@ -641,6 +672,8 @@ def run_checks(options: Options) -> list[Check]:
     permissions = check_data_dir_permissions(facts)
     if permissions is not None:
         checks.append(permissions)
+    if options.runtime != "fake":
+        checks.append(state_quota_check(options.data_dir))
     checks += disk_checks(disk_paths)
     if options.runtime != "fake":
         # Only containers publish WatcherAPI ports; the fake runtime binds none.

@@ -57,6 +57,8 @@ def to_status(error: Exception) -> grpc.Status:
         details.append(packed)
     if isinstance(error, errors.FailedPrecondition):
         metadata["state"] = error.state
+    if isinstance(error, errors.QuotaExceeded):
+        metadata.update(quota=error.quota, limit=str(error.limit), usage=str(error.usage))
     if isinstance(error, errors.RevisionTooOld):
         metadata["oldest_revision"] = str(error.oldest)
     info = any_pb2.Any()

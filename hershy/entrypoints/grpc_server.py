@@ -24,6 +24,8 @@ from hershy.service.registry import Registry
 from hershy.service.watch import Change, Closed, Resync
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy.v1 import quota_pb2 as quota_pb
+from hershy.v1 import quota_pb2_grpc as quota_pb_grpc
 from hershy.v1 import token_pb2 as token_pb
 from hershy.v1 import token_pb2_grpc as token_pb_grpc
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ProgramService"].full_name
 TOKEN_SERVICE_NAME = token_pb.DESCRIPTOR.services_by_name["TokenService"].full_name
+QUOTA_SERVICE_NAME = quota_pb.DESCRIPTOR.services_by_name["QuotaService"].full_name
 DEFAULT_WAIT_SECONDS = 60.0
 #: Sources can be tens of MiB; gRPC's default limit is 4 MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -314,6 +317,45 @@ class TokenService(token_pb_grpc.TokenServiceServicer):
         return convert.token_to_pb(await self._auth.revoke(token_id))
 
 
+class QuotaService(quota_pb_grpc.QuotaServiceServicer):
+    """Per-user quotas: the admin sets them; a user may read their own."""
+
+    def __init__(self, registry: Registry, auth: Authenticator) -> None:
+        self._registry = registry
+        self._auth = auth
+        self._rpcs = registry.metrics.rpcs
+
+    def _count(self, method: str, code: grpc.StatusCode) -> None:
+        self._rpcs.labels(method, code.name).inc()
+
+    def _answer(self, user_id: str) -> quota_pb.UserQuota:
+        quota = self._registry.quotas.get(user_id)
+        return convert.quota_to_pb(user_id, quota, self._registry.usage(user_id))
+
+    @_unary
+    async def GetUserQuota(
+        self, request: quota_pb.GetUserQuotaRequest, context: Context
+    ) -> quota_pb.UserQuota:
+        caller = self._auth.authenticate(authorization(context))
+        user_id = convert.user_id_from_quota_name(request.name)
+        if not caller.admin and user_id != caller.user_id:
+            raise PermissionDenied(f"your token is {caller.user_id}'s: it reads only that quota")
+        return self._answer(user_id)
+
+    @_unary
+    async def UpdateUserQuota(
+        self, request: quota_pb.UpdateUserQuotaRequest, context: Context
+    ) -> quota_pb.UserQuota:
+        caller = self._auth.authenticate(authorization(context))
+        if not caller.admin:
+            raise PermissionDenied("only the admin's token sets quotas")
+        user_id = convert.user_id_from_quota_name(request.quota.name, "quota.name")
+        current = self._registry.quotas.get(user_id)
+        quota = convert.quota_from_pb(request.quota, list(request.update_mask.paths), current)
+        await self._registry.quotas.set(user_id, quota)
+        return self._answer(user_id)
+
+
 class GrpcServer:
     """The server with ProgramService, TokenService, health checking and reflection."""
 
@@ -329,10 +371,17 @@ class GrpcServer:
         token_pb_grpc.add_TokenServiceServicer_to_server(
             TokenService(auth, registry.metrics), self.server
         )
+        quota_pb_grpc.add_QuotaServiceServicer_to_server(QuotaService(registry, auth), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, TOKEN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                TOKEN_SERVICE_NAME,
+                QUOTA_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
         try:

@@ -12,6 +12,7 @@ from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
 from hershy.domain.effects import HandledEffect
 from hershy.domain.model import LogLine, LogStream
+from hershy.domain.quotas import UserQuota
 from hershy.domain.validation import ProgramSource
 
 
@@ -112,3 +113,11 @@ class TokenStore(Protocol):
     async def save_token(self, record: TokenRecord) -> None: ...
 
     async def revoke_token(self, token_id: str, at: float) -> None: ...
+
+
+class QuotaStore(Protocol):
+    """Keeps the admin's per-user quotas."""
+
+    def quotas(self) -> dict[str, UserQuota]: ...
+
+    async def save_quota(self, user_id: str, quota: UserQuota) -> None: ...

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Protocol
 
 from hershy.domain import events as ev
-from hershy.domain import reducer
+from hershy.domain import quotas, reducer
 from hershy.domain.build_policy import BuildPolicy, check_dockerfile
 from hershy.domain.errors import (
     DeadlineExceeded,
@@ -49,6 +49,7 @@ from hershy.domain.validation import (
 )
 from hershy.service.metrics import Metrics
 from hershy.service.ports import Clock, EffectHandler, IdGenerator, LogStore, SourceStore
+from hershy.service.quotas import Quotas
 from hershy.service.supervisor import Supervisor
 from hershy.service.watch import (
     Change,
@@ -130,10 +131,12 @@ class Registry:
         resource_policy: ResourcePolicy = DEFAULT_RESOURCES,
         metrics: Metrics | None = None,
         build_policy: BuildPolicy | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         """`build_policy`: what a Dockerfile may use; None only for tests over fakes."""
         self._handler = handler
         self._build_policy = build_policy
+        self.quotas = quotas or Quotas()
         self._sources = sources
         self._logs = logs
         self._resource_policy = resource_policy
@@ -277,17 +280,33 @@ class Registry:
     ) -> Program:
         """Validate, store the source, and register the program (in CREATED).
 
-        `resources` fields left at 0 take the Host's defaults.
+        `resources` fields left at 0 take the Host's defaults. The user's quota
+        is checked and the program committed under the user's lock.
         """
         validate_user_id(user_id)
+        async with self.quotas.held(user_id):
+            return await self._create(user_id, dockerfile, src_files, resources)
+
+    async def _create(
+        self,
+        user_id: str,
+        dockerfile: str,
+        src_files: Mapping[str, bytes],
+        resources: Resources | None,
+    ) -> Program:
         source = validate_source(dockerfile, src_files, self._limits)
-        asked = resources or Resources(0, 0, 0)
+        asked = resources or Resources(0, 0, 0, 0)
         limits = resolve_resources(
-            asked.memory_bytes, asked.milli_cpus, asked.pids, self._resource_policy
+            asked.memory_bytes,
+            asked.milli_cpus,
+            asked.pids,
+            self._resource_policy,
+            state_bytes=asked.state_bytes,
         )
         if self._build_policy is not None:
             # Refused here, naming the line, before Docker ever sees the Dockerfile.
             check_dockerfile(source.dockerfile, self._build_policy)
+        quotas.check_create(user_id, self.quotas.get(user_id), self.usage(user_id), limits)
         program_id = self._ids.new_program_id()
         try:
             await self._sources.save(program_id, source)
@@ -319,7 +338,14 @@ class Registry:
         return await self._request(program_id, ev.DeleteRequested(self._clock.now()))
 
     async def _request(self, program_id: str, event: ev.UserRequest) -> Program:
-        self.get(program_id)
+        program = self.get(program_id)
+        if isinstance(event, ev.StartRequested | ev.RestartRequested):
+            # A start can only add to what the user holds: checked and committed as one.
+            async with self.quotas.held(program.user_id):
+                program = self.get(program_id)
+                owner = program.user_id
+                quotas.check_start(owner, self.quotas.get(owner), self.usage(owner), program)
+                return await self._supervisors[program_id].request(event)
         return await self._supervisors[program_id].request(event)
 
     # --- queries -----------------------------------------------------------------
@@ -330,6 +356,10 @@ class Registry:
         if program is None:
             raise NotFound(f"program {program_id} not found")
         return program
+
+    def usage(self, user_id: str) -> quotas.Usage:
+        """What the user's programs hold now, as their quota counts it."""
+        return quotas.usage_of(user_id, self._programs.values())
 
     async def source(self, program_id: str) -> ProgramSource:
         self.get(program_id)

@@ -110,6 +110,19 @@ def stub_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return out.read_bytes()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def unmount_left_state_volumes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Programs' /state volumes outlive their Host by design; tests that end without deleting
+    their programs (a `kill -9`, `force_clean`) leave them mounted. Unmount them at the end,
+    as `force_clean` removes containers, so no mount or loop device outlives the session."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        targets = [line.split()[1] for line in mounts if line.split()[1].startswith(base)]
+    for target in reversed(targets):
+        subprocess.run(["umount", target], capture_output=True, check=False)
+
+
 # --- docker look-ups --------------------------------------------------------------------------
 
 

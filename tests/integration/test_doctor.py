@@ -345,6 +345,33 @@ def free_address() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
+# --- /state quotas ---------------------------------------------------------------------------
+
+
+def test_state_quotas_that_cannot_be_enforced_fail_saying_what_is_needed(tmp_path: Path) -> None:
+    check = doctor.check_state_quota(tmp_path, "mount -t failed: permission denied")
+    assert_level(check, Level.FAIL)
+    assert "permission denied" in check.detail
+    assert check.fix is not None
+    assert "loop" in check.fix
+    assert "mkfs.ext4" in check.fix
+
+
+def test_state_quotas_are_tried_for_real_and_leave_nothing(tmp_path: Path) -> None:
+    check = doctor.state_quota_check(tmp_path)
+    assert_level(check, Level.OK)
+    assert "ENOSPC" in check.detail
+    assert list(tmp_path.iterdir()) == []
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        assert str(tmp_path) not in mounts.read()
+    # A data dir that does not exist yet: tried in the temp folder instead.
+    missing = tmp_path / "not-yet"
+    check = doctor.state_quota_check(missing)
+    assert_level(check, Level.OK)
+    assert str(missing) not in check.detail
+    assert not missing.exists()
+
+
 def run_doctor(*args: str) -> subprocess.CompletedProcess[str]:
     script = shutil.which("hershy")
     if script is None:
@@ -385,6 +412,7 @@ def test_doctor_on_this_host_passes(tmp_path: Path) -> None:
         "HTTP address",
         "data dir",
         "data dir permissions",
+        "state quotas",
         "disk space",
     ):
         assert lines.get(name, "").startswith(f"OK {name}: "), report

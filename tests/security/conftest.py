@@ -34,11 +34,13 @@ from tests.integration.conftest import (
     POLICY,
     docker_client,
     force_clean,
+    host,
     leftovers,
     stub_binary,
+    unmount_left_state_volumes,
 )
 
-__all__ = ["docker_client", "stub_binary"]
+__all__ = ["docker_client", "host", "stub_binary", "unmount_left_state_volumes"]
 
 VICTIM, ATTACKER = "victim", "attacker"
 STUB_TAIL = 'COPY watcher-stub /watcher-stub\nENTRYPOINT ["/watcher-stub"]\n'

@@ -486,7 +486,10 @@ type Resources struct {
 	// CPU limit in thousandths of a CPU (1000 = one CPU).
 	MilliCpus int64 `protobuf:"varint,2,opt,name=milli_cpus,json=milliCpus,proto3" json:"milli_cpus,omitempty"`
 	// Maximum number of processes and threads.
-	Pids          int64 `protobuf:"varint,3,opt,name=pids,proto3" json:"pids,omitempty"`
+	Pids int64 `protobuf:"varint,3,opt,name=pids,proto3" json:"pids,omitempty"`
+	// Size of the program's `/state` volume in bytes: a file system of its own,
+	// so writing past it fails with ENOSPC inside the program.
+	StateBytes    int64 `protobuf:"varint,4,opt,name=state_bytes,json=stateBytes,proto3" json:"state_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -538,6 +541,13 @@ func (x *Resources) GetMilliCpus() int64 {
 func (x *Resources) GetPids() int64 {
 	if x != nil {
 		return x.Pids
+	}
+	return 0
+}
+
+func (x *Resources) GetStateBytes() int64 {
+	if x != nil {
+		return x.StateBytes
 	}
 	return 0
 }
@@ -2657,12 +2667,14 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\tresources\x18\x14 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12\x1f\n" +
 	"\vstatus_note\x18\x15 \x01(\tR\n" +
 	"statusNoteB\x11\n" +
-	"\x0f_last_exit_code\"a\n" +
+	"\x0f_last_exit_code\"\x82\x01\n" +
 	"\tResources\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
 	"milli_cpus\x18\x02 \x01(\x03R\tmilliCpus\x12\x12\n" +
-	"\x04pids\x18\x03 \x01(\x03R\x04pids\"\x98\n" +
+	"\x04pids\x18\x03 \x01(\x03R\x04pids\x12\x1f\n" +
+	"\vstate_bytes\x18\x04 \x01(\x03R\n" +
+	"stateBytes\"\x98\n" +
 	"\n" +
 	"\fProgramEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x10\n" +

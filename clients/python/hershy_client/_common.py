@@ -10,8 +10,10 @@ from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from hershy.v1 import program_pb2 as pb
+from hershy.v1 import quota_pb2
 
 #: Resource names are `programs/{id}`; the client accepts either form.
 NAME_PREFIX = "programs/"
@@ -173,3 +175,23 @@ def watch_request(
     if resume_revision is not None:
         request.resume_revision = resume_revision
     return request
+
+
+#: The limits of a UserQuota, as `update_user_quota` takes them.
+QUOTA_LIMITS = ("max_programs", "max_memory_bytes", "max_milli_cpus", "max_state_bytes")
+
+
+def quota_name(user_id: str) -> str:
+    return f"users/{user_id}/quota"
+
+
+def update_quota_request(user_id: str, limits: Mapping[str, int | None]) -> Any:
+    """Only the limits given change; a limit given as None is removed (no limit)."""
+    unknown = set(limits) - set(QUOTA_LIMITS)
+    if unknown:
+        raise ValueError(f"not quota limits: {sorted(unknown)}; use {QUOTA_LIMITS}")
+    quota = quota_pb2.UserQuota(name=quota_name(user_id))
+    for field, value in limits.items():
+        if value is not None:
+            setattr(quota, field, value)
+    return quota_pb2.UpdateUserQuotaRequest(quota=quota, update_mask=FieldMask(paths=list(limits)))

@@ -12,6 +12,7 @@ import grpc.aio
 
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy.v1 import quota_pb2, quota_pb2_grpc
 from hershy_client import _common as common
 from hershy_client._common import LogStreamLike, ProgramRef, StateLike
 from hershy_client.errors import HershyError, RevisionTooOld, from_rpc_error
@@ -26,6 +27,7 @@ from hershy_client.watch import (
 
 if TYPE_CHECKING:
     from hershy.v1.program_pb2_grpc import ProgramServiceAsyncStub
+    from hershy.v1.quota_pb2_grpc import QuotaServiceAsyncStub
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -73,6 +75,8 @@ class AsyncClient:
         )
         #: The generated stub, for anything the wrapper does not cover.
         self.stub: ProgramServiceAsyncStub = pb_grpc.ProgramServiceStub(self.channel)
+        #: Per-user quotas (QuotaService).
+        self.quota_stub: QuotaServiceAsyncStub = quota_pb2_grpc.QuotaServiceStub(self.channel)
 
     async def close(self) -> None:
         """Close the channel; calls in flight fail with CANCELLED, `watch_forever` returns."""
@@ -185,6 +189,20 @@ class AsyncClient:
             self.stub.WaitProgram,
             common.wait_request(program, state, timeout),
             deadline=timeout + common.WAIT_DEADLINE_MARGIN,
+        )
+
+    async def get_user_quota(self, user_id: str) -> quota_pb2.UserQuota:
+        """A user's quota limits and usage (the admin: anyone's; a user: their own)."""
+        return await self._call(
+            self.quota_stub.GetUserQuota,
+            quota_pb2.GetUserQuotaRequest(name=common.quota_name(user_id)),
+        )
+
+    async def update_user_quota(self, user_id: str, **limits: int | None) -> quota_pb2.UserQuota:
+        """Set some of a user's limits (the admin's token), e.g. `max_programs=3`;
+        None removes a limit; the others stay as they are."""
+        return await self._call(
+            self.quota_stub.UpdateUserQuota, common.update_quota_request(user_id, limits)
         )
 
     async def source(self, program: ProgramRef) -> pb.ProgramSource:

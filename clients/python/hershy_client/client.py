@@ -11,6 +11,7 @@ import grpc
 
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy.v1 import quota_pb2, quota_pb2_grpc
 from hershy_client import _common as common
 from hershy_client._common import LogStreamLike, ProgramRef, StateLike
 from hershy_client.errors import HershyError, RevisionTooOld, from_rpc_error
@@ -71,6 +72,8 @@ class Client:
         )
         #: The generated stub, for anything the wrapper does not cover.
         self.stub = pb_grpc.ProgramServiceStub(self.channel)
+        #: Per-user quotas (QuotaService).
+        self.quota_stub = quota_pb2_grpc.QuotaServiceStub(self.channel)
 
     def close(self) -> None:
         """Close the channel; calls in flight fail with CANCELLED, `watch_forever` returns.
@@ -178,6 +181,20 @@ class Client:
             self.stub.WaitProgram,
             common.wait_request(program, state, timeout),
             deadline=timeout + common.WAIT_DEADLINE_MARGIN,
+        )
+
+    def get_user_quota(self, user_id: str) -> quota_pb2.UserQuota:
+        """A user's quota limits and usage (the admin: anyone's; a user: their own)."""
+        return self._call(
+            self.quota_stub.GetUserQuota,
+            quota_pb2.GetUserQuotaRequest(name=common.quota_name(user_id)),
+        )
+
+    def update_user_quota(self, user_id: str, **limits: int | None) -> quota_pb2.UserQuota:
+        """Set some of a user's limits (the admin's token), e.g. `max_programs=3`;
+        None removes a limit; the others stay as they are."""
+        return self._call(
+            self.quota_stub.UpdateUserQuota, common.update_quota_request(user_id, limits)
         )
 
     def source(self, program: ProgramRef) -> pb.ProgramSource:

@@ -26,6 +26,7 @@ from hershy.entrypoints.cli_commands.programs import (
     stop_command,
     watch_command,
 )
+from hershy.entrypoints.cli_commands.quotas import quota_group
 from hershy.entrypoints.cli_commands.tokens import token_group, whoami_command
 
 COMMANDS: tuple[click.Command, ...] = (
@@ -41,6 +42,7 @@ COMMANDS: tuple[click.Command, ...] = (
     send_command,
     token_group,
     whoami_command,
+    quota_group,
 )
 
 

@@ -29,6 +29,7 @@ from hershy.entrypoints.cli_commands.common import (
 )
 from hershy.entrypoints.cli_commands.context import DOCKERIGNORE, ContextError, read_context
 from hershy.entrypoints.cli_commands.programs import watcher_url
+from hershy.entrypoints.cli_commands.quotas import ByteSize, Cpus
 from hershy.v1 import program_pb2 as pb
 from hershy_client import Client, HershyError, Resync
 
@@ -233,6 +234,11 @@ def _explain_failure(settings: Settings, program: pb.Program, *, build_shown: bo
     show_default=True,
     help="Seconds to wait for READY (exit 1 after).",
 )
+@click.option("--memory", type=ByteSize(), help="Memory limit, e.g. 512MiB (default: the Host's).")
+@click.option("--cpus", type=Cpus(), help="CPU limit, e.g. 0.5 (default: the Host's).")
+@click.option(
+    "--state", type=ByteSize(), help="Size of the /state volume, e.g. 1GiB (default: the Host's)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the Program as JSON at the end.")
 @command_options
 def deploy_command(
@@ -241,6 +247,9 @@ def deploy_command(
     user_id: str | None,
     no_wait: bool,
     timeout: float,
+    memory: int | None,
+    cpus: int | None,
+    state: int | None,
     as_json: bool,
 ) -> None:
     """Deploy a folder as a program and wait until it is READY.
@@ -265,7 +274,12 @@ def deploy_command(
         f"({_size(context.size)}){ignored}"
     )
     with settings.client() as client:
-        program = _create_and_start(client, settings, context.dockerfile, context.files, user_id)
+        resources = pb.Resources(
+            memory_bytes=memory or 0, milli_cpus=cpus or 0, state_bytes=state or 0
+        )
+        program = _create_and_start(
+            client, settings, context.dockerfile, context.files, user_id, resources
+        )
     if no_wait:
         _finish(settings, program, as_json, ready=False)
         return
@@ -279,6 +293,7 @@ def _create_and_start(
     dockerfile: str,
     files: dict[str, bytes],
     user_id: str | None,
+    resources: pb.Resources,
 ) -> pb.Program:
     with calls(settings):
         if user_id is None:
@@ -286,7 +301,7 @@ def _create_and_start(
             if me.admin:
                 usage("the admin's token deploys for a user: say which with --user USER")
             user_id = me.user_id
-        program = client.create(user_id, dockerfile, files)
+        program = client.create(user_id, dockerfile, files, resources=resources)
         err.print(
             Text.assemble(
                 "Created ",

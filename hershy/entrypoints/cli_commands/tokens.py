@@ -18,6 +18,7 @@ from hershy.entrypoints.cli_commands.common import (
     timestamp_text,
     token_stub,
 )
+from hershy.entrypoints.cli_commands.quotas import get_quota, quota_lines
 from hershy.v1 import token_pb2
 
 TOKEN_PREFIX = "tokens/"
@@ -110,7 +111,7 @@ def token_revoke_command(settings: Settings, token_id: str, as_json: bool) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print the Token as JSON.")
 @command_options
 def whoami_command(settings: Settings, as_json: bool) -> None:
-    """Who the token stands for (GetCurrentToken)."""
+    """Who the token stands for (GetCurrentToken), and their quota and usage."""
     with settings.client() as client, calls(settings):
         token = current_token(client, settings)
     if as_json:
@@ -119,3 +120,8 @@ def whoami_command(settings: Settings, as_json: bool) -> None:
     notes = ["admin"] if token.admin else []
     notes.append(f"token {token.id}" if token.id else "no token needed (the Host runs --no-auth)")
     out.print(f"{token.user_id} ({', '.join(notes)})")
+    with settings.client() as client, calls(settings):
+        quota = get_quota(client, settings, token.user_id)
+    out.print("quota (used of limit):")
+    for line in quota_lines(quota):
+        out.print(line)

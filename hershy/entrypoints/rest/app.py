@@ -30,6 +30,7 @@ from hershy.entrypoints.rest.errors import (
     state_label,
 )
 from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, WatcherProxy
+from hershy.entrypoints.rest.quotas import QuotaRoutes
 from hershy.entrypoints.rest.streams import StreamPump, pump_ndjson, pump_sse, sse_event
 from hershy.service.metrics import Metrics
 from hershy.v1 import program_pb2 as pb
@@ -97,6 +98,7 @@ class RestApi:
         self._principals = principals
         self._metrics = config.metrics
         self.proxy = WatcherProxy(self.cache, self._stub, principals)
+        self._quotas = QuotaRoutes(channel)
         #: Set on shutdown: SSE and log streams end cleanly instead of being cut.
         self.closing = asyncio.Event()
         #: Where the shim listens, for `proxy_url` when a client's Host header is unusable.
@@ -126,6 +128,7 @@ class RestApi:
         add("GET", "/programs/{program_id}/source", self.source)
         add("GET", "/programs/{program_id}/events", self.events)
         add("GET", "/events", self.events)
+        self._quotas.add_to(app)
         app.on_shutdown.append(self._on_shutdown)
         return app
 

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: The core marks a size limit with this ErrorInfo reason (INVALID_ARGUMENT on the wire).
 TOO_LARGE_REASON = "TOO_LARGE"
+#: A user's quota would be passed (RESOURCE_EXHAUSTED on the wire): HTTP 429.
+QUOTA_REASON = "QUOTA_EXCEEDED"
 
 #: gRPC code -> (HTTP status, the reason used when the core sent no ErrorInfo).
 _STATUSES: dict[grpc.StatusCode, tuple[int, str]] = {
@@ -143,6 +145,13 @@ def from_rpc_error(
         status = out_of_range_status
         if "oldest_revision" in info.metadata:
             extra["oldest_revision"] = int(info.metadata["oldest_revision"])
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == QUOTA_REASON:
+        # A user's quota, not the Host running out: Too Many Requests, naming it.
+        status = 429
+        extra["quota"] = info.metadata.get("quota", "")
+        for key in ("limit", "usage"):
+            if info.metadata.get(key, "").isdigit():
+                extra[key] = int(info.metadata[key])
     if code == grpc.StatusCode.FAILED_PRECONDITION and "state" in info.metadata:
         extra["state"] = state_label(info.metadata["state"])
     if code == grpc.StatusCode.UNAVAILABLE and not has_info:

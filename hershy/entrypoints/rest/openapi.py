@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hershy.domain.quotas import QUOTA_NAMES
 from hershy.entrypoints.rest.shapes import LOG_STREAM_NAMES, STATE_LABELS
 from hershy.entrypoints.rest.uploads import MAX_BODY_BYTES
 
@@ -33,6 +34,9 @@ _ERRORS = {
     "404": _error("No such program (or it was deleted)."),
     "409": _error("The program's state does not allow this; `state` names it."),
     "413": _error("The build context is over a size limit."),
+    "429": _error(
+        "The user's quota would be passed: `quota` names it, `limit` and `usage` in its units."
+    ),
     "503": _error("The Host (or the program) is not ready."),
 }
 
@@ -58,6 +62,12 @@ def _program_op(summary: str, *codes: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+_USER_ID = {
+    "name": "user_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+}
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
 _INT64 = {"type": "integer", "format": "int64", "minimum": 0}
@@ -83,6 +93,31 @@ SCHEMAS: dict[str, Any] = {
             "field": {"type": "string", "description": "The bad input, for 400 and 413."},
             "state": {"type": "string", "enum": STATE_LABELS},
             "oldest_revision": {"type": "integer"},
+            "quota": {"type": "string", "enum": list(QUOTA_NAMES)},
+            "limit": {"type": "integer", "format": "int64"},
+            "usage": {"type": "integer", "format": "int64"},
+        },
+    },
+    "QuotaLimits": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {name: {**_INT64, "nullable": True} for name in QUOTA_NAMES},
+        "description": (
+            "A user's limits; null or absent: no limit. programs and state_bytes count every "
+            "program; memory_bytes and milli_cpus the programs that run or may run."
+        ),
+    },
+    "UserQuota": {
+        "type": "object",
+        "required": ["user_id", "limits", "usage"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "limits": _ref("QuotaLimits"),
+            "usage": {
+                "type": "object",
+                "properties": {name: _INT64 for name in QUOTA_NAMES},
+                "description": "What the user's programs hold now, counted as the limits are.",
+            },
         },
     },
     "Resources": {
@@ -92,6 +127,10 @@ SCHEMAS: dict[str, Any] = {
             "memory_bytes": _INT64,
             "milli_cpus": _INT64,
             "pids": _INT64,
+            "state_bytes": {
+                **_INT64,
+                "description": "Size of the /state volume; writing past it fails (ENOSPC).",
+            },
         },
         "description": "Container limits; 0 or absent means the Host's default.",
     },
@@ -325,7 +364,7 @@ PATHS: dict[str, Any] = {
             },
             "responses": {
                 "201": _json(_ref("Program"), "Created."),
-                **_errors("400", "413"),
+                **_errors("400", "413", "429"),
                 "503": _ERRORS["503"],
             },
         },
@@ -358,13 +397,13 @@ PATHS: dict[str, Any] = {
         },
     },
     "/programs/{program_id}/start": {
-        "post": _program_op("Build (or reuse) and start.", "400", "404", "409"),
+        "post": _program_op("Build (or reuse) and start.", "400", "404", "409", "429"),
     },
     "/programs/{program_id}/stop": {
         "post": _program_op("Stop; it ends Stopped.", "400", "404", "409"),
     },
     "/programs/{program_id}/restart": {
-        "post": _program_op("Stop if running, then start.", "400", "404", "409"),
+        "post": _program_op("Stop if running, then start.", "400", "404", "409", "429"),
     },
     "/programs/{program_id}/wait": {
         "get": {
@@ -452,6 +491,29 @@ PATHS: dict[str, Any] = {
             "parameters": _RESUME,
             "responses": {"200": _SSE, **_errors("400"), **_GONE},
         }
+    },
+    "/users/{user_id}/quota": {
+        "get": {
+            "summary": "A user's quota and usage (the admin: anyone's; a user: their own).",
+            "tags": ["quotas"],
+            "parameters": [_USER_ID],
+            "responses": {
+                "200": _json(_ref("UserQuota"), "The quota."),
+                **_errors("400"),
+                "403": _error("Another user's quota, with a user's token."),
+            },
+        },
+        "put": {
+            "summary": "Set every limit of a user's quota (the admin's token).",
+            "tags": ["quotas"],
+            "parameters": [_USER_ID],
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("QuotaLimits")}}},
+            "responses": {
+                "200": _json(_ref("UserQuota"), "The quota as set."),
+                **_errors("400"),
+                "403": _error("Not the admin's token."),
+            },
+        },
     },
     "/programs/{program_id}/watcher/{path}": _proxy_path(alias=False),
     "/programs/{program_id}/proxy/watcher/{path}": _proxy_path(alias=True),

@@ -86,6 +86,7 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
             "memory_bytes": program.resources.memory_bytes,
             "milli_cpus": program.resources.milli_cpus,
             "pids": program.resources.pids,
+            "state_bytes": program.resources.state_bytes,
         },
         "next_restart_at": optional_time(program, "next_restart_time"),
         "ready_at": optional_time(program, "ready_time"),

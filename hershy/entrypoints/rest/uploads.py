@@ -30,7 +30,7 @@ DOCKERFILE = "Dockerfile"
 _INT64_MAX = 2**63 - 1
 
 _KEYS = frozenset({"user_id", "dockerfile", "src_files", "src_files_base64", "resources"})
-_RESOURCE_KEYS = ("memory_bytes", "milli_cpus", "pids")
+_RESOURCE_KEYS = ("memory_bytes", "milli_cpus", "pids", "state_bytes")
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:

@@ -254,22 +254,28 @@ class Resources(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     MILLI_CPUS_FIELD_NUMBER: _builtins.int
     PIDS_FIELD_NUMBER: _builtins.int
+    STATE_BYTES_FIELD_NUMBER: _builtins.int
     memory_bytes: _builtins.int
     """Memory limit in bytes."""
     milli_cpus: _builtins.int
     """CPU limit in thousandths of a CPU (1000 = one CPU)."""
     pids: _builtins.int
     """Maximum number of processes and threads."""
+    state_bytes: _builtins.int
+    """Size of the program's `/state` volume in bytes: a file system of its own,
+    so writing past it fails with ENOSPC inside the program.
+    """
     def __init__(
         self,
         *,
         memory_bytes: _builtins.int = ...,
         milli_cpus: _builtins.int = ...,
         pids: _builtins.int = ...,
+        state_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_bytes", b"memory_bytes", "milli_cpus", b"milli_cpus", "pids", b"pids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_bytes", b"memory_bytes", "milli_cpus", b"milli_cpus", "pids", b"pids", "state_bytes", b"state_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
