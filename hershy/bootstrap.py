@@ -131,6 +131,8 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
                 # Admin, in memory only: the proxy's view of every program.
                 service_token=auth.internal_secret() if not config.no_auth else None,
                 metrics=registry.metrics,
+                # Revoking a token cuts the proxied streams it opened at once.
+                revocations=auth.on_revoke,
             )
         )
         try:

@@ -73,8 +73,8 @@ class EventLog(Protocol):
 
     async def append(self, program: Program, event: ev.Event) -> int: ...
 
-    def knows(self, program_id: str) -> bool:
-        """Whether the program ever existed (deleted ones included)."""
+    def owner(self, program_id: str) -> str | None:
+        """The user a program belongs (or, deleted, belonged) to; None if it never existed."""
         ...
 
 
@@ -83,15 +83,15 @@ class MemoryEventLog:
 
     def __init__(self) -> None:
         self._revision = 0
-        self._ids: set[str] = set()
+        self._owners: dict[str, str] = {}
 
     async def append(self, program: Program, event: ev.Event) -> int:
         self._revision += 1
-        self._ids.add(program.id)
+        self._owners[program.id] = program.user_id
         return self._revision
 
-    def knows(self, program_id: str) -> bool:
-        return program_id in self._ids
+    def owner(self, program_id: str) -> str | None:
+        return self._owners.get(program_id)
 
 
 class PortAllocator:
@@ -386,14 +386,13 @@ class Registry:
     ) -> WatchStart:
         """Subscribe and take the snapshot (or the replay) in one step, so nothing falls between.
 
-        `user_id` limits the stream to that user's programs.
+        `user_id` limits the stream to that user's programs, resumed or not: one
+        program of another user answers NOT_FOUND, like one that never existed.
         """
         if program_id:
             validate_program_id(program_id)
-            if resume_revision is None:
-                self.get(program_id)
-            elif program_id not in self._programs and not self._log.knows(program_id):
-                # Resuming may follow a program to its deletion, not one that never was.
+            owner = self._owner(program_id, resumed=resume_revision is not None)
+            if owner is None or (user_id is not None and owner != user_id):
                 raise NotFound(f"program {program_id} not found")
         subscription = self.hub.subscribe(program_id or None, user_id=user_id)
         if resume_revision is None:
@@ -404,6 +403,14 @@ class Registry:
             subscription.unsubscribe()
             raise
         return WatchStart(None, replay, self.hub.revision, subscription)
+
+    def _owner(self, program_id: str, *, resumed: bool) -> str | None:
+        """Whose program this is. A resumed watch may follow a deleted program to its end:
+        its owner is in the stored log (a program that never was has none)."""
+        program = self._programs.get(program_id)
+        if program is not None:
+            return program.user_id
+        return self._log.owner(program_id) if resumed else None
 
     def snapshot(self, subscription: Subscription) -> list[Program]:
         """The programs a subscription covers, now; drops what it had buffered."""

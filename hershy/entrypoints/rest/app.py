@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -28,7 +29,7 @@ from hershy.entrypoints.rest.errors import (
     forbidden,
     state_label,
 )
-from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, WatcherProxy
+from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, RECHECK_SECONDS, WatcherProxy
 from hershy.entrypoints.rest.streams import StreamPump, pump_ndjson, pump_sse, sse_event
 from hershy.service.metrics import Metrics
 from hershy.v1 import program_pb2 as pb
@@ -72,6 +73,13 @@ class RestConfig:
     principal_ttl_seconds: float = 5.0
     #: The Host's figures, served at /metrics (admin token, unless --no-auth).
     metrics: Metrics | None = None
+    #: Registers a listener the core calls with the secret hash of each token it
+    #: revokes (the Authenticator's `on_revoke`, when the shim runs in the Host's
+    #: process): proxied streams of that token are cut at once.
+    revocations: Callable[[Callable[[str], None]], None] | None = None
+    #: The backstop: how often the proxy asks the core again about the tokens of
+    #: its open streams (a revoked one's streams are cut).
+    revocation_check_seconds: float = RECHECK_SECONDS
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -88,9 +96,10 @@ class RestApi:
         self._health = health_pb2_grpc.HealthStub(channel)
         self.cache = ProgramCache(self._stub, bearer(config.service_token))
         principals = None
+        self.tokens: token_grpc.TokenServiceAsyncStub | None = None
         if config.auth_enabled:
-            tokens: token_grpc.TokenServiceAsyncStub = token_grpc.TokenServiceStub(channel)
-            principals = Principals(tokens, config.principal_ttl_seconds)
+            self.tokens = token_grpc.TokenServiceStub(channel)
+            principals = Principals(self.tokens, config.principal_ttl_seconds)
         self._principals = principals
         self._metrics = config.metrics
         self.proxy = WatcherProxy(self.cache, self._stub, principals)
@@ -401,6 +410,7 @@ class RestServer:
         self._runner: web.AppRunner | None = None
         self._api: RestApi | None = None
         self._cache_task: asyncio.Task[None] | None = None
+        self._recheck_task: asyncio.Task[None] | None = None
 
     async def start(self, sync_timeout: float = 5.0) -> None:
         """Listen, and give the proxy's cache a moment to sync before serving."""
@@ -408,6 +418,13 @@ class RestServer:
         self._api = api = RestApi(self.config, self._channel)
         await api.proxy.start(self.config.proxy_read_timeout)
         self._cache_task = asyncio.create_task(api.cache.run(), name="rest-program-cache")
+        if api.tokens is not None:
+            if self.config.revocations is not None:
+                self.config.revocations(api.proxy.revoked)
+            self._recheck_task = asyncio.create_task(
+                api.proxy.recheck_forever(api.tokens, self.config.revocation_check_seconds),
+                name="rest-proxy-token-recheck",
+            )
         self._runner = web.AppRunner(
             api.app(),
             # No access log: one line per request would cost more than the proxy itself.
@@ -435,9 +452,10 @@ class RestServer:
         """Streams end, running requests get a short grace, then everything closes."""
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._cache_task is not None:
-            self._cache_task.cancel()
-            await asyncio.gather(self._cache_task, return_exceptions=True)
+        for task in (self._cache_task, self._recheck_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._api is not None:
             await self._api.proxy.close()
         if self._channel is not None:
