@@ -82,6 +82,13 @@ async def messages_within(call_: Any, seconds: float) -> list[Any]:
     return got
 
 
+async def read_to_the_end(call_: Any, got: list[Any]) -> None:
+    """Everything a stream still sends into `got`, until it ends (raises what it fails with)."""
+    async with asyncio.timeout(REVOKED_STREAM_SECONDS):
+        while (message := await call_.read()) is not grpc.aio.EOF:
+            got.append(message)
+
+
 async def until_synced(call_: Any) -> list[pb.WatchProgramsResponse]:
     seen = []
     async with asyncio.timeout(5):
@@ -141,7 +148,8 @@ async def test_resuming_a_watch_of_another_users_program_is_not_found(
     error = await watch_error(stub.WatchPrograms(request, metadata=metadata(alice.token)))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     own = await messages_within(stub.WatchPrograms(request, metadata=metadata(bob.token)), 1.0)
-    assert own and own[-1].type == Kind.TYPE_DELETED
+    assert own
+    assert own[-1].type == Kind.TYPE_DELETED
     assert all(m.program.user_id == bob.user_id for m in own)
 
 
@@ -206,9 +214,7 @@ async def test_revoking_a_token_ends_its_grpc_watch_and_log_follow_at_once(
     for stream in (watch_all, watch_one, follow):
         after: list[Any] = []
         with pytest.raises(grpc.aio.AioRpcError) as ended:
-            async with asyncio.timeout(REVOKED_STREAM_SECONDS):
-                while (message := await stream.read()) is not grpc.aio.EOF:
-                    after.append(message)
+            await read_to_the_end(stream, after)
         assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in (ended.value.details() or "")
         assert after == [], f"sent after the revocation: {after}"
@@ -232,9 +238,7 @@ async def test_revoking_one_token_leaves_other_tokens_streams_running(
     got = await messages_within(bobs, 1.0)
     assert any(m.program.state == pb.STATE_STOPPED for m in got)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
-        async with asyncio.timeout(REVOKED_STREAM_SECONDS):
-            while await alices.read() is not grpc.aio.EOF:
-                pass
+        await read_to_the_end(alices, [])
     assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -267,7 +271,8 @@ async def test_revoking_a_token_ends_its_sse_and_log_follow_with_an_error(
     error = json.loads(after_events.split("event: error\ndata: ", 1)[1].split("\n", 1)[0])
     assert error["error"] == "UNAUTHENTICATED"
     lines = [json.loads(line) for line in after_logs.splitlines()]
-    assert lines and lines[-1]["error"] == "UNAUTHENTICATED", lines
+    assert lines
+    assert lines[-1]["error"] == "UNAUTHENTICATED", lines
     assert len(lines) == 1, f"log lines after the revocation: {lines}"
 
 
