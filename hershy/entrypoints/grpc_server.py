@@ -18,9 +18,11 @@ from grpc_reflection.v1alpha import reflection
 from hershy.domain.auth import Principal
 from hershy.domain.errors import HershyError, NotFound, PermissionDenied, Unauthenticated
 from hershy.domain.model import Program
+from hershy.domain.validation import cut, validate_user_id
 from hershy.entrypoints import convert
 from hershy.entrypoints.grpc_errors import code_for, to_status
 from hershy.service.auth import Authenticator, StreamGrant
+from hershy.service.fairness import MAX_CREATES_IN_PROGRESS_PER_USER, PerUserLimit
 from hershy.service.metrics import Metrics
 from hershy.service.registry import Registry, WatchStart
 from hershy.service.watch import Change, Closed, Resync, Subscription
@@ -83,6 +85,8 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         self._registry = registry
         self._auth = auth
         self._rpcs = registry.metrics.rpcs
+        #: One user's creates (big sources to write) cannot crowd out everyone else's work.
+        self._creates = PerUserLimit(MAX_CREATES_IN_PROGRESS_PER_USER, "creates")
 
     def _count(self, method: str, code: grpc.StatusCode) -> None:
         self._rpcs.labels(method, code.name).inc()
@@ -112,14 +116,16 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         user_id = request.user_id or ("" if caller.admin else caller.user_id)
         if not caller.admin and user_id != caller.user_id:
             raise PermissionDenied(
-                f"your token is {caller.user_id}'s: it cannot create programs for {user_id}"
+                f"your token is {caller.user_id}'s: it cannot create programs for {cut(user_id)}"
             )
-        program = await self._registry.create(
-            user_id,
-            request.dockerfile,
-            dict(request.src_files),
-            convert.resources_from_pb(request.resources),
-        )
+        validate_user_id(user_id)
+        with self._creates.slot(user_id):
+            program = await self._registry.create(
+                user_id,
+                request.dockerfile,
+                dict(request.src_files),
+                convert.resources_from_pb(request.resources),
+            )
         return self._pb(program)
 
     @_unary

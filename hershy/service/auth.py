@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from hershy.domain.auth import ADMIN_USER, NOBODY_CHECKED, Principal, TokenRecord, hash_secret
 from hershy.domain.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from hershy.domain.validation import validate_user_id
+from hershy.domain.validation import cut, validate_user_id
 from hershy.service.ports import Clock, IdGenerator, TokenStore
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class Authenticator:
     async def revoke(self, token_id: str) -> TokenRecord:
         record = self._records.get(token_id)
         if record is None:
-            raise NotFound(f"token {token_id} not found")
+            raise NotFound(f"token {cut(token_id)} not found")
         if record.revoked_at is not None:
             return record
         at = self._clock.now()

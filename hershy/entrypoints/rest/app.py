@@ -19,6 +19,7 @@ from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hershy.domain.validation import cut
 from hershy.entrypoints.rest import openapi, shapes, uploads
 from hershy.entrypoints.rest.auth import Metadata, Principals, bearer, credentials
 from hershy.entrypoints.rest.cache import ProgramCache
@@ -103,6 +104,7 @@ class RestApi:
         self._principals = principals
         self._metrics = config.metrics
         self.proxy = WatcherProxy(self.cache, self._stub, principals)
+        self.uploads = uploads.Uploads()
         #: Set on shutdown: SSE and log streams end cleanly instead of being cut.
         self.closing = asyncio.Event()
         #: Where the shim listens, for `proxy_url` when a client's Host header is unusable.
@@ -212,7 +214,7 @@ class RestApi:
     # --- programs ------------------------------------------------------------------
 
     async def create(self, request: web.Request) -> web.Response:
-        message = await uploads.create_request(request)
+        message = await self.uploads.create_request(request)
         program = await self._stub.CreateProgram(
             message, metadata=credentials(request), timeout=CALL_TIMEOUT * 2
         )
@@ -393,7 +395,7 @@ def _resume_revision(request: web.Request) -> int | None:
         try:
             value = int(raw)
         except ValueError:
-            raise bad_request(field, f"{raw[:40]!r} is not a revision (an integer)") from None
+            raise bad_request(field, f"{cut(raw)} is not a revision (an integer)") from None
         if not 0 <= value < 2**63:
             raise bad_request(field, "must be between 0 and 2^63-1")
         return value
@@ -458,5 +460,6 @@ class RestServer:
                 await asyncio.gather(task, return_exceptions=True)
         if self._api is not None:
             await self._api.proxy.close()
+            self._api.uploads.close()
         if self._channel is not None:
             await self._channel.close()

@@ -16,8 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from hershy.domain.validation import SourceLimits
+from hershy.domain.validation import SourceLimits, cut
 from hershy.entrypoints.rest.errors import bad_request, too_large
+from hershy.service.work_queue import WorkQueue
 from hershy.v1 import program_pb2 as pb
 
 #: The core's limit on all files together; base64 (4/3) and JSON escaping or
@@ -28,6 +29,11 @@ TAR_TYPES = frozenset({"application/x-tar", "application/tar"})
 DOCKERFILE = "Dockerfile"
 #: int64 fields of Resources: bigger values would not fit the protobuf field.
 _INT64_MAX = 2**63 - 1
+
+#: Parsing a body of 10,000 files is ~100 ms of CPU: on threads of its own, so the
+#: shim's loop (every other tenant's requests) is not held that long.
+PARSE_WORKERS = 2
+PARSE_BACKLOG = 8
 
 _KEYS = frozenset({"user_id", "dockerfile", "src_files", "src_files_base64", "resources"})
 _RESOURCE_KEYS = ("memory_bytes", "milli_cpus", "pids")
@@ -48,15 +54,25 @@ async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-async def create_request(request: web.Request) -> pb.CreateProgramRequest:
-    """The request a POST /programs describes: a tar by its Content-Type, else JSON.
+class Uploads:
+    """POST /programs bodies parsed off the event loop."""
 
-    Any other Content-Type is read as JSON, as the original system did: its
-    clients (and `curl -d`) do not always say application/json.
-    """
-    if request.content_type.lower() in TAR_TYPES:
-        return from_tar(request.query.get("user_id", ""), await read_body(request))
-    return from_json(await read_body(request))
+    def __init__(self) -> None:
+        self._parsing = WorkQueue("hershy-rest-uploads", PARSE_WORKERS, PARSE_BACKLOG)
+
+    async def create_request(self, request: web.Request) -> pb.CreateProgramRequest:
+        """The request a POST /programs describes: a tar by its Content-Type, else JSON.
+
+        Any other Content-Type is read as JSON, as the original system did: its
+        clients (and `curl -d`) do not always say application/json.
+        """
+        if request.content_type.lower() in TAR_TYPES:
+            user_id = request.query.get("user_id", "")
+            return await self._parsing.run(from_tar, user_id, await read_body(request))
+        return await self._parsing.run(from_json, await read_body(request))
+
+    def close(self) -> None:
+        self._parsing.close()
 
 
 def from_json(body: bytes) -> pb.CreateProgramRequest:
@@ -75,16 +91,16 @@ def from_json(body: bytes) -> pb.CreateProgramRequest:
     for key in data:
         if key not in _KEYS:
             raise bad_request(
-                str(key)[:80], f"is not a known field: use {', '.join(sorted(_KEYS))}"
+                cut(str(key)), f"is not a known field: use {', '.join(sorted(_KEYS))}"
             )
     user_id = _string(data, "user_id")
     dockerfile = _string(data, "dockerfile")
     files = {
-        path: _utf8(text, f"src_files[{path[:100]!r}]")
+        path: _utf8(text, f"src_files[{cut(path)}]")
         for path, text in _object(data, "src_files").items()
     }
     for path, encoded in _object(data, "src_files_base64").items():
-        field = f"src_files_base64[{path[:100]!r}]"
+        field = f"src_files_base64[{cut(path)}]"
         if path in files:
             raise bad_request(field, "is also in src_files: give each file once")
         try:
@@ -114,11 +130,11 @@ def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
                     continue
                 if not member.isreg():
                     raise bad_request(
-                        f"tar member {member.name[:100]!r}",
+                        f"tar member {cut(member.name)}",
                         "is not a regular file (links, devices and fifos are refused)",
                     )
                 if path in files or (path == DOCKERFILE and dockerfile is not None):
-                    raise bad_request(f"tar member {member.name[:100]!r}", "appears twice")
+                    raise bad_request(f"tar member {cut(member.name)}", "appears twice")
                 content = archive.extractfile(member)
                 data = content.read() if content is not None else b""
                 if path == DOCKERFILE:
@@ -139,7 +155,7 @@ def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
 def _member_path(member: tarfile.TarInfo) -> str:
     """The member's path in the build context; absolute and `..` names are refused."""
     name = member.name
-    field = f"tar member {name[:100]!r}"
+    field = f"tar member {cut(name)}"
     if name.startswith("/"):
         raise bad_request(field, "has an absolute path")
     parts = [part for part in name.split("/") if part not in ("", ".")]
@@ -191,7 +207,7 @@ def _object(data: dict[str, Any], key: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise bad_request(key, f"must be an object of path -> content, not {_json_type(value)}")
     for path, content in value.items():
-        field = f"{key}[{path[:100]!r}]"
+        field = f"{key}[{cut(path)}]"
         _utf8(path, field)
         if not isinstance(content, str):
             raise bad_request(field, f"must be a string, not {_json_type(content)}")
@@ -203,7 +219,7 @@ def _resources(value: Any) -> pb.Resources:
         raise bad_request("resources", f"must be an object, not {_json_type(value)}")
     resources = pb.Resources()
     for key, amount in value.items():
-        field = f"resources.{key}"[:100]
+        field = f"resources.{cut(str(key))}"
         if key not in _RESOURCE_KEYS:
             raise bad_request(field, f"is not a known field: use {', '.join(_RESOURCE_KEYS)}")
         if amount is None:
