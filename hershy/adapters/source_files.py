@@ -99,7 +99,10 @@ class FileSourceStore:
             path = src / relative
             if path.parent not in made:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                made.add(path.parent)
+                folder = path.parent
+                while folder not in made:  # each new folder's entry must be durable too
+                    made.add(folder)
+                    folder = folder.parent
             path.write_bytes(content)
             written.append(path)
         # Every file durable first; the marker last, and durable itself.

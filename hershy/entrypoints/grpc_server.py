@@ -123,7 +123,8 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             program = await self._registry.create(
                 user_id,
                 request.dockerfile,
-                dict(request.src_files),
+                # As it is: copied in the registry's checks, off the loop.
+                request.src_files,
                 convert.resources_from_pb(request.resources),
             )
         return self._pb(program)

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 from hershy.domain.errors import ResourceExhausted
+from hershy.domain.validation import cut
 
 #: Creates one user may have in progress at once (each may carry 48 MiB and 10,000
 #: files to write): the rest are refused, not queued, so a flood holds no memory.
@@ -26,7 +27,7 @@ class PerUserLimit:
         taken = self._in_progress.get(user_id, 0)
         if taken >= self.limit:
             raise ResourceExhausted(
-                f"user {user_id} already has {taken} {self._what} in progress (at most "
+                f"user {cut(user_id)} already has {taken} {self._what} in progress (at most "
                 f"{self.limit} at a time): retry once one has finished"
             )
         self._in_progress[user_id] = taken + 1

@@ -58,6 +58,7 @@ from hershy.service.watch import (
     Subscription,
     WatchHub,
 )
+from hershy.service.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ MAX_PAGE_SIZE = 1000
 MAX_WAIT_SECONDS = 3600.0
 DEFAULT_LIMITS = SourceLimits()
 DEFAULT_RESOURCES = ResourcePolicy()
+#: Threads that check and hash sources being created.
+SOURCE_CHECK_WORKERS = 2
 
 
 class EventLog(Protocol):
@@ -181,6 +184,7 @@ class Registry:
         self._created = 0
         self._tasks: asyncio.TaskGroup | None = None
         self._commit_lock = asyncio.Lock()
+        self._source_checks = WorkQueue("hershy-source-checks", SOURCE_CHECK_WORKERS, 8)
         self.metrics = metrics or Metrics()
         self.metrics.watch(lambda: self._programs.values(), lambda: self.hub.subscriber_count)
 
@@ -261,7 +265,11 @@ class Registry:
         `resources` fields left at 0 take the Host's defaults.
         """
         validate_user_id(user_id)
-        source = validate_source(dockerfile, src_files, self._limits)
+        # 10,000 files take tens of ms to check and hash: off the loop, so one
+        # tenant's creates do not hold every other tenant's calls that long.
+        source, inputs_id = await self._source_checks.run(
+            _checked_source, dockerfile, src_files, self._limits
+        )
         asked = resources or Resources(0, 0, 0)
         limits = resolve_resources(
             asked.memory_bytes, asked.milli_cpus, asked.pids, self._resource_policy
@@ -274,7 +282,7 @@ class Registry:
                 at=self._clock.now(),
                 program_id=program_id,
                 user_id=user_id,
-                build_id=build_id(source),
+                build_id=inputs_id,
                 proxy_target=f"127.0.0.1:{port}",
                 resources=limits,
             )
@@ -485,6 +493,13 @@ class Registry:
         self._supervisors.pop(program.id, None)
         self._order.pop(program.id, None)
         self._ports.release(int(program.proxy_target.rsplit(":", 1)[1]))
+
+
+def _checked_source(
+    dockerfile: str, src_files: Mapping[str, bytes], limits: SourceLimits
+) -> tuple[ProgramSource, str]:
+    source = validate_source(dockerfile, src_files, limits)
+    return source, build_id(source)
 
 
 def _encode_page_token(position: int) -> str:

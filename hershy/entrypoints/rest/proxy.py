@@ -29,6 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from hershy.domain.validation import cut
 from hershy.entrypoints.rest.auth import Metadata, Principals, credentials, token_key
 from hershy.entrypoints.rest.cache import ProgramCache, Target
 from hershy.entrypoints.rest.errors import ApiError, bad_request, state_label
@@ -348,7 +349,13 @@ class WatcherProxy:
             raise ApiError(
                 504, "WATCHER_TIMEOUT", "the program's WatcherAPI did not answer in time"
             ) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            # A malformed answer: a huge header, too many, Content-Length with
+            # Transfer-Encoding, no HTTP at all. The program's fault, not the Host's.
+            aiohttp.ClientResponseError,
+        ) as error:
             raise _unreachable(error) from None
         transport = request.transport
 
@@ -432,7 +439,7 @@ class WatcherProxy:
                 "WATCHER_REFUSED_WEBSOCKET",
                 f"the program's WatcherAPI refused the WebSocket upgrade ({error.status})",
             ) from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, TimeoutError) as error:
             raise _unreachable(error) from None
         async with upstream:
             downstream = web.WebSocketResponse(
@@ -524,5 +531,6 @@ def _rewrite_location(location: str, route: ProxyRoute, url: URL) -> str:
 
 
 def _unreachable(error: Exception) -> ApiError:
-    log.info("WatcherAPI unreachable: %s", error)
+    # One line, bounded: the text may quote whatever bytes the program sent.
+    log.info("WatcherAPI unreachable: %s: %s", type(error).__name__, cut(str(error), 200))
     return ApiError(502, "WATCHER_UNREACHABLE", "the program's WatcherAPI does not answer")

@@ -115,7 +115,13 @@ def from_json(body: bytes) -> pb.CreateProgramRequest:
 
 
 def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
-    """A build context as a tar: `Dockerfile` at the top, plain files and folders only."""
+    """A build context as a tar: `Dockerfile` at the top, plain files and folders only.
+
+    A member whose data the body does not hold (a truncated tar), or anything
+    but end-of-archive zeros after the last member read (a corrupt header,
+    which tarfile takes for the end), is refused naming the member: never a
+    file silently dropped.
+    """
     if not user_id:
         raise bad_request("user_id", "is required: POST /programs?user_id=...")
     if not body:
@@ -128,21 +134,28 @@ def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
                 path = _member_path(member)
                 if member.isdir():
                     continue
+                field = f"tar member {cut(member.name)}"
                 if not member.isreg():
                     raise bad_request(
-                        f"tar member {cut(member.name)}",
-                        "is not a regular file (links, devices and fifos are refused)",
+                        field, "is not a regular file (links, devices and fifos are refused)"
+                    )
+                if member.offset_data + member.size > len(body):
+                    raise bad_request(
+                        field,
+                        f"is truncated: it claims {member.size} bytes, the tar holds "
+                        f"{max(0, len(body) - member.offset_data)} of them",
                     )
                 if path in files or (path == DOCKERFILE and dockerfile is not None):
-                    raise bad_request(f"tar member {cut(member.name)}", "appears twice")
+                    raise bad_request(field, "appears twice")
                 content = archive.extractfile(member)
                 data = content.read() if content is not None else b""
                 if path == DOCKERFILE:
                     dockerfile = data
                 else:
                     files[path] = data
+            _check_the_end(body, archive.offset)
     except tarfile.TarError as error:
-        raise bad_request("body", f"is not a valid tar archive: {error}") from None
+        raise bad_request("body", f"is not a valid tar archive: {cut(str(error))}") from None
     if dockerfile is None:
         raise bad_request("dockerfile", "the tar has no Dockerfile at its top level")
     try:
@@ -150,6 +163,19 @@ def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
     except UnicodeDecodeError:
         raise bad_request("dockerfile", "is not UTF-8 text") from None
     return pb.CreateProgramRequest(user_id=user_id, dockerfile=dockerfile_text, src_files=files)
+
+
+def _check_the_end(body: bytes, end: int) -> None:
+    """After the last member tarfile read there may only be zeros (the end-of-archive
+    blocks): tarfile stops quietly at a header it cannot read, dropping what follows."""
+    rest = body[end:]
+    if not rest.strip(b"\0"):
+        return
+    name = rest[:100].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+    raise bad_request(
+        f"tar member {cut(name)}" if name else "body",
+        f"is corrupt or truncated: its header at byte {end} cannot be read",
+    )
 
 
 def _member_path(member: tarfile.TarInfo) -> str:
