@@ -25,7 +25,13 @@ from aiohttp import web
 from hershy.entrypoints.rest import RestConfig, RestServer
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
-from tests.e2e.rest_support import RestHost, client_session, running_rest_server, target_port
+from tests.e2e.rest_support import (
+    RestHost,
+    client_session,
+    port_is_free,
+    running_rest_server,
+    target_port,
+)
 from tests.e2e.test_rest_auth import User, call, make_user, ready_program_of, revoke
 
 Session = aiohttp.ClientSession
@@ -279,6 +285,16 @@ async def test_revoking_a_token_ends_its_sse_and_log_follow_with_an_error(
 # --- revocation: proxied streams -----------------------------------------------------
 
 
+async def program_on_a_free_port(http: Session, host: RestHost, user: User) -> dict[str, Any]:
+    """A Ready program of the user's whose WatcherAPI port nothing else holds on this machine
+    (every Host hands out ports from 19001 up; others may run here)."""
+    for _ in range(50):
+        program = await ready_program_of(http, host, user)
+        if port_is_free(target_port(program)):
+            return program
+    pytest.fail("no free WatcherAPI port in 50 programs")
+
+
 @dataclass
 class TickingWatcher:
     """A WatcherAPI that streams ticks (HTTP and WebSocket), noting when each was sent."""
@@ -348,7 +364,7 @@ async def proxied_streams_end_on_revocation(
     host: RestHost, http: Session, shim_url: str, alice: User, *, websocket: bool
 ) -> tuple[TickingWatcher, float, list[tuple[str, float]], object]:
     """Open a proxied tick stream as Alice, revoke her token; what arrived, and how it ended."""
-    program = await ready_program_of(http, host, alice)
+    program = await program_on_a_free_port(http, host, alice)
     url = f"{shim_url}/programs/{program['program_id']}/watcher"
     async with ticking(target_port(program)) as watcher:
         got: list[tuple[str, float]] = []
