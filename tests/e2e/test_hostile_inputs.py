@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import io
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import aiohttp
@@ -241,7 +241,7 @@ async def test_a_huge_value_is_cut_in_every_message(
         assert len(text) < MESSAGE_BOUND, (url[:120], text[:300])
     programs_stub: pb_grpc.ProgramServiceAsyncStub = pb_grpc.ProgramServiceStub(channel)
     tokens: token_grpc.TokenServiceAsyncStub = token_grpc.TokenServiceStub(channel)
-    calls = [
+    calls: list[Awaitable[Any]] = [
         programs_stub.CreateProgram(
             pb.CreateProgramRequest(user_id=HUGE, dockerfile="FROM scratch\n"),
             metadata=bearer(alice.token),
