@@ -118,6 +118,8 @@ class OpenStream:
 
     #: The caller's credentials, kept only while the request runs (to ask the core again).
     metadata: Metadata
+    #: The token's key (auth.token_key).
+    key: str
     cut: Callable[[], None]
     revoked: bool = field(default=False)
 
@@ -216,19 +218,18 @@ class WatcherProxy:
         return sum(map(len, self._open.values()))
 
     def _opened(self, request: web.Request, cut: Callable[[], None]) -> OpenStream:
-        metadata = credentials(request)
-        stream = OpenStream(metadata, cut)
-        if self._principals is not None:
-            self._open.setdefault(token_key(metadata), set()).add(stream)
+        metadata = credentials(request) if self._principals is not None else ()
+        stream = OpenStream(metadata, token_key(metadata) if metadata else "", cut)
+        if metadata:
+            self._open.setdefault(stream.key, set()).add(stream)
         return stream
 
     def _closed(self, stream: OpenStream) -> None:
-        key = token_key(stream.metadata)
-        streams = self._open.get(key)
+        streams = self._open.get(stream.key)
         if streams is not None:
             streams.discard(stream)
             if not streams:
-                del self._open[key]
+                del self._open[stream.key]
 
     async def recheck_forever(
         self, tokens: token_grpc.TokenServiceAsyncStub, every: float = RECHECK_SECONDS
