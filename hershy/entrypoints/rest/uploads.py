@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hershy.domain.validation import SourceLimits, cut
+from hershy.domain.validation import MAX_ECHO_CHARS, SourceLimits, cut
 from hershy.entrypoints.rest.errors import bad_request, too_large
 from hershy.service.work_queue import WorkQueue
 from hershy.v1 import program_pb2 as pb
@@ -91,7 +91,7 @@ def from_json(body: bytes) -> pb.CreateProgramRequest:
     for key in data:
         if key not in _KEYS:
             raise bad_request(
-                cut(str(key)), f"is not a known field: use {', '.join(sorted(_KEYS))}"
+                str(key)[:MAX_ECHO_CHARS], f"is not a known field: use {', '.join(sorted(_KEYS))}"
             )
     user_id = _string(data, "user_id")
     dockerfile = _string(data, "dockerfile")
@@ -245,7 +245,7 @@ def _resources(value: Any) -> pb.Resources:
         raise bad_request("resources", f"must be an object, not {_json_type(value)}")
     resources = pb.Resources()
     for key, amount in value.items():
-        field = f"resources.{cut(str(key))}"
+        field = f"resources.{key}"[:MAX_ECHO_CHARS]
         if key not in _RESOURCE_KEYS:
             raise bad_request(field, f"is not a known field: use {', '.join(_RESOURCE_KEYS)}")
         if amount is None:
