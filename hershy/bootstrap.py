@@ -142,6 +142,8 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
                 service_token=auth.internal_secret() if not config.no_auth else None,
                 metrics=registry.metrics,
                 not_ready_reason=registry.not_ready_reason,
+                # Revoking a token cuts the proxied streams it opened at once.
+                revocations=auth.on_revoke,
             )
         )
         try:

@@ -4,6 +4,9 @@ One file per program, rotated once it passes `max_bytes` (the previous file
 is kept as `program.log.1`), so a chatty program cannot fill the disk.
 Followers get new lines through a bounded buffer each; one that falls behind
 is told how many lines it missed instead of holding memory.
+
+Reads run on a queue of their own (work_queue.py), never behind other work
+such as saving a big source.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from hershy.domain.model import LogLine, LogStream
+from hershy.service.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,9 @@ FILE_NAME = "program.log"
 FOLLOWER_BUFFER = 10_000
 #: Files kept open for appending; the least recently written are closed first.
 OPEN_FILES = 64
+#: Threads for reading (and removing) logs, and how many reads may wait for one.
+READ_WORKERS = 4
+READ_BACKLOG = 64
 
 
 class _Follower:
@@ -43,9 +50,12 @@ class _Follower:
 
 
 class FileLogStore:
-    def __init__(self, root: Path, max_bytes: int = 10 * 1024 * 1024) -> None:
+    def __init__(
+        self, root: Path, max_bytes: int = 10 * 1024 * 1024, reads: WorkQueue | None = None
+    ) -> None:
         """`root` holds one folder per program (the source store's `programs/`)."""
         self._root = root
+        self._reads = reads or WorkQueue("hershy-log-reads", READ_WORKERS, READ_BACKLOG)
         self._max_bytes = max_bytes
         self._files: OrderedDict[str, IO[str]] = OrderedDict()
         self._followers: dict[str, set[_Follower]] = {}
@@ -90,7 +100,7 @@ class FileLogStore:
         end: int | None,
     ) -> AsyncIterator[LogLine]:
         try:
-            for line in await asyncio.to_thread(self._read, program_id, tail, streams, end):
+            for line in await self._reads.run(self._read, program_id, tail, streams, end):
                 yield line
             while follower is not None:
                 if follower.missed:
@@ -122,7 +132,7 @@ class FileLogStore:
         for follower in self._followers.pop(program_id, set()):
             follower.closed = True
             follower.wakeup.set()
-        await asyncio.to_thread(shutil.rmtree, self._dir(program_id), True)
+        await self._reads.run(shutil.rmtree, self._dir(program_id), True)
 
     def close(self) -> None:
         """Close the files and end every follow (the Host is shutting down)."""

@@ -2,27 +2,76 @@
 
 Each program's folder is written completely before the Create call is
 answered (files first, then a marker), so a half-written source is never
-taken for a whole one.
+taken for a whole one. The files are made durable together, with one
+`syncfs` of the file system after the last of them (an fsync per file cost
+a journal commit each: 10,000 files took about 40 s), and only then is the
+marker written and synced, so a marker on disk always means whole files.
+
+The work runs on a queue of its own (work_queue.py): saving one tenant's
+big source never holds the threads other work needs.
 """
 
 from __future__ import annotations
 
-import asyncio
+import ctypes
+import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from hershy.domain.errors import NotFound
 from hershy.domain.validation import DOCKERFILE_PATH, PROGRAM_ID_PATTERN, ProgramSource
+from hershy.service.work_queue import WorkQueue
+
+log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete"
+#: Threads for saving, loading and removing sources, and how many jobs may wait for one.
+SOURCE_WORKERS = 2
+SOURCE_BACKLOG = 32
+
+
+def _syncfs_function() -> Callable[[int], int] | None:
+    """Linux's syncfs(2): every dirty page of one file system to disk, in one go."""
+    try:
+        function: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    return function
+
+
+_SYNCFS = _syncfs_function()
+
+
+def sync_tree(directory: Path, paths: list[Path]) -> None:
+    """Make `paths` (files and folders, all under `directory`) durable."""
+    if _SYNCFS is not None:
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            if _SYNCFS(descriptor) == 0:
+                return
+            log.warning("syncfs failed (errno %d): syncing file by file", ctypes.get_errno())
+        finally:
+            os.close(descriptor)
+    for path in paths:
+        _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class FileSourceStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, work: WorkQueue | None = None) -> None:
         # Absolute: the state folder becomes a bind mount, and Docker takes a relative
         # source for the name of a volume.
         self.root = data_dir.absolute() / "programs"
+        self._work = work or WorkQueue("hershy-sources", SOURCE_WORKERS, SOURCE_BACKLOG)
 
     def program_dir(self, program_id: str) -> Path:
         if not PROGRAM_ID_PATTERN.fullmatch(program_id):
@@ -33,25 +82,35 @@ class FileSourceStore:
         return self.program_dir(program_id) / "src"
 
     async def save(self, program_id: str, source: ProgramSource) -> None:
-        await asyncio.to_thread(self._save, program_id, source)
+        await self._work.run(self._save, program_id, source)
 
     async def load(self, program_id: str) -> ProgramSource:
-        return await asyncio.to_thread(self._load, program_id)
+        return await self._work.run(self._load, program_id)
 
     async def remove(self, program_id: str) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.program_dir(program_id), True)
+        await self._work.run(shutil.rmtree, self.program_dir(program_id), True)
 
     def _save(self, program_id: str, source: ProgramSource) -> None:
         src = self.source_dir(program_id)
         src.mkdir(parents=True, exist_ok=False)
+        written = []
+        made: set[Path] = {src}
         for relative, content in source.all_files().items():
             path = src / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as file:
-                file.write(content)
-                file.flush()
-                os.fsync(file.fileno())
-        (self.program_dir(program_id) / COMPLETE_MARKER).touch()
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folder = path.parent
+                while folder not in made:  # each new folder's entry must be durable too
+                    made.add(folder)
+                    folder = folder.parent
+            path.write_bytes(content)
+            written.append(path)
+        # Every file durable first; the marker last, and durable itself.
+        sync_tree(src, [*written, *made])
+        marker = self.program_dir(program_id) / COMPLETE_MARKER
+        with open(marker, "wb") as file:
+            os.fsync(file.fileno())
+        _fsync(marker.parent)
 
     def _load(self, program_id: str) -> ProgramSource:
         src = self.source_dir(program_id)

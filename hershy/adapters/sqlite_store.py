@@ -320,6 +320,13 @@ class SqliteEventLog:
         ).fetchone()
         return row is not None
 
+    def owner(self, program_id: str) -> str | None:
+        """The user the program belongs (or belonged) to, from its stored row."""
+        row = self._conn.execute(
+            "SELECT program FROM programs WHERE program_id = ?", (program_id,)
+        ).fetchone()
+        return None if row is None else decode_program(row[0]).user_id
+
     def changes_after(self, revision: int, limit: int = 100_000) -> tuple[int, list[Change]]:
         """(oldest revision kept, the changes after `revision`) for resuming a Watch."""
         db = self._conn

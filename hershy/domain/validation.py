@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from hershy.domain.errors import InvalidArgument, TooLarge
 from hershy.domain.model import Resources
 
+#: The most of a client's value an error message repeats. Messages travel in gRPC
+#: trailers and HTTP bodies: an unbounded echo of a huge value breaks the answer itself.
+MAX_ECHO_CHARS = 80
+
 USER_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 PROGRAM_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DOCKERFILE_PATH = "Dockerfile"
@@ -42,13 +46,20 @@ class ProgramSource:
         return {DOCKERFILE_PATH: self.dockerfile, **self.files}
 
 
+def cut(value: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """A client's value as a message may show it: quoted, escaped, at most `limit` characters."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def validate_user_id(user_id: str, field: str = "user_id") -> str:
     if not user_id:
         raise InvalidArgument(field, "is required")
     if not USER_ID_PATTERN.fullmatch(user_id):
         raise InvalidArgument(
             field,
-            f"{user_id[:80]!r} is not a valid user id: use 1-63 characters of a-z, 0-9, "
+            f"{cut(user_id)} is not a valid user id: use 1-63 characters of a-z, 0-9, "
             "'_' and '-', starting with a letter or digit",
         )
     return user_id
@@ -56,31 +67,49 @@ def validate_user_id(user_id: str, field: str = "user_id") -> str:
 
 def validate_program_id(program_id: str, field: str = "name") -> str:
     if not PROGRAM_ID_PATTERN.fullmatch(program_id):
-        raise InvalidArgument(field, f"{program_id[:80]!r} is not a valid program id")
+        raise InvalidArgument(field, f"{cut(program_id)} is not a valid program id")
     return program_id
+
+
+#: Any character below 0x20 (NUL included): none may appear in a path.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
+
+
+def _path_field(path: str) -> str:
+    return f"src_files[{cut(path)}]"
 
 
 def validate_path(path: str, limits: SourceLimits) -> str:
     """A file path inside the build context: relative, normalised, no tricks."""
-    field = f"src_files[{path[:100]!r}]"
-    if not path:
-        raise InvalidArgument(field, "a file path must not be empty")
-    if "\x00" in path:
-        raise InvalidArgument(field, "a file path must not contain NUL")
-    if "\\" in path:
-        raise InvalidArgument(field, "use '/' to separate directories, not '\\'")
-    if path.startswith("/"):
-        raise InvalidArgument(field, "a file path must be relative, not absolute")
-    if len(path.encode()) > limits.max_path_length:
-        raise InvalidArgument(field, f"a file path must be at most {limits.max_path_length} bytes")
-    parts = path.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise InvalidArgument(field, "a file path must not contain '..', '.' or empty segments")
-    if len(parts) > limits.max_path_depth:
-        raise InvalidArgument(field, f"a file path must be at most {limits.max_path_depth} deep")
-    if any(ord(ch) < 0x20 for ch in path):
-        raise InvalidArgument(field, "a file path must not contain control characters")
+    problem = _path_problem(path, limits)
+    if problem is not None:
+        raise InvalidArgument(_path_field(path), problem)
     return path
+
+
+def _path_problem(path: str, limits: SourceLimits) -> str | None:
+    """What is wrong with a path, or None. Runs for every file: cheap checks, no message
+    built unless there is a problem (10,000 files must not cost the loop much)."""
+    if not path:
+        return "a file path must not be empty"
+    if "\x00" in path:
+        return "a file path must not contain NUL"
+    if "\\" in path:
+        return "use '/' to separate directories, not '\\'"
+    if path.startswith("/"):
+        return "a file path must be relative, not absolute"
+    if len(path) > limits.max_path_length or (
+        not path.isascii() and len(path.encode()) > limits.max_path_length
+    ):
+        return f"a file path must be at most {limits.max_path_length} bytes"
+    parts = path.split("/")
+    if "" in parts or "." in parts or ".." in parts:
+        return "a file path must not contain '..', '.' or empty segments"
+    if len(parts) > limits.max_path_depth:
+        return f"a file path must be at most {limits.max_path_depth} deep"
+    if _CONTROL_CHARACTER.search(path):
+        return "a file path must not contain control characters"
+    return None
 
 
 def validate_source(
@@ -98,22 +127,21 @@ def validate_source(
     directories: set[str] = set()
     for path, content in files.items():
         validate_path(path, limits)
-        field = f"src_files[{path[:100]!r}]"
         if path == DOCKERFILE_PATH:
-            raise InvalidArgument(field, "pass the Dockerfile in the dockerfile field")
+            raise InvalidArgument(_path_field(path), "pass the Dockerfile in the dockerfile field")
         if len(content) > limits.max_file_bytes:
-            raise TooLarge(field, f"is larger than {limits.max_file_bytes} bytes")
+            raise TooLarge(_path_field(path), f"is larger than {limits.max_file_bytes} bytes")
         total += len(content)
-        parts = path.split("/")
-        directories.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        parent = path.rpartition("/")[0]
+        while parent and parent not in directories:
+            directories.add(parent)
+            parent = parent.rpartition("/")[0]
     if total > limits.max_total_bytes:
         raise TooLarge("src_files", f"total more than {limits.max_total_bytes} bytes")
     clash = directories.intersection(files)
     if clash:
         path = min(clash)
-        raise InvalidArgument(
-            f"src_files[{path[:100]!r}]", "is a file but also a directory of another file"
-        )
+        raise InvalidArgument(_path_field(path), "is a file but also a directory of another file")
     return ProgramSource(dockerfile_bytes, dict(files))
 
 

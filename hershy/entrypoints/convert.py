@@ -11,7 +11,7 @@ from hershy.domain.auth import TokenRecord
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream, Program, Resources, State
 from hershy.domain.quotas import QUOTA_NAMES, Usage, UserQuota
-from hershy.domain.validation import validate_program_id, validate_user_id
+from hershy.domain.validation import cut, validate_program_id, validate_user_id
 from hershy.service.watch import Change, ChangeKind
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import quota_pb2 as quota_pb
@@ -32,7 +32,7 @@ def program_id_from_name(name: str, field: str = "name") -> str:
     if not name:
         raise InvalidArgument(field, "is required: programs/{id}")
     if not name.startswith(NAME_PREFIX):
-        raise InvalidArgument(field, f"{name[:80]!r} is not of the form programs/{{id}}")
+        raise InvalidArgument(field, f"{cut(name)} is not of the form programs/{{id}}")
     return validate_program_id(name[len(NAME_PREFIX) :], field)
 
 
@@ -178,7 +178,7 @@ def change_to_pb(change: Change, runtime: str) -> pb.WatchProgramsResponse:
 
 def token_id_from_name(name: str) -> str:
     if not name.startswith(TOKEN_PREFIX) or not name[len(TOKEN_PREFIX) :]:
-        raise InvalidArgument("name", f"{name[:80]!r} is not of the form tokens/{{id}}")
+        raise InvalidArgument("name", f"{cut(name)} is not of the form tokens/{{id}}")
     return name[len(TOKEN_PREFIX) :]
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
@@ -14,14 +16,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hershy.domain.auth import Principal
-from hershy.domain.errors import HershyError, NotFound, PermissionDenied
+from hershy.domain.errors import HershyError, NotFound, PermissionDenied, Unauthenticated
 from hershy.domain.model import Program
+from hershy.domain.validation import cut, validate_user_id
 from hershy.entrypoints import convert
 from hershy.entrypoints.grpc_errors import code_for, to_status
-from hershy.service.auth import Authenticator
+from hershy.service.auth import Authenticator, StreamGrant
+from hershy.service.fairness import MAX_CREATES_IN_PROGRESS_PER_USER, PerUserLimit
 from hershy.service.metrics import Metrics
-from hershy.service.registry import Registry
-from hershy.service.watch import Change, Closed, Resync
+from hershy.service.registry import Registry, WatchStart
+from hershy.service.watch import Change, Closed, Resync, Subscription
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
 from hershy.v1 import quota_pb2 as quota_pb
@@ -40,6 +44,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
+T = TypeVar("T")
 
 
 class _Counted(Protocol):
@@ -85,6 +90,8 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         self._rpcs = registry.metrics.rpcs
         # Changes are encoded once, however many subscribers there are.
         self._encoded: OrderedDict[int, pb.WatchProgramsResponse] = OrderedDict()
+        #: One user's creates (big sources to write) cannot crowd out everyone else's work.
+        self._creates = PerUserLimit(MAX_CREATES_IN_PROGRESS_PER_USER, "creates")
 
     def _count(self, method: str, code: grpc.StatusCode) -> None:
         self._rpcs.labels(method, code.name).inc()
@@ -112,14 +119,17 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         user_id = request.user_id or ("" if caller.admin else caller.user_id)
         if not caller.admin and user_id != caller.user_id:
             raise PermissionDenied(
-                f"your token is {caller.user_id}'s: it cannot create programs for {user_id}"
+                f"your token is {caller.user_id}'s: it cannot create programs for {cut(user_id)}"
             )
-        program = await self._registry.create(
-            user_id,
-            request.dockerfile,
-            dict(request.src_files),
-            convert.resources_from_pb(request.resources),
-        )
+        validate_user_id(user_id)
+        with self._creates.slot(user_id):
+            program = await self._registry.create(
+                user_id,
+                request.dockerfile,
+                # As it is: copied in the registry's checks, off the loop.
+                request.src_files,
+                convert.resources_from_pb(request.resources),
+            )
         return self._pb(program)
 
     @_unary
@@ -178,41 +188,71 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
     async def WatchPrograms(
         self, request: pb.WatchProgramsRequest, context: Context
     ) -> AsyncIterator[pb.WatchProgramsResponse]:
+        """Ownership is checked at the start (resumed or not) and on every change sent;
+        revoking the token ends the stream with UNAUTHENTICATED, at once."""
+        grant: StreamGrant | None = None
         try:
-            caller = self._caller(context)
+            grant = self._auth.open_stream(authorization(context))
+            caller = grant.principal
             program_id = convert.program_id_from_name(request.name) if request.name else ""
             resume = request.resume_revision if request.HasField("resume_revision") else None
-            if program_id and resume is None:
-                self._own(caller, request.name)
             owner = None if caller.admin else caller.user_id
             start = self._registry.watch(program_id, resume, owner)
         except HershyError as error:
+            if grant is not None:
+                self._auth.close_stream(grant)
             self._count("WatchPrograms", code_for(error))
             await context.abort_with_status(to_status(error))
             return
         self._count("WatchPrograms", grpc.StatusCode.OK)
-        # Accepted: say so now, so a client need not wait for the first change to know.
-        await context.send_initial_metadata(())
         subscription = start.subscription
+        # Wakes a stream waiting for its next change, so the revocation ends it now.
+        grant.on_revoke = subscription.close
         try:
-            if start.snapshot is not None:
-                for message in self._snapshot(start.snapshot, start.revision):
-                    yield message
-            for change in start.replay:
-                yield self._encode(change)
-            while True:
+            # Accepted: say so now, so a client need not wait for the first change to know.
+            await context.send_initial_metadata(())
+            for message in self._watch_messages(start, subscription, caller):
+                if grant.revoked:
+                    break
+                yield message
+            while not grant.revoked:
                 item = await subscription.next()
+                if grant.revoked:
+                    break
                 if isinstance(item, Change):
-                    yield self._encode(item)
+                    if caller.sees(item.program):
+                        yield self._encode(item)
                 elif item is Resync.RESYNC:
                     yield pb.WatchProgramsResponse(type=pb.WatchProgramsResponse.TYPE_RESYNC)
-                    programs = self._registry.snapshot(subscription)
+                    programs = [p for p in self._registry.snapshot(subscription) if caller.sees(p)]
                     for message in self._snapshot(programs, self._registry.hub.revision):
+                        if grant.revoked:
+                            break
                         yield message
                 elif item is Closed.CLOSED:
-                    return
+                    break
         finally:
             subscription.unsubscribe()
+            self._auth.close_stream(grant)
+        if grant.revoked:
+            await self._end_revoked(context, "WatchPrograms")
+
+    def _watch_messages(
+        self, start: WatchStart, subscription: Subscription, caller: Principal
+    ) -> Iterator[pb.WatchProgramsResponse]:
+        """What a Watch sends before it goes live: the snapshot, or the replay; only
+        what the caller may see (the registry filtered it already: this is the second lock)."""
+        if start.snapshot is not None:
+            programs = [program for program in start.snapshot if caller.sees(program)]
+            yield from self._snapshot(programs, start.revision)
+        for change in start.replay:
+            if subscription.wants(change) and caller.sees(change.program):
+                yield self._encode(change)
+
+    async def _end_revoked(self, context: Context, method: str) -> None:
+        error = Unauthenticated("the token this stream was opened with was revoked")
+        self._count(method, code_for(error))
+        await context.abort_with_status(to_status(error))
 
     @_unary
     async def GetProgramSource(
@@ -230,21 +270,31 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
     async def ReadProgramLogs(
         self, request: pb.ReadProgramLogsRequest, context: Context
     ) -> AsyncIterator[pb.LogEntry]:
+        """Revoking the token ends the read (a follow too) with UNAUTHENTICATED, at once."""
+        grant: StreamGrant | None = None
         try:
-            program_id = self._own(self._caller(context), request.name)
+            grant = self._auth.open_stream(authorization(context))
+            program_id = self._own(grant.principal, request.name)
             streams = frozenset(
                 convert.log_stream_from_pb(value, "streams") for value in request.streams
             )
             tail = request.tail if request.HasField("tail") else None
             lines = self._registry.logs(program_id, tail, streams, request.follow)
         except HershyError as error:
+            if grant is not None:
+                self._auth.close_stream(grant)
             self._count("ReadProgramLogs", code_for(error))
             await context.abort_with_status(to_status(error))
             return
         self._count("ReadProgramLogs", grpc.StatusCode.OK)
-        await context.send_initial_metadata(())
-        async for line in lines:
-            yield convert.log_line_to_pb(line)
+        try:
+            await context.send_initial_metadata(())
+            async for line in until_revoked(grant, lines):
+                yield convert.log_line_to_pb(line)
+        finally:
+            self._auth.close_stream(grant)
+        if grant.revoked:
+            await self._end_revoked(context, "ReadProgramLogs")
 
     def _snapshot(self, programs: list[Program], revision: int) -> list[pb.WatchProgramsResponse]:
         messages = [
@@ -268,6 +318,55 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             if len(self._encoded) > 4096:
                 self._encoded.popitem(last=False)
         return message
+
+
+class _Ended(enum.Enum):
+    ENDED = "ended"
+
+
+#: How many log lines a read may have fetched ahead of what it has sent.
+READ_AHEAD_LINES = 256
+
+
+async def until_revoked(grant: StreamGrant, source: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`source`'s items until it ends or the grant's token is revoked, whichever is first.
+
+    The source is read by a task of this generator's own, so a revocation can
+    stop it wherever it waits (a follow waits for new lines for hours); what
+    it had read ahead is dropped, never sent.
+    """
+    ahead: asyncio.Queue[T | _Ended] = asyncio.Queue(READ_AHEAD_LINES)
+    failure: list[BaseException] = []
+
+    async def read() -> None:
+        try:
+            async for item in source:
+                await ahead.put(item)
+        except Exception as error:
+            failure.append(error)
+        await ahead.put(_Ended.ENDED)
+
+    reader = asyncio.create_task(read(), name="log-read")
+
+    def revoked() -> None:
+        reader.cancel()
+        while not ahead.empty():
+            ahead.get_nowait()
+        ahead.put_nowait(_Ended.ENDED)
+
+    grant.on_revoke = revoked
+    try:
+        while True:
+            item = await ahead.get()
+            if isinstance(item, _Ended) or grant.revoked:
+                break
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        grant.on_revoke = None
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 class TokenService(token_pb_grpc.TokenServiceServicer):

@@ -3,14 +3,62 @@
 The Host keeps only a hash of each token's secret. The admin's token is made
 on the first start and shown once; the admin makes and revokes the users'
 tokens. With `--no-auth` (loopback only) every caller is the admin.
+
+A revocation is also an event: every stream opened with the token is told at
+once (`open_stream`), and so are listeners such as the REST shim's proxy
+(`on_revoke`), so nothing more is delivered on the strength of a dead token.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from hershy.domain.auth import ADMIN_USER, NOBODY_CHECKED, Principal, TokenRecord, hash_secret
 from hershy.domain.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from hershy.domain.validation import validate_user_id
+from hershy.domain.validation import cut, validate_user_id
 from hershy.service.ports import Clock, IdGenerator, TokenStore
+
+log = logging.getLogger(__name__)
+
+
+def parse_bearer(authorization: str | None) -> str:
+    """The secret of an `authorization` value (`Bearer <secret>`), or UNAUTHENTICATED."""
+    if not authorization:
+        raise Unauthenticated("a token is required: send `authorization: Bearer <token>`")
+    scheme, _, secret = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthenticated("send the token as `authorization: Bearer <token>`")
+    return secret.strip()
+
+
+def secret_hash_of(authorization: str | None) -> str | None:
+    """What the Host knows a token by (the hash of its secret); None for no or a malformed one."""
+    try:
+        return hash_secret(parse_bearer(authorization))
+    except Unauthenticated:
+        return None
+
+
+@dataclass(eq=False)
+class StreamGrant:
+    """A stream's standing: who opened it, and whether its token has been revoked since.
+
+    `on_revoke` runs once, inside the revocation, to wake the stream so it ends
+    (it must not block); the stream checks `revoked` before every message.
+    """
+
+    principal: Principal
+    token_id: str
+    revoked: bool = False
+    on_revoke: Callable[[], None] | None = field(default=None, repr=False)
+
+    def _revoke(self) -> None:
+        self.revoked = True
+        if self.on_revoke is not None:
+            self.on_revoke()
 
 
 class Authenticator:
@@ -23,29 +71,59 @@ class Authenticator:
         self._ids = ids
         self._records = {record.id: record for record in store.tokens()}
         self._active = {r.secret_hash: r for r in self._records.values() if r.revoked_at is None}
+        #: Open streams by the id of the token they were opened with.
+        self._streams: dict[str, set[StreamGrant]] = {}
+        #: Told the secret hash of every token revoked (the REST shim's proxy).
+        self._listeners: list[Callable[[str], None]] = []
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller an `authorization` header or metadata value stands for."""
         if not self.enabled:
             return NOBODY_CHECKED
-        if not authorization:
-            raise Unauthenticated("a token is required: send `authorization: Bearer <token>`")
-        scheme, _, secret = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise Unauthenticated("send the token as `authorization: Bearer <token>`")
-        record = self._active.get(hash_secret(secret.strip()))
+        return self._record(authorization).principal
+
+    def _record(self, authorization: str | None) -> TokenRecord:
+        record = self._active.get(hash_secret(parse_bearer(authorization)))
         if record is None:
             raise Unauthenticated("the token is not valid (unknown or revoked)")
-        return record.principal
+        return record
 
     def record_for(self, authorization: str | None) -> TokenRecord:
         """The token record a caller's header names (UNAUTHENTICATED as `authenticate`)."""
-        principal = self.authenticate(authorization)
-        _, _, secret = (authorization or "").strip().partition(" ")
-        record = self._active.get(hash_secret(secret.strip()))
-        if record is None:  # --no-auth, or the Host's own token
-            return TokenRecord("", "", principal.user_id, principal.admin, 0.0)
+        if not self.enabled:  # --no-auth
+            return TokenRecord("", "", NOBODY_CHECKED.user_id, NOBODY_CHECKED.admin, 0.0)
+        record = self._record(authorization)
+        if not record.id:  # the Host's own token
+            return TokenRecord("", "", record.user_id, record.admin, 0.0)
         return record
+
+    def open_stream(self, authorization: str | None) -> StreamGrant:
+        """Authenticate a stream and follow its token: revoking it ends the stream.
+
+        Pair with `close_stream` when the stream ends, however it ends.
+        """
+        if not self.enabled:
+            return StreamGrant(NOBODY_CHECKED, "")
+        record = self._record(authorization)
+        grant = StreamGrant(record.principal, record.id)
+        if record.id:  # the Host's own token (id "") is never revoked
+            self._streams.setdefault(record.id, set()).add(grant)
+        return grant
+
+    def close_stream(self, grant: StreamGrant) -> None:
+        streams = self._streams.get(grant.token_id)
+        if streams is not None:
+            streams.discard(grant)
+            if not streams:
+                del self._streams[grant.token_id]
+
+    def on_revoke(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(secret_hash)` whenever a token is revoked (it must not block)."""
+        self._listeners.append(listener)
+
+    @property
+    def open_streams(self) -> int:
+        return sum(map(len, self._streams.values()))
 
     def internal_secret(self) -> str:
         """A token for the Host's own parts (the REST shim): admin, in memory, never stored."""
@@ -74,7 +152,7 @@ class Authenticator:
     async def revoke(self, token_id: str) -> TokenRecord:
         record = self._records.get(token_id)
         if record is None:
-            raise NotFound(f"token {token_id} not found")
+            raise NotFound(f"token {cut(token_id)} not found")
         if record.revoked_at is not None:
             return record
         at = self._clock.now()
@@ -84,7 +162,19 @@ class Authenticator:
         )
         self._records[token_id] = revoked
         self._active.pop(record.secret_hash, None)
+        for grant in self._streams.pop(token_id, set()):
+            self._tell(grant._revoke)
+        for listener in self._listeners:
+            self._tell(functools.partial(listener, record.secret_hash))
         return revoked
+
+    @staticmethod
+    def _tell(callback: Callable[[], None]) -> None:
+        """One stream or listener failing to wake must not keep the others running."""
+        try:
+            callback()
+        except Exception:
+            log.exception("a stream did not take its token's revocation")
 
     def tokens(self) -> list[TokenRecord]:
         return list(self._records.values())

@@ -59,6 +59,7 @@ from hershy.service.watch import (
     Subscription,
     WatchHub,
 )
+from hershy.service.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ DEFAULT_RESOURCES = ResourcePolicy()
 #: Recovery's retries when the runtime fails: the first delay, doubling up to the last.
 RECOVERY_RETRY_FIRST = 0.5
 RECOVERY_RETRY_MAX = 15.0
+#: Threads that check and hash sources being created.
+SOURCE_CHECK_WORKERS = 2
 
 
 class EventLog(Protocol):
@@ -77,8 +80,8 @@ class EventLog(Protocol):
 
     async def append(self, program: Program, event: ev.Event) -> int: ...
 
-    def knows(self, program_id: str) -> bool:
-        """Whether the program ever existed (deleted ones included)."""
+    def owner(self, program_id: str) -> str | None:
+        """The user a program belongs (or, deleted, belonged) to; None if it never existed."""
         ...
 
 
@@ -87,15 +90,15 @@ class MemoryEventLog:
 
     def __init__(self) -> None:
         self._revision = 0
-        self._ids: set[str] = set()
+        self._owners: dict[str, str] = {}
 
     async def append(self, program: Program, event: ev.Event) -> int:
         self._revision += 1
-        self._ids.add(program.id)
+        self._owners[program.id] = program.user_id
         return self._revision
 
-    def knows(self, program_id: str) -> bool:
-        return program_id in self._ids
+    def owner(self, program_id: str) -> str | None:
+        return self._owners.get(program_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,7 @@ class Registry:
         self._recovered: list[Supervisor] = []
         self._recovery: asyncio.Task[None] | None = None
         self._runs = _LiveRuns(self._programs)
+        self._source_checks = WorkQueue("hershy-source-checks", SOURCE_CHECK_WORKERS, 8)
         self.metrics = metrics or Metrics()
         self.metrics.watch(lambda: self._programs.values(), lambda: self.hub.subscriber_count)
 
@@ -294,7 +298,11 @@ class Registry:
         src_files: Mapping[str, bytes],
         resources: Resources | None,
     ) -> Program:
-        source = validate_source(dockerfile, src_files, self._limits)
+        # 10,000 files take tens of ms to check and hash: off the loop, so one
+        # tenant's creates do not hold every other tenant's calls that long.
+        source, inputs_id = await self._source_checks.run(
+            _checked_source, dockerfile, src_files, self._limits
+        )
         asked = resources or Resources(0, 0, 0, 0)
         limits = resolve_resources(
             asked.memory_bytes,
@@ -314,7 +322,7 @@ class Registry:
                 at=self._clock.now(),
                 program_id=program_id,
                 user_id=user_id,
-                build_id=build_id(source),
+                build_id=inputs_id,
                 # None yet: the runtime places the program when it starts.
                 resources=limits,
             )
@@ -436,14 +444,13 @@ class Registry:
     ) -> WatchStart:
         """Subscribe and take the snapshot (or the replay) in one step, so nothing falls between.
 
-        `user_id` limits the stream to that user's programs.
+        `user_id` limits the stream to that user's programs, resumed or not: one
+        program of another user answers NOT_FOUND, like one that never existed.
         """
         if program_id:
             validate_program_id(program_id)
-            if resume_revision is None:
-                self.get(program_id)
-            elif program_id not in self._programs and not self._log.knows(program_id):
-                # Resuming may follow a program to its deletion, not one that never was.
+            owner = self._owner(program_id, resumed=resume_revision is not None)
+            if owner is None or (user_id is not None and owner != user_id):
                 raise NotFound(f"program {program_id} not found")
         subscription = self.hub.subscribe(program_id or None, user_id=user_id)
         if resume_revision is None:
@@ -454,6 +461,14 @@ class Registry:
             subscription.unsubscribe()
             raise
         return WatchStart(None, replay, self.hub.revision, subscription)
+
+    def _owner(self, program_id: str, *, resumed: bool) -> str | None:
+        """Whose program this is. A resumed watch may follow a deleted program to its end:
+        its owner is in the stored log (a program that never was has none)."""
+        program = self._programs.get(program_id)
+        if program is not None:
+            return program.user_id
+        return self._log.owner(program_id) if resumed else None
 
     def snapshot(self, subscription: Subscription) -> list[Program]:
         """The programs a subscription covers, now; drops what it had buffered."""
@@ -549,6 +564,13 @@ class _LiveRuns(Mapping[str, int]):
 
     def __len__(self) -> int:
         return len(self._programs)
+
+
+def _checked_source(
+    dockerfile: str, src_files: Mapping[str, bytes], limits: SourceLimits
+) -> tuple[ProgramSource, str]:
+    source = validate_source(dockerfile, src_files, limits)
+    return source, build_id(source)
 
 
 def _encode_page_token(position: int) -> str:

@@ -171,6 +171,16 @@ def target_port(program: dict[str, Any]) -> int:
     return int(program["proxy_target"].rsplit(":", 1)[1])
 
 
+def port_is_free(port: int) -> bool:
+    """Whether nothing on this machine holds the port now (other Hosts may)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 # --- a program's WatcherAPI, played by a real HTTP server ------------------------
 
 

@@ -84,3 +84,37 @@ async def test_no_auth_mode_treats_every_caller_as_the_admin(store: SqliteEventL
     auth = Authenticator(store, TestClock(), RandomIds(), enabled=False)
     assert auth.authenticate(None).admin
     assert await auth.ensure_admin() is None
+
+
+async def test_revoking_a_token_tells_its_streams_and_listeners_and_nobody_else(
+    store: SqliteEventLog,
+) -> None:
+    auth = Authenticator(store, TestClock(), RandomIds())
+    alice, alice_secret = await auth.create("alice")
+    _, bob_secret = await auth.create("bob")
+    told: list[str] = []
+    heard: list[str] = []
+    auth.on_revoke(heard.append)
+    alices = [auth.open_stream(f"Bearer {alice_secret}") for _ in range(2)]
+    bobs = auth.open_stream(f"Bearer {bob_secret}")
+    internal = auth.open_stream(f"Bearer {auth.internal_secret()}")
+    closed_early = auth.open_stream(f"Bearer {alice_secret}")
+    auth.close_stream(closed_early)
+
+    def broken() -> None:
+        raise RuntimeError("a stream that cannot be woken")
+
+    alices[0].on_revoke = broken  # must not keep the other stream running
+    alices[1].on_revoke = lambda: told.append("alice-1")
+    closed_early.on_revoke = lambda: told.append("closed")
+    bobs.on_revoke = lambda: told.append("bob")
+    assert auth.open_streams == 3  # the Host's own token is never revoked: not followed
+    await auth.revoke(alice.id)
+    assert told == ["alice-1"]
+    assert [grant.revoked for grant in (*alices, bobs, internal)] == [True, True, False, False]
+    assert heard == [hash_secret(alice_secret)]
+    assert auth.open_streams == 1
+    with pytest.raises(Unauthenticated):
+        auth.open_stream(f"Bearer {alice_secret}")
+    auth.close_stream(bobs)
+    assert auth.open_streams == 0

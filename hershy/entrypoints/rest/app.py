@@ -19,6 +19,7 @@ from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hershy.domain.validation import cut
 from hershy.entrypoints.rest import openapi, shapes, uploads
 from hershy.entrypoints.rest.auth import Metadata, Principals, bearer, credentials
 from hershy.entrypoints.rest.cache import ProgramCache
@@ -29,7 +30,7 @@ from hershy.entrypoints.rest.errors import (
     forbidden,
     state_label,
 )
-from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, WatcherProxy
+from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, RECHECK_SECONDS, WatcherProxy
 from hershy.entrypoints.rest.quotas import QuotaRoutes
 from hershy.entrypoints.rest.streams import StreamPump, pump_ndjson, pump_sse, sse_event
 from hershy.service.metrics import Metrics
@@ -76,6 +77,13 @@ class RestConfig:
     metrics: Metrics | None = None
     #: Why the Host is not ready yet (recovery under way, Docker failing), None when it is.
     not_ready_reason: Callable[[], str | None] | None = None
+    #: Registers a listener the core calls with the secret hash of each token it
+    #: revokes (the Authenticator's `on_revoke`, when the shim runs in the Host's
+    #: process): proxied streams of that token are cut at once.
+    revocations: Callable[[Callable[[str], None]], None] | None = None
+    #: The backstop: how often the proxy asks the core again about the tokens of
+    #: its open streams (a revoked one's streams are cut).
+    revocation_check_seconds: float = RECHECK_SECONDS
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -92,13 +100,15 @@ class RestApi:
         self._health = health_pb2_grpc.HealthStub(channel)
         self.cache = ProgramCache(self._stub, bearer(config.service_token))
         principals = None
+        self.tokens: token_grpc.TokenServiceAsyncStub | None = None
         if config.auth_enabled:
-            tokens: token_grpc.TokenServiceAsyncStub = token_grpc.TokenServiceStub(channel)
-            principals = Principals(tokens, config.principal_ttl_seconds)
+            self.tokens = token_grpc.TokenServiceStub(channel)
+            principals = Principals(self.tokens, config.principal_ttl_seconds)
         self._principals = principals
         self._metrics = config.metrics
         self.proxy = WatcherProxy(self.cache, self._stub, principals)
         self._quotas = QuotaRoutes(channel)
+        self.uploads = uploads.Uploads()
         #: Set on shutdown: SSE and log streams end cleanly instead of being cut.
         self.closing = asyncio.Event()
         #: Where the shim listens, for `proxy_url` when a client's Host header is unusable.
@@ -212,7 +222,7 @@ class RestApi:
     # --- programs ------------------------------------------------------------------
 
     async def create(self, request: web.Request) -> web.Response:
-        message = await uploads.create_request(request)
+        message = await self.uploads.create_request(request)
         program = await self._stub.CreateProgram(
             message, metadata=credentials(request), timeout=CALL_TIMEOUT * 2
         )
@@ -393,7 +403,7 @@ def _resume_revision(request: web.Request) -> int | None:
         try:
             value = int(raw)
         except ValueError:
-            raise bad_request(field, f"{raw[:40]!r} is not a revision (an integer)") from None
+            raise bad_request(field, f"{cut(raw)} is not a revision (an integer)") from None
         if not 0 <= value < 2**63:
             raise bad_request(field, "must be between 0 and 2^63-1")
         return value
@@ -410,6 +420,7 @@ class RestServer:
         self._runner: web.AppRunner | None = None
         self._api: RestApi | None = None
         self._cache_task: asyncio.Task[None] | None = None
+        self._recheck_task: asyncio.Task[None] | None = None
 
     async def start(self, sync_timeout: float = 5.0) -> None:
         """Listen, and give the proxy's cache a moment to sync before serving."""
@@ -417,6 +428,13 @@ class RestServer:
         self._api = api = RestApi(self.config, self._channel)
         await api.proxy.start(self.config.proxy_read_timeout)
         self._cache_task = asyncio.create_task(api.cache.run(), name="rest-program-cache")
+        if api.tokens is not None:
+            if self.config.revocations is not None:
+                self.config.revocations(api.proxy.revoked)
+            self._recheck_task = asyncio.create_task(
+                api.proxy.recheck_forever(api.tokens, self.config.revocation_check_seconds),
+                name="rest-proxy-token-recheck",
+            )
         self._runner = web.AppRunner(
             api.app(),
             # No access log: one line per request would cost more than the proxy itself.
@@ -444,10 +462,12 @@ class RestServer:
         """Streams end, running requests get a short grace, then everything closes."""
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._cache_task is not None:
-            self._cache_task.cancel()
-            await asyncio.gather(self._cache_task, return_exceptions=True)
+        for task in (self._cache_task, self._recheck_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._api is not None:
             await self._api.proxy.close()
+            self._api.uploads.close()
         if self._channel is not None:
             await self._channel.close()

@@ -3,7 +3,8 @@
 The core decides on every gRPC call (tokens, and who sees which program); the
 shim only carries the header along. The proxy is the exception: it answers
 from its cache without calling the core, so it learns who a token stands for
-from the core (GetCurrentToken) and remembers it for a few seconds.
+from the core (GetCurrentToken) and remembers it for a few seconds, or until
+the core says the token was revoked (`forget`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hershy.entrypoints.rest.errors import unauthenticated
+from hershy.service.auth import secret_hash_of
 from hershy.v1 import token_pb2
 from hershy.v1 import token_pb2_grpc as token_grpc
 
@@ -31,6 +33,13 @@ def credentials(request: web.Request) -> Metadata:
     if not value.isascii() or not value.isprintable():
         raise unauthenticated("the Authorization header is malformed: send `Bearer <token>`")
     return (("authorization", value),)
+
+
+def token_key(metadata: Metadata) -> str:
+    """What the shim knows a caller's token by while a request runs: the core's hash of
+    its secret (so a revocation, which names that hash, finds it), never the token."""
+    value = metadata[0][1] if metadata else ""
+    return secret_hash_of(value) or "malformed:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def bearer(token: str | None) -> Metadata:
@@ -49,8 +58,9 @@ class Principal:
 class Principals:
     """token -> Principal, asked of the core at most once per token per `ttl` seconds.
 
-    A revoked token still opens the proxy for at most `ttl` seconds; every
-    other route asks the core each time.
+    A revoked token still opens the proxy for at most `ttl` seconds (none at
+    all when the core tells the shim of the revocation: `forget`); every other
+    route asks the core each time.
     """
 
     def __init__(
@@ -60,13 +70,17 @@ class Principals:
         self._ttl = ttl
         self._capacity = capacity
         # Keyed by a hash: the shim keeps no token longer than a request.
-        self._known: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._known: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+
+    def forget(self, key: str) -> None:
+        """The token was revoked: ask the core again next time (it will refuse)."""
+        self._known.pop(key, None)
 
     async def resolve(self, request: web.Request) -> Principal:
         metadata = credentials(request)
         if not metadata:
             raise unauthenticated("a token is required: send `Authorization: Bearer <token>`")
-        key = hashlib.sha256(metadata[0][1].encode()).digest()
+        key = token_key(metadata)
         now = time.monotonic()
         known = self._known.get(key)
         if known is not None and known[0] > now:

@@ -231,7 +231,9 @@ _SSE = {
         "Server-Sent Events: `snapshot` (one per program, no id), `synced` (id: the "
         "snapshot's revision), then `created`, `updated`, `deleted` (id: the change's "
         "revision), `resync` when the stream fell behind (a fresh snapshot follows). "
-        "Data: the program as JSON. A comment line every 15 s keeps the stream open."
+        "Data: the program as JSON. A comment line every 15 s keeps the stream open. "
+        "`error` (data: the error body) ends a stream that failed after it began, e.g. "
+        "UNAUTHENTICATED once its token was revoked."
     ),
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
 }
@@ -258,7 +260,9 @@ def _proxy_path(alias: bool) -> dict[str, Any]:
     responses = {
         "default": {"description": "Whatever the program's WatcherAPI answers, passed through."},
         **_errors("400", "404"),
-        "502": _error("The WatcherAPI does not answer (or refused a WebSocket)."),
+        "502": _error(
+            "The WatcherAPI does not answer, answers malformed HTTP, or refused a WebSocket."
+        ),
         "503": _error("The program is not Ready; `state` names its state."),
         "504": _error("The WatcherAPI did not answer in time."),
     }
@@ -356,7 +360,8 @@ PATHS: dict[str, Any] = {
                             "format": "binary",
                             "description": (
                                 "The build context: Dockerfile at the top, regular files "
-                                "and folders only; pass user_id in the query."
+                                "and folders only, every member's data present (a truncated "
+                                "tar is 400 naming the member); pass user_id in the query."
                             ),
                         }
                     },
@@ -365,7 +370,10 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "201": _json(_ref("Program"), "Created."),
                 **_errors("400", "413", "429"),
-                "503": _ERRORS["503"],
+                "503": _error(
+                    "The Host is not ready, or the user already has 2 creates in progress "
+                    "(RESOURCE_EXHAUSTED: retry once one has finished)."
+                ),
             },
         },
         "get": {
@@ -462,7 +470,10 @@ PATHS: dict[str, Any] = {
             ],
             "responses": {
                 "200": {
-                    "description": "One LogEntry JSON object a line.",
+                    "description": (
+                        "One LogEntry JSON object a line; a stream that fails after it "
+                        "began (e.g. its token revoked) ends with a line in the error shape."
+                    ),
                     "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                 },
                 **_errors("400", "404"),

@@ -5,6 +5,11 @@ program's WatcherAPI port as the core allotted it. Nothing the client sends
 (the Host header, an absolute request target, dot segments, encoded slashes)
 takes part in choosing where a request goes; the path is checked on its raw,
 still-encoded form, because that is what the program's server will decode.
+
+A proxied response or WebSocket lasts as long as the token it was opened
+with: when the core revokes the token (it tells the shim at once, and the
+proxy also asks the core again every few seconds, in case a word was missed)
+the connection is cut, with nothing more passed on.
 """
 
 from __future__ import annotations
@@ -13,21 +18,26 @@ import asyncio
 import logging
 import re
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
+import grpc
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from hershy.entrypoints.rest.auth import Principals, credentials
+from hershy.domain.validation import cut
+from hershy.entrypoints.rest.auth import Metadata, Principals, credentials, token_key
 from hershy.entrypoints.rest.cache import ProgramCache, Target
 from hershy.entrypoints.rest.errors import ApiError, bad_request, state_label
 from hershy.entrypoints.rest.shapes import not_ready, program_name
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy.v1 import token_pb2
+from hershy.v1 import token_pb2_grpc as token_grpc
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +104,29 @@ READ_BUFFER_BYTES = 256 * 1024
 MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
 #: Close codes that must not be sent in a close frame (RFC 6455 7.4.1).
 _RESERVED_CLOSE_CODES = frozenset({1005, 1006, 1015})
+
+
+#: The close code of a WebSocket cut because its token was revoked (policy violation).
+REVOKED_CLOSE_CODE = aiohttp.WSCloseCode.POLICY_VIOLATION
+#: How often the proxy asks the core whether the tokens of open streams still hold.
+RECHECK_SECONDS = 1.0
+
+
+@dataclass(eq=False)
+class OpenStream:
+    """A proxied response or WebSocket in progress, and how to cut it."""
+
+    #: The caller's credentials, kept only while the request runs (to ask the core again).
+    metadata: Metadata
+    #: The token's key (auth.token_key).
+    key: str
+    cut: Callable[[], None]
+    revoked: bool = field(default=False)
+
+    def revoke(self) -> None:
+        if not self.revoked:
+            self.revoked = True
+            self.cut()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +203,53 @@ class WatcherProxy:
         self._drop = HOP_BY_HOP | _REQUEST_ONLY | frozenset({"authorization"} if principals else ())
         self._session: aiohttp.ClientSession | None = None
         self._websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        #: Open streams by their token's key (auth.token_key).
+        self._open: dict[str, set[OpenStream]] = {}
+
+    def revoked(self, key: str) -> None:
+        """The token with this key was revoked: cut every stream it opened, now."""
+        if self._principals is not None:
+            self._principals.forget(key)
+        for stream in self._open.pop(key, set()):
+            stream.revoke()
+
+    @property
+    def open_streams(self) -> int:
+        return sum(map(len, self._open.values()))
+
+    def _opened(self, request: web.Request, cut: Callable[[], None]) -> OpenStream:
+        metadata = credentials(request) if self._principals is not None else ()
+        stream = OpenStream(metadata, token_key(metadata) if metadata else "", cut)
+        if metadata:
+            self._open.setdefault(stream.key, set()).add(stream)
+        return stream
+
+    def _closed(self, stream: OpenStream) -> None:
+        streams = self._open.get(stream.key)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self._open[stream.key]
+
+    async def recheck_forever(
+        self, tokens: token_grpc.TokenServiceAsyncStub, every: float = RECHECK_SECONDS
+    ) -> None:
+        """The backstop: ask the core whether each open stream's token still holds."""
+        while True:
+            await asyncio.sleep(every)
+            for key, streams in list(self._open.items()):
+                if not streams:
+                    continue
+                metadata = next(iter(streams)).metadata
+                try:
+                    await tokens.GetCurrentToken(
+                        token_pb2.GetCurrentTokenRequest(), metadata=metadata, timeout=5
+                    )
+                except grpc.aio.AioRpcError as error:
+                    # Only a refusal ends streams: a core that is down proves nothing.
+                    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        log.info("ending %d proxied streams: their token was revoked", len(streams))
+                        self.revoked(key)
 
     async def start(self, read_timeout: float) -> None:
         self._session = aiohttp.ClientSession(
@@ -270,8 +350,37 @@ class WatcherProxy:
             raise ApiError(
                 504, "WATCHER_TIMEOUT", "the program's WatcherAPI did not answer in time"
             ) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            # A malformed answer: a huge header, too many, Content-Length with
+            # Transfer-Encoding, no HTTP at all. The program's fault, not the Host's.
+            aiohttp.ClientResponseError,
+        ) as error:
             raise _unreachable(error) from None
+        transport = request.transport
+
+        def cut() -> None:
+            # The client's side first, so not one more byte reaches it; then the
+            # program's, so a silent upstream does not hold the connection.
+            if transport is not None:
+                transport.close()
+            upstream.close()
+
+        stream = self._opened(request, cut)
+        try:
+            return await self._relay_response(request, route, url, upstream, stream)
+        finally:
+            self._closed(stream)
+
+    async def _relay_response(
+        self,
+        request: web.Request,
+        route: ProxyRoute,
+        url: URL,
+        upstream: aiohttp.ClientResponse,
+        stream: OpenStream,
+    ) -> web.StreamResponse:
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             if upstream.content_length:
@@ -297,6 +406,9 @@ class WatcherProxy:
             except ConnectionResetError:
                 pass  # the client went away; leaving the block drops the upstream connection
             except _UpstreamBrokeOff:
+                if stream.revoked:
+                    log.info("program %s: proxied response cut: token revoked", route.program_id)
+                    return response
                 # The status is sent already: cut the connection so the client
                 # sees a truncated body instead of a complete-looking one.
                 log.info("program %s: WatcherAPI broke off a response", route.program_id)
@@ -328,7 +440,7 @@ class WatcherProxy:
                 "WATCHER_REFUSED_WEBSOCKET",
                 f"the program's WatcherAPI refused the WebSocket upgrade ({error.status})",
             ) from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, TimeoutError) as error:
             raise _unreachable(error) from None
         async with upstream:
             downstream = web.WebSocketResponse(
@@ -337,7 +449,12 @@ class WatcherProxy:
             )
             await downstream.prepare(request)
             self._websockets.add(downstream)
-            await _relay(downstream, upstream)
+            revoked = asyncio.Event()
+            stream = self._opened(request, revoked.set)
+            try:
+                await _relay(downstream, upstream, revoked)
+            finally:
+                self._closed(stream)
         return downstream
 
 
@@ -361,9 +478,12 @@ async def _copy_body(upstream: aiohttp.ClientResponse, response: web.StreamRespo
 async def _pipe(
     source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    revoked: asyncio.Event,
 ) -> None:
     """Messages from one side to the other until the source closes (pings answer themselves)."""
     async for message in source:
+        if revoked.is_set():
+            return  # not one message more on a revoked token's connection
         if message.type == aiohttp.WSMsgType.TEXT:
             await sink.send_str(message.data)
         elif message.type == aiohttp.WSMsgType.BINARY:
@@ -371,19 +491,29 @@ async def _pipe(
 
 
 async def _relay(
-    downstream: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+    downstream: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    revoked: asyncio.Event,
 ) -> None:
-    """Both directions at once; when one side closes, the other is closed with its code."""
-    to_upstream = asyncio.ensure_future(_pipe(downstream, upstream))
-    to_downstream = asyncio.ensure_future(_pipe(upstream, downstream))
+    """Both directions at once; when one side closes, the other is closed with its code.
+
+    When the token is revoked both sides are closed, the client's with 1008.
+    """
+    to_upstream = asyncio.ensure_future(_pipe(downstream, upstream, revoked))
+    to_downstream = asyncio.ensure_future(_pipe(upstream, downstream, revoked))
+    revocation = asyncio.ensure_future(revoked.wait())
     try:
         done, _ = await asyncio.wait(
-            (to_upstream, to_downstream), return_when=asyncio.FIRST_COMPLETED
+            (to_upstream, to_downstream, revocation), return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        for task in (to_upstream, to_downstream):
+        for task in (to_upstream, to_downstream, revocation):
             task.cancel()
-        await asyncio.gather(to_upstream, to_downstream, return_exceptions=True)
+        await asyncio.gather(to_upstream, to_downstream, revocation, return_exceptions=True)
+    if revoked.is_set():
+        await downstream.close(code=REVOKED_CLOSE_CODE, message=b"token revoked")
+        await upstream.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+        return
     closed, other = (downstream, upstream) if to_upstream in done else (upstream, downstream)
     code = closed.close_code
     if code is None or code in _RESERVED_CLOSE_CODES:
@@ -402,5 +532,6 @@ def _rewrite_location(location: str, route: ProxyRoute, url: URL) -> str:
 
 
 def _unreachable(error: Exception) -> ApiError:
-    log.info("WatcherAPI unreachable: %s", error)
+    # One line, bounded: the text may quote whatever bytes the program sent.
+    log.info("WatcherAPI unreachable: %s: %s", type(error).__name__, cut(str(error), 200))
     return ApiError(502, "WATCHER_UNREACHABLE", "the program's WatcherAPI does not answer")

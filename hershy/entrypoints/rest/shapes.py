@@ -14,7 +14,7 @@ from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hershy.domain.errors import InvalidArgument
-from hershy.domain.validation import validate_program_id
+from hershy.domain.validation import cut, validate_program_id
 from hershy.entrypoints.rest.errors import ApiError, bad_request, state_label
 from hershy.v1 import program_pb2 as pb
 
@@ -125,7 +125,7 @@ def source_json(source: pb.ProgramSource, program_id: str) -> dict[str, Any]:
 def parse_state(value: str, field: str = "state") -> pb.State.ValueType:
     state = _STATES.get(value.lower().removeprefix("state_"))
     if state is None:
-        raise bad_request(field, f"{value[:40]!r} is not a state: one of {', '.join(STATE_LABELS)}")
+        raise bad_request(field, f"{cut(value)} is not a state: one of {', '.join(STATE_LABELS)}")
     return state
 
 
@@ -135,7 +135,7 @@ def parse_log_streams(value: str, field: str = "stream") -> list[pb.LogStream.Va
         stream = _LOG_STREAMS.get(name)
         if stream is None:
             raise bad_request(
-                field, f"{name[:40]!r} is not a log stream: use {', '.join(LOG_STREAM_NAMES)}"
+                field, f"{cut(name)} is not a log stream: use {', '.join(LOG_STREAM_NAMES)}"
             )
         streams.append(stream)
     return streams
@@ -150,7 +150,7 @@ def parse_int(
     try:
         value = int(raw)
     except ValueError:
-        raise bad_request(field, f"{raw[:40]!r} is not an integer") from None
+        raise bad_request(field, f"{cut(raw)} is not an integer") from None
     if not low <= value <= high:
         raise bad_request(field, f"must be between {low} and {high}")
     return value
@@ -163,7 +163,7 @@ def parse_seconds(request: web.Request, field: str, default: float, high: float)
     try:
         value = float(raw)
     except ValueError:
-        raise bad_request(field, f"{raw[:40]!r} is not a number of seconds") from None
+        raise bad_request(field, f"{cut(raw)} is not a number of seconds") from None
     if not 0 < value <= high:  # also refuses nan and inf
         raise bad_request(field, f"must be more than 0 and at most {high:g} seconds")
     return value
@@ -179,7 +179,7 @@ def parse_bool(request: web.Request, field: str) -> bool:
         return True
     if raw in _FALSE:
         return False
-    raise bad_request(field, f"{raw[:40]!r} is not a boolean: use 1/0 or true/false")
+    raise bad_request(field, f"{cut(raw)} is not a boolean: use 1/0 or true/false")
 
 
 def not_ready(state: str) -> ApiError:

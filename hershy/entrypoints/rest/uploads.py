@@ -16,8 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from hershy.domain.validation import SourceLimits
+from hershy.domain.validation import MAX_ECHO_CHARS, SourceLimits, cut
 from hershy.entrypoints.rest.errors import bad_request, too_large
+from hershy.service.work_queue import WorkQueue
 from hershy.v1 import program_pb2 as pb
 
 #: The core's limit on all files together; base64 (4/3) and JSON escaping or
@@ -28,6 +29,11 @@ TAR_TYPES = frozenset({"application/x-tar", "application/tar"})
 DOCKERFILE = "Dockerfile"
 #: int64 fields of Resources: bigger values would not fit the protobuf field.
 _INT64_MAX = 2**63 - 1
+
+#: Parsing a body of 10,000 files is ~100 ms of CPU: on threads of its own, so the
+#: shim's loop (every other tenant's requests) is not held that long.
+PARSE_WORKERS = 2
+PARSE_BACKLOG = 8
 
 _KEYS = frozenset({"user_id", "dockerfile", "src_files", "src_files_base64", "resources"})
 _RESOURCE_KEYS = ("memory_bytes", "milli_cpus", "pids", "state_bytes")
@@ -48,15 +54,25 @@ async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-async def create_request(request: web.Request) -> pb.CreateProgramRequest:
-    """The request a POST /programs describes: a tar by its Content-Type, else JSON.
+class Uploads:
+    """POST /programs bodies parsed off the event loop."""
 
-    Any other Content-Type is read as JSON, as the original system did: its
-    clients (and `curl -d`) do not always say application/json.
-    """
-    if request.content_type.lower() in TAR_TYPES:
-        return from_tar(request.query.get("user_id", ""), await read_body(request))
-    return from_json(await read_body(request))
+    def __init__(self) -> None:
+        self._parsing = WorkQueue("hershy-rest-uploads", PARSE_WORKERS, PARSE_BACKLOG)
+
+    async def create_request(self, request: web.Request) -> pb.CreateProgramRequest:
+        """The request a POST /programs describes: a tar by its Content-Type, else JSON.
+
+        Any other Content-Type is read as JSON, as the original system did: its
+        clients (and `curl -d`) do not always say application/json.
+        """
+        if request.content_type.lower() in TAR_TYPES:
+            user_id = request.query.get("user_id", "")
+            return await self._parsing.run(from_tar, user_id, await read_body(request))
+        return await self._parsing.run(from_json, await read_body(request))
+
+    def close(self) -> None:
+        self._parsing.close()
 
 
 def from_json(body: bytes) -> pb.CreateProgramRequest:
@@ -75,16 +91,16 @@ def from_json(body: bytes) -> pb.CreateProgramRequest:
     for key in data:
         if key not in _KEYS:
             raise bad_request(
-                str(key)[:80], f"is not a known field: use {', '.join(sorted(_KEYS))}"
+                str(key)[:MAX_ECHO_CHARS], f"is not a known field: use {', '.join(sorted(_KEYS))}"
             )
     user_id = _string(data, "user_id")
     dockerfile = _string(data, "dockerfile")
     files = {
-        path: _utf8(text, f"src_files[{path[:100]!r}]")
+        path: _utf8(text, f"src_files[{cut(path)}]")
         for path, text in _object(data, "src_files").items()
     }
     for path, encoded in _object(data, "src_files_base64").items():
-        field = f"src_files_base64[{path[:100]!r}]"
+        field = f"src_files_base64[{cut(path)}]"
         if path in files:
             raise bad_request(field, "is also in src_files: give each file once")
         try:
@@ -99,7 +115,13 @@ def from_json(body: bytes) -> pb.CreateProgramRequest:
 
 
 def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
-    """A build context as a tar: `Dockerfile` at the top, plain files and folders only."""
+    """A build context as a tar: `Dockerfile` at the top, plain files and folders only.
+
+    A member whose data the body does not hold (a truncated tar), or anything
+    but end-of-archive zeros after the last member read (a corrupt header,
+    which tarfile takes for the end), is refused naming the member: never a
+    file silently dropped.
+    """
     if not user_id:
         raise bad_request("user_id", "is required: POST /programs?user_id=...")
     if not body:
@@ -112,21 +134,28 @@ def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
                 path = _member_path(member)
                 if member.isdir():
                     continue
+                field = f"tar member {cut(member.name)}"
                 if not member.isreg():
                     raise bad_request(
-                        f"tar member {member.name[:100]!r}",
-                        "is not a regular file (links, devices and fifos are refused)",
+                        field, "is not a regular file (links, devices and fifos are refused)"
+                    )
+                if member.offset_data + member.size > len(body):
+                    raise bad_request(
+                        field,
+                        f"is truncated: it claims {member.size} bytes, the tar holds "
+                        f"{max(0, len(body) - member.offset_data)} of them",
                     )
                 if path in files or (path == DOCKERFILE and dockerfile is not None):
-                    raise bad_request(f"tar member {member.name[:100]!r}", "appears twice")
+                    raise bad_request(field, "appears twice")
                 content = archive.extractfile(member)
                 data = content.read() if content is not None else b""
                 if path == DOCKERFILE:
                     dockerfile = data
                 else:
                     files[path] = data
+            _check_the_end(body, archive.offset)
     except tarfile.TarError as error:
-        raise bad_request("body", f"is not a valid tar archive: {error}") from None
+        raise bad_request("body", f"is not a valid tar archive: {cut(str(error))}") from None
     if dockerfile is None:
         raise bad_request("dockerfile", "the tar has no Dockerfile at its top level")
     try:
@@ -136,10 +165,23 @@ def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
     return pb.CreateProgramRequest(user_id=user_id, dockerfile=dockerfile_text, src_files=files)
 
 
+def _check_the_end(body: bytes, end: int) -> None:
+    """After the last member tarfile read there may only be zeros (the end-of-archive
+    blocks): tarfile stops quietly at a header it cannot read, dropping what follows."""
+    rest = body[end:]
+    if not rest.strip(b"\0"):
+        return
+    name = rest[:100].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+    raise bad_request(
+        f"tar member {cut(name)}" if name else "body",
+        f"is corrupt or truncated: its header at byte {end} cannot be read",
+    )
+
+
 def _member_path(member: tarfile.TarInfo) -> str:
     """The member's path in the build context; absolute and `..` names are refused."""
     name = member.name
-    field = f"tar member {name[:100]!r}"
+    field = f"tar member {cut(name)}"
     if name.startswith("/"):
         raise bad_request(field, "has an absolute path")
     parts = [part for part in name.split("/") if part not in ("", ".")]
@@ -191,7 +233,7 @@ def _object(data: dict[str, Any], key: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise bad_request(key, f"must be an object of path -> content, not {_json_type(value)}")
     for path, content in value.items():
-        field = f"{key}[{path[:100]!r}]"
+        field = f"{key}[{cut(path)}]"
         _utf8(path, field)
         if not isinstance(content, str):
             raise bad_request(field, f"must be a string, not {_json_type(content)}")
@@ -203,7 +245,7 @@ def _resources(value: Any) -> pb.Resources:
         raise bad_request("resources", f"must be an object, not {_json_type(value)}")
     resources = pb.Resources()
     for key, amount in value.items():
-        field = f"resources.{key}"[:100]
+        field = f"resources.{key}"[:MAX_ECHO_CHARS]
         if key not in _RESOURCE_KEYS:
             raise bad_request(field, f"is not a known field: use {', '.join(_RESOURCE_KEYS)}")
         if amount is None:
