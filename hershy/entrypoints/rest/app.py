@@ -30,6 +30,8 @@ from hershy.entrypoints.rest.errors import (
 )
 from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, WatcherProxy
 from hershy.entrypoints.rest.streams import StreamPump, pump_ndjson, pump_sse, sse_event
+from hershy.entrypoints.rest.tokens import TokenRoutes
+from hershy.entrypoints.rest.ui import Dashboard
 from hershy.service.metrics import Metrics
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
@@ -92,6 +94,8 @@ class RestApi:
             tokens: token_grpc.TokenServiceAsyncStub = token_grpc.TokenServiceStub(channel)
             principals = Principals(tokens, config.principal_ttl_seconds)
         self._principals = principals
+        self._tokens = TokenRoutes(token_grpc.TokenServiceStub(channel))
+        self._dashboard = Dashboard(auth_enabled=config.auth_enabled)
         self._metrics = config.metrics
         self.proxy = WatcherProxy(self.cache, self._stub, principals)
         #: Set on shutdown: SSE and log streams end cleanly instead of being cut.
@@ -123,6 +127,8 @@ class RestApi:
         add("GET", "/programs/{program_id}/source", self.source)
         add("GET", "/programs/{program_id}/events", self.events)
         add("GET", "/events", self.events)
+        self._tokens.register(app)
+        self._dashboard.register(app)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
