@@ -28,8 +28,9 @@ from aiohttp import web
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from hershy.entrypoints.rest.ui import DIST_DIR
 from tests.e2e.rest_support import DOCKERFILE, RestHost, running_rest_server
@@ -109,7 +110,7 @@ def target_port(program: dict[str, Any]) -> int:
 #: What a hostile program answers: markup that would run script if it were ever treated as HTML.
 HOSTILE = (
     "<script>window.__pwned = 1; alert('pwned')</script>"
-    "<img src=x onerror=\"window.__pwned = 2\"><b id=injected>bold</b>"
+    '<img src=x onerror="window.__pwned = 2"><b id=injected>bold</b>'
 )
 
 
@@ -249,7 +250,9 @@ class Browser:
             )
         except Exception as error:
             page = self.driver.find_element(By.TAG_NAME, "body").text[:3000]
-            raise AssertionError(f"waited {seconds} s for {what}; the page shows:\n{page}") from error
+            raise AssertionError(
+                f"waited {seconds} s for {what}; the page shows:\n{page}"
+            ) from error
 
     def find(self, css: str) -> WebElement:
         return self.driver.find_element(By.CSS_SELECTOR, css)
@@ -274,9 +277,15 @@ class Browser:
         self.wait_for("a", text).click()
 
     def fill(self, css: str, value: str) -> None:
+        """Type into a field as a person would (clear() fires no input event for the page)."""
         element = self.find(css)
-        element.clear()
-        element.send_keys(value)
+        element.send_keys(Keys.CONTROL, "a")
+        element.send_keys(Keys.BACKSPACE)
+        if value:
+            element.send_keys(value)
+
+    def choose(self, css: str, text: str) -> None:
+        Select(self.find(css)).select_by_visible_text(text)
 
     def script(self, source: str) -> Any:
         return self.driver.execute_script(source)
@@ -295,7 +304,7 @@ class Browser:
         return True
 
     def read_console(self) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = self.driver.get_log("browser")
+        entries: list[dict[str, Any]] = self.driver.get_log("browser")  # type: ignore[no-untyped-call]
         self.console += entries
         return entries
 
@@ -305,8 +314,7 @@ class Browser:
         return [
             entry
             for entry in self.console
-            if entry["level"] == "SEVERE"
-            and not any(text in entry["message"] for text in allowed)
+            if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in allowed)
         ]
 
 
