@@ -110,7 +110,7 @@ def target_port(program: dict[str, Any]) -> int:
 #: What a hostile program answers: markup that would run script if it were ever treated as HTML.
 HOSTILE = (
     "<script>window.__pwned = 1; alert('pwned')</script>"
-    '<img src=x onerror="window.__pwned = 2"><b id=injected>bold</b>'
+    "<img src=x onerror=window.__pwned=2><b id=injected>bold</b>"
 )
 
 
