@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
@@ -245,9 +245,13 @@ class Browser:
 
     def wait(self, condition: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS) -> Any:
         try:
-            return WebDriverWait(self.driver, seconds, poll_frequency=0.1).until(
-                lambda _: condition()
-            )
+            # An element the page re-rendered meanwhile is looked up again on the next poll.
+            return WebDriverWait(
+                self.driver,
+                seconds,
+                poll_frequency=0.1,
+                ignored_exceptions=(StaleElementReferenceException,),
+            ).until(lambda _: condition())
         except Exception as error:
             page = self.driver.find_element(By.TAG_NAME, "body").text[:3000]
             raise AssertionError(
