@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up this machine for Hershy, idempotently: Python packages (the project
 # and its Python client, clients/python, in editable mode, with the dev tools),
-# buf, and the Docker engine with gVisor (scripts/setup-host.sh). Run as root
-# on Debian bookworm. A second run takes seconds.
+# buf, Chromium (the dashboard's browser tests), the dashboard's bundle, and the
+# Docker engine with gVisor (scripts/setup-host.sh). Run as root on Debian
+# bookworm. A second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,26 @@ if [[ "$(buf --version 2>/dev/null)" != "${BUF_VERSION}" ]]; then
     npm install --global --silent --allow-scripts=@bufbuild/buf "@bufbuild/buf@${BUF_VERSION}" \
         || npm install --global --silent "@bufbuild/buf@${BUF_VERSION}"
 fi
+
+echo "==> Chromium and chromedriver (Debian's; the dashboard's browser tests)"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+fi
+
+echo "==> the dashboard (dashboard/: npm ci, then esbuild into dashboard/dist)"
+(
+    cd dashboard
+    # npm ci only when the lockfile changed since the last install (a stamp in
+    # node_modules), so a second run takes seconds. esbuild's install script is
+    # not needed: its binary comes in the @esbuild/linux-x64 package.
+    lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+    if [[ "$(cat node_modules/.hershy-lock-sha256 2>/dev/null)" != "${lock_hash}" ]]; then
+        npm ci --prefer-offline --no-audit --no-fund --loglevel=error
+        echo "${lock_hash}" > node_modules/.hershy-lock-sha256
+    fi
+    node build.mjs
+)
 
 echo "==> Go tools"
 scripts/codegen-go.sh --install-tools

@@ -12,6 +12,13 @@ ruff format --check .
 echo "==> mypy --strict"
 mypy
 
+echo "==> dashboard: TypeScript types (tsc --noEmit), then the bundle the browser tests load"
+(
+    cd dashboard
+    node_modules/.bin/tsc --noEmit
+    node build.mjs
+)
+
 echo "==> buf lint, format"
 buf lint
 buf format --diff --exit-code

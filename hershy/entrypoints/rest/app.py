@@ -33,6 +33,8 @@ from hershy.entrypoints.rest.errors import (
 from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, RECHECK_SECONDS, WatcherProxy
 from hershy.entrypoints.rest.quotas import QuotaRoutes
 from hershy.entrypoints.rest.streams import StreamPump, pump_ndjson, pump_sse, sse_event
+from hershy.entrypoints.rest.tokens import TokenRoutes
+from hershy.entrypoints.rest.ui import Dashboard
 from hershy.service.metrics import Metrics
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
@@ -105,6 +107,8 @@ class RestApi:
             self.tokens = token_grpc.TokenServiceStub(channel)
             principals = Principals(self.tokens, config.principal_ttl_seconds)
         self._principals = principals
+        self._tokens = TokenRoutes(token_grpc.TokenServiceStub(channel))
+        self._dashboard = Dashboard(auth_enabled=config.auth_enabled)
         self._metrics = config.metrics
         self.proxy = WatcherProxy(self.cache, self._stub, principals)
         self._quotas = QuotaRoutes(channel)
@@ -139,6 +143,8 @@ class RestApi:
         add("GET", "/programs/{program_id}/events", self.events)
         add("GET", "/events", self.events)
         self._quotas.add_to(app)
+        self._tokens.register(app)
+        self._dashboard.register(app)
         app.on_shutdown.append(self._on_shutdown)
         return app
 

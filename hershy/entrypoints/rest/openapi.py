@@ -530,6 +530,91 @@ PATHS: dict[str, Any] = {
     "/programs/{program_id}/proxy/watcher/{path}": _proxy_path(alias=True),
 }
 
+_TOKEN_ID = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}
+SCHEMAS["Token"] = {
+    "type": "object",
+    "required": ["token_id", "user_id", "admin", "created_at", "revoked_at"],
+    "properties": {
+        "token_id": {"type": "string", "description": "`tok-...`; never the secret."},
+        "user_id": {"type": "string"},
+        "admin": {"type": "boolean"},
+        "created_at": _NULLABLE_TIME,
+        "revoked_at": _NULLABLE_TIME,
+        "secret": {"type": "string", "description": "Only in the answer that created it."},
+    },
+}
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+PATHS.update(
+    {
+        "/whoami": {
+            "get": {
+                "summary": "Who the caller's token stands for.",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["user_id", "admin"],
+                            "properties": {
+                                "user_id": {"type": "string"},
+                                "admin": {"type": "boolean"},
+                            },
+                        },
+                        "The caller.",
+                    )
+                },
+            }
+        },
+        "/tokens": {
+            "get": {
+                "summary": "Every token, revoked ones too (the admin's token).",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["tokens"],
+                            "properties": {"tokens": {"type": "array", "items": _ref("Token")}},
+                        },
+                        "The tokens, without secrets.",
+                    ),
+                    "403": _error("Not the admin's token."),
+                },
+            },
+            "post": {
+                "summary": "A new token for a user (the admin's token); its secret is shown once.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["user_id"],
+                                "properties": {"user_id": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json(_ref("Token"), "Created, with its secret."),
+                    **_errors("400"),
+                    "403": _error("Not the admin's token."),
+                },
+            },
+        },
+        "/tokens/{token_id}": {
+            "delete": {
+                "summary": "Revoke a token (the admin's token): calls with it fail from now on.",
+                "parameters": [_TOKEN_ID],
+                "responses": {
+                    "200": _json(_ref("Token"), "Revoked."),
+                    **_errors("400"),
+                    "403": _error("Not the admin's token."),
+                    "404": _error("No such token."),
+                },
+            }
+        },
+    }
+)
+
 # Every route but health and this document wants a token (unless the Host runs with
 # --no-auth); the core's 401 applies to all of them alike.
 _UNAUTHENTICATED = _error(
@@ -544,6 +629,32 @@ for _operations in PATHS.values():
 PATHS["/programs"]["post"]["responses"]["403"] = _error(
     "The token is another user's: it cannot create programs for this user_id."
 )
+
+# The web dashboard (ui.py): pages, not API; no token (the page asks for one).
+_UI_ANSWERS = {
+    "200": {"description": "The dashboard's page or one of its files.", "content": _HTML},
+    "404": _error("No such file of the dashboard."),
+    "503": {"description": "The dashboard is not built: run scripts/setup.sh.", "content": _HTML},
+}
+PATHS["/ui"] = {
+    "get": {
+        "summary": "Redirects to /ui/.",
+        "tags": ["ui"],
+        "security": [],
+        "responses": {"308": {"description": "To /ui/."}},
+    }
+}
+PATHS["/ui/{path}"] = {
+    "get": {
+        "summary": "The web dashboard (a single-page app; /ui/programs is the original's path).",
+        "tags": ["ui"],
+        "security": [],
+        "parameters": [
+            {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "responses": _UI_ANSWERS,
+    }
+}
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.0.3",

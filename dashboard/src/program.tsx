@@ -1,0 +1,266 @@
+// One program: lifecycle buttons (the API's answer shown inline), facts,
+// the state timeline from the events, logs (follow, stream filter), source.
+
+import { useEffect, useState } from "preact/hooks";
+import { callJson, isRecord, type LogEntry, type Program, readLogs, toProgram } from "./api";
+import { type Answer, AnswerNote, age, describeError, Link, localTime, navigate, StateBadge, useNow } from "./common";
+import { useStore } from "./store";
+
+const STREAMS = ["build", "stdout", "stderr", "host"] as const;
+const LOG_LINES = 2000;
+
+function Facts(props: { program: Program }) {
+  const p = props.program;
+  const now = useNow();
+  const resources = Object.entries(p.resources)
+    .map(([key, value]) => `${key}=${String(value)}`)
+    .join(", ");
+  const rows: [string, string][] = [
+    ["User", p.user],
+    ["Restarts", String(p.restarts)],
+    ["Last exit code", p.lastExitCode === null ? "—" : String(p.lastExitCode)],
+    ["Error", p.error || "—"],
+    ["Runtime", p.runtime || "—"],
+    ["Resources", resources || "—"],
+    ["Created", `${localTime(p.createdAt)} (${age(p.createdAt, now)} ago)`],
+    ["Ready since", localTime(p.readyAt)],
+    ["Next restart", localTime(p.nextRestartAt)],
+    ["Run", String(p.run)],
+    ["Build", p.buildId || "—"],
+    ["Image", p.imageId || "—"],
+    ["Container", p.containerId || "—"],
+    ["WatcherAPI (proxy)", p.proxyUrl || "—"],
+  ];
+  return (
+    <dl class="facts">
+      {rows.map(([name, value]) => (
+        <div class={name === "Error" && p.error !== "" ? "fact error-text" : "fact"}>
+          <dt>{name}</dt>
+          <dd data-fact={name}>{value}</dd>
+        </div>
+      ))}
+    </dl>
+  );
+}
+
+function Lifecycle(props: { program: Program }) {
+  const id = props.program.id;
+  const [answer, setAnswer] = useState<Answer>(null);
+  const [busy, setBusy] = useState<string | null>(null);
+  const [confirming, setConfirming] = useState(false);
+
+  async function act(action: "start" | "stop" | "restart" | "delete"): Promise<void> {
+    setBusy(action);
+    setAnswer(null);
+    try {
+      const path = `/programs/${encodeURIComponent(id)}`;
+      const body = action === "delete" ? await callJson("DELETE", path) : await callJson("POST", `${path}/${action}`);
+      const program = toProgram(body);
+      const said = isRecord(body) && typeof body.message === "string" ? ` ${body.message}` : "";
+      setAnswer({ ok: true, text: `${action}: accepted, now ${program?.state ?? "?"}.${said}` });
+      if (action === "delete") navigate("/programs");
+    } catch (error) {
+      setAnswer({ ok: false, text: `${action}: ${describeError(error)}` });
+    } finally {
+      setBusy(null);
+      setConfirming(false);
+    }
+  }
+
+  return (
+    <div class="lifecycle">
+      <div class="buttons" role="group" aria-label="Lifecycle">
+        {(["start", "stop", "restart"] as const).map((action) => (
+          <button type="button" name={action} disabled={busy !== null} onClick={() => void act(action)}>
+            {action[0]!.toUpperCase() + action.slice(1)}
+          </button>
+        ))}
+        {confirming ? (
+          <>
+            <button type="button" name="confirm-delete" class="danger" disabled={busy !== null} onClick={() => void act("delete")}>
+              Really delete {id}
+            </button>
+            <button type="button" name="cancel-delete" onClick={() => setConfirming(false)}>
+              Keep it
+            </button>
+          </>
+        ) : (
+          <button type="button" name="delete" class="danger" disabled={busy !== null} onClick={() => setConfirming(true)}>
+            Delete
+          </button>
+        )}
+      </div>
+      <AnswerNote answer={answer} id="lifecycle-answer" />
+    </div>
+  );
+}
+
+function Timeline(props: { id: string }) {
+  const store = useStore();
+  const entries = store.timelines.get(props.id) ?? [];
+  return (
+    <ol class="timeline" id="timeline">
+      {entries.map((entry) => (
+        <li>
+          <StateBadge state={entry.state} /> <time>{localTime(entry.at)}</time>
+          {entry.revision !== null && <span class="muted"> rev {entry.revision}</span>}
+          {entry.error !== "" && <span class="error-text"> {entry.error}</span>}
+        </li>
+      ))}
+    </ol>
+  );
+}
+
+function Logs(props: { id: string }) {
+  const [streams, setStreams] = useState<string[]>([...STREAMS]);
+  const [follow, setFollow] = useState(true);
+  const [entries, setEntries] = useState<LogEntry[]>([]);
+  const [problem, setProblem] = useState("");
+  useEffect(() => {
+    const abort = new AbortController();
+    setEntries([]);
+    setProblem("");
+    if (streams.length === 0) return () => abort.abort();
+    void (async () => {
+      try {
+        for await (const entry of readLogs(props.id, { streams, follow, tail: LOG_LINES }, abort.signal)) {
+          setEntries((list) => [...list, entry].slice(-LOG_LINES));
+        }
+      } catch (error) {
+        if (!abort.signal.aborted) setProblem(describeError(error));
+      }
+    })();
+    return () => abort.abort();
+  }, [props.id, streams.join(","), follow]);
+  return (
+    <section aria-labelledby="logs-title">
+      <h2 id="logs-title">Logs</h2>
+      <fieldset class="log-options">
+        <legend>Show</legend>
+        {STREAMS.map((stream) => (
+          <label class="inline">
+            <input
+              type="checkbox"
+              name={`stream-${stream}`}
+              checked={streams.includes(stream)}
+              onChange={(event) => {
+                const on = event.currentTarget.checked;
+                setStreams((list) => STREAMS.filter((s) => (s === stream ? on : list.includes(s))));
+              }}
+            />
+            {stream}
+          </label>
+        ))}
+        <label class="inline">
+          <input type="checkbox" name="follow" checked={follow} onChange={(event) => setFollow(event.currentTarget.checked)} />
+          follow
+        </label>
+      </fieldset>
+      {problem !== "" && <p class="answer failed" role="alert">{problem}</p>}
+      <pre class="log" id="program-log" tabIndex={0} aria-label="Log lines">
+        {entries.map((entry) => (
+          <span class={`line stream-${entry.stream}`}>{`${entry.time.slice(11, 23)} [${entry.stream}] ${entry.line}\n`}</span>
+        ))}
+      </pre>
+    </section>
+  );
+}
+
+interface Source {
+  dockerfile: string;
+  files: [string, string][];
+}
+
+function toSource(body: unknown): Source {
+  const source: Source = { dockerfile: "", files: [] };
+  if (!isRecord(body)) return source;
+  if (typeof body.dockerfile === "string") source.dockerfile = body.dockerfile;
+  const text = isRecord(body.src_files) ? body.src_files : isRecord(body.files) ? body.files : {};
+  for (const [name, content] of Object.entries(text)) {
+    if (name !== "Dockerfile" && typeof content === "string") source.files.push([name, content]);
+  }
+  if (isRecord(body.src_files_base64)) {
+    for (const [name, content] of Object.entries(body.src_files_base64)) {
+      const size = typeof content === "string" ? Math.floor((content.length * 3) / 4) : 0;
+      source.files.push([name, `(not text: about ${size} bytes)`]);
+    }
+  }
+  source.files.sort(([a], [b]) => a.localeCompare(b));
+  return source;
+}
+
+function SourceViewer(props: { id: string }) {
+  const [source, setSource] = useState<Source | null>(null);
+  const [chosen, setChosen] = useState("Dockerfile");
+  const [problem, setProblem] = useState("");
+  useEffect(() => {
+    callJson("GET", `/programs/${encodeURIComponent(props.id)}/source`)
+      .then((body) => setSource(toSource(body)))
+      .catch((error: unknown) => setProblem(describeError(error)));
+  }, [props.id]);
+  if (problem !== "") return <p class="answer failed" role="alert">{problem}</p>;
+  if (source === null) return <p class="muted">Loading the source…</p>;
+  const names = ["Dockerfile", ...source.files.map(([name]) => name)];
+  const content = chosen === "Dockerfile" ? source.dockerfile : (source.files.find(([name]) => name === chosen)?.[1] ?? "");
+  return (
+    <div class="source">
+      <label>
+        File
+        <select name="source-file" value={chosen} onChange={(event) => setChosen(event.currentTarget.value)}>
+          {names.map((name) => (
+            <option value={name}>{name}</option>
+          ))}
+        </select>
+      </label>
+      <pre class="code" id="source-content" tabIndex={0} aria-label={`Content of ${chosen}`}>
+        {content}
+      </pre>
+    </div>
+  );
+}
+
+export function ProgramPage(props: { id: string }) {
+  const store = useStore();
+  const program = store.programs.get(props.id);
+  if (program === undefined) {
+    if (store.deleted.has(props.id)) return <p>Program {props.id} was deleted. <Link to="/programs">All programs</Link></p>;
+    if (!store.synced) return <p class="muted">Loading {props.id}…</p>;
+    return (
+      <p role="alert">
+        No program {props.id} (or it is not yours). <Link to="/programs">All programs</Link>
+      </p>
+    );
+  }
+  return (
+    <article aria-labelledby="program-title">
+      <p class="crumbs">
+        <Link to="/programs">Programs</Link> / {program.id}
+      </p>
+      <div class="title-row">
+        <h1 id="program-title">
+          {program.id} <StateBadge state={program.state} />
+        </h1>
+        <Link to={`/programs/${program.id}/watcher`} class="button">
+          WatcherAPI
+        </Link>
+      </div>
+      <Lifecycle program={program} />
+      <div class="columns">
+        <section aria-labelledby="facts-title">
+          <h2 id="facts-title">Details</h2>
+          <Facts program={program} />
+        </section>
+        <section aria-labelledby="timeline-title">
+          <h2 id="timeline-title">Timeline</h2>
+          <p class="muted">State changes seen since this page opened; the Host's notes in the log go further back.</p>
+          <Timeline id={program.id} />
+        </section>
+      </div>
+      <Logs id={program.id} />
+      <section aria-labelledby="source-title">
+        <h2 id="source-title">Source</h2>
+        <SourceViewer id={program.id} />
+      </section>
+    </article>
+  );
+}
