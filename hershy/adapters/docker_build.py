@@ -46,7 +46,13 @@ from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.build_policy import BuildPolicy, check_dockerfile
-from hershy.domain.compose import LABEL_MANAGED, LABEL_USER, SECURE_RUNTIME, labels_for
+from hershy.domain.compose import (
+    LABEL_MANAGED,
+    LABEL_PROGRAM,
+    LABEL_USER,
+    SECURE_RUNTIME,
+    labels_for,
+)
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream
 from hershy.domain.validation import ProgramSource
@@ -461,7 +467,22 @@ class DockerBuilder:
         finally:
             await self._call(self.cgroups.remove, cgroup_name)
         note(f"built {image.id} in {time.monotonic() - started:.1f} s")
+        await self._call(self.remove_cut_off_images, program_id, image.id)
         outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
+
+    def remove_cut_off_images(self, program_id: str, keep: str) -> None:
+        """Remove the program's untagged images but `keep` (on a worker thread).
+
+        A build cut off by a Host killed mid-way can still be finished by dockerd:
+        its final image carries the program's labels but no tag. A program has one
+        image: the one its last build tagged.
+        """
+        api = self._docker.api
+        filters = {"label": [f"{LABEL_PROGRAM}={program_id}"], "dangling": True}
+        for image in api.images(filters=filters):
+            if image["Id"] != keep:
+                with contextlib.suppress(ImageNotFound, NotFound, APIError):
+                    api.remove_image(image["Id"], force=True, noprune=False)
 
     def _over_cap(self, what: str) -> str:
         return (

@@ -154,6 +154,13 @@ class Published:
     port: int
 
 
+def _cut_off_build(image: Mapping[str, Any], before: float) -> bool:
+    """An image of a build cut off by the Host's death: labelled, never tagged, and older
+    than this reconciliation (a build under way now is not taken for one)."""
+    tags = [tag for tag in image.get("RepoTags") or [] if tag != "<none>:<none>"]
+    return not tags and float(image.get("Created") or 0) < before - 1.0
+
+
 def published_port(attrs: dict[str, Any]) -> int | None:
     """The host port a container publishes its WatcherAPI on, from `docker inspect`."""
     bindings = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
@@ -333,16 +340,22 @@ class DockerEffectHandler:
         if orphans:
             log.info("removing %d containers no program owns", len(orphans))
         await asyncio.gather(*(self._remove(orphan, graceful=True) for orphan in orphans))
+        reconciling_since = time.time()
         for image in await self._listed(self._docker.api.images, filters=managed):
-            if (image.get("Labels") or {}).get(LABEL_PROGRAM) not in owned:
-                log.info("removing image %s: no program owns it", image["Id"])
-                try:
-                    await self._call(self._docker.images.remove, image["Id"], force=True)
-                except ImageNotFound:
-                    pass  # gone meanwhile
-                except APIError as error:
-                    if error.status_code != 409:  # 409: in use, or being removed already
-                        raise
+            if (image.get("Labels") or {}).get(LABEL_PROGRAM) in owned and not _cut_off_build(
+                image, reconciling_since
+            ):
+                continue
+            log.info(
+                "removing image %s: no program owns it (or its build was cut off)", image["Id"]
+            )
+            try:
+                await self._call(self._docker.images.remove, image["Id"], force=True)
+            except ImageNotFound:
+                pass  # gone meanwhile
+            except APIError as error:
+                if error.status_code != 409:  # 409: in use, or being removed already
+                    raise
 
     async def _listed(self, listing: Callable[..., list[dict[str, Any]]], **filters: Any) -> Any:
         """A Docker list call; one that raises NotFound (an object vanished while the daemon

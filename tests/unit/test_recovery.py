@@ -253,7 +253,15 @@ async def test_reap_retries_a_list_that_raises_not_found_and_tolerates_vanishing
             listed("c-garbage", "prog-1", "not-a-number"),
         ],
         images=[
-            {"Id": "img-owned", "Labels": {LABEL_PROGRAM: "prog-1"}},
+            {
+                "Id": "img-owned",
+                "Labels": {LABEL_PROGRAM: "prog-1"},
+                "RepoTags": ["hershy/prog-1:b"],
+            },
+            # A build the Host's death cut off, which dockerd finished: labelled, never tagged.
+            {"Id": "img-cut-off", "Labels": {LABEL_PROGRAM: "prog-1"}, "Created": 1000},
+            # An untagged image made this very moment: a build under way, not a leftover.
+            {"Id": "img-building", "Labels": {LABEL_PROGRAM: "prog-1"}, "Created": 4e9},
             {"Id": "img-orphan", "Labels": {LABEL_PROGRAM: "prog-gone"}},
             {"Id": "img-vanished", "Labels": {LABEL_PROGRAM: "prog-gone"}},
             {"Id": "img-busy", "Labels": {LABEL_PROGRAM: "prog-gone"}},
@@ -267,7 +275,7 @@ async def test_reap_retries_a_list_that_raises_not_found_and_tolerates_vanishing
         handler._pool.shutdown()
     assert fake.list_failures == 0, "the failing list was not asked again"
     assert sorted(fake.removed) == ["c-deleted", "c-garbage", "c-old-run"]
-    assert fake.images_removed == ["img-orphan"]
+    assert fake.images_removed == ["img-cut-off", "img-orphan"]
 
 
 async def test_reap_gives_up_on_a_list_that_keeps_raising_not_found(tmp_path: Path) -> None:
