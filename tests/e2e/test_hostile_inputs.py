@@ -31,11 +31,10 @@ from hershy.v1 import token_pb2_grpc as token_grpc
 from tests.e2e.rest_support import (
     RestHost,
     client_session,
-    port_is_free,
     running_rest_server,
     target_port,
 )
-from tests.e2e.test_rest_auth import User, call, make_user, ready_program_of
+from tests.e2e.test_rest_auth import call, make_user, program_on_a_free_port
 
 Session = aiohttp.ClientSession
 #: The longest message any hostile input may produce (the value itself is cut to 80).
@@ -59,16 +58,6 @@ async def http() -> AsyncIterator[Session]:
 async def channel(rest_host: RestHost) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(rest_host.grpc_address) as chan:
         yield chan
-
-
-async def program_on_a_free_port(http: Session, host: RestHost, user: User) -> dict[str, Any]:
-    """A Ready program of the user's whose WatcherAPI port nothing else holds on this machine
-    (every Host hands out ports from 19001 up; others may run here)."""
-    for _ in range(50):
-        program = await ready_program_of(http, host, user)
-        if port_is_free(target_port(program)):
-            return program
-    pytest.fail("no free WatcherAPI port in 50 programs")
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

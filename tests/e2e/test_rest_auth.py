@@ -26,6 +26,7 @@ from tests.e2e.rest_support import (
     client_session,
     fake_watcher,
     new_user,
+    port_is_free,
     running_rest_server,
     target_port,
 )
@@ -96,6 +97,16 @@ async def ready_program_of(http: Session, host: RestHost, user: User) -> dict[st
     status, ready, _ = await call(http, "GET", f"{url}/wait", user.headers)
     assert status == 200, ready
     return dict(ready)
+
+
+async def program_on_a_free_port(http: Session, host: RestHost, user: User) -> dict[str, Any]:
+    """A Ready program of the user's whose WatcherAPI port nothing else holds on this machine
+    (every Host hands out ports from 19001 up; others may run here)."""
+    for _ in range(50):
+        program = await ready_program_of(http, host, user)
+        if port_is_free(target_port(program)):
+            return program
+    pytest.fail("no free WatcherAPI port in 50 programs")
 
 
 async def test_calls_without_a_good_token_are_401(rest_host: RestHost, http: Session) -> None:

@@ -28,11 +28,17 @@ from hershy.v1 import program_pb2_grpc as pb_grpc
 from tests.e2e.rest_support import (
     RestHost,
     client_session,
-    port_is_free,
     running_rest_server,
     target_port,
 )
-from tests.e2e.test_rest_auth import User, call, make_user, ready_program_of, revoke
+from tests.e2e.test_rest_auth import (
+    User,
+    call,
+    make_user,
+    program_on_a_free_port,
+    ready_program_of,
+    revoke,
+)
 
 Session = aiohttp.ClientSession
 Kind = pb.WatchProgramsResponse
@@ -283,16 +289,6 @@ async def test_revoking_a_token_ends_its_sse_and_log_follow_with_an_error(
 
 
 # --- revocation: proxied streams -----------------------------------------------------
-
-
-async def program_on_a_free_port(http: Session, host: RestHost, user: User) -> dict[str, Any]:
-    """A Ready program of the user's whose WatcherAPI port nothing else holds on this machine
-    (every Host hands out ports from 19001 up; others may run here)."""
-    for _ in range(50):
-        program = await ready_program_of(http, host, user)
-        if port_is_free(target_port(program)):
-            return program
-    pytest.fail("no free WatcherAPI port in 50 programs")
 
 
 @dataclass
