@@ -254,7 +254,9 @@ async def test_nested_text_and_binary_files_round_trip_through_source(
     assert status == 200
     # Issue 13 added the original's `files` and `retrieved_at` (test_original_clients.py).
     assert is_rfc3339_utc(source.pop("retrieved_at"))
-    assert source.pop("files") == {"Dockerfile": DOCKERFILE, **body["src_files"]}
+    files = source.pop("files")
+    assert files.pop("Dockerfile") == DOCKERFILE
+    assert files == body["src_files"]
     assert source == {
         "program_id": program["program_id"],
         "dockerfile": DOCKERFILE,

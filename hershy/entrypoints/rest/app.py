@@ -57,10 +57,10 @@ MAX_WAIT_SECONDS = 3600.0
 MAX_PAGE_SIZE = 1000
 #: The lines of the original's JSON log answer (`tail` overrides), as it gave.
 JSON_LOG_LINES = 200
-#: The states a REST stop answers with a 200 that changes nothing.
-AT_REST = frozenset(
-    state_label(state) for state in (pb.STATE_CREATED, pb.STATE_STOPPED, pb.STATE_ERROR)
-)
+#: The states a REST stop answers with a 200 that changes nothing: the ones the core
+#: refuses a stop in for having nothing to stop. (A stop in Error is the core's own:
+#: it clears the error and ends Stopped.)
+AT_REST = frozenset(state_label(state) for state in (pb.STATE_CREATED, pb.STATE_STOPPED))
 Kind = pb.WatchProgramsResponse
 
 
@@ -329,7 +329,7 @@ class RestApi:
         return self._lifecycle(request, answer, "program starting")
 
     async def stop(self, request: web.Request) -> web.Response:
-        """Stop; on a program at rest (Created, Stopped, Error) a 200 that changes nothing.
+        """Stop; on a program at rest (Created, Stopped) a 200 that changes nothing.
 
         The original accepted a stop in any state, and its scripts stop before
         they delete or redeploy. Only the REST shim says so: the core still

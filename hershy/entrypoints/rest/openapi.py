@@ -474,9 +474,10 @@ PATHS: dict[str, Any] = {
         "post": {
             **_program_op("Stop; it ends Stopped.", "400", "404", schema="LifecycleAnswer"),
             "description": (
-                "On a program at rest (Created, Stopped, Error) a 200 that changes nothing, "
+                "On a program at rest (Created, Stopped) a 200 that changes nothing, "
                 "its `message` saying so, as the original system answered (gRPC's StopProgram "
-                "still refuses with FAILED_PRECONDITION)."
+                "still refuses with FAILED_PRECONDITION). In Error it clears the error "
+                "and ends Stopped."
             ),
         }
     },
