@@ -27,6 +27,7 @@ from multidict import CIMultiDictProxy
 
 from hershy.adapters.fake_runtime import FakeBehaviour
 from hershy.bootstrap import HostConfig, Runtime, running_host
+from hershy.entrypoints.rest import app as rest_app
 from hershy.entrypoints.rest.app import JSON_LOG_LINES
 from hershy.entrypoints.rest.uploads import MAX_IGNORED_KEY_CHARS, MAX_IGNORED_KEYS_NAMED
 from hershy.v1 import program_pb2 as pb
@@ -508,6 +509,33 @@ async def test_error_msg_beside_error_then_stop_clears_it(tmp_path: Path, http: 
         params = {"state": "stopped", "timeout": "5"}
         async with http.get(f"{url}/programs/{program_id}/wait", params=params) as response:
             assert (await response.json())["error_msg"] == ""
+
+
+async def test_logs_json_is_bounded_in_size(
+    tmp_path: Path, http: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON answer is built whole: past its byte limit the oldest lines go, and it says so."""
+    monkeypatch.setattr(rest_app, "JSON_LOG_MAX_BYTES", 80)
+    async with in_process_host(tmp_path / "host", FakeBehaviour()) as url:
+        body = {"user_id": new_user(), "dockerfile": DOCKERFILE}
+        async with http.post(f"{url}/programs", json=body) as response:
+            program_id = (await response.json())["program_id"]
+        async with http.post(f"{url}/programs/{program_id}/start") as response:
+            assert response.status == 200
+        async with http.get(f"{url}/programs/{program_id}/wait") as response:
+            assert response.status == 200
+        logs = f"{url}/programs/{program_id}/logs"
+        everything = await ndjson_lines(http, logs)
+        whole = "".join(entry["line"] + "\n" for entry in everything)
+        assert len(whole) > 80
+        async with http.get(logs, params={"tail": "100000"}) as response:
+            answer = await response.json()
+        assert answer["truncated"] is True
+        assert 0 < len(answer["logs"]) <= 80
+        assert whole.endswith(answer["logs"])
+        assert answer["lines"] == len(answer["logs"].splitlines())
+        async with http.get(logs, params={"tail": "1"}) as response:
+            assert "truncated" not in await response.json()
 
 
 # --- compact JSON, grep -o, and the original's deploy script ----------------------------------

@@ -8,6 +8,7 @@ HTTP (errors.py is the one place statuses are mapped).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -57,6 +58,10 @@ MAX_WAIT_SECONDS = 3600.0
 MAX_PAGE_SIZE = 1000
 #: The lines of the original's JSON log answer (`tail` overrides), as it gave.
 JSON_LOG_LINES = 200
+#: The most line text one JSON log answer holds (the oldest lines go first past it):
+#: it is built whole in memory, unlike NDJSON, and a `tail` of millions must not
+#: hold the shim's memory that every tenant shares.
+JSON_LOG_MAX_BYTES = 4 * 1024 * 1024
 #: The states a REST stop answers with a 200 that changes nothing: the ones the core
 #: refuses a stop in for having nothing to stop. (A stop in Error is the core's own:
 #: it clears the error and ends Stopped.)
@@ -418,16 +423,25 @@ class RestApi:
             pb.GetProgramRequest(name=message.name), metadata=metadata, timeout=CALL_TIMEOUT
         )
         call = self._stub.ReadProgramLogs(message, metadata=metadata, timeout=CALL_TIMEOUT)
-        entries = [entry async for entry in call]
-        return json_response(
-            {
-                "program_id": program.id,
-                "container_id": program.container_id,
-                "logs": shapes.log_text(entries),
-                "timestamp": shapes.now_rfc3339(),
-                "lines": len(entries),
-            }
-        )
+        entries: collections.deque[pb.LogEntry] = collections.deque()
+        size = 0
+        truncated = False
+        async for entry in call:
+            entries.append(entry)
+            size += len(entry.line) + 1
+            while size > JSON_LOG_MAX_BYTES:
+                size -= len(entries.popleft().line) + 1
+                truncated = True
+        body: dict[str, object] = {
+            "program_id": program.id,
+            "container_id": program.container_id,
+            "logs": shapes.log_text(list(entries)),
+            "timestamp": shapes.now_rfc3339(),
+            "lines": len(entries),
+        }
+        if truncated:
+            body["truncated"] = True
+        return json_response(body)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Watch as Server-Sent Events: `/events` for all programs, or one program's."""

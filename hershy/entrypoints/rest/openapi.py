@@ -206,6 +206,11 @@ SCHEMAS: dict[str, Any] = {
             "logs": {"type": "string", "description": "The lines, each ending in a newline."},
             "timestamp": _TIME,
             "lines": {"type": "integer", "description": "How many lines `logs` holds."},
+            "truncated": {
+                "type": "boolean",
+                "description": "Present (true) when the oldest asked-for lines were left out: "
+                "one answer holds at most 4 MiB of text (NDJSON has no such limit).",
+            },
         },
     },
     "ProgramList": {
