@@ -348,7 +348,11 @@ class RestApi:
                 timeout=CALL_TIMEOUT,
             )
         except grpc.aio.AioRpcError as error:
-            if from_rpc_error(error).extra.get("state") not in AT_REST:
+            refused_at_rest = (
+                error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and from_rpc_error(error).extra.get("state") in AT_REST
+            )
+            if not refused_at_rest:
                 raise
             program = await self._stub.GetProgram(
                 pb.GetProgramRequest(name=name), metadata=credentials(request), timeout=CALL_TIMEOUT
