@@ -6,7 +6,7 @@
 Through the real REST API of a `hershy serve --runtime fake` (tokens on):
 
 - the reader, a user of their own, has one program and reads
-  `GET /programs/{id}/logs?tail=5` one request at a time;
+  `GET /programs/{id}/logs?tail=5&format=ndjson` one request at a time;
 - the flooder, another user, sends PARALLEL creates of FILES files each at
   once, again and again for ROUNDS rounds (the programs are kept: deleting
   10,000 files is slow on a busy disk and would only stretch the run).
@@ -215,7 +215,7 @@ async def run(args: argparse.Namespace) -> bool:
             async with reader_http.post(f"{host.url}/programs", json=body, headers=reader) as r:
                 program = await r.json()
                 assert r.status == 201, program
-            logs = f"{host.url}/programs/{program['program_id']}/logs?tail=5"
+            logs = f"{host.url}/programs/{program['program_id']}/logs?tail=5&format=ndjson"
             never = asyncio.Event()
             await read_logs(reader_http, logs, reader, never, 20)  # warm up
             floor = await read_logs(reader_http, logs, reader, never, args.reads)

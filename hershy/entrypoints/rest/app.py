@@ -8,7 +8,7 @@ HTTP (errors.py is the one place statuses are mapped).
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -26,8 +26,11 @@ from hershy.entrypoints.rest.cache import ProgramCache
 from hershy.entrypoints.rest.errors import (
     ApiError,
     bad_request,
+    dumps,
     error_middleware,
     forbidden,
+    from_rpc_error,
+    json_response,
     state_label,
 )
 from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, RECHECK_SECONDS, WatcherProxy
@@ -53,6 +56,16 @@ CHANNEL_OPTIONS = [
 CALL_TIMEOUT = 30.0
 MAX_WAIT_SECONDS = 3600.0
 MAX_PAGE_SIZE = 1000
+#: The lines of the original's JSON log answer (`tail` overrides), as it gave.
+JSON_LOG_LINES = 200
+#: The most line text one JSON log answer holds (the oldest lines go first past it):
+#: it is built whole in memory, unlike NDJSON, and a `tail` of millions must not
+#: hold the shim's memory that every tenant shares.
+JSON_LOG_MAX_BYTES = 4 * 1024 * 1024
+#: The states a REST stop answers with a 200 that changes nothing: the ones the core
+#: refuses a stop in for having nothing to stop. (A stop in Error is the core's own:
+#: it clears the error and ends Stopped.)
+AT_REST = frozenset(state_label(state) for state in (pb.STATE_CREATED, pb.STATE_STOPPED))
 Kind = pb.WatchProgramsResponse
 
 
@@ -125,7 +138,8 @@ class RestApi:
         # The proxy first: the router tries routes in order, and it is the hot path.
         # It re-reads the raw path itself (the router sees it decoded).
         add("*", "/programs/{program_id}/watcher{rest:.*}", self.proxied)
-        add("*", "/programs/{program_id}/proxy/watcher{rest:.*}", self.proxied)
+        # `/proxy/<any path>`: the original's prefix, under which `proxy_url` points.
+        add("*", "/programs/{program_id}/proxy{rest:.*}", self.proxied)
         add("GET", "/healthz", self.healthz)
         add("GET", "/metrics", self.metrics)
         add("GET", "/readyz", self.readyz)
@@ -162,7 +176,7 @@ class RestApi:
     def _program(
         self, request: web.Request, program: pb.Program, status: int = 200
     ) -> web.Response:
-        return web.json_response(shapes.program_json(program, self._base(request)), status=status)
+        return json_response(shapes.program_json(program, self._base(request)), status=status)
 
     @staticmethod
     def _name(request: web.Request) -> str:
@@ -201,7 +215,7 @@ class RestApi:
         )
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         """Ready when the core's health check says SERVING and the proxy's view is current."""
@@ -220,20 +234,29 @@ class RestApi:
             raise ApiError(503, "RECOVERING", f"the Host is recovering: {reason}")
         if not self.cache.synced:
             raise ApiError(503, "PROXY_NOT_SYNCED", "the proxy's view of programs is not current")
-        return web.json_response({"status": "ready"})
+        return json_response({"status": "ready"})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi.DOCUMENT)
+        return json_response(openapi.DOCUMENT)
 
     # --- programs ------------------------------------------------------------------
 
+    def _lifecycle(
+        self, request: web.Request, program: pb.Program, message: str, status: int = 200
+    ) -> web.Response:
+        body = shapes.lifecycle_json(program, self._base(request), message)
+        return json_response(body, status=status)
+
     async def create(self, request: web.Request) -> web.Response:
-        message = await self.uploads.create_request(request)
+        body = await self.uploads.create_request(request)
         program = await self._stub.CreateProgram(
-            message, metadata=credentials(request), timeout=CALL_TIMEOUT * 2
+            body.request, metadata=credentials(request), timeout=CALL_TIMEOUT * 2
         )
         response = self._program(request, program, status=201)
         response.headers["Location"] = f"/programs/{program.id}"
+        warning = uploads.ignored_keys_warning(body.ignored_keys)
+        if warning is not None:
+            response.headers["Warning"] = warning
         return response
 
     async def list_programs(self, request: web.Request) -> web.Response:
@@ -248,7 +271,7 @@ class RestApi:
             timeout=CALL_TIMEOUT,
         )
         base = self._base(request)
-        return web.json_response(
+        return json_response(
             {
                 "programs": [shapes.program_json(program, base) for program in answer.programs],
                 "count": answer.total_size,
@@ -270,8 +293,9 @@ class RestApi:
             pb.DeleteProgramRequest(name=name), metadata=credentials(request), timeout=CALL_TIMEOUT
         )
         program = await self._until_deleted(program, credentials(request))
-        status = 200 if program.state == pb.STATE_DELETED else 202
-        return self._program(request, program, status=status)
+        if program.state == pb.STATE_DELETED:
+            return self._lifecycle(request, program, "program deleted")
+        return self._lifecycle(request, program, "program is being deleted", status=202)
 
     async def _until_deleted(self, program: pb.Program, metadata: Metadata) -> pb.Program:
         """The program's last change once DELETED, or as it is when the wait runs out."""
@@ -307,21 +331,44 @@ class RestApi:
         answer = await self._stub.StartProgram(
             message, metadata=credentials(request), timeout=CALL_TIMEOUT
         )
-        return self._program(request, answer)
+        return self._lifecycle(request, answer, "program starting")
 
     async def stop(self, request: web.Request) -> web.Response:
-        message = pb.StopProgramRequest(name=self._name(request))
-        answer = await self._stub.StopProgram(
-            message, metadata=credentials(request), timeout=CALL_TIMEOUT
-        )
-        return self._program(request, answer)
+        """Stop; on a program at rest (Created, Stopped) a 200 that changes nothing.
+
+        The original accepted a stop in any state, and its scripts stop before
+        they delete or redeploy. Only the REST shim says so: the core still
+        answers FAILED_PRECONDITION, which gRPC clients rely on.
+        """
+        name = self._name(request)
+        try:
+            answer = await self._stub.StopProgram(
+                pb.StopProgramRequest(name=name),
+                metadata=credentials(request),
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as error:
+            refused_at_rest = (
+                error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and from_rpc_error(error).extra.get("state") in AT_REST
+            )
+            if not refused_at_rest:
+                raise
+            program = await self._stub.GetProgram(
+                pb.GetProgramRequest(name=name), metadata=credentials(request), timeout=CALL_TIMEOUT
+            )
+            state = state_label(program.state)
+            if state not in AT_REST:  # it started meanwhile: the refusal no longer holds
+                raise
+            return self._lifecycle(request, program, f"program is {state}: nothing to stop")
+        return self._lifecycle(request, answer, "program stopping")
 
     async def restart(self, request: web.Request) -> web.Response:
         message = pb.RestartProgramRequest(name=self._name(request))
         answer = await self._stub.RestartProgram(
             message, metadata=credentials(request), timeout=CALL_TIMEOUT
         )
-        return self._program(request, answer)
+        return self._lifecycle(request, answer, "program restarting")
 
     async def wait(self, request: web.Request) -> web.Response:
         name = self._name(request)
@@ -342,27 +389,63 @@ class RestApi:
             metadata=credentials(request),
             timeout=CALL_TIMEOUT,
         )
-        return web.json_response(shapes.source_json(answer, request.match_info["program_id"]))
+        program_id = request.match_info["program_id"]
+        return json_response(shapes.source_json(answer, program_id, shapes.now_rfc3339()))
 
     # --- streams --------------------------------------------------------------------
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
+        """The original's JSON answer by default; NDJSON on request, and for `follow`.
+
+        See `shapes.logs_format` for how the answer's format is chosen.
+        """
+        follow = shapes.parse_bool(request, "follow")
+        ndjson = shapes.logs_format(request, follow) == shapes.LogsFormat.NDJSON
         message = pb.ReadProgramLogsRequest(
             name=self._name(request),
-            follow=shapes.parse_bool(request, "follow"),
+            follow=follow,
             streams=shapes.parse_log_streams(",".join(request.query.getall("stream", []))),
         )
-        tail = shapes.parse_int(request, "tail", None, 0, 2**31 - 1)
+        tail = shapes.parse_int(request, "tail", None if ndjson else JSON_LOG_LINES, 0, 2**31 - 1)
         if tail is not None:
             message.tail = tail
+        if not ndjson:
+            return await self._logs_json(request, message)
         call = self._stub.ReadProgramLogs(message, metadata=credentials(request))
         pump = StreamPump(call, self.closing)
         try:
-            return await pump_ndjson(
-                request, pump, lambda entry: json.dumps(shapes.log_json(entry))
-            )
+            return await pump_ndjson(request, pump, lambda entry: dumps(shapes.log_json(entry)))
         finally:
             pump.close()
+
+    async def _logs_json(
+        self, request: web.Request, message: pb.ReadProgramLogsRequest
+    ) -> web.Response:
+        """`{program_id, container_id, logs, timestamp}`: the last lines as one string."""
+        metadata = credentials(request)
+        program = await self._stub.GetProgram(
+            pb.GetProgramRequest(name=message.name), metadata=metadata, timeout=CALL_TIMEOUT
+        )
+        call = self._stub.ReadProgramLogs(message, metadata=metadata, timeout=CALL_TIMEOUT)
+        entries: collections.deque[pb.LogEntry] = collections.deque()
+        size = 0
+        truncated = False
+        async for entry in call:
+            entries.append(entry)
+            size += len(entry.line) + 1
+            while size > JSON_LOG_MAX_BYTES:
+                size -= len(entries.popleft().line) + 1
+                truncated = True
+        body: dict[str, object] = {
+            "program_id": program.id,
+            "container_id": program.container_id,
+            "logs": shapes.log_text(list(entries)),
+            "timestamp": shapes.now_rfc3339(),
+            "lines": len(entries),
+        }
+        if truncated:
+            body["truncated"] = True
+        return json_response(body)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Watch as Server-Sent Events: `/events` for all programs, or one program's."""

@@ -53,11 +53,11 @@ _PROGRAM_ID = {
 }
 
 
-def _program_op(summary: str, *codes: str, **extra: Any) -> dict[str, Any]:
+def _program_op(summary: str, *codes: str, schema: str = "Program", **extra: Any) -> dict[str, Any]:
     return {
         "summary": summary,
         "parameters": [_PROGRAM_ID],
-        "responses": {"200": _json(_ref("Program"), "The program."), **_errors(*codes)},
+        "responses": {"200": _json(_ref(schema), "The program."), **_errors(*codes)},
         **extra,
     }
 
@@ -142,7 +142,13 @@ SCHEMAS: dict[str, Any] = {
             "user_id": {"type": "string"},
             "build_id": {"type": "string"},
             "state": {"type": "string", "enum": STATE_LABELS},
-            "proxy_url": {"type": "string", "description": "The WatcherAPI, through the proxy."},
+            "proxy_url": {
+                "type": "string",
+                "description": (
+                    "The program's port through the Host's proxy: "
+                    "`${proxy_url}/watcher/status` is its WatcherAPI's status."
+                ),
+            },
             "proxy_target": {
                 "type": "string",
                 "description": (
@@ -155,7 +161,11 @@ SCHEMAS: dict[str, Any] = {
             "updated_at": _TIME,
             "image_id": {"type": "string"},
             "container_id": {"type": "string"},
-            "error": {"type": "string"},
+            "error": {"type": "string", "description": "Why it failed; empty if it did not."},
+            "error_msg": {
+                "type": "string",
+                "description": "The same as `error` (the original's name).",
+            },
             "restart_count": {"type": "integer"},
             "last_exit_code": {"type": "integer", "nullable": True},
             "revision": {"type": "integer", "format": "int64"},
@@ -171,6 +181,38 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "LifecycleAnswer": {
+        "allOf": [
+            _ref("Program"),
+            {
+                "type": "object",
+                "required": ["message"],
+                "properties": {
+                    "message": {
+                        "type": "string",
+                        "description": "What the request did, for a person.",
+                    }
+                },
+            },
+        ],
+    },
+    "Logs": {
+        "type": "object",
+        "required": ["program_id", "container_id", "logs", "timestamp"],
+        "description": "The original system's log answer.",
+        "properties": {
+            "program_id": {"type": "string"},
+            "container_id": {"type": "string", "description": "Empty before the first run."},
+            "logs": {"type": "string", "description": "The lines, each ending in a newline."},
+            "timestamp": _TIME,
+            "lines": {"type": "integer", "description": "How many lines `logs` holds."},
+            "truncated": {
+                "type": "boolean",
+                "description": "Present (true) when the oldest asked-for lines were left out: "
+                "one answer holds at most 4 MiB of text (NDJSON has no such limit).",
+            },
+        },
+    },
     "ProgramList": {
         "type": "object",
         "required": ["programs", "count", "next_page_token"],
@@ -183,7 +225,10 @@ SCHEMAS: dict[str, Any] = {
     "CreateProgram": {
         "type": "object",
         "required": ["user_id", "dockerfile"],
-        "additionalProperties": False,
+        "description": (
+            "Other top-level keys are ignored, as the original system did, and named in "
+            'the answer\'s `Warning: 299 - "unknown keys ignored: ..."` header.'
+        ),
         "properties": {
             "user_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
             "dockerfile": {
@@ -200,13 +245,29 @@ SCHEMAS: dict[str, Any] = {
     },
     "Source": {
         "type": "object",
-        "required": ["program_id", "dockerfile", "src_files", "src_files_base64", "build_id"],
+        "required": [
+            "program_id",
+            "dockerfile",
+            "src_files",
+            "src_files_base64",
+            "build_id",
+            "files",
+            "retrieved_at",
+        ],
         "properties": {
             "program_id": {"type": "string"},
             "dockerfile": {"type": "string"},
             "src_files": _FILES,
             "src_files_base64": _FILES_BASE64,
             "build_id": {"type": "string"},
+            "files": {
+                **_FILES,
+                "description": (
+                    "The original's shape: every text file, the Dockerfile among them as "
+                    "`Dockerfile`; files that are not UTF-8 are only in src_files_base64."
+                ),
+            },
+            "retrieved_at": _TIME,
         },
     },
     "LogEntry": {
@@ -256,7 +317,7 @@ _GONE = {"410": _error("The resume revision is no longer remembered: watch witho
 _PROXY_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 
 
-def _proxy_path(alias: bool) -> dict[str, Any]:
+def _proxy_path(any_path: bool) -> dict[str, Any]:
     responses = {
         "default": {"description": "Whatever the program's WatcherAPI answers, passed through."},
         **_errors("400", "404"),
@@ -273,13 +334,18 @@ def _proxy_path(alias: bool) -> dict[str, Any]:
             "in": "path",
             "required": True,
             "schema": {"type": "string"},
-            "description": "Forwarded as /watcher/{path}; dot segments and encoded slashes: 400.",
+            "description": (
+                "Forwarded as /{path}; dot segments and encoded slashes: 400."
+                if any_path
+                else "Forwarded as /watcher/{path}; dot segments and encoded slashes: 400."
+            ),
         },
     ]
     summary = (
-        "Alias of /programs/{program_id}/watcher/{path}."
-        if alias
-        else ("Reverse proxy to the program's WatcherAPI (any method, streaming, WebSocket).")
+        "Reverse proxy to any path of the program's WatcherAPI port (the original's "
+        "prefix: `proxy_url` points here, so `${proxy_url}/watcher/status` works)."
+        if any_path
+        else "Reverse proxy to the program's WatcherAPI (any method, streaming, WebSocket)."
     )
     return {
         method: {
@@ -397,21 +463,33 @@ PATHS: dict[str, Any] = {
             "summary": "Stop and remove everything the program owns; waits until it is gone.",
             "parameters": [_PROGRAM_ID],
             "responses": {
-                "200": _json(_ref("Program"), "Deleted: its last state, Deleted."),
-                "202": _json(_ref("Program"), "Still being deleted after 30 s."),
+                "200": _json(_ref("LifecycleAnswer"), "Deleted: its last state, Deleted."),
+                "202": _json(_ref("LifecycleAnswer"), "Still being deleted after 30 s."),
                 **_errors("400", "404"),
                 "500": _error("Removing what the program owns failed: DELETE again."),
             },
         },
     },
     "/programs/{program_id}/start": {
-        "post": _program_op("Build (or reuse) and start.", "400", "404", "409", "429"),
+        "post": _program_op(
+            "Build (or reuse) and start.", "400", "404", "409", "429", schema="LifecycleAnswer"
+        ),
     },
     "/programs/{program_id}/stop": {
-        "post": _program_op("Stop; it ends Stopped.", "400", "404", "409"),
+        "post": {
+            **_program_op("Stop; it ends Stopped.", "400", "404", schema="LifecycleAnswer"),
+            "description": (
+                "On a program at rest (Created, Stopped) a 200 that changes nothing, "
+                "its `message` saying so, as the original system answered (gRPC's StopProgram "
+                "still refuses with FAILED_PRECONDITION). In Error it clears the error "
+                "and ends Stopped."
+            ),
+        }
     },
     "/programs/{program_id}/restart": {
-        "post": _program_op("Stop if running, then start.", "400", "404", "409", "429"),
+        "post": _program_op(
+            "Stop if running, then start.", "400", "404", "409", "429", schema="LifecycleAnswer"
+        ),
     },
     "/programs/{program_id}/wait": {
         "get": {
@@ -453,13 +531,25 @@ PATHS: dict[str, Any] = {
                     "name": "tail",
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
-                    "description": "Only the last this-many lines (after filtering); default all.",
+                    "description": (
+                        "Only the last this-many lines (after filtering); default 200 for "
+                        "the JSON answer, all for NDJSON."
+                    ),
                 },
                 {
                     "name": "follow",
                     "in": "query",
                     "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
-                    "description": "Keep streaming new lines.",
+                    "description": "Keep streaming new lines (implies NDJSON).",
+                },
+                {
+                    "name": "format",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["json", "ndjson"]},
+                    "description": (
+                        "json (the default, unless `follow` or `Accept: application/x-ndjson`): "
+                        "one Logs object; ndjson: one LogEntry a line. json with follow: 400."
+                    ),
                 },
                 {
                     "name": "stream",
@@ -471,10 +561,14 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": {
                     "description": (
-                        "One LogEntry JSON object a line; a stream that fails after it "
-                        "began (e.g. its token revoked) ends with a line in the error shape."
+                        "JSON: the original's Logs object. NDJSON: one LogEntry JSON object "
+                        "a line; a stream that fails after it began (e.g. its token "
+                        "revoked) ends with a line in the error shape."
                     ),
-                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                    "content": {
+                        JSON: {"schema": _ref("Logs")},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                    },
                 },
                 **_errors("400", "404"),
             },
@@ -526,8 +620,8 @@ PATHS: dict[str, Any] = {
             },
         },
     },
-    "/programs/{program_id}/watcher/{path}": _proxy_path(alias=False),
-    "/programs/{program_id}/proxy/watcher/{path}": _proxy_path(alias=True),
+    "/programs/{program_id}/watcher/{path}": _proxy_path(any_path=False),
+    "/programs/{program_id}/proxy/{path}": _proxy_path(any_path=True),
 }
 
 _TOKEN_ID = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}

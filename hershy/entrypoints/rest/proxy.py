@@ -1,7 +1,10 @@
-"""The reverse proxy `/programs/{id}/watcher/*` (alias `/programs/{id}/proxy/watcher/*`).
+"""The reverse proxy `/programs/{id}/proxy/*` and `/programs/{id}/watcher/*`.
 
-It forwards to one place only: `http://127.0.0.1:{port}/watcher/...`, the
-program's WatcherAPI port as the core allotted it. Nothing the client sends
+`/programs/{id}/proxy/<any path>` forwards `/<any path>` (the original's
+prefix: `proxy_url` points there, so `${proxy_url}/watcher/status` works);
+`/programs/{id}/watcher/...` forwards `/watcher/...`. Either goes to one place
+only: `http://127.0.0.1:{port}`, the program's WatcherAPI port as the core
+allotted it. Nothing the client sends
 (the Host header, an absolute request target, dot segments, encoded slashes)
 takes part in choosing where a request goes; the path is checked on its raw,
 still-encoded form, because that is what the program's server will decode.
@@ -50,7 +53,8 @@ _TARGET = re.compile(r"127\.0\.0\.1:([0-9]{1,5})")
 
 #: The proxy routes, matched on the raw request target.
 _ROUTE = re.compile(
-    r"/programs/(?P<id>[^/?#]*)(?P<alias>/proxy)?(?P<path>/watcher(?:/[^?#]*)?)"
+    r"/programs/(?P<id>[^/?#]*)"
+    r"(?:(?P<alias>/proxy)(?P<any>/[^?#]*)?|(?P<path>/watcher(?:/[^?#]*)?))"
     r"(?:\?(?P<query>[^#]*))?(?:#.*)?"
 )
 #: `http://authority` at the start of an absolute-form request target.
@@ -134,7 +138,7 @@ class ProxyRoute:
     program_id: str
     #: What the proxy strips: `/programs/{id}` (or `/programs/{id}/proxy`).
     prefix: str
-    #: `/watcher...`, still percent-encoded.
+    #: The program's path (`/watcher...`, or any under `/proxy`), still percent-encoded.
     path: str
     query: str
 
@@ -149,7 +153,7 @@ def parse_route(raw_target: str) -> ProxyRoute:
         raise ApiError(404, "NOT_FOUND", "no such route: see /openapi.json")
     program_id = match["id"]
     program_name(program_id)  # 400 unless a well-formed id (no escapes, no dots)
-    path = match["path"]
+    path = match["path"] if match["alias"] is None else (match["any"] or "/")
     for segment in path.split("/"):
         lowered = segment.lower()
         if "%2f" in lowered or "%5c" in lowered or "\\" in segment:

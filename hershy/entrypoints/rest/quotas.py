@@ -17,7 +17,7 @@ from hershy.domain.errors import InvalidArgument
 from hershy.domain.quotas import QUOTA_NAMES
 from hershy.domain.validation import validate_user_id
 from hershy.entrypoints.rest.auth import credentials
-from hershy.entrypoints.rest.errors import bad_request
+from hershy.entrypoints.rest.errors import bad_request, json_response
 from hershy.entrypoints.rest.uploads import read_body
 from hershy.v1 import quota_pb2 as quota_pb
 from hershy.v1 import quota_pb2_grpc as quota_grpc
@@ -80,7 +80,7 @@ class QuotaRoutes:
             metadata=credentials(request),
             timeout=CALL_TIMEOUT,
         )
-        return web.json_response(quota_json(answer))
+        return json_response(quota_json(answer))
 
     async def put(self, request: web.Request) -> web.Response:
         name = quota_name(request)
@@ -95,4 +95,4 @@ class QuotaRoutes:
             metadata=credentials(request),
             timeout=CALL_TIMEOUT,
         )
-        return web.json_response(quota_json(answer))
+        return json_response(quota_json(answer))

@@ -1,13 +1,17 @@
 """The REST API's JSON shapes, from the core's protobuf messages.
 
 The keys are the original Go system's (`program_id`, `proxy_url`, `created_at`,
-...), states are spelled like it (`Ready`), times are RFC 3339 in UTC.
+`error_msg`, `files`, ...), states are spelled like it (`Ready`), times are
+RFC 3339 in UTC. Hershy's own keys sit beside the original's: a key the
+original's clients read is never removed or given another meaning.
 """
 
 from __future__ import annotations
 
 import base64
+import enum
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +23,8 @@ from hershy.entrypoints.rest.errors import ApiError, bad_request, state_label
 from hershy.v1 import program_pb2 as pb
 
 NAME_PREFIX = "programs/"
+#: The Dockerfile's name in the original's `files`.
+DOCKERFILE_NAME = "Dockerfile"
 
 #: `?state=` values: any case of `ready`, `READY` or `STATE_READY`.
 _STATES = {
@@ -70,13 +76,17 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
         "user_id": program.user_id,
         "build_id": program.build_id,
         "state": state_label(program.state),
-        "proxy_url": f"{base}/programs/{program.id}/watcher",
+        # `${proxy_url}/watcher/status` is what clients call: the prefix under
+        # which any path reaches the program (proxy.py).
+        "proxy_url": f"{base}/programs/{program.id}/proxy",
         "proxy_target": program.proxy_target,
         "created_at": rfc3339(program.create_time),
         "updated_at": rfc3339(program.update_time),
         "image_id": program.image_id,
         "container_id": program.container_id,
         "error": program.error_message,
+        # The original's name for the same text.
+        "error_msg": program.error_message,
         "restart_count": program.restart_count,
         "last_exit_code": (program.last_exit_code if program.HasField("last_exit_code") else None),
         "revision": program.revision,
@@ -95,6 +105,11 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
     }
 
 
+def lifecycle_json(program: pb.Program, base: str, message: str) -> dict[str, Any]:
+    """A start/stop/restart/delete answer: the program, and the original's `message`."""
+    return {**program_json(program, base), "message": message}
+
+
 def log_json(entry: pb.LogEntry) -> dict[str, Any]:
     return {
         "time": rfc3339(entry.time),
@@ -104,8 +119,23 @@ def log_json(entry: pb.LogEntry) -> dict[str, Any]:
     }
 
 
-def source_json(source: pb.ProgramSource, program_id: str) -> dict[str, Any]:
-    """Text files as text; files that are not UTF-8 as base64, under their own key."""
+def log_text(entries: list[pb.LogEntry]) -> str:
+    """The original's `logs`: the lines as one string, each ending in a newline."""
+    return "".join(entry.line + "\n" for entry in entries)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def source_json(source: pb.ProgramSource, program_id: str, retrieved_at: str) -> dict[str, Any]:
+    """Text files as text; files that are not UTF-8 as base64, under their own key.
+
+    `files` is the original's shape: every text file with the Dockerfile among
+    them as `Dockerfile` (the core refuses a source file of that name, so it
+    cannot collide). Binary files are only in `src_files_base64`: `files`
+    holds text, as the original's clients expect.
+    """
     text: dict[str, str] = {}
     binary: dict[str, str] = {}
     for path, content in sorted(source.src_files.items()):
@@ -119,7 +149,41 @@ def source_json(source: pb.ProgramSource, program_id: str) -> dict[str, Any]:
         "src_files": text,
         "src_files_base64": binary,
         "build_id": source.build_id,
+        "files": {DOCKERFILE_NAME: source.dockerfile, **text},
+        "retrieved_at": retrieved_at,
     }
+
+
+NDJSON = "application/x-ndjson"
+
+
+class LogsFormat(enum.Enum):
+    #: The original's `{program_id, container_id, logs, timestamp}`, the last lines.
+    JSON = "json"
+    #: One LogEntry object a line, as they come (and on with `follow`).
+    NDJSON = "ndjson"
+
+
+def logs_format(request: web.Request, follow: bool) -> LogsFormat:
+    """`?format=` wins; else NDJSON if `Accept` names it or the client follows; else JSON.
+
+    `follow` needs a stream, which one JSON document cannot be: it implies
+    NDJSON, and `?format=json&follow=1` is a 400 rather than a follow ignored.
+    """
+    raw = request.query.get("format", "")
+    if raw:
+        try:
+            chosen = LogsFormat(raw.lower())
+        except ValueError:
+            raise bad_request(
+                "format", f"{cut(raw)} is not a log format: use json or ndjson"
+            ) from None
+        if chosen is LogsFormat.JSON and follow:
+            raise bad_request("format", "json cannot follow: use format=ndjson with follow")
+        return chosen
+    if NDJSON in request.headers.get("Accept", "").lower() or follow:
+        return LogsFormat.NDJSON
+    return LogsFormat.JSON
 
 
 def parse_state(value: str, field: str = "state") -> pb.State.ValueType:

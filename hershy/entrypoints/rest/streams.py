@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
 from aiohttp import web
 
-from hershy.entrypoints.rest.errors import from_rpc_error
+from hershy.entrypoints.rest.errors import dumps, from_rpc_error
 
 Message = TypeVar("Message")
 
@@ -83,7 +82,7 @@ class StreamPump(Generic[Message]):
 
 
 def _error_json(error: grpc.aio.AioRpcError) -> str:
-    return json.dumps(from_rpc_error(error, out_of_range_status=410).body())
+    return dumps(from_rpc_error(error, out_of_range_status=410).body())
 
 
 async def pump_sse(
@@ -163,5 +162,5 @@ async def _pump(
 
 def sse_event(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
     lines = [] if event_id is None else [f"id: {event_id}"]
-    lines += [f"event: {kind}", f"data: {json.dumps(data)}", "", ""]
+    lines += [f"event: {kind}", f"data: {dumps(data)}", "", ""]
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from hershy.entrypoints.rest.auth import credentials
-from hershy.entrypoints.rest.errors import bad_request
+from hershy.entrypoints.rest.errors import bad_request, json_response
 from hershy.entrypoints.rest.shapes import optional_time
 from hershy.v1 import token_pb2
 from hershy.v1 import token_pb2_grpc as token_grpc
@@ -53,13 +53,13 @@ class TokenRoutes:
         token = await self._stub.GetCurrentToken(
             token_pb2.GetCurrentTokenRequest(), metadata=credentials(request), timeout=CALL_TIMEOUT
         )
-        return web.json_response({"user_id": token.user_id, "admin": token.admin})
+        return json_response({"user_id": token.user_id, "admin": token.admin})
 
     async def list_tokens(self, request: web.Request) -> web.Response:
         answer = await self._stub.ListTokens(
             token_pb2.ListTokensRequest(), metadata=credentials(request), timeout=CALL_TIMEOUT
         )
-        return web.json_response({"tokens": [token_json(token) for token in answer.tokens]})
+        return json_response({"tokens": [token_json(token) for token in answer.tokens]})
 
     async def create(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
@@ -79,7 +79,7 @@ class TokenRoutes:
             metadata=credentials(request),
             timeout=CALL_TIMEOUT,
         )
-        response = web.json_response(token_json(token), status=201)
+        response = json_response(token_json(token), status=201)
         # The secret is shown once: no cache may keep it.
         response.headers["Cache-Control"] = "no-store"
         return response
@@ -90,4 +90,4 @@ class TokenRoutes:
             metadata=credentials(request),
             timeout=CALL_TIMEOUT,
         )
-        return web.json_response(token_json(token))
+        return json_response(token_json(token))

@@ -1,8 +1,11 @@
 """`POST /programs` bodies (JSON, or a tar of the build context) to a CreateProgramRequest.
 
-Only the shape is checked here (types, unknown keys, tar members that are not
-plain files); what a valid program is (user ids, paths, sizes) is the core's
-to say, so there is one copy of those rules.
+Only the shape is checked here (types, tar members that are not plain files);
+what a valid program is (user ids, paths, sizes) is the core's to say, so there
+is one copy of those rules. Unknown top-level keys of a JSON body are ignored,
+as the original system did, and named back in a `Warning` header (see
+`ignored_keys_warning`); unknown keys inside `resources` stay a 400, because a
+misspelt limit silently ignored would run the program without it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import binascii
 import io
 import json
 import tarfile
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +41,35 @@ PARSE_BACKLOG = 8
 
 _KEYS = frozenset({"user_id", "dockerfile", "src_files", "src_files_base64", "resources"})
 _RESOURCE_KEYS = ("memory_bytes", "milli_cpus", "pids", "state_bytes")
+#: The `Warning` header names at most this many ignored keys, each cut to
+#: MAX_IGNORED_KEY_CHARS: a body of a million keys gets a header of bounded size.
+MAX_IGNORED_KEYS_NAMED = 10
+MAX_IGNORED_KEY_CHARS = 40
+#: What may appear of a key in the header: printable ASCII but `"` and `\\`
+#: (a quoted-string's delimiters); anything else becomes `?`, so no key can
+#: break the header or inject another.
+_HEADER_SAFE = frozenset(chr(code) for code in range(0x20, 0x7F)) - {'"', "\\"}
+
+
+@dataclass(frozen=True, slots=True)
+class CreateBody:
+    """What a POST /programs body asks for, and the JSON keys it held that were ignored."""
+
+    request: pb.CreateProgramRequest
+    ignored_keys: tuple[str, ...] = field(default=())
+
+
+def ignored_keys_warning(keys: tuple[str, ...]) -> str | None:
+    """An RFC 7234 `Warning` (299: a persistent warning) naming the ignored keys, bounded."""
+    if not keys:
+        return None
+    named = [
+        "".join(char if char in _HEADER_SAFE else "?" for char in key[:MAX_IGNORED_KEY_CHARS])
+        for key in sorted(keys)[:MAX_IGNORED_KEYS_NAMED]
+    ]
+    more = len(keys) - len(named)
+    listed = ", ".join(named) + (f" and {more} more" if more > 0 else "")
+    return f'299 - "unknown keys ignored: {listed}"'
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -60,7 +93,7 @@ class Uploads:
     def __init__(self) -> None:
         self._parsing = WorkQueue("hershy-rest-uploads", PARSE_WORKERS, PARSE_BACKLOG)
 
-    async def create_request(self, request: web.Request) -> pb.CreateProgramRequest:
+    async def create_request(self, request: web.Request) -> CreateBody:
         """The request a POST /programs describes: a tar by its Content-Type, else JSON.
 
         Any other Content-Type is read as JSON, as the original system did: its
@@ -68,14 +101,15 @@ class Uploads:
         """
         if request.content_type.lower() in TAR_TYPES:
             user_id = request.query.get("user_id", "")
-            return await self._parsing.run(from_tar, user_id, await read_body(request))
+            message = await self._parsing.run(from_tar, user_id, await read_body(request))
+            return CreateBody(message)
         return await self._parsing.run(from_json, await read_body(request))
 
     def close(self) -> None:
         self._parsing.close()
 
 
-def from_json(body: bytes) -> pb.CreateProgramRequest:
+def from_json(body: bytes) -> CreateBody:
     if not body.strip():
         raise bad_request("body", "is empty: send a JSON object with user_id and dockerfile")
     try:
@@ -88,11 +122,7 @@ def from_json(body: bytes) -> pb.CreateProgramRequest:
         raise bad_request("body", "is nested too deeply") from None
     if not isinstance(data, dict):
         raise bad_request("body", f"must be a JSON object, not {_json_type(data)}")
-    for key in data:
-        if key not in _KEYS:
-            raise bad_request(
-                str(key)[:MAX_ECHO_CHARS], f"is not a known field: use {', '.join(sorted(_KEYS))}"
-            )
+    ignored = tuple(key for key in data if key not in _KEYS)
     user_id = _string(data, "user_id")
     dockerfile = _string(data, "dockerfile")
     files = {
@@ -111,7 +141,7 @@ def from_json(body: bytes) -> pb.CreateProgramRequest:
     resources = data.get("resources")
     if resources is not None:
         request.resources.CopyFrom(_resources(resources))
-    return request
+    return CreateBody(request, ignored)
 
 
 def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
