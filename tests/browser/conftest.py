@@ -281,8 +281,9 @@ class Browser:
         self.wait_for("a", text).click()
 
     def fill(self, css: str, value: str) -> None:
-        """Type into a field as a person would (clear() fires no input event for the page)."""
-        element = self.find(css)
+        """Type into a field as a person would (clear() fires no input event for the page),
+        once the page has rendered it (the app draws its pages after it loads)."""
+        element: WebElement = self.wait(lambda: next(iter(self.finds(css)), None), f"a field {css}")
         element.send_keys(Keys.CONTROL, "a")
         element.send_keys(Keys.BACKSPACE)
         if value:
