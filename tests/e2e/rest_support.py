@@ -17,7 +17,7 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -390,16 +390,19 @@ async def fake_watcher(port: int) -> AsyncIterator[FakeWatcher]:
 
 @contextlib.asynccontextmanager
 async def program_with_watcher(
-    http: aiohttp.ClientSession, host: RestHost
+    http: aiohttp.ClientSession,
+    host: RestHost,
+    ready: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> AsyncIterator[tuple[dict[str, Any], FakeWatcher]]:
-    """A Ready program with a FakeWatcher on its WatcherAPI port.
+    """A Ready program (made by `ready`; by default a new user's) with a FakeWatcher on
+    its WatcherAPI port.
 
     The runtime placed it on a port nothing held when it started; something may
     bind it before the watcher does (other Hosts on this machine): then the
     program is left alone and the next one is tried.
     """
     for _ in range(50):
-        program = await ready_program(http, host, new_user())
+        program = await (ready() if ready else ready_program(http, host, new_user()))
         watcher = FakeWatcher(target_port(program))
         try:
             await watcher.start()

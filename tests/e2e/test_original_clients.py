@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -47,7 +46,6 @@ from tests.e2e.rest_support import (
     raw_request,
     ready_program,
     running_rest_server,
-    target_port,
     wait_state,
 )
 
@@ -756,7 +754,8 @@ async def owned_program_with_watcher(
 ) -> AsyncIterator[tuple[dict[str, Any], FakeWatcher]]:
     """A Ready program of `owner`'s with a FakeWatcher on its port (the next if it is taken)."""
     user_id, headers = owner
-    for _ in range(50):
+
+    async def ready() -> dict[str, Any]:
         body = {"user_id": user_id, "dockerfile": DOCKERFILE}
         async with http.post(f"{host.url}/programs", json=body, headers=headers) as response:
             program = await response.json()
@@ -764,18 +763,7 @@ async def owned_program_with_watcher(
         async with http.post(f"{url}/start", headers=headers) as response:
             assert response.status == 200
         async with http.get(f"{url}/wait", headers=headers) as response:
-            program = await response.json()
-        watcher = FakeWatcher(target_port(program))
-        try:
-            await watcher.start()
-        except OSError as error:
-            if error.errno != errno.EADDRINUSE:
-                raise
-            await watcher.stop()
-            continue
-        try:
-            yield program, watcher
-        finally:
-            await watcher.stop()
-        return
-    pytest.fail("no free WatcherAPI port in 50 programs")
+            return dict(await response.json())
+
+    async with program_with_watcher(http, host, ready) as found:
+        yield found
