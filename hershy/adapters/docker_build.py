@@ -391,10 +391,12 @@ class DockerBuilder:
         if not user_id:
             return [NO_CACHE_REF]
         filters = {"label": [f"{LABEL_MANAGED}={self._host_id}", f"{LABEL_USER}={user_id}"]}
-        images = await self._call(self._docker.images.list, filters=filters)
+        # The plain listing: `images.list` inspects each image in turn, and one deleted
+        # meanwhile (another of the user's programs going) would fail this build.
+        images = await self._call(self._docker.api.images, filters=filters)
         # The newest first (the likeliest to share layers), bounded: it goes in a query string.
-        images.sort(key=lambda image: str(image.attrs.get("Created", "")), reverse=True)
-        return [image.id for image in images[:CACHE_FROM_MAX]] or [NO_CACHE_REF]
+        images.sort(key=lambda image: int(image.get("Created") or 0), reverse=True)
+        return [str(image["Id"]) for image in images[:CACHE_FROM_MAX]] or [NO_CACHE_REF]
 
     async def _build(
         self,

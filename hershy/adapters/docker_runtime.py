@@ -579,11 +579,11 @@ class DockerEffectHandler:
     async def _teardown(self, program_id: str) -> None:
         await self._stop_containers(program_id, run=2**62, container_id=None)
         images = await self._call(
-            self._docker.images.list, filters={"label": [f"{LABEL_PROGRAM}={program_id}"]}
+            self._docker.api.images, filters={"label": [f"{LABEL_PROGRAM}={program_id}"]}
         )
         for image in images:
             with contextlib.suppress(ImageNotFound):
-                await self._call(self._docker.images.remove, image.id, force=True)
+                await self._call(self._docker.images.remove, image["Id"], force=True)
         # Unmounted before the folder goes: removing it must not reach into the volume.
         await self._volumes.remove(program_id)
         await self._files.remove(program_id)
