@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hershy.adapters.docker_runtime import DockerSettings
+from hershy.adapters.docker.runtime import DockerSettings
 from hershy.bootstrap import HostConfig, Runtime, running_host
 from hershy.domain.model import LogStream, State
 from hershy.service.registry import Registry

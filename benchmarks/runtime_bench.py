@@ -69,19 +69,19 @@ from typing import Any
 import aiohttp
 import docker
 
-from hershy.adapters.docker_engine import DEFAULT_SOCKET, Engine, EngineError
-from hershy.adapters.docker_runtime import (
+from hershy.adapters.docker.compose import (
+    ContainerRequest,
+    compose_spec,
+    container_name,
+)
+from hershy.adapters.docker.engine import DEFAULT_SOCKET, Engine, EngineError
+from hershy.adapters.docker.runtime import (
     READY_PATH,
     DockerSettings,
     build_context,
     docker_create_args,
 )
 from hershy.bootstrap import HostConfig, Runtime, running_host
-from hershy.domain.compose import (
-    ContainerRequest,
-    compose_spec,
-    container_name,
-)
 from hershy.domain.errors import FailedPrecondition
 from hershy.domain.model import LogStream, Program, State
 from hershy.domain.validation import (

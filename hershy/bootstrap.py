@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hershy.adapters.docker_runtime import DockerEffectHandler, DockerSettings
+from hershy.adapters.docker.port_pool import PortPool
+from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
-from hershy.adapters.port_pool import PortPool
 from hershy.adapters.source_files import FileSourceStore
 from hershy.adapters.sqlite_store import SqliteEventLog
 from hershy.adapters.system import RandomIds, SystemClock

@@ -18,7 +18,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hershy.adapters.port_pool import PortPool, loopback_address
+from hershy.adapters.docker.port_pool import PortPool, loopback_address
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.model import LogLine, LogStream

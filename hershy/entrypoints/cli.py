@@ -184,8 +184,8 @@ def serve_command(
     verbose: bool,
 ) -> None:
     """Start the Host and serve until SIGTERM or SIGINT."""
-    from hershy.adapters.docker_build import BaseImageRefused, BuildLimits
-    from hershy.adapters.docker_runtime import DockerSettings, RuntimeUnavailable
+    from hershy.adapters.docker.build import BaseImageRefused, BuildLimits
+    from hershy.adapters.docker.runtime import DockerSettings, RuntimeUnavailable
     from hershy.adapters.sqlite_store import StoreError
     from hershy.bootstrap import HostConfig, Runtime, serve
     from hershy.domain.model import BackoffPolicy

@@ -31,9 +31,9 @@ from typing import Any
 import docker
 from docker.errors import DockerException, ImageNotFound
 
-from hershy.adapters import state_volumes
-from hershy.adapters.docker_engine import API_VERSION, DEFAULT_SOCKET
-from hershy.domain.compose import PORT_RANGE, SECURE_RUNTIME
+from hershy.adapters.docker import state_volumes
+from hershy.adapters.docker.compose import PORT_RANGE, SECURE_RUNTIME
+from hershy.adapters.docker.engine import API_VERSION, DEFAULT_SOCKET
 
 #: The image scripts/setup-host.sh builds; the smoke test needs no registry with it.
 BASE_IMAGE = "hershy-busybox:latest"

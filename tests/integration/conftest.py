@@ -29,10 +29,10 @@ import docker
 import pytest
 from docker.errors import DockerException
 
-from hershy.adapters.docker_runtime import DockerSettings
-from hershy.adapters.port_pool import PortPool
+from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM
+from hershy.adapters.docker.port_pool import PortPool
+from hershy.adapters.docker.runtime import DockerSettings
 from hershy.bootstrap import HostConfig, Runtime, running_host
-from hershy.domain.compose import LABEL_MANAGED, LABEL_PROGRAM
 from hershy.domain.errors import NotFound
 from hershy.domain.model import BackoffPolicy, LogStream, Program, Resources, State
 from hershy.service.registry import Registry

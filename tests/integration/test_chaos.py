@@ -34,7 +34,7 @@ import docker
 import grpc
 import pytest
 
-from hershy.domain.compose import LABEL_MANAGED, LABEL_PROGRAM
+from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM
 from hershy.v1 import program_pb2 as pb
 from tests.integration.conftest import eventually, force_clean
 from tests.integration.test_faults import (

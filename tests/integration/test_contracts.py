@@ -22,8 +22,7 @@ import docker
 import pytest
 import pytest_asyncio
 
-from hershy.adapters.docker_runtime import SPEC_FILE, DockerSettings
-from hershy.domain.compose import (
+from hershy.adapters.docker.compose import (
     LABEL_BUILD,
     LABEL_MANAGED,
     LABEL_PROGRAM,
@@ -33,6 +32,7 @@ from hershy.domain.compose import (
     WATCHER_PORT,
     contract_violations,
 )
+from hershy.adapters.docker.runtime import SPEC_FILE, DockerSettings
 from hershy.domain.model import Program, Resources
 from tests.integration.conftest import Host, images_of, open_host, tcp_connects
 

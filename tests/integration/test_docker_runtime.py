@@ -17,9 +17,9 @@ from typing import Any
 import docker
 import pytest
 
-from hershy.adapters.docker_runtime import RuntimeUnavailable
+from hershy.adapters.docker.compose import PORT_RANGE
+from hershy.adapters.docker.runtime import RuntimeUnavailable
 from hershy.bootstrap import HostConfig, Runtime, running_host
-from hershy.domain.compose import PORT_RANGE
 from hershy.domain.errors import NotFound
 from hershy.domain.model import LogStream, Program, State
 from hershy.service.watch import Change

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from hershy.domain.compose import PORT_RANGE
+from hershy.adapters.docker.compose import PORT_RANGE
 from hershy.entrypoints import doctor
 from hershy.entrypoints.doctor import Check, DataDirFacts, Level
 

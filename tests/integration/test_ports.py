@@ -20,11 +20,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from hershy.adapters.docker_runtime import PORT_ATTEMPTS, DockerSettings
-from hershy.adapters.port_pool import PortPool, loopback_port_is_free
+from hershy.adapters.docker.compose import PORT_RANGE
+from hershy.adapters.docker.port_pool import PortPool, loopback_port_is_free
+from hershy.adapters.docker.runtime import PORT_ATTEMPTS, DockerSettings
 from hershy.bootstrap import HostConfig, running_host
 from hershy.domain import events as ev
-from hershy.domain.compose import PORT_RANGE
 from hershy.domain.errors import FailedPrecondition
 from hershy.domain.model import BackoffPolicy, LogStream, Program, State
 from hershy.entrypoints.rest import RestConfig, RestServer

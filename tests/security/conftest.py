@@ -21,10 +21,10 @@ import aiohttp
 import docker
 import pytest
 
-from hershy.adapters.docker_build import BuildLimits
-from hershy.adapters.docker_runtime import DockerSettings, image_tag
+from hershy.adapters.docker.build import BuildLimits
+from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_USER
+from hershy.adapters.docker.runtime import DockerSettings, image_tag
 from hershy.bootstrap import HostConfig, Runtime, running_host
-from hershy.domain.compose import LABEL_MANAGED, LABEL_USER
 from hershy.domain.errors import InvalidArgument, NotFound
 from hershy.domain.model import LogStream, Program, State
 from hershy.entrypoints.grpc_server import GrpcServer

@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 from docker.errors import ImageNotFound
 
-from hershy.adapters.docker_build import BaseImageRefused
-from hershy.domain.compose import LABEL_MANAGED
+from hershy.adapters.docker.build import BaseImageRefused
+from hershy.adapters.docker.compose import LABEL_MANAGED
 from hershy.domain.model import LogStream, Program, State
 from hershy_client.aio import AsyncClient
 from hershy_client.errors import HershyError
@@ -274,7 +274,7 @@ async def build_over(host: SecureHost, program: Program) -> Program:
 async def test_a_flood_of_builds_does_not_starve_another_tenant(
     tmp_path: Path, docker_client: docker.DockerClient, stub_binary: bytes
 ) -> None:
-    from hershy.adapters.docker_build import BuildLimits
+    from hershy.adapters.docker.build import BuildLimits
 
     limits = BuildLimits(max_concurrent=1, max_per_user=1)
     async with open_secure_host(

@@ -13,7 +13,7 @@ import docker
 import pytest
 from docker.errors import ImageNotFound, NotFound
 
-from hershy.adapters.docker_build import LAYER_LINE, RUN_STEP_PREFIX, BuildLimits
+from hershy.adapters.docker.build import LAYER_LINE, RUN_STEP_PREFIX, BuildLimits
 from hershy.domain.model import LogStream, Program, State
 from tests.integration.conftest import BASE_IMAGE, leftovers
 from tests.security.conftest import ATTACKER, SecureHost, open_secure_host

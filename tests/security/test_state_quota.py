@@ -21,7 +21,7 @@ import docker
 import grpc
 import pytest
 
-from hershy.adapters.state_volumes import (
+from hershy.adapters.docker.state_volumes import (
     IMAGE_NAME,
     LoopStateVolumes,
     VolumeError,

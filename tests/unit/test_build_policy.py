@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hershy.adapters.docker_build import BuildQueue
+from hershy.adapters.docker.build import BuildQueue
 from hershy.domain import events as ev
 from hershy.domain import reducer
 from hershy.domain.build_policy import (

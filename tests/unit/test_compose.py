@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hershy.domain.compose import ContainerRequest, compose_spec, contract_violations
+from hershy.adapters.docker.compose import ContainerRequest, compose_spec, contract_violations
 from hershy.domain.model import Resources
 
 MAXIMUM = Resources(memory_bytes=4 * 1024**3, milli_cpus=2000, pids=4096)

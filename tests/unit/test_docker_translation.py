@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hershy.adapters.docker_runtime import (
+from hershy.adapters.docker.runtime import (
     ContractBroken,
     DockerSettings,
     RuntimeUnavailable,

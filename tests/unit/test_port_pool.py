@@ -7,8 +7,8 @@ import socket
 import pytest
 from docker.errors import APIError
 
-from hershy.adapters.docker_runtime import port_taken, published_port
-from hershy.adapters.port_pool import PortPool, loopback_address, loopback_port_is_free
+from hershy.adapters.docker.port_pool import PortPool, loopback_address, loopback_port_is_free
+from hershy.adapters.docker.runtime import port_taken, published_port
 from hershy.domain.errors import ResourceExhausted
 
 

@@ -25,14 +25,14 @@ import pytest
 import requests
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from hershy.adapters import docker_runtime
-from hershy.adapters.docker_runtime import DockerEffectHandler, DockerSettings, _docker_time_ns
+from hershy.adapters.docker import runtime as docker_runtime
+from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM, LABEL_RUN
+from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings, _docker_time_ns
 from hershy.adapters.fake_runtime import FakeEffectHandler
 from hershy.adapters.log_files import FILE_NAME, FileLogStore
 from hershy.adapters.source_files import FileSourceStore, MemorySourceStore
 from hershy.bootstrap import HostConfig, Runtime, running_host
 from hershy.domain import events as ev
-from hershy.domain.compose import LABEL_MANAGED, LABEL_PROGRAM, LABEL_RUN
 from hershy.domain.model import LogLine, LogStream, Program, State
 from hershy.entrypoints.doctor import Level, check_host_readiness, host_readiness
 from hershy.service.registry import Registry

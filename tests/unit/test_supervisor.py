@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hershy.adapters.docker.port_pool import PortPool
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
-from hershy.adapters.port_pool import PortPool
 from hershy.adapters.source_files import MemorySourceStore
 from hershy.domain.errors import (
     DeadlineExceeded,

@@ -44,7 +44,7 @@ from hershy.v1 import token_pb2_grpc as token_grpc
 
 log = logging.getLogger(__name__)
 
-#: Where WatcherAPIs are published (MISSION: 127.0.0.1:19001-29999 only). The
+#: Where WatcherAPIs are published (the Docker runtime: loopback, 19001-29999 only). The
 #: proxy refuses any other target, so even a corrupted registry cannot turn it
 #: into a way to reach the Host's own services.
 TARGET_HOST = "127.0.0.1"

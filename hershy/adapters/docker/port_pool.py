@@ -6,7 +6,7 @@ range (a port just given back is the last to be handed out again, so a late
 request meant for the old container meets nothing), and a port the OS will not
 let us bind right now (another Host's container, any other process) is skipped.
 A port can still be taken between the check and Docker binding it; the Docker
-runtime then asks for another (see `docker_runtime`).
+runtime then asks for another (see `runtime`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from hershy.domain.compose import PORT_RANGE
+from hershy.adapters.docker.compose import PORT_RANGE
 from hershy.domain.errors import ResourceExhausted
 
 #: Where WatcherAPIs are published: loopback only.

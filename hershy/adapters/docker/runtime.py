@@ -33,15 +33,9 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig
 
-from hershy.adapters.docker_build import BuildLimits, DockerBuilder
-from hershy.adapters.docker_build import build_context as build_context  # re-exported
-from hershy.adapters.docker_engine import DEFAULT_SOCKET, Engine, EngineError
-from hershy.adapters.port_pool import LOOPBACK, PortPool, loopback_address
-from hershy.adapters.source_files import FileSourceStore
-from hershy.adapters.state_volumes import LoopStateVolumes, StateVolumes
-from hershy.domain import effects as fx
-from hershy.domain import events as ev
-from hershy.domain.compose import (
+from hershy.adapters.docker.build import BuildLimits, DockerBuilder
+from hershy.adapters.docker.build import build_context as build_context  # re-exported
+from hershy.adapters.docker.compose import (
     LABEL_MANAGED,
     LABEL_PROGRAM,
     LABEL_RUN,
@@ -51,6 +45,12 @@ from hershy.domain.compose import (
     compose_spec,
     contract_violations,
 )
+from hershy.adapters.docker.engine import DEFAULT_SOCKET, Engine, EngineError
+from hershy.adapters.docker.port_pool import LOOPBACK, PortPool, loopback_address
+from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
+from hershy.adapters.source_files import FileSourceStore
+from hershy.domain import effects as fx
+from hershy.domain import events as ev
 from hershy.domain.model import LogLine, LogStream, Resources
 from hershy.domain.validation import ResourcePolicy
 from hershy.service.ports import LogStore, Outbox

@@ -41,18 +41,18 @@ from typing import Any, TypeVar
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from hershy.adapters.docker_engine import Engine, EngineError
-from hershy.adapters.source_files import FileSourceStore
-from hershy.domain import effects as fx
-from hershy.domain import events as ev
-from hershy.domain.build_policy import BuildPolicy, check_dockerfile
-from hershy.domain.compose import (
+from hershy.adapters.docker.compose import (
     LABEL_MANAGED,
     LABEL_PROGRAM,
     LABEL_USER,
     SECURE_RUNTIME,
     labels_for,
 )
+from hershy.adapters.docker.engine import Engine, EngineError
+from hershy.adapters.source_files import FileSourceStore
+from hershy.domain import effects as fx
+from hershy.domain import events as ev
+from hershy.domain.build_policy import BuildPolicy, check_dockerfile
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream
 from hershy.domain.validation import ProgramSource

@@ -1,0 +1,1 @@
+"""The Docker (gVisor) runtime adapter, split by job as Nomad's docker driver is."""
