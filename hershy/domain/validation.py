@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hershy.domain import limits
 from hershy.domain.errors import InvalidArgument, TooLarge
 from hershy.domain.model import Resources
 
@@ -18,8 +19,8 @@ from hershy.domain.model import Resources
 #: trailers and HTTP bodies: an unbounded echo of a huge value breaks the answer itself.
 MAX_ECHO_CHARS = 80
 
-USER_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-PROGRAM_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+USER_ID_PATTERN = re.compile(limits.USER_ID_PATTERN)
+PROGRAM_ID_PATTERN = re.compile(limits.PROGRAM_ID_PATTERN)
 DOCKERFILE_PATH = "Dockerfile"
 
 
@@ -27,11 +28,11 @@ DOCKERFILE_PATH = "Dockerfile"
 class SourceLimits:
     """Size limits on a program's build inputs."""
 
-    max_file_bytes: int = 32 * 1024 * 1024
-    max_total_bytes: int = 48 * 1024 * 1024
-    max_files: int = 10_000
-    max_path_length: int = 255
-    max_path_depth: int = 16
+    max_file_bytes: int = limits.MAX_SOURCE_FILE_BYTES
+    max_total_bytes: int = limits.MAX_SOURCE_TOTAL_BYTES
+    max_files: int = limits.MAX_SOURCE_FILES
+    max_path_length: int = limits.MAX_SOURCE_PATH_BYTES
+    max_path_depth: int = limits.MAX_SOURCE_PATH_DEPTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,14 +161,9 @@ def build_id(source: ProgramSource) -> str:
 class ResourcePolicy:
     """The Host's defaults for program limits, and the most a program may ask for."""
 
-    default: Resources = Resources()
-    maximum: Resources = Resources(
-        memory_bytes=4 * 1024**3, milli_cpus=2000, pids=4096, state_bytes=16 * 1024**3
-    )
-    #: 16 MiB of state: ext4 needs a few MiB for itself.
-    minimum: Resources = Resources(
-        memory_bytes=16 * 1024**2, milli_cpus=10, pids=16, state_bytes=16 * 1024**2
-    )
+    default: Resources = limits.DEFAULT_RESOURCES
+    maximum: Resources = limits.MAX_RESOURCES
+    minimum: Resources = limits.MIN_RESOURCES
 
 
 #: The limits, in the order the API lists them.

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
+from hershy.domain import limits
+from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints import cli_commands
 
 #: `hershy.bootstrap.Runtime`'s values, spelled out so that the client commands
 #: start without importing the Host (Docker, aiohttp: most of a second);
 #: tests/e2e/test_cli.py checks they match. `serve` and `doctor` import it.
 RUNTIMES = ("runsc", "runc", "fake")
-MIB = 1024**2
+DEFAULT_DATA_DIR = Path("/var/lib/hershy")
+DEFAULT_GRPC_ADDR = "127.0.0.1:9090"
+DEFAULT_HTTP_ADDR = "127.0.0.1:9000"
+MIB = limits.MiB
+#: The crash-restart delays `serve` uses unless told (`--backoff`).
+BACKOFF = BackoffPolicy()
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def _address(value: str, option: str) -> str:
@@ -37,23 +47,50 @@ def main(ctx: click.Context, target: str, http_url: str, token: str | None) -> N
     ctx.obj = cli_commands.make_settings(target, http_url, token)
 
 
+def _host_options(*, doctor: bool) -> Callable[[Command], Command]:
+    """The options `serve` and `doctor` share: where the Host keeps its data and listens,
+    and its runtime (the doctor checks what `serve` would use)."""
+    options = [
+        click.option(
+            "--data-dir",
+            # The doctor takes any path: a file given there is its to report, not a usage error.
+            type=click.Path(path_type=Path)
+            if doctor
+            else click.Path(file_okay=False, path_type=Path),
+            default=DEFAULT_DATA_DIR,
+            show_default=True,
+            help="The data dir `serve` would use."
+            if doctor
+            else "Where programs' sources, state and logs live.",
+        ),
+        click.option(
+            "--grpc-addr", default=DEFAULT_GRPC_ADDR, show_default=True, help="gRPC API address."
+        ),
+        click.option(
+            "--http-addr", default=DEFAULT_HTTP_ADDR, show_default=True, help="REST API address."
+        ),
+        click.option(
+            "--runtime",
+            type=click.Choice(RUNTIMES),
+            default="runsc",
+            show_default=True,
+            help="The runtime `serve` would use (fake: skip the Docker checks)."
+            if doctor
+            else "runsc: gVisor. runc: no sandbox (insecure). fake: no containers at all "
+            "(demos, tests).",
+        ),
+    ]
+
+    def decorate(command: Command) -> Command:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.command("serve")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("/var/lib/hershy"),
-    show_default=True,
-    help="Where programs' sources, state and logs live.",
-)
-@click.option("--grpc-addr", default="127.0.0.1:9090", show_default=True, help="gRPC API address.")
-@click.option("--http-addr", default="127.0.0.1:9000", show_default=True, help="REST API address.")
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="runsc",
-    show_default=True,
-    help="runsc: gVisor. runc: no sandbox (insecure). fake: no containers at all (demos, tests).",
-)
+@_host_options(doctor=False)
 @click.option(
     "--allow-insecure-runtime",
     is_flag=True,
@@ -92,22 +129,24 @@ def main(ctx: click.Context, target: str, http_url: str, token: str | None) -> N
 @click.option(
     "--build-memory",
     type=click.IntRange(min=16),
-    default=1024,
+    default=limits.BUILD_MEMORY_BYTES // MIB,
     show_default=True,
     metavar="MIB",
-    help="Memory of each build's RUN steps; all builds together get twice this.",
+    help="Memory of each build's RUN steps; all builds together get "
+    f"{limits.BUILD_TOTAL_MEMORY_FACTOR}x this.",
 )
 @click.option(
     "--build-pids",
     type=click.IntRange(min=32),
-    default=512,
+    default=limits.BUILD_PIDS,
     show_default=True,
-    help="Host threads of each build's RUN steps (gVisor's own included); all builds: 4x.",
+    help="Host threads of each build's RUN steps (gVisor's own included); all builds: "
+    f"{limits.BUILD_TOTAL_PIDS_FACTOR}x.",
 )
 @click.option(
     "--build-max-size",
     type=click.IntRange(min=1),
-    default=1024,
+    default=limits.BUILD_MAX_IMAGE_BYTES // MIB,
     show_default=True,
     metavar="MIB",
     help="What a build may write: each RUN step's layer and each image it makes.",
@@ -115,7 +154,7 @@ def main(ctx: click.Context, target: str, http_url: str, token: str | None) -> N
 @click.option(
     "--build-min-free-disk",
     type=click.IntRange(min=0),
-    default=2048,
+    default=limits.BUILD_MIN_FREE_DISK_BYTES // MIB,
     show_default=True,
     metavar="MIB",
     help="No builds while Docker's root dir has less free space than this.",
@@ -123,7 +162,7 @@ def main(ctx: click.Context, target: str, http_url: str, token: str | None) -> N
 @click.option(
     "--builds",
     type=(click.IntRange(min=1), click.IntRange(min=1)),
-    default=(2, 1),
+    default=(limits.BUILDS_AT_ONCE, limits.BUILDS_AT_ONCE_PER_USER),
     show_default=True,
     metavar="HOST USER",
     help="Builds at once: on the Host, and per user (the rest wait in a fair queue).",
@@ -131,7 +170,7 @@ def main(ctx: click.Context, target: str, http_url: str, token: str | None) -> N
 @click.option(
     "--backoff",
     type=(click.FloatRange(min=0.01), click.FloatRange(min=0.01)),
-    default=(10.0, 300.0),
+    default=(BACKOFF.initial, BACKOFF.cap),
     show_default=True,
     metavar="FIRST MAX",
     help="Delay before restarting a crashed program: FIRST, doubling up to MAX seconds.",
@@ -210,9 +249,9 @@ def serve_command(
             base_images=base_images,
             build_limits=BuildLimits(
                 memory_bytes=build_memory * MIB,
-                total_memory_bytes=2 * build_memory * MIB,
+                total_memory_bytes=limits.BUILD_TOTAL_MEMORY_FACTOR * build_memory * MIB,
                 pids=build_pids,
-                total_pids=4 * build_pids,
+                total_pids=limits.BUILD_TOTAL_PIDS_FACTOR * build_pids,
                 max_image_bytes=build_max_size * MIB,
                 min_free_disk_bytes=build_min_free_disk * MIB,
                 max_concurrent=builds[0],
@@ -227,23 +266,7 @@ def serve_command(
 
 
 @main.command("doctor")
-@click.option(
-    "--data-dir",
-    # Any path: a file given here is the doctor's to report, not a usage error.
-    type=click.Path(path_type=Path),
-    default=Path("/var/lib/hershy"),
-    show_default=True,
-    help="The data dir `serve` would use.",
-)
-@click.option("--grpc-addr", default="127.0.0.1:9090", show_default=True, help="gRPC API address.")
-@click.option("--http-addr", default="127.0.0.1:9000", show_default=True, help="REST API address.")
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="runsc",
-    show_default=True,
-    help="The runtime `serve` would use (fake: skip the Docker checks).",
-)
+@_host_options(doctor=True)
 @click.option("--deep", is_flag=True, help="Also run a container under runsc (about a second).")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as a JSON list.")
 def doctor_command(

@@ -6,11 +6,10 @@ import contextlib
 from collections.abc import Iterator
 
 from hershy.domain.errors import ResourceExhausted
+from hershy.domain.limits import MAX_CREATES_IN_PROGRESS_PER_USER
 from hershy.domain.validation import cut
 
-#: Creates one user may have in progress at once (each may carry 48 MiB and 10,000
-#: files to write): the rest are refused, not queued, so a flood holds no memory.
-MAX_CREATES_IN_PROGRESS_PER_USER = 2
+__all__ = ["MAX_CREATES_IN_PROGRESS_PER_USER", "PerUserLimit"]
 
 
 class PerUserLimit:

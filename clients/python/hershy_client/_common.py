@@ -14,6 +14,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import quota_pb2
+from hershy_client import limits
 
 #: Resource names are `programs/{id}`; the client accepts either form.
 NAME_PREFIX = "programs/"
@@ -21,12 +22,12 @@ DEFAULT_TARGET = "127.0.0.1:9090"
 #: Per-call deadline for unary calls (seconds); streams that follow have none.
 DEFAULT_TIMEOUT = 30.0
 #: WaitProgram's own timeout when none is given (the Host's default too).
-DEFAULT_WAIT_TIMEOUT = 60.0
+DEFAULT_WAIT_TIMEOUT = limits.DEFAULT_WAIT_SECONDS
 #: The gRPC deadline of a Wait exceeds its timeout by this much, so the Host's
 #: answer (DEADLINE_EXCEEDED naming the state) arrives before the client gives up.
 WAIT_DEADLINE_MARGIN = 5.0
 #: Sources can be tens of MiB; gRPC's default limit is 4 MiB. Matches the Host.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = limits.MAX_MESSAGE_BYTES
 
 #: A program: its id (`prog-…`), its name (`programs/prog-…`), or the message.
 ProgramRef = str | pb.Program

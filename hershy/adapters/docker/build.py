@@ -52,6 +52,7 @@ from hershy.adapters.docker.engine import Engine, EngineError
 from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
+from hershy.domain import limits
 from hershy.domain.build_policy import BuildPolicy, check_dockerfile
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream
@@ -80,23 +81,23 @@ GiB = 1024**3
 
 @dataclass(frozen=True)
 class BuildLimits:
-    """Every limit on builds, defined once (`hershy serve --build-*`)."""
+    """Every limit on builds (`hershy serve --build-*`); the defaults are `domain/limits.py`'s."""
 
     #: Each RUN step's memory (and memory+swap: no swap) and CPU.
-    memory_bytes: int = 1 * GiB
+    memory_bytes: int = limits.BUILD_MEMORY_BYTES
     milli_cpus: int = 1000
     #: Host threads of each build's RUN steps (gVisor's own threads included).
-    pids: int = 512
+    pids: int = limits.BUILD_PIDS
     #: All builds together: the parent cgroup's limits.
-    total_memory_bytes: int = 2 * GiB
-    total_pids: int = 2048
+    total_memory_bytes: int = limits.BUILD_TOTAL_MEMORY_FACTOR * limits.BUILD_MEMORY_BYTES
+    total_pids: int = limits.BUILD_TOTAL_PIDS_FACTOR * limits.BUILD_PIDS
     #: What a build may write: each step container's writable layer, and each image it makes.
-    max_image_bytes: int = 1 * GiB
+    max_image_bytes: int = limits.BUILD_MAX_IMAGE_BYTES
     #: No new build (and a running one is cancelled) while Docker's disk has less free.
-    min_free_disk_bytes: int = 2 * GiB
+    min_free_disk_bytes: int = limits.BUILD_MIN_FREE_DISK_BYTES
     #: Builds at once on the Host, and per user.
-    max_concurrent: int = 2
-    max_per_user: int = 1
+    max_concurrent: int = limits.BUILDS_AT_ONCE
+    max_per_user: int = limits.BUILDS_AT_ONCE_PER_USER
     #: How often a running build's writes and the free disk are looked at.
     watch_interval: float = 0.5
 

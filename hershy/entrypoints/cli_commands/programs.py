@@ -41,6 +41,7 @@ from hershy_client import (
     HershyError,
     NotFound,
     Resync,
+    limits,
     program_id,
 )
 
@@ -71,7 +72,7 @@ def watcher_url(settings: Settings, program: str) -> str:
 def ls_command(settings: Settings, user_id: str | None, as_json: bool) -> None:
     """List programs (yours; every user's with the admin's token)."""
     with settings.client() as client, calls(settings):
-        programs = list(client.list(user_id=user_id, page_size=1000))
+        programs = list(client.list(user_id=user_id, page_size=limits.MAX_PAGE_SIZE))
     if as_json:
         print_json(pb.ListProgramsResponse(programs=programs, total_size=len(programs)))
         return
@@ -222,7 +223,7 @@ def _wait_options(state: str) -> Callable[[F], F]:
     def decorate(function: F) -> F:
         function = click.option(
             "--timeout",
-            type=click.FloatRange(min=0.1, max=3600),
+            type=click.FloatRange(min=0.1, max=limits.MAX_WAIT_SECONDS),
             default=WAIT_TIMEOUT,
             show_default=True,
             help="Seconds --wait waits.",

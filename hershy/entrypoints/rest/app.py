@@ -19,6 +19,7 @@ from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hershy.domain import limits
 from hershy.domain.validation import cut
 from hershy.entrypoints.rest import openapi, shapes, uploads
 from hershy.entrypoints.rest.auth import Metadata, Principals, bearer, credentials
@@ -48,20 +49,18 @@ log = logging.getLogger(__name__)
 SERVICE = "hershy.v1.ProgramService"
 #: Same limits as the core's server: sources can be tens of MiB.
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", limits.MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
 ]
 #: Deadline on the shim's unary calls: the core answers them at once, this only
 #: bounds a request when the core is wedged.
 CALL_TIMEOUT = 30.0
-MAX_WAIT_SECONDS = 3600.0
-MAX_PAGE_SIZE = 1000
 #: The lines of the original's JSON log answer (`tail` overrides), as it gave.
 JSON_LOG_LINES = 200
 #: The most line text one JSON log answer holds (the oldest lines go first past it):
 #: it is built whole in memory, unlike NDJSON, and a `tail` of millions must not
 #: hold the shim's memory that every tenant shares.
-JSON_LOG_MAX_BYTES = 4 * 1024 * 1024
+JSON_LOG_MAX_BYTES = limits.MAX_JSON_LOG_BYTES
 #: The states a REST stop answers with a 200 that changes nothing: the ones the core
 #: refuses a stop in for having nothing to stop. (A stop in Error is the core's own:
 #: it clears the error and ends Stopped.)
@@ -133,7 +132,7 @@ class RestApi:
 
     def app(self) -> web.Application:
         # Bodies are read by the handlers that take them, with their own limit (uploads.py).
-        app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+        app = web.Application(middlewares=[error_middleware], client_max_size=limits.MAX_BODY_BYTES)
         add = app.router.add_route
         # The proxy first: the router tries routes in order, and it is the hot path.
         # It re-reads the raw path itself (the router sees it decoded).
@@ -260,7 +259,7 @@ class RestApi:
         return response
 
     async def list_programs(self, request: web.Request) -> web.Response:
-        page_size = shapes.parse_int(request, "page_size", 0, 0, MAX_PAGE_SIZE)
+        page_size = shapes.parse_int(request, "page_size", 0, 0, limits.MAX_PAGE_SIZE)
         answer = await self._stub.ListPrograms(
             pb.ListProgramsRequest(
                 page_size=page_size or 0,
@@ -373,7 +372,9 @@ class RestApi:
     async def wait(self, request: web.Request) -> web.Response:
         name = self._name(request)
         state = shapes.parse_state(request.query.get("state", "ready"))
-        seconds = shapes.parse_seconds(request, "timeout", 60.0, MAX_WAIT_SECONDS)
+        seconds = shapes.parse_seconds(
+            request, "timeout", limits.DEFAULT_WAIT_SECONDS, limits.MAX_WAIT_SECONDS
+        )
         timeout = Duration()
         timeout.FromNanoseconds(round(seconds * 1e9))
         message = pb.WaitProgramRequest(name=name, state=state, timeout=timeout)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from hershy.domain import limits
 from hershy.domain.quotas import QUOTA_NAMES
 from hershy.entrypoints.rest.shapes import LOG_STREAM_NAMES, STATE_LABELS
 from hershy.entrypoints.rest.uploads import MAX_BODY_BYTES
 
 JSON = "application/json"
-PROGRAM_ID_PATTERN = "^[a-z0-9][a-z0-9-]{0,62}$"
+PROGRAM_ID_PATTERN = f"^{limits.PROGRAM_ID_PATTERN}$"
+USER_ID_PATTERN = f"^{limits.USER_ID_PATTERN}$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -66,7 +68,7 @@ _USER_ID = {
     "name": "user_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+    "schema": {"type": "string", "pattern": USER_ID_PATTERN},
 }
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
@@ -209,7 +211,8 @@ SCHEMAS: dict[str, Any] = {
             "truncated": {
                 "type": "boolean",
                 "description": "Present (true) when the oldest asked-for lines were left out: "
-                "one answer holds at most 4 MiB of text (NDJSON has no such limit).",
+                f"one answer holds at most {limits.MAX_JSON_LOG_BYTES // limits.MiB} MiB of text "
+                "(NDJSON has no such limit).",
             },
         },
     },
@@ -230,7 +233,7 @@ SCHEMAS: dict[str, Any] = {
             'the answer\'s `Warning: 299 - "unknown keys ignored: ..."` header.'
         ),
         "properties": {
-            "user_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+            "user_id": {"type": "string", "pattern": USER_ID_PATTERN},
             "dockerfile": {
                 "type": "string",
                 "minLength": 1,
@@ -437,7 +440,8 @@ PATHS: dict[str, Any] = {
                 "201": _json(_ref("Program"), "Created."),
                 **_errors("400", "413", "429"),
                 "503": _error(
-                    "The Host is not ready, or the user already has 2 creates in progress "
+                    "The Host is not ready, or the user already has "
+                    f"{limits.MAX_CREATES_IN_PROGRESS_PER_USER} creates in progress "
                     "(RESOURCE_EXHAUSTED: retry once one has finished)."
                 ),
             },
@@ -448,8 +452,8 @@ PATHS: dict[str, Any] = {
                 {
                     "name": "page_size",
                     "in": "query",
-                    "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
-                    "description": "Default 100.",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": limits.MAX_PAGE_SIZE},
+                    "description": f"Default {limits.DEFAULT_PAGE_SIZE}.",
                 },
                 {"name": "page_token", "in": "query", "schema": {"type": "string"}},
                 {"name": "user_id", "in": "query", "schema": {"type": "string"}},
@@ -509,9 +513,9 @@ PATHS: dict[str, Any] = {
                         "type": "number",
                         "exclusiveMinimum": True,
                         "minimum": 0,
-                        "maximum": 3600,
+                        "maximum": int(limits.MAX_WAIT_SECONDS),
                     },
-                    "description": "Seconds, default 60.",
+                    "description": f"Seconds, default {limits.DEFAULT_WAIT_SECONDS:g}.",
                 },
             ],
             "responses": {

@@ -14,6 +14,7 @@ import grpc
 from aiohttp import web
 
 from hershy.domain.errors import InvalidArgument
+from hershy.domain.limits import MAX_SMALL_BODY_BYTES
 from hershy.domain.quotas import QUOTA_NAMES
 from hershy.domain.validation import validate_user_id
 from hershy.entrypoints.rest.auth import credentials
@@ -23,7 +24,7 @@ from hershy.v1 import quota_pb2 as quota_pb
 from hershy.v1 import quota_pb2_grpc as quota_grpc
 
 CALL_TIMEOUT = 30.0
-MAX_BODY_BYTES = 4096
+MAX_BODY_BYTES = MAX_SMALL_BODY_BYTES
 _INT64_MAX = 2**63 - 1
 
 

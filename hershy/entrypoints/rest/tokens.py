@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hershy.domain.limits import MAX_SMALL_BODY_BYTES
 from hershy.entrypoints.rest.auth import credentials
 from hershy.entrypoints.rest.errors import bad_request, json_response
 from hershy.entrypoints.rest.shapes import optional_time
@@ -22,7 +23,7 @@ TOKEN_NAME_PREFIX = "tokens/"
 #: Deadline on the token calls: the core answers them at once.
 CALL_TIMEOUT = 30.0
 #: A create body is `{"user_id": ...}`; nothing bigger is read.
-MAX_BODY_BYTES = 4096
+MAX_BODY_BYTES = MAX_SMALL_BODY_BYTES
 
 
 def token_json(token: token_pb2.Token) -> dict[str, Any]:

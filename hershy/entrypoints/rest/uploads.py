@@ -20,7 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hershy.domain.validation import MAX_ECHO_CHARS, SourceLimits, cut
+from hershy.domain import limits
+from hershy.domain.validation import MAX_ECHO_CHARS, cut
 from hershy.entrypoints.rest.errors import bad_request, too_large
 from hershy.service.work_queue import WorkQueue
 from hershy.v1 import program_pb2 as pb
@@ -28,7 +29,7 @@ from hershy.v1 import program_pb2 as pb
 #: The core's limit on all files together; base64 (4/3) and JSON escaping or
 #: tar headers make a body bigger than its files, so the shim allows that much
 #: more and leaves the exact limit to the core.
-MAX_BODY_BYTES = SourceLimits().max_total_bytes * 4 // 3 + 1024 * 1024
+MAX_BODY_BYTES = limits.MAX_CREATE_BODY_BYTES
 TAR_TYPES = frozenset({"application/x-tar", "application/tar"})
 DOCKERFILE = "Dockerfile"
 #: int64 fields of Resources: bigger values would not fit the protobuf field.
