@@ -101,18 +101,20 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         )
         # The base-image allowlist, resolved to image ids once: builds must still find them.
         build_policy = BuildPolicy(await handler.resolve_base_images(config.docker.base_images))
+        clock = SystemClock()
         registry = Registry(
             handler=handler,
             sources=sources,
             logs=logs,
             event_log=store,
-            clock=SystemClock(),
+            clock=clock,
+            timers=clock,
             ids=RandomIds(),
             policy=config.policy,
             build_policy=build_policy,
             quotas=Quotas(store),
         )
-        auth = Authenticator(store, SystemClock(), RandomIds(), enabled=not config.no_auth)
+        auth = Authenticator(store, clock, RandomIds(), enabled=not config.no_auth)
         if config.no_auth:
             log.warning("--no-auth: every caller is the admin (allowed on loopback only)")
         # Bound before anything starts, so a taken address is a plain error.

@@ -22,7 +22,7 @@ from hershy.adapters.docker.port_pool import PortPool, loopback_address
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.model import LogLine, LogStream
-from hershy.service.ports import LogStore, Outbox, SourceStore
+from hershy.service.ports import LogStore, Outbox, SourceStore, Timers
 
 
 @dataclass(slots=True)
@@ -81,7 +81,10 @@ class FakeEffectHandler:
         logs: LogStore,
         behaviour: FakeBehaviour | None = None,
         ports: PortPool | None = None,
+        timers: Timers | None = None,
     ) -> None:
+        """`timers`: what its delays wait on (a test's manual clock); None: the event loop."""
+        self._sleep = timers.sleep if timers is not None else asyncio.sleep
         self._sources = sources
         self._logs = logs
         self.behaviour = behaviour or FakeBehaviour()
@@ -134,7 +137,7 @@ class FakeEffectHandler:
     async def _build(self, effect: fx.Build, outbox: Outbox) -> None:
         image = self.world.images.get(effect.build_id)
         if image is None:
-            await asyncio.sleep(self.behaviour.build_delay)
+            await self._sleep(self.behaviour.build_delay)
             if self._take_failure("failing_builds"):
                 raise RuntimeError(self.behaviour.failure_reason)
             image = f"sha256:fake{next(self._ids):08d}"
@@ -144,7 +147,7 @@ class FakeEffectHandler:
 
     async def _start(self, program_id: str, effect: fx.StartContainer, outbox: Outbox) -> None:
         self.world.remove_runs_up_to(program_id, effect.run)
-        await asyncio.sleep(self.behaviour.start_delay)
+        await self._sleep(self.behaviour.start_delay)
         if self._take_failure("failing_starts"):
             raise RuntimeError(self.behaviour.failure_reason)
         port = self.world.ports.take()
@@ -154,7 +157,7 @@ class FakeEffectHandler:
             ev.ContainerCreated(outbox.now(), effect.run, container_id, loopback_address(port))
         )
         try:
-            await asyncio.sleep(self.behaviour.ready_delay)
+            await self._sleep(self.behaviour.ready_delay)
         except asyncio.CancelledError:
             # Cancelled while starting: undo what this start created.
             self.world.remove(container_id)
@@ -164,14 +167,14 @@ class FakeEffectHandler:
         outbox.emit(ev.ContainerReady(outbox.now(), effect.run))
 
     async def _stop(self, program_id: str, effect: fx.StopContainer, outbox: Outbox) -> None:
-        await asyncio.sleep(self.behaviour.stop_delay)
+        await self._sleep(self.behaviour.stop_delay)
         if self._take_failure("failing_stops"):
             raise RuntimeError(self.behaviour.failure_reason)
         self.world.remove_runs_up_to(program_id, effect.run, effect.container_id)
         outbox.emit(ev.ContainerStopped(outbox.now(), effect.run))
 
     async def _teardown(self, program_id: str, effect: fx.Teardown, outbox: Outbox) -> None:
-        await asyncio.sleep(self.behaviour.stop_delay)
+        await self._sleep(self.behaviour.stop_delay)
         for container_id in self.world.containers_of(program_id):
             self.world.remove(container_id)
         await self._sources.remove(program_id)

@@ -5,13 +5,13 @@ Adapters implement them (hershy/adapters); tests use fakes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
 from hershy.domain.effects import HandledEffect
-from hershy.domain.model import LogLine, LogStream
+from hershy.domain.model import LogLine, LogStream, Program
 from hershy.domain.quotas import UserQuota
 from hershy.domain.validation import ProgramSource
 
@@ -19,6 +19,41 @@ from hershy.domain.validation import ProgramSource
 class Clock(Protocol):
     def now(self) -> float:
         """Unix time in seconds."""
+        ...
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None:
+        """The callback will not run (no effect once it has run)."""
+        ...
+
+
+class Timers(Protocol):
+    """Every wait of the service layer (backoff, recovery retries, wait deadlines).
+
+    Handed in like time itself, as etcd-io/raft hands its node a `Tick`: the
+    real one waits on the event loop's timer; a test's manual clock fires only
+    what is due when the test advances it, so "nothing happens for 10 s" is
+    checked by stepping 10 s, not by sleeping. An implementation measures
+    from the same time as the `Clock` it is paired with.
+    """
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run `callback` (on the event loop) once `seconds` have passed; <= 0: soon."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once `seconds` have passed; cancellable like `asyncio.sleep`."""
+        ...
+
+
+class EventLog(Protocol):
+    """Makes accepted events durable and numbers them (the Host-wide revision)."""
+
+    async def append(self, program: Program, event: ev.Event) -> int: ...
+
+    def owner(self, program_id: str) -> str | None:
+        """The user a program belongs (or, deleted, belonged) to; None if it never existed."""
         ...
 
 

@@ -8,14 +8,11 @@ Watch subscribers, in revision order.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Protocol
 
 from hershy.domain import events as ev
 from hershy.domain import quotas, reducer
@@ -28,6 +25,7 @@ from hershy.domain.errors import (
     NotFound,
     Unavailable,
 )
+from hershy.domain.limits import MAX_WAIT_SECONDS
 from hershy.domain.model import (
     ACTIVE_STATES,
     BackoffPolicy,
@@ -47,9 +45,20 @@ from hershy.domain.validation import (
     validate_source,
     validate_user_id,
 )
+from hershy.service.deadlines import deadline
 from hershy.service.metrics import Metrics
-from hershy.service.ports import Clock, EffectHandler, IdGenerator, LogStore, SourceStore
+from hershy.service.paging import Page, page_of
+from hershy.service.ports import (
+    Clock,
+    EffectHandler,
+    EventLog,
+    IdGenerator,
+    LogStore,
+    SourceStore,
+    Timers,
+)
 from hershy.service.quotas import Quotas
+from hershy.service.recovery import LiveRuns, Recovery
 from hershy.service.supervisor import Supervisor
 from hershy.service.watch import (
     Change,
@@ -63,49 +72,10 @@ from hershy.service.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-MAX_WAIT_SECONDS = 3600.0
 DEFAULT_LIMITS = SourceLimits()
 DEFAULT_RESOURCES = ResourcePolicy()
-#: Recovery's retries when the runtime fails: the first delay, doubling up to the last.
-RECOVERY_RETRY_FIRST = 0.5
-RECOVERY_RETRY_MAX = 15.0
 #: Threads that check and hash sources being created.
 SOURCE_CHECK_WORKERS = 2
-
-
-class EventLog(Protocol):
-    """Makes accepted events durable and numbers them (the Host-wide revision)."""
-
-    async def append(self, program: Program, event: ev.Event) -> int: ...
-
-    def owner(self, program_id: str) -> str | None:
-        """The user a program belongs (or, deleted, belonged) to; None if it never existed."""
-        ...
-
-
-class MemoryEventLog:
-    """Numbers events; keeps nothing (a Host restart forgets every program)."""
-
-    def __init__(self) -> None:
-        self._revision = 0
-        self._owners: dict[str, str] = {}
-
-    async def append(self, program: Program, event: ev.Event) -> int:
-        self._revision += 1
-        self._owners[program.id] = program.user_id
-        return self._revision
-
-    def owner(self, program_id: str) -> str | None:
-        return self._owners.get(program_id)
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    programs: list[Program]
-    next_page_token: str
-    total_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +96,9 @@ class Registry:
         sources: SourceStore,
         logs: LogStore,
         clock: Clock,
+        timers: Timers,
         ids: IdGenerator,
-        event_log: EventLog | None = None,
+        event_log: EventLog,
         hub: WatchHub | None = None,
         policy: BackoffPolicy = reducer.DEFAULT_POLICY,
         limits: SourceLimits = DEFAULT_LIMITS,
@@ -144,8 +115,9 @@ class Registry:
         self._logs = logs
         self._resource_policy = resource_policy
         self._clock = clock
+        self._timers = timers
         self._ids = ids
-        self._log = event_log or MemoryEventLog()
+        self._log = event_log
         self.hub = hub or WatchHub()
         self._policy = policy
         self._limits = limits
@@ -156,13 +128,8 @@ class Registry:
         self._created = 0
         self._tasks: asyncio.TaskGroup | None = None
         self._commit_lock = asyncio.Lock()
-        #: Set once recovery reconciled the runtime (at once when nothing is recovered).
-        self._runtime_reconciled = asyncio.Event()
-        self._runtime_reconciled.set()
-        self._recovery_problem: str | None = None
-        self._recovered: list[Supervisor] = []
-        self._recovery: asyncio.Task[None] | None = None
-        self._runs = _LiveRuns(self._programs)
+        self._runs = LiveRuns(self._programs)
+        self._recovery = Recovery(handler, timers, self._runs)
         self._source_checks = WorkQueue("hershy-source-checks", SOURCE_CHECK_WORKERS, 8)
         self.metrics = metrics or Metrics()
         self.metrics.watch(lambda: self._programs.values(), lambda: self.hub.subscriber_count)
@@ -187,8 +154,7 @@ class Registry:
         """Ends Watch streams and supervisors; effects in flight are cancelled."""
         assert self._tasks is not None
         self.hub.close()
-        if self._recovery is not None:
-            self._recovery.cancel()  # still retrying a runtime that fails: give up, we exit
+        self._recovery.cancel()  # still retrying a runtime that fails: give up, we exit
         for task in self._supervisor_tasks.values():
             task.cancel()
         await self._tasks.__aexit__(exc_type, exc, traceback)
@@ -197,57 +163,30 @@ class Registry:
         """Take back the programs a store holds after a Host restart, and resume each.
 
         Returns at once; recovery goes on in a task the registry owns, as ONE
-        ordered step: the runtime is reconciled first (`EffectHandler.reap`: it
-        looks at what runs, copies the output written meanwhile, removes what no
-        program owns), retried with backoff for as long as it fails, and only
-        then do the supervisors run, each starting with `HostRestarted` (so what
-        was under way is finished or redone and running containers are adopted; where they
+        ordered step (`service/recovery.py`): the runtime is reconciled first,
+        retried with backoff for as long as it fails, and only then do the
+        supervisors run, each starting with `HostRestarted` (so what was under
+        way is finished or redone and running containers are adopted; where they
         are reached is the runtime's business: it learns that from the containers).
         Requests to recovered programs wait in their supervisor's inbox until
         then; `not_ready_reason` says why the Host is not ready meanwhile.
         """
         assert self._tasks is not None, "use the registry as an async context manager"
         self.hub.start_at(revision, older)
-        self._runtime_reconciled.clear()
+        gate = self._recovery.close_gate()
         now = self._clock.now()
         for program in programs:
             self._number(program.id)
             self._programs[program.id] = program
-            supervisor = self._spawn(program, after=self._runtime_reconciled)
+            supervisor = self._spawn(program, after=gate)
             # First in its inbox: nothing a user asks meanwhile is applied before it.
             supervisor.emit(ev.HostRestarted(now))
-            self._recovered.append(supervisor)
-        self._recovery = self._tasks.create_task(self._reconcile_runtime(), name="recovery")
-
-    async def _reconcile_runtime(self) -> None:
-        """Reconcile the runtime until it works, then let the supervisors go."""
-        delay = RECOVERY_RETRY_FIRST
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await self._handler.reap(self._runs)
-                break
-            except Exception as error:  # a Docker daemon down or erring: retried, never fatal
-                problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-                self._recovery_problem = (
-                    f"reconciling with the runtime failed (attempt {attempt}, "
-                    f"retrying in {delay:g} s): {problem}"
-                )
-                log.warning("recovery: %s", self._recovery_problem)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECOVERY_RETRY_MAX)
-        self._recovery_problem = None
-        self._runtime_reconciled.set()
+            self._recovery.hold(supervisor)
+        self._recovery.begin(self._tasks)
 
     def not_ready_reason(self) -> str | None:
         """Why the Host is not ready yet (recovery still under way), or None once it is."""
-        if not self._runtime_reconciled.is_set():
-            return self._recovery_problem or "reconciling the recovered programs with the runtime"
-        waiting = [s.program.id for s in self._recovered if not s.reconciled.is_set()]
-        if waiting:
-            return f"{len(waiting)} recovered programs are not reconciled yet (e.g. {waiting[0]})"
-        return None
+        return self._recovery.not_ready_reason()
 
     async def stop_all(self, seconds: float) -> None:
         """Stop every program that runs and wait (at most `seconds`) until they are at rest."""
@@ -266,8 +205,7 @@ class Registry:
 
     async def reconciled(self) -> None:
         """Returns once the runtime was reconciled and every recovered program compared with it."""
-        await self._runtime_reconciled.wait()
-        await asyncio.gather(*(s.reconciled.wait() for s in self._recovered))
+        await self._recovery.reconciled()
 
     def runs(self) -> Mapping[str, int]:
         """Each program's current run, as it is when read: what the Host owns (reap the rest)."""
@@ -383,10 +321,6 @@ class Registry:
         return self._logs.lines(program_id, tail, streams, follow)
 
     def list_programs(self, page_size: int = 0, page_token: str = "", user_id: str = "") -> Page:
-        if page_size < 0:
-            raise InvalidArgument("page_size", "must not be negative")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = _decode_page_token(page_token)
         if user_id:
             validate_user_id(user_id)
         matching = [
@@ -395,10 +329,7 @@ class Registry:
             if not user_id or program.user_id == user_id
         ]
         # Dicts keep insertion order, which is creation order: a stable order.
-        remaining = [p for p in matching if self._order[p.id] > after]
-        page = remaining[:size]
-        token = _encode_page_token(self._order[page[-1].id]) if len(remaining) > size else ""
-        return Page(page, token, len(matching))
+        return page_of(matching, self._order, page_size, page_token)
 
     async def wait(self, program_id: str, state: State, seconds: float) -> Program:
         """The program once it is in `state`; fails early if it can no longer get there."""
@@ -409,7 +340,7 @@ class Registry:
         subscription = self.hub.subscribe(program_id, capacity=16)
         try:
             program = self.get(program_id)
-            async with asyncio.timeout(seconds):
+            async with deadline(self._timers, seconds):
                 while True:
                     if program.state is state:
                         return program
@@ -490,6 +421,7 @@ class Registry:
             program,
             handler=self._handler,
             clock=self._clock,
+            timers=self._timers,
             commit=self._commit,
             policy=self._policy,
         )
@@ -546,46 +478,8 @@ class Registry:
         self._order.pop(program.id, None)
 
 
-class _LiveRuns(Mapping[str, int]):
-    """Each live program's current run, read at the moment it is asked (not a copy).
-
-    Reaping decides per container with it, so a program created while the
-    runtime is being reconciled is never taken for an orphan.
-    """
-
-    def __init__(self, programs: Mapping[str, Program]) -> None:
-        self._programs = programs
-
-    def __getitem__(self, program_id: str) -> int:
-        return self._programs[program_id].run
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._programs))
-
-    def __len__(self) -> int:
-        return len(self._programs)
-
-
 def _checked_source(
     dockerfile: str, src_files: Mapping[str, bytes], limits: SourceLimits
 ) -> tuple[ProgramSource, str]:
     source = validate_source(dockerfile, src_files, limits)
     return source, build_id(source)
-
-
-def _encode_page_token(position: int) -> str:
-    return base64.urlsafe_b64encode(f"after:{position}".encode()).decode()
-
-
-def _decode_page_token(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        prefix, _, position = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix != "after" or not position.isdigit():
-            raise ValueError(token)
-        return int(position)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(
-            "page_token", "is not a token from a previous ListPrograms response"
-        ) from None

@@ -19,7 +19,7 @@ from hershy.domain import events as ev
 from hershy.domain.errors import FailedPrecondition
 from hershy.domain.model import BackoffPolicy, Program, State
 from hershy.domain.reducer import Ignored, Rejected, Transition, reduce
-from hershy.service.ports import Clock, EffectHandler
+from hershy.service.ports import Clock, EffectHandler, Timers
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,14 @@ class Supervisor:
         *,
         handler: EffectHandler,
         clock: Clock,
+        timers: Timers,
         commit: Commit,
         policy: BackoffPolicy,
     ) -> None:
         self.program = program
         self._handler = handler
         self._clock = clock
+        self._timers = timers
         self._commit = commit
         self._policy = policy
         self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
@@ -181,7 +183,7 @@ class Supervisor:
             self.emit(fx.failure_of(effect, self.now(), str(error) or type(error).__name__))
 
     async def _fire_restart(self, run: int, at: float) -> None:
-        await asyncio.sleep(max(0.0, at - self._clock.now()))
+        await self._timers.sleep(at - self._clock.now())
         self._timer = None
         self.emit(ev.RestartTimerFired(self._clock.now(), run))
 

@@ -17,6 +17,7 @@ from hershy.domain.build_policy import (
 )
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import Program, State
+from tests.manual_clock import settle
 
 BASE = "hershy-busybox:latest"
 POLICY = BuildPolicy({BASE: "sha256:" + "a4" * 32})
@@ -269,9 +270,9 @@ async def test_the_queue_bounds_builds_and_takes_users_in_turn() -> None:
     async with asyncio.TaskGroup() as tasks:
         for index in range(4):
             tasks.create_task(build(f"flood{index}", "flooder"))
-            await asyncio.sleep(0)
+            await settle()
         tasks.create_task(build("other", "other"))
-        await asyncio.sleep(0.01)
+        await settle()
         # One of the flood and the other user's: the flood cannot take both slots.
         assert order == ["flood0", "other"]
         assert positions["flood3"][0] == 3
@@ -293,11 +294,11 @@ async def test_a_cancelled_wait_gives_its_place_up() -> None:
 
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(first())
-        await asyncio.sleep(0)
+        await settle()
         waiter = tasks.create_task(waiting())
-        await asyncio.sleep(0)
+        await settle()
         waiter.cancel()
-        await asyncio.sleep(0)
+        await settle()
         hold.set()
     assert queue.running == 0
     async with queue.slot("c", lambda _: None):

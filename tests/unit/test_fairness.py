@@ -17,6 +17,7 @@ from hershy.domain.model import LogLine, LogStream
 from hershy.domain.validation import ProgramSource
 from hershy.service.fairness import PerUserLimit
 from hershy.service.work_queue import WorkQueue
+from tests.manual_clock import settle
 
 
 async def test_log_reads_do_not_wait_behind_a_flood_of_source_saving(tmp_path: Path) -> None:
@@ -54,7 +55,7 @@ async def test_a_work_queue_holds_at_most_workers_plus_backlog_jobs(tmp_path: Pa
 
     tasks = [asyncio.ensure_future(queue.run(job, n)) for n in range(4)]
     assert await asyncio.to_thread(first_entered.wait, 5)
-    await asyncio.sleep(0.1)
+    await settle()  # the others have all been handed on: one to the pool, two to wait
     assert entered == [0]  # one runs; one waits in the pool; two wait outside it
     assert queue._places.locked()
     release.set()

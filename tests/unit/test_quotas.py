@@ -14,6 +14,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from hershy.adapters.fake_runtime import FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
+from hershy.adapters.memory_event_log import MemoryEventLog
 from hershy.adapters.source_files import MemorySourceStore
 from hershy.adapters.sqlite_store import SqliteEventLog
 from hershy.domain.errors import InvalidArgument, QuotaExceeded
@@ -243,7 +244,9 @@ def registry(quotas: Quotas) -> Registry:
         handler=FakeEffectHandler(sources, logs),
         sources=sources,
         logs=logs,
+        event_log=MemoryEventLog(),
         clock=TestClock(),
+        timers=TestClock(),
         ids=SequentialIds(),
         policy=FAST,
         quotas=quotas,

@@ -30,6 +30,7 @@ from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM, LABEL_R
 from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings, _docker_time_ns
 from hershy.adapters.fake_runtime import FakeEffectHandler
 from hershy.adapters.log_files import FILE_NAME, FileLogStore
+from hershy.adapters.memory_event_log import MemoryEventLog
 from hershy.adapters.source_files import FileSourceStore, MemorySourceStore
 from hershy.bootstrap import HostConfig, Runtime, running_host
 from hershy.domain import events as ev
@@ -37,6 +38,7 @@ from hershy.domain.model import LogLine, LogStream, Program, State
 from hershy.entrypoints.doctor import Level, check_host_readiness, host_readiness
 from hershy.service.registry import Registry
 from tests.e2e.conftest import free_port
+from tests.manual_clock import ManualClock, settle
 from tests.unit.test_supervisor import DOCKERFILE, FAST, SequentialIds, TestClock
 
 HOST_ID = "host-test"
@@ -71,12 +73,17 @@ class FlakyReaper(FakeEffectHandler):
         await super().execute(program_id, effect, outbox)
 
 
-def registry_on(handler: FakeEffectHandler, logs: FileLogStore) -> Registry:
+def registry_on(
+    handler: FakeEffectHandler, logs: FileLogStore, clock: ManualClock | None = None
+) -> Registry:
+    time = clock or TestClock()
     return Registry(
         handler=handler,
         sources=handler._sources,
         logs=logs,
-        clock=TestClock(),
+        event_log=MemoryEventLog(),
+        clock=time,
+        timers=time,
         ids=IDS,
         policy=FAST,
     )
@@ -94,30 +101,32 @@ async def programs_left_running(count: int) -> list[Program]:
         return [registry.get(program_id) for program_id in ids]
 
 
-async def test_a_docker_error_during_recovery_is_retried_and_reported_never_raised(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("hershy.service.registry.RECOVERY_RETRY_FIRST", 0.05)
+async def test_a_docker_error_during_recovery_is_retried_and_reported_never_raised() -> None:
     stored = await programs_left_running(2)
     logs = FileLogStore(Path(tempfile.mkdtemp(prefix="hershy-logs-")))
     handler = FlakyReaper(logs, failures=3)
-    async with registry_on(handler, logs) as registry:
+    clock = ManualClock()
+    async with registry_on(handler, logs, clock) as registry:
         await registry.recover(stored, 0, lambda r: (r, []))
-        await asyncio.sleep(0)
+        await settle()
         reason = registry.not_ready_reason()
         assert reason is not None
         assert "ConnectionError" in reason
-        assert "retrying" in reason
+        assert "retrying in 0.5 s" in reason
         # A request meanwhile is not refused and not applied early: it waits its turn.
         stop = asyncio.create_task(registry.stop(stored[0].id))
-        await asyncio.sleep(0.02)
+        await clock.advance(0.499)
+        assert (handler.reaps, stop.done()) == (1, False), "retried before its delay"
+        await clock.advance(0.001)
+        assert handler.reaps == 2
+        assert "retrying in 1 s" in (registry.not_ready_reason() or "")
         assert not stop.done()
-        await asyncio.wait_for(registry.reconciled(), 5)
+        await clock.run(registry.reconciled())
         assert handler.reaps == 4
         assert registry.not_ready_reason() is None
-        stopped = await asyncio.wait_for(stop, 5)
+        stopped = await clock.run(stop)
         assert stopped.state is State.STOPPING
-        await registry.wait(stored[0].id, State.STOPPED, 5)
+        await clock.run(registry.wait(stored[0].id, State.STOPPED, 5))
     assert handler.executed_before_reaped == [], "a supervisor ran before the runtime was reaped"
 
 
@@ -142,18 +151,20 @@ async def test_a_program_created_while_recovering_is_not_taken_for_an_orphan() -
     handler = FlakyReaper(logs, failures=0)
     seen: list[Mapping[str, int]] = []
     original = handler.reap
+    docker_answers = asyncio.Event()
 
     async def slow_reap(owned: Mapping[str, int]) -> None:
         seen.append(owned)
-        await asyncio.sleep(0.1)
+        await docker_answers.wait()
         await original(owned)
 
     handler.reap = slow_reap  # type: ignore[method-assign]
     async with registry_on(handler, logs) as registry:
         await registry.recover(stored, 0, lambda r: (r, []))
-        await asyncio.sleep(0.01)  # reaping is under way
+        await settle()  # reaping is under way
         assert seen
         new = await registry.create("bob", DOCKERFILE, {})
+        docker_answers.set()
         # Reaping reads what is owned as it decides, not a copy from before the create.
         assert new.id in seen[0]
         await asyncio.wait_for(registry.reconciled(), 5)
@@ -499,8 +510,8 @@ async def test_a_death_waits_for_the_copy_only_a_bounded_time(
 async def test_readyz_and_the_doctor_report_a_recovery_retrying_a_docker_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("hershy.service.registry.RECOVERY_RETRY_FIRST", 0.05)
-    monkeypatch.setattr("hershy.service.registry.RECOVERY_RETRY_MAX", 0.1)
+    monkeypatch.setattr("hershy.service.recovery.RECOVERY_RETRY_FIRST", 0.05)
+    monkeypatch.setattr("hershy.service.recovery.RECOVERY_RETRY_MAX", 0.1)
     http_addr = f"127.0.0.1:{free_port()}"
     config = HostConfig(
         data_dir=tmp_path,

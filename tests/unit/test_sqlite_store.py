@@ -27,6 +27,7 @@ from hershy.domain.model import State
 from hershy.domain.reducer import Transition, create, reduce
 from hershy.service.registry import Registry
 from hershy.service.watch import Change
+from tests.manual_clock import ManualClock, settle
 from tests.unit.test_supervisor import FAST, SequentialIds, TestClock
 
 DOCKERFILE = "FROM scratch\n"
@@ -34,19 +35,25 @@ DOCKERFILE = "FROM scratch\n"
 
 @contextlib.asynccontextmanager
 async def host(
-    data_dir: Path, ids: SequentialIds | None = None, behaviour: FakeBehaviour | None = None
+    data_dir: Path,
+    ids: SequentialIds | None = None,
+    behaviour: FakeBehaviour | None = None,
+    clock: ManualClock | None = None,
 ) -> AsyncIterator[Registry]:
-    """A Host on `data_dir` with the fake runtime, recovering whatever the store holds."""
+    """A Host on `data_dir` with the fake runtime, recovering whatever the store holds;
+    with `clock`, time moves only when the test moves it."""
     sources = FileSourceStore(data_dir)
     logs = FileLogStore(sources.root)
     store = SqliteEventLog(data_dir)
     recovered = store.open()
-    handler = FakeEffectHandler(sources, logs, behaviour)
+    handler = FakeEffectHandler(sources, logs, behaviour, timers=clock)
+    time = clock or TestClock()
     registry = Registry(
         handler=handler,
         sources=sources,
         logs=logs,
-        clock=TestClock(),
+        clock=time,
+        timers=time,
         ids=ids or SequentialIds(),
         event_log=store,
         policy=FAST,
@@ -109,7 +116,7 @@ async def test_resuming_a_watch_follows_a_deleted_program_but_not_a_made_up_one(
     async with host(tmp_path, ids) as registry:
         program = await registry.create("alice", DOCKERFILE, {})
         waiter = asyncio.create_task(registry.wait(program.id, State.DELETED, 2))
-        await asyncio.sleep(0)
+        await settle()
         await registry.delete(program.id)
         await waiter
     async with host(tmp_path, ids) as registry:
@@ -124,7 +131,7 @@ async def test_a_deleted_program_never_comes_back(tmp_path: Path) -> None:
     async with host(tmp_path, ids) as registry:
         program = await registry.create("alice", DOCKERFILE, {})
         waiter = asyncio.create_task(registry.wait(program.id, State.DELETED, 2))
-        await asyncio.sleep(0)
+        await settle()
         await registry.delete(program.id)
         await waiter
     async with host(tmp_path, ids) as registry:
@@ -158,13 +165,14 @@ def test_replaying_the_log_through_the_reducer_gives_the_stored_states(
     requests: list[tuple[int, str]],
 ) -> None:
     async def scenario(data_dir: Path) -> None:
-        async with host(data_dir) as registry:
+        clock = ManualClock()
+        async with host(data_dir, clock=clock) as registry:
             ids = [(await registry.create("alice", DOCKERFILE, {})).id for _ in range(2)]
             for index, kind in requests:
                 with contextlib.suppress(FailedPrecondition, NotFound):
                     await getattr(registry, kind)(ids[index])
-                await asyncio.sleep(0.005)
-            await asyncio.sleep(0.05)
+                await clock.advance(0.005)
+            await clock.advance(60)  # every effect done, every backoff fired
         store = SqliteEventLog(data_dir)
         store.open()
         try:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hershy.adapters.docker.port_pool import PortPool
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
+from hershy.adapters.memory_event_log import MemoryEventLog
 from hershy.adapters.source_files import MemorySourceStore
 from hershy.domain.errors import (
     DeadlineExceeded,
@@ -25,16 +26,26 @@ from hershy.domain.errors import (
     RevisionTooOld,
 )
 from hershy.domain.model import BackoffPolicy, State
+from hershy.service.ports import TimerHandle
 from hershy.service.registry import Registry
-from hershy.service.watch import Change, ChangeKind, Resync, WatchHub
+from hershy.service.watch import Change, ChangeKind, Closed, Resync, WatchHub
+from tests.manual_clock import ManualClock, settle
 
 FAST = BackoffPolicy(initial=0.05, factor=2, cap=0.4, reset_after=60)
 DOCKERFILE = "FROM scratch\n"
 
 
 class TestClock:
+    """Real time: the event loop's clock and timers (tests that step time use ManualClock)."""
+
     def now(self) -> float:
         return asyncio.get_running_loop().time()
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> TimerHandle:
+        return asyncio.get_running_loop().call_later(seconds, callback)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class SequentialIds:
@@ -54,15 +65,21 @@ def make_registry(
     *,
     hub: WatchHub | None = None,
     ports: PortPool | None = None,
+    clock: ManualClock | None = None,
 ) -> tuple[Registry, FakeEffectHandler]:
+    """With `clock`, time moves only when the test moves it (the fake's delays too);
+    without, the event loop's real time."""
     sources = MemorySourceStore()
     logs = FileLogStore(Path(tempfile.mkdtemp(prefix="hershy-logs-")))
-    handler = FakeEffectHandler(sources, logs, behaviour, ports)
+    handler = FakeEffectHandler(sources, logs, behaviour, ports, timers=clock)
+    time = clock or TestClock()
     registry = Registry(
         handler=handler,
         sources=sources,
         logs=logs,
-        clock=TestClock(),
+        event_log=MemoryEventLog(),
+        clock=time,
+        timers=time,
         ids=SequentialIds(),
         hub=hub,
         policy=FAST,
@@ -85,79 +102,98 @@ async def ready_program(registry: Registry, source: bytes = b"x") -> str:
 
 
 async def test_stop_during_a_slow_build_ends_stopped_with_nothing_left() -> None:
-    registry, handler = make_registry(FakeBehaviour(build_delay=30))
+    clock = ManualClock()
+    registry, handler = make_registry(FakeBehaviour(build_delay=30), clock=clock)
     async with registry:
         program = await registry.create("alice", DOCKERFILE, {})
         await registry.start(program.id)
+        await clock.advance(29)  # the build is well under way
         stopping = await registry.stop(program.id)  # answered at once: the build is not waited for
         assert stopping.state is State.STOPPING
-        stopped = await registry.wait(program.id, State.STOPPED, 2)
+        stopped = await clock.run(registry.wait(program.id, State.STOPPED, 2))
         assert stopped.container_id is None
         assert handler.world.containers == {}
         assert handler.builds_run == 0  # the build was cancelled, not finished
 
 
 async def test_stop_during_a_slow_start_removes_the_container() -> None:
-    registry, handler = make_registry(FakeBehaviour(ready_delay=30))
+    clock = ManualClock()
+    registry, handler = make_registry(FakeBehaviour(ready_delay=30), clock=clock)
     async with registry:
         program = await registry.create("alice", DOCKERFILE, {})
         await registry.start(program.id)
-        for _ in range(100):  # until the container exists
-            if registry.get(program.id).container_id:
-                break
-            await asyncio.sleep(0.01)
+        await clock.advance(29)  # the container exists; it is not ready yet
+        assert registry.get(program.id).container_id
+        assert registry.get(program.id).state is State.STARTING
         assert handler.world.containers_of(program.id)
         await registry.stop(program.id)
-        await registry.wait(program.id, State.STOPPED, 2)
+        await clock.run(registry.wait(program.id, State.STOPPED, 2))
         assert handler.world.containers_of(program.id) == []
 
 
-async def test_a_crash_restarts_with_growing_delays_and_a_visible_count(
-    host: tuple[Registry, FakeEffectHandler],
-) -> None:
-    registry, handler = host
-    program_id = await ready_program(registry)
-    gaps = []
-    for expected_count in (1, 2, 3):
-        handler.crash(program_id, exit_code=3)
-        backoff = await registry.wait(program_id, State.BACKOFF, 2)
-        assert backoff.restart_count == expected_count
-        assert backoff.last_exit_code == 3
-        assert backoff.next_restart_at is not None
-        gaps.append(backoff.next_restart_at - backoff.updated_at)
-        await registry.wait(program_id, State.READY, 2)
-    assert gaps == pytest.approx([0.05, 0.1, 0.2])
-    assert len(handler.world.containers_of(program_id)) == 1
-
-
-async def test_stop_wins_over_a_pending_automatic_restart(
-    host: tuple[Registry, FakeEffectHandler],
-) -> None:
-    registry, handler = host
-    program_id = await ready_program(registry)
-    handler.crash(program_id)
-    await registry.wait(program_id, State.BACKOFF, 2)
-    await registry.stop(program_id)
-    await registry.wait(program_id, State.STOPPED, 2)
-    await asyncio.sleep(0.2)  # well past the restart delay
-    assert registry.get(program_id).state is State.STOPPED
-    assert handler.world.containers_of(program_id) == []
-
-
-async def test_a_restart_storm_ends_with_exactly_one_container(
-    host: tuple[Registry, FakeEffectHandler],
-) -> None:
-    registry, handler = host
-    program_id = await ready_program(registry)
-    results = await asyncio.gather(
-        *(registry.restart(program_id) for _ in range(50)), return_exceptions=True
+async def test_a_crash_restarts_with_growing_delays_and_a_visible_count() -> None:
+    clock = ManualClock()
+    registry, handler = make_registry(
+        FakeBehaviour(build_delay=0.01, ready_delay=0.01), clock=clock
     )
-    assert all(not isinstance(result, BaseException) for result in results), results
-    ready = await registry.wait(program_id, State.READY, 5)
-    await asyncio.sleep(0.05)
-    assert registry.get(program_id).state is State.READY
-    assert handler.world.containers_of(program_id) == [ready.container_id]
-    assert handler.builds_run == 1  # the image was reused every time
+    async with registry:
+        program_id = await clock.run(ready_program(registry))
+        gaps = []
+        for expected_count, delay in ((1, 0.05), (2, 0.1), (3, 0.2)):
+            handler.crash(program_id, exit_code=3)
+            await settle()
+            backoff = registry.get(program_id)
+            assert backoff.state is State.BACKOFF
+            assert backoff.restart_count == expected_count
+            assert backoff.last_exit_code == 3
+            assert backoff.next_restart_at is not None
+            gaps.append(backoff.next_restart_at - backoff.updated_at)
+            # Not a moment before its time...
+            await clock.advance(delay - 0.001)
+            assert registry.get(program_id).state is State.BACKOFF
+            # ...and then at once (the fake's start takes its 10 ms).
+            await clock.advance(0.002)
+            assert registry.get(program_id).state is State.STARTING
+            await clock.advance(0.01)
+            assert registry.get(program_id).state is State.READY
+        assert gaps == pytest.approx([0.05, 0.1, 0.2])
+        assert len(handler.world.containers_of(program_id)) == 1
+
+
+async def test_stop_wins_over_a_pending_automatic_restart() -> None:
+    clock = ManualClock()
+    registry, handler = make_registry(
+        FakeBehaviour(build_delay=0.01, ready_delay=0.01), clock=clock
+    )
+    async with registry:
+        program_id = await clock.run(ready_program(registry))
+        handler.crash(program_id)
+        await clock.run(registry.wait(program_id, State.BACKOFF, 2))
+        await registry.stop(program_id)
+        await clock.run(registry.wait(program_id, State.STOPPED, 2))
+        await clock.advance(FAST.cap * 10)  # well past the restart delay
+        assert registry.get(program_id).state is State.STOPPED
+        assert handler.world.containers_of(program_id) == []
+
+
+async def test_a_restart_storm_ends_with_exactly_one_container() -> None:
+    clock = ManualClock()
+    registry, handler = make_registry(
+        FakeBehaviour(build_delay=0.01, ready_delay=0.01), clock=clock
+    )
+    async with registry:
+        program_id = await clock.run(ready_program(registry))
+        results = await clock.run(
+            asyncio.gather(
+                *(registry.restart(program_id) for _ in range(50)), return_exceptions=True
+            )
+        )
+        assert all(not isinstance(result, BaseException) for result in results), results
+        ready = await clock.run(registry.wait(program_id, State.READY, 5))
+        await clock.advance(60)  # nothing left to happen: it stays as it is
+        assert registry.get(program_id).state is State.READY
+        assert handler.world.containers_of(program_id) == [ready.container_id]
+        assert handler.builds_run == 1  # the image was reused every time
 
 
 async def test_a_failed_build_is_error_with_the_reason_and_start_retries() -> None:
@@ -190,7 +226,7 @@ async def test_delete_removes_everything_and_the_program_never_comes_back(
     program_id = await ready_program(registry)
     watch = registry.watch(program_id, None)
     waiter = asyncio.create_task(registry.wait(program_id, State.DELETED, 2))
-    await asyncio.sleep(0)
+    await settle()
     await registry.delete(program_id)
     final = await waiter
     assert final.state is State.DELETED
@@ -212,15 +248,19 @@ async def test_delete_removes_everything_and_the_program_never_comes_back(
         await registry.source(program_id)
 
 
-async def test_wait_times_out_naming_the_target_and_the_current_state(
-    host: tuple[Registry, FakeEffectHandler],
-) -> None:
-    registry, _ = host
-    program = await registry.create("alice", DOCKERFILE, {})
-    with pytest.raises(DeadlineExceeded, match=r"READY within 0.1 s \(it is CREATED\)"):
-        await registry.wait(program.id, State.READY, 0.1)
-    with pytest.raises(InvalidArgument, match="timeout"):
-        await registry.wait(program.id, State.READY, 0)
+async def test_wait_times_out_naming_the_target_and_the_current_state() -> None:
+    clock = ManualClock()
+    registry, _ = make_registry(clock=clock)
+    async with registry:
+        program = await registry.create("alice", DOCKERFILE, {})
+        waiter = asyncio.ensure_future(registry.wait(program.id, State.READY, 0.1))
+        await clock.advance(0.099)
+        assert not waiter.done(), "a wait ends at its deadline, not before"
+        await clock.advance(0.001)
+        with pytest.raises(DeadlineExceeded, match=r"READY within 0.1 s \(it is CREATED\)"):
+            await waiter
+        with pytest.raises(InvalidArgument, match="timeout"):
+            await registry.wait(program.id, State.READY, 0)
 
 
 async def test_wait_for_deleted_returns_the_final_program(
@@ -229,7 +269,7 @@ async def test_wait_for_deleted_returns_the_final_program(
     registry, _ = host
     program = await registry.create("alice", DOCKERFILE, {})
     waiter = asyncio.create_task(registry.wait(program.id, State.READY, 2))
-    await asyncio.sleep(0)
+    await settle()
     await registry.delete(program.id)
     with pytest.raises(NotFound, match="deleted"):
         await waiter
@@ -249,7 +289,7 @@ async def test_ports_are_unique_and_given_back_when_a_program_is_deleted() -> No
         with pytest.raises(FailedPrecondition, match="19001-19002"):
             await registry.wait(third.id, State.READY, 2)
         waiter = asyncio.create_task(registry.wait(first.id, State.DELETED, 2))
-        await asyncio.sleep(0)
+        await settle()
         await registry.delete(first.id)
         await waiter
         assert handler.world.ports.held == {int(second.proxy_target.rpartition(":")[2])}
@@ -296,7 +336,7 @@ async def test_a_slow_subscriber_is_told_to_resync_and_slows_nobody() -> None:
         reader = asyncio.create_task(drain())
         for _ in range(20):
             await registry.create("alice", DOCKERFILE, {})
-            await asyncio.sleep(0)
+            await settle()
         await asyncio.wait_for(reader, 2)
         assert seen == sorted(seen)
         assert len(seen) == 20
@@ -328,20 +368,18 @@ async def test_resume_replays_changes_after_a_revision_or_refuses_clearly() -> N
 )
 def test_revisions_strictly_increase_across_programs(requests: list[tuple[int, str]]) -> None:
     async def scenario() -> None:
-        registry, _ = make_registry()
+        clock = ManualClock()
+        registry, _ = make_registry(clock=clock)
         async with registry:
             subscription = registry.watch("", None).subscription
             ids = [(await registry.create("alice", DOCKERFILE, {})).id for _ in range(3)]
             for index, kind in requests:
                 with contextlib.suppress(FailedPrecondition, NotFound):
                     await getattr(registry, kind)(ids[index])
-            await asyncio.sleep(0.02)
+            await clock.advance(60)  # every effect done, every backoff fired
+            subscription.close()  # what it holds is delivered, then CLOSED: no waiting
             revisions = []
-            while True:
-                try:
-                    item = await asyncio.wait_for(subscription.next(), 0.05)
-                except TimeoutError:
-                    break
+            while (item := await subscription.next()) is not Closed.CLOSED:
                 assert isinstance(item, Change)
                 revisions.append(item.revision)
             assert revisions == list(range(1, len(revisions) + 1))
