@@ -15,13 +15,14 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hershy.domain.auth import Principal
-from hershy.domain.errors import HershyError, NotFound, PermissionDenied, Unauthenticated
+from hershy.domain.errors import HershyError, Unauthenticated
+from hershy.domain.limits import DEFAULT_WAIT_SECONDS, MAX_MESSAGE_BYTES
 from hershy.domain.model import Program
-from hershy.domain.validation import cut, validate_user_id
+from hershy.domain.validation import validate_user_id
 from hershy.entrypoints import convert
 from hershy.entrypoints.grpc_errors import code_for, to_status
-from hershy.service.auth import Authenticator, StreamGrant
+from hershy.service import auth as access
+from hershy.service.auth import Authenticator, Principal, StreamGrant
 from hershy.service.fairness import MAX_CREATES_IN_PROGRESS_PER_USER, PerUserLimit
 from hershy.service.metrics import Metrics
 from hershy.service.registry import Registry, WatchStart
@@ -38,9 +39,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ProgramService"].full_name
 TOKEN_SERVICE_NAME = token_pb.DESCRIPTOR.services_by_name["TokenService"].full_name
 QUOTA_SERVICE_NAME = quota_pb.DESCRIPTOR.services_by_name["QuotaService"].full_name
-DEFAULT_WAIT_SECONDS = 60.0
-#: Sources can be tens of MiB; gRPC's default limit is 4 MiB.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
@@ -104,23 +102,13 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         return self._auth.authenticate(authorization(context))
 
     def _own(self, caller: Principal, name: str) -> str:
-        """The id in `name`, if the caller may see that program; NOT_FOUND otherwise.
-
-        Another user's program answers exactly like one that does not exist.
-        """
+        """The id in `name`, if the caller may see that program; NOT_FOUND otherwise."""
         program_id = convert.program_id_from_name(name)
-        if not caller.sees(self._registry.get(program_id)):
-            raise NotFound(f"program {program_id} not found")
-        return program_id
+        return access.visible(caller, self._registry.get(program_id)).id
 
     @_unary
     async def CreateProgram(self, request: pb.CreateProgramRequest, context: Context) -> pb.Program:
-        caller = self._caller(context)
-        user_id = request.user_id or ("" if caller.admin else caller.user_id)
-        if not caller.admin and user_id != caller.user_id:
-            raise PermissionDenied(
-                f"your token is {caller.user_id}'s: it cannot create programs for {cut(user_id)}"
-            )
+        user_id = access.creator(self._caller(context), request.user_id)
         validate_user_id(user_id)
         with self._creates.slot(user_id):
             program = await self._registry.create(
@@ -141,12 +129,9 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
     async def ListPrograms(
         self, request: pb.ListProgramsRequest, context: Context
     ) -> pb.ListProgramsResponse:
-        caller = self._caller(context)
-        user_id = request.user_id
-        if not caller.admin:
-            if user_id and user_id != caller.user_id:
-                return pb.ListProgramsResponse()  # nobody else's programs, not even a count
-            user_id = caller.user_id
+        user_id = access.listed_user(self._caller(context), request.user_id)
+        if user_id is None:
+            return pb.ListProgramsResponse()  # nobody else's programs, not even a count
         page = self._registry.list_programs(request.page_size, request.page_token, user_id)
         return pb.ListProgramsResponse(
             programs=[self._pb(program) for program in page.programs],
@@ -196,8 +181,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             caller = grant.principal
             program_id = convert.program_id_from_name(request.name) if request.name else ""
             resume = request.resume_revision if request.HasField("resume_revision") else None
-            owner = None if caller.admin else caller.user_id
-            start = self._registry.watch(program_id, resume, owner)
+            start = self._registry.watch(program_id, resume, caller.only_user)
         except HershyError as error:
             if grant is not None:
                 self._auth.close_stream(grant)
@@ -220,11 +204,13 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
                 if grant.revoked:
                     break
                 if isinstance(item, Change):
-                    if caller.sees(item.program):
+                    if caller.sees(item.program.user_id):
                         yield self._encode(item)
                 elif item is Resync.RESYNC:
                     yield pb.WatchProgramsResponse(type=pb.WatchProgramsResponse.TYPE_RESYNC)
-                    programs = [p for p in self._registry.snapshot(subscription) if caller.sees(p)]
+                    programs = [
+                        p for p in self._registry.snapshot(subscription) if caller.sees(p.user_id)
+                    ]
                     for message in self._snapshot(programs, self._registry.hub.revision):
                         if grant.revoked:
                             break
@@ -243,10 +229,10 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         """What a Watch sends before it goes live: the snapshot, or the replay; only
         what the caller may see (the registry filtered it already: this is the second lock)."""
         if start.snapshot is not None:
-            programs = [program for program in start.snapshot if caller.sees(program)]
+            programs = [program for program in start.snapshot if caller.sees(program.user_id)]
             yield from self._snapshot(programs, start.revision)
         for change in start.replay:
-            if subscription.wants(change) and caller.sees(change.program):
+            if subscription.wants(change) and caller.sees(change.program.user_id):
                 yield self._encode(change)
 
     async def _end_revoked(self, context: Context, method: str) -> None:
@@ -437,17 +423,14 @@ class QuotaService(quota_pb_grpc.QuotaServiceServicer):
     ) -> quota_pb.UserQuota:
         caller = self._auth.authenticate(authorization(context))
         user_id = convert.user_id_from_quota_name(request.name)
-        if not caller.admin and user_id != caller.user_id:
-            raise PermissionDenied(f"your token is {caller.user_id}'s: it reads only that quota")
+        access.require_quota_reader(caller, user_id)
         return self._answer(user_id)
 
     @_unary
     async def UpdateUserQuota(
         self, request: quota_pb.UpdateUserQuotaRequest, context: Context
     ) -> quota_pb.UserQuota:
-        caller = self._auth.authenticate(authorization(context))
-        if not caller.admin:
-            raise PermissionDenied("only the admin's token sets quotas")
+        access.require_admin(self._auth.authenticate(authorization(context)), "sets quotas")
         user_id = convert.user_id_from_quota_name(request.quota.name, "quota.name")
         current = self._registry.quotas.get(user_id)
         quota = convert.quota_from_pb(request.quota, list(request.update_mask.paths), current)

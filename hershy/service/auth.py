@@ -7,6 +7,10 @@ tokens. With `--no-auth` (loopback only) every caller is the admin.
 A revocation is also an event: every stream opened with the token is told at
 once (`open_stream`), and so are listeners such as the REST shim's proxy
 (`on_revoke`), so nothing more is delivered on the strength of a dead token.
+
+Who may see and do what is decided here too, for the gRPC API and the REST
+shim's proxy alike: `Principal` and the rules below it. Another user's
+program answers exactly like one that does not exist (NOT_FOUND).
 """
 
 from __future__ import annotations
@@ -16,12 +20,80 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hershy.domain.auth import ADMIN_USER, NOBODY_CHECKED, Principal, TokenRecord, hash_secret
+from hershy.domain.auth import ADMIN_USER, TokenRecord, hash_secret
 from hershy.domain.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from hershy.domain.model import Program
 from hershy.domain.validation import cut, validate_user_id
 from hershy.service.ports import Clock, IdGenerator, TokenStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: the user a token stands for, whether it is the admin's, and the token's id
+    ("" for the Host's own token and with --no-auth; not part of who the caller is)."""
+
+    user_id: str
+    admin: bool = False
+    token_id: str = field(default="", compare=False)
+
+    def sees(self, owner: str) -> bool:
+        """A user sees only their own programs (and quota); the admin sees everyone's."""
+        return self.admin or owner == self.user_id
+
+    @property
+    def only_user(self) -> str | None:
+        """The user whose programs a stream of this caller's may carry; None: everyone's."""
+        return None if self.admin else self.user_id
+
+
+#: The caller when the Host runs with --no-auth (loopback only).
+NOBODY_CHECKED = Principal(ADMIN_USER, admin=True)
+
+
+def principal_of(record: TokenRecord) -> Principal:
+    return Principal(record.user_id, record.admin, record.id)
+
+
+# --- the rules: who may see and do what ----------------------------------------------------------
+
+
+def visible(caller: Principal, program: Program) -> Program:
+    """The program, if the caller may see it; NOT_FOUND (as for a missing id) otherwise."""
+    if not caller.sees(program.user_id):
+        raise NotFound(f"program {program.id} not found")
+    return program
+
+
+def creator(caller: Principal, user_id: str) -> str:
+    """Whom a program the caller creates belongs to ("": the caller's own user)."""
+    owner = user_id or ("" if caller.admin else caller.user_id)
+    if not caller.sees(owner):
+        raise PermissionDenied(
+            f"your token is {caller.user_id}'s: it cannot create programs for {cut(owner)}"
+        )
+    return owner
+
+
+def listed_user(caller: Principal, user_id: str) -> str | None:
+    """The user filter a list by the caller runs with ("": everyone's), or None when the
+    caller may see none of what was asked (another user's programs: not even a count)."""
+    if caller.admin:
+        return user_id
+    if user_id and user_id != caller.user_id:
+        return None
+    return caller.user_id
+
+
+def require_quota_reader(caller: Principal, user_id: str) -> None:
+    if not caller.sees(user_id):
+        raise PermissionDenied(f"your token is {caller.user_id}'s: it reads only that quota")
+
+
+def require_admin(caller: Principal, what: str = "manages tokens") -> None:
+    if not caller.admin:
+        raise PermissionDenied(f"only the admin's token {what}")
 
 
 def parse_bearer(authorization: str | None) -> str:
@@ -80,7 +152,7 @@ class Authenticator:
         """The caller an `authorization` header or metadata value stands for."""
         if not self.enabled:
             return NOBODY_CHECKED
-        return self._record(authorization).principal
+        return principal_of(self._record(authorization))
 
     def _record(self, authorization: str | None) -> TokenRecord:
         record = self._active.get(hash_secret(parse_bearer(authorization)))
@@ -105,7 +177,7 @@ class Authenticator:
         if not self.enabled:
             return StreamGrant(NOBODY_CHECKED, "")
         record = self._record(authorization)
-        grant = StreamGrant(record.principal, record.id)
+        grant = StreamGrant(principal_of(record), record.id)
         if record.id:  # the Host's own token (id "") is never revoked
             self._streams.setdefault(record.id, set()).add(grant)
         return grant
@@ -134,8 +206,7 @@ class Authenticator:
 
     @staticmethod
     def require_admin(principal: Principal) -> None:
-        if not principal.admin:
-            raise PermissionDenied("only the admin's token manages tokens")
+        require_admin(principal)
 
     async def create(self, user_id: str, *, admin: bool = False) -> tuple[TokenRecord, str]:
         """A new token; its secret is returned here and never again."""

@@ -8,9 +8,9 @@ import pytest
 
 from hershy.adapters.sqlite_store import SqliteEventLog
 from hershy.adapters.system import RandomIds
-from hershy.domain.auth import TOKEN_PREFIX, Principal, hash_secret
+from hershy.domain.auth import TOKEN_PREFIX, hash_secret
 from hershy.domain.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from hershy.service.auth import Authenticator
+from hershy.service.auth import Authenticator, Principal
 from tests.unit.test_supervisor import TestClock
 
 

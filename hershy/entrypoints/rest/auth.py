@@ -12,12 +12,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from hershy.entrypoints.rest.errors import unauthenticated
-from hershy.service.auth import secret_hash_of
+from hershy.service.auth import Principal, secret_hash_of
 from hershy.v1 import token_pb2
 from hershy.v1 import token_pb2_grpc as token_grpc
 
@@ -44,15 +43,6 @@ def token_key(metadata: Metadata) -> str:
 
 def bearer(token: str | None) -> Metadata:
     return (("authorization", f"Bearer {token}"),) if token else ()
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    user_id: str
-    admin: bool
-
-    def sees(self, owner: str) -> bool:
-        return self.admin or owner == self.user_id
 
 
 class Principals:
@@ -88,7 +78,8 @@ class Principals:
         token = await self._stub.GetCurrentToken(
             token_pb2.GetCurrentTokenRequest(), metadata=metadata, timeout=10
         )
-        principal = Principal(token.user_id, token.admin)
+        # The core's own Principal and rules: the proxy decides as gRPC does.
+        principal = Principal(token.user_id, token.admin, token.id)
         self._known[key] = (now + self._ttl, principal)
         self._known.move_to_end(key)
         while len(self._known) > self._capacity:
