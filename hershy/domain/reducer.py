@@ -27,18 +27,30 @@ from hershy.domain.model import BackoffPolicy, Program, State
 
 @dataclass(frozen=True, slots=True)
 class Transition:
+    """The program changes: commit it (a new revision), then run `effects`."""
+
     program: Program
     effects: tuple[fx.Effect, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Ignored:
+    """The program does not change and nothing is committed; `reason` says why.
+
+    `effects` are not the event's effects but clean-up the Host owes all the
+    same, and usually empty: a container nobody wants any more is stopped (a
+    late `ContainerCreated` of a cancelled start or an old run), and after a
+    Host restart what was under way is resumed or adopted (`HostRestarted`).
+    """
+
     reason: str
     effects: tuple[fx.Effect, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
+    """A user's request the state cannot take: answered FAILED_PRECONDITION, never dropped."""
+
     state: State
     message: str
 

@@ -1,4 +1,5 @@
-"""Domain objects to and from their protobuf messages (hershy.v1)."""
+"""Domain objects to and from their protobuf messages (hershy.v1), and the API's resource
+names (`programs/{id}`, `tokens/{id}`, `users/{user_id}/quota`) to and from the ids inside."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from hershy.v1 import program_pb2 as pb
 from hershy.v1 import quota_pb2 as quota_pb
 from hershy.v1 import token_pb2 as token_pb
 
-NAME_PREFIX = "programs/"
-TOKEN_PREFIX = "tokens/"
+#: Resource names' prefixes (not to be confused with a token secret's `hershy_`).
+PROGRAM_NAME_PREFIX = "programs/"
+TOKEN_NAME_PREFIX = "tokens/"
 
 CHANGE_TYPES = {
     ChangeKind.CREATED: pb.WatchProgramsResponse.TYPE_CREATED,
@@ -31,9 +33,9 @@ def program_id_from_name(name: str, field: str = "name") -> str:
     """`programs/{id}` -> `{id}`; INVALID_ARGUMENT naming the field otherwise."""
     if not name:
         raise InvalidArgument(field, "is required: programs/{id}")
-    if not name.startswith(NAME_PREFIX):
+    if not name.startswith(PROGRAM_NAME_PREFIX):
         raise InvalidArgument(field, f"{cut(name)} is not of the form programs/{{id}}")
-    return validate_program_id(name[len(NAME_PREFIX) :], field)
+    return validate_program_id(name[len(PROGRAM_NAME_PREFIX) :], field)
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -84,7 +86,7 @@ def log_line_to_pb(line: LogLine) -> pb.LogEntry:
 
 def program_to_pb(program: Program, runtime: str) -> pb.Program:
     message = pb.Program(
-        name=NAME_PREFIX + program.id,
+        name=PROGRAM_NAME_PREFIX + program.id,
         id=program.id,
         user_id=program.user_id,
         build_id=program.build_id,
@@ -177,14 +179,14 @@ def change_to_pb(change: Change, runtime: str) -> pb.WatchProgramsResponse:
 
 
 def token_id_from_name(name: str) -> str:
-    if not name.startswith(TOKEN_PREFIX) or not name[len(TOKEN_PREFIX) :]:
+    if not name.startswith(TOKEN_NAME_PREFIX) or not name[len(TOKEN_NAME_PREFIX) :]:
         raise InvalidArgument("name", f"{cut(name)} is not of the form tokens/{{id}}")
-    return name[len(TOKEN_PREFIX) :]
+    return name[len(TOKEN_NAME_PREFIX) :]
 
 
 def token_to_pb(record: TokenRecord) -> token_pb.Token:
     message = token_pb.Token(
-        name=TOKEN_PREFIX + record.id if record.id else "",
+        name=TOKEN_NAME_PREFIX + record.id if record.id else "",
         id=record.id,
         user_id=record.user_id,
         admin=record.admin,

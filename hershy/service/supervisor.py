@@ -102,6 +102,7 @@ class Supervisor:
                 _reply(message, error=FailedPrecondition(text, state.name))
                 return
             case Ignored(reason=reason, effects=effects):
+                # Nothing to commit; its effects (clean-up, resuming) run all the same.
                 log.debug("program %s: ignored %s: %s", self.program.id, message.event, reason)
             case Transition(program=changed, effects=effects):
                 try:

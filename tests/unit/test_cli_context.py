@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hershy.entrypoints.cli_commands.context import (
+from hershy.entrypoints.cli_commands.build_context import (
     ContextError,
     IgnoreRules,
     compile_pattern,

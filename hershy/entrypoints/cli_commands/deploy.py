@@ -12,6 +12,7 @@ import click
 from rich.status import Status
 from rich.text import Text
 
+from hershy.entrypoints.cli_commands.build_context import DOCKERIGNORE, ContextError, read_context
 from hershy.entrypoints.cli_commands.common import (
     CliError,
     Exit,
@@ -27,7 +28,6 @@ from hershy.entrypoints.cli_commands.common import (
     state_text,
     usage,
 )
-from hershy.entrypoints.cli_commands.context import DOCKERIGNORE, ContextError, read_context
 from hershy.entrypoints.cli_commands.programs import watcher_url
 from hershy.entrypoints.cli_commands.quotas import ByteSize, Cpus
 from hershy.v1 import program_pb2 as pb
