@@ -523,9 +523,14 @@ async def test_readyz_and_the_doctor_report_a_recovery_retrying_a_docker_error(
     async with running_host(config) as (registry, _):
         program = await registry.create("alice", DOCKERFILE, {})
     docker_back = asyncio.Event()
+    attempts: list[None] = []
+    retried = asyncio.Event()
 
     async def reap_while_docker_is_down(self: FakeEffectHandler, owned: Mapping[str, int]) -> None:
         if not docker_back.is_set():
+            attempts.append(None)
+            if len(attempts) >= 3:  # failed, retried, and failed again
+                retried.set()
             raise requests.exceptions.ConnectionError("('Connection aborted.', docker.sock)")
 
     monkeypatch.setattr(FakeEffectHandler, "reap", reap_while_docker_is_down)
@@ -533,7 +538,7 @@ async def test_readyz_and_the_doctor_report_a_recovery_retrying_a_docker_error(
         running_host(config) as (registry, _),
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
     ):
-        await asyncio.sleep(0.3)  # a few attempts
+        await asyncio.wait_for(retried.wait(), 5)  # a few attempts
         async with http.get(f"http://{http_addr}/readyz") as response:
             assert response.status == 503
             body = await response.json()
