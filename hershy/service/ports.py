@@ -110,9 +110,10 @@ class ProgramRuntime(Protocol):
     everything this Host's runtime made (never another Host's): the output of
     containers a program owns (`owned[program_id]` is the container's run)
     is copied on from where the copy stopped; every other container, and
-    every image no program in `owned` has, is removed. `owned` is read as each
-    decision is made. Something that vanishes meanwhile is no error; raising
-    makes the registry retry the whole step with backoff.
+    every image and `/state` volume of a program not in `owned`, is removed.
+    `owned` is read as each decision is made. Something that vanishes
+    meanwhile is no error; raising makes the registry retry the whole step
+    with backoff.
 
     **`runtime`** says how programs run, as users are shown it on every
     program (e.g. "runsc (gVisor, network=netstack)", "fake"); an insecure

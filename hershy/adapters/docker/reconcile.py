@@ -21,6 +21,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM, LABEL_RUN, labelled_run
 from hershy.adapters.docker.logs import ContainerOutput
 from hershy.adapters.docker.port_pool import PortPool, Published, published_port
+from hershy.adapters.docker.state_volumes import StateVolumes
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.service.ports import Outbox
@@ -52,6 +53,7 @@ class Reconciler:
         published: dict[str, Published],
         output: ContainerOutput,
         remove: Callable[[str], Awaitable[None]],
+        volumes: StateVolumes,
     ) -> None:
         """`published`: the runtime's map of container id to its port, filled in here.
         `remove`: stops (gracefully) and removes a container, giving its port back."""
@@ -63,6 +65,7 @@ class Reconciler:
         self._published = published
         self._output = output
         self._remove = remove
+        self._volumes = volumes
 
     async def hold_published_ports(self) -> None:
         """Learn the ports this Host's containers publish (they outlive a Host restart)."""
@@ -87,9 +90,10 @@ class Reconciler:
         Looks at every container carrying this Host's label: the output of those a
         program owns (its current run) is copied into its log from where the copy
         stopped (followed on if the container runs); the rest are removed, like
-        images no program owns (Nomad's reaping). `owned` is read as each decision
-        is made. A container or image that vanishes meanwhile is no error; any
-        other Docker error raises, and the caller retries the whole step.
+        images and `/state` volumes no program owns (Nomad's reaping). `owned` is
+        read as each decision is made. A container or image that vanishes meanwhile
+        is no error; any other Docker error raises, and the caller retries the
+        whole step.
         """
         docker_client = self._client()
         orphans = []
@@ -106,6 +110,13 @@ class Reconciler:
         if orphans:
             log.info("removing %d containers no program owns", len(orphans))
         await asyncio.gather(*(self._remove(orphan) for orphan in orphans))
+        # Their containers gone, the /state volumes of programs the store no longer has
+        # (a Host that died between a program's deletion and its teardown): no loop
+        # device or mount of theirs outlives the Host's word that they are gone.
+        for program_id in await self._volumes.programs():
+            if program_id not in owned:
+                log.info("removing the /state volume of %s: no program owns it", program_id)
+                await self._volumes.remove(program_id)
         reconciling_since = time.time()
         for image in await self._listed(docker_client.api.images, filters=self._managed):
             if (image.get("Labels") or {}).get(LABEL_PROGRAM) in owned and not cut_off_build(

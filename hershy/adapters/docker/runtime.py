@@ -188,6 +188,7 @@ class DockerEffectHandler:
             published=self._published,
             output=self.output,
             remove=functools.partial(self._remove, graceful=True),
+            volumes=self._volumes,
         )
         self.builder = DockerBuilder(
             call=self._call,
