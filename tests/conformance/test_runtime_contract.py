@@ -8,13 +8,16 @@ does its own way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import cast
 
 import aiohttp
 import pytest
 
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
-from hershy.domain.model import LogStream
+from hershy.domain.model import LogLine, LogStream
 from hershy.domain.validation import build_id
 from tests.conformance.conftest import (
     RESOURCES,
@@ -110,7 +113,7 @@ async def test_a_build_cancelled_midway_leaves_nothing_and_reports_nothing(
     program_id, build = await subject.program(Kind.SLOW_BUILD)
     outbox = RecordingOutbox()
     building = asyncio.create_task(subject.runtime.execute(program_id, build, outbox))
-    await asyncio.sleep(1.0 if subject.name == "docker" else 0.05)  # well under way
+    await log_lines(subject, program_id, {LogStream.BUILD})  # the build is under way
     assert not building.done(), outbox.events
     building.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -137,15 +140,7 @@ async def test_a_start_reports_where_the_program_is_then_ready_and_it_answers_th
 
 async def test_the_program_output_reaches_its_log_with_its_run(subject: Subject) -> None:
     program_id, created, _ = await ready(subject)
-    output = {LogStream.STDOUT, LogStream.STDERR}
-    for _ in range(100):
-        lines = [
-            line async for line in subject.logs.lines(program_id, None, frozenset(output), False)
-        ]
-        if lines:
-            break
-        await asyncio.sleep(0.1)
-    assert lines, "nothing the program printed reached its log"
+    lines = await log_lines(subject, program_id, {LogStream.STDOUT, LogStream.STDERR})
     assert {line.run for line in lines} == {created.run}
 
 
@@ -190,7 +185,10 @@ async def test_a_crash_is_reported_once_with_its_exit_code_through_the_latest_ou
     exited = await latest.next(ev.ContainerExited)
     assert (exited.run, exited.exit_code) == (created.run, code)
     assert exited.container_id in (None, created.container_id)
-    await asyncio.sleep(0.5)  # a second report would come at once
+    # What the supervisor does next: remove the dead container. No second report of it.
+    stop = fx.StopContainer(created.run, created.container_id)
+    await execute(subject.runtime, program_id, stop, latest)
+    await latest.next(ev.ContainerStopped)
     assert len(latest.of(ev.ContainerExited)) == 1, latest.events[latest_events:]
     assert not start_outbox.of(ev.ContainerExited)
 
@@ -293,6 +291,21 @@ async def test_reap_removes_what_no_program_owns_and_keeps_what_one_does(
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+async def log_lines(
+    subject: Subject, program_id: str, streams: set[LogStream], within: float = STEP_SECONDS
+) -> list[LogLine]:
+    """The program's first log line of `streams`, waited for (following the log)."""
+    # FileLogStore.lines is an async generator: closed here, its follower goes at once.
+    following = cast(
+        AsyncGenerator[LogLine, None],
+        subject.logs.lines(program_id, None, frozenset(streams), True),
+    )
+    async with asyncio.timeout(within), contextlib.aclosing(following):
+        async for line in following:
+            return [line]
+    raise AssertionError("the log was removed before a line of it came")
 
 
 def replace_run(build: fx.Build, run: int) -> fx.Build:
