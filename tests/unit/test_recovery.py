@@ -279,6 +279,50 @@ async def test_reap_retries_a_list_that_raises_not_found_and_tolerates_vanishing
     assert fake.images_removed == ["img-cut-off", "img-orphan"]
 
 
+class RecordingVolumes:
+    """The /state volumes port: which programs have one, and what was removed when."""
+
+    def __init__(self, fake: RacingDocker, programs: list[str]) -> None:
+        self._fake = fake
+        self._programs = programs
+        #: (program id, the containers removed by then)
+        self.removed: list[tuple[str, list[str]]] = []
+
+    async def attach(self, program_id: str, size_bytes: int) -> Path:
+        raise AssertionError("reaping attaches nothing")
+
+    async def remove(self, program_id: str) -> None:
+        self.removed.append((program_id, list(self._fake.removed)))
+
+    async def programs(self) -> list[str]:
+        return list(self._programs)
+
+
+async def test_reap_removes_the_state_volumes_of_programs_no_one_owns_after_their_containers(
+    tmp_path: Path,
+) -> None:
+    fake = RacingDocker(
+        containers=[listed("c-owned", "prog-1", 2), listed("c-deleted", "prog-gone", 1)],
+        images=[],
+    )
+    fake.list_failures = 0
+    # prog-1 runs; prog-stopped is at rest (owned: its /state is its data); prog-gone is not
+    # in the store any more.
+    volumes = RecordingVolumes(fake, ["prog-1", "prog-gone", "prog-stopped"])
+    files = FileSourceStore(tmp_path)
+    handler = DockerEffectHandler(
+        DockerSettings(host_id=HOST_ID), files, FileLogStore(files.root), volumes=volumes
+    )
+    handler._client = fake
+    try:
+        await handler.reap({"prog-1": 2, "prog-stopped": 3})
+    finally:
+        handler._pool.shutdown()
+    assert volumes.removed == [("prog-gone", ["c-deleted"])], (
+        "only the orphan's, after its container"
+    )
+
+
 async def test_reap_gives_up_on_a_list_that_keeps_raising_not_found(tmp_path: Path) -> None:
     fake = RacingDocker(containers=[], images=[])
     fake.list_failures = 100
