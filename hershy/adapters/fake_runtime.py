@@ -57,6 +57,9 @@ class FakeBehaviour:
     failing_builds: int = 0
     failing_starts: int = 0
     failing_stops: int = 0
+    #: The next this-many starts create their container, which never becomes ready: the
+    #: start reports StartFailed after removing it (as the Docker runtime's ready timeout).
+    never_ready_starts: int = 0
     failure_reason: str = "injected failure"
     #: Each running container answers `GET /watcher/status` on its address (off by
     #: default: tests of the layers above listen there themselves).
@@ -246,6 +249,11 @@ class FakeEffectHandler:
             # Cancelled while starting: undo what this start created.
             self.world.remove(container_id)
             raise
+        if self._take_failure("never_ready_starts"):
+            # Failed first, removed second, as the Docker runtime reports it.
+            outbox.emit(ev.StartFailed(outbox.now(), effect.run, "its WatcherAPI never answered"))
+            self.world.remove(container_id)
+            return
         self._log(program_id, outbox, LogStream.STDOUT, effect.run, "fake program: ready")
         self._log(program_id, outbox, LogStream.STDERR, effect.run, "fake program: no errors")
         outbox.emit(ev.ContainerReady(outbox.now(), effect.run))

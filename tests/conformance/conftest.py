@@ -57,6 +57,8 @@ RESOURCES = Resources(memory_bytes=128 * 1024 * 1024, state_bytes=16 * 1024 * 10
 USER = "conformance"
 #: The longest any one step may take on a loaded machine (builds and starts under runsc).
 STEP_SECONDS = 120.0
+#: The Docker runtime's wait for a WatcherAPI to answer (the stub answers within a second).
+READY_TIMEOUT = 20.0
 
 
 class Kind(enum.Enum):
@@ -70,6 +72,8 @@ class Kind(enum.Enum):
     SLOW_BUILD = "slow build"
     #: Its container is created, but its WatcherAPI does not answer for minutes.
     SLOW_START = "slow start"
+    #: Its container is created, but its WatcherAPI never answers (within the ready timeout).
+    NEVER_READY = "never ready"
 
 
 class RecordingOutbox:
@@ -195,6 +199,7 @@ class FakeSubject(Subject):
         self.behaviour.build_delay = 600.0 if kind is Kind.SLOW_BUILD else 0.0
         self.behaviour.ready_delay = 600.0 if kind is Kind.SLOW_START else 0.0
         self.behaviour.failing_builds = 1 if kind is Kind.FAILING_BUILD else 0
+        self.behaviour.never_ready_starts = 1 if kind is Kind.NEVER_READY else 0
         return ProgramSource(f"FROM scratch\n# {kind.value}\n".encode(), {"app": b"x"})
 
     async def crash(self, program_id: str) -> int:
@@ -223,7 +228,7 @@ class DockerSubject(Subject):
         self.stub = stub
         # A Host of its own: reaping must never touch another Host's containers.
         self.settings = DockerSettings(
-            host_id=f"conformance-{secrets.token_hex(4)}", ready_timeout=60, stop_grace=2
+            host_id=f"conformance-{secrets.token_hex(4)}", ready_timeout=READY_TIMEOUT, stop_grace=2
         )
 
     def new_runtime(self) -> contextlib.AbstractAsyncContextManager[ProgramRuntime]:
@@ -236,6 +241,8 @@ class DockerSubject(Subject):
                 return ProgramSource(stub_dockerfile().encode(), stub)
             case Kind.SLOW_START:
                 return ProgramSource(stub_dockerfile({"STUB_READY_DELAY": "600s"}).encode(), stub)
+            case Kind.NEVER_READY:
+                return ProgramSource(stub_dockerfile({"STUB_NEVER_READY": "1"}).encode(), stub)
             case Kind.FAILING_BUILD:
                 return ProgramSource(f"FROM {BASE_IMAGE}\nRUN exit 3\n".encode(), {})
             case Kind.SLOW_BUILD:

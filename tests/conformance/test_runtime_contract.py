@@ -158,6 +158,21 @@ async def test_a_start_cancelled_midway_removes_its_container(subject: Subject) 
     assert not await answers(subject, created.address)
 
 
+async def test_a_start_that_never_becomes_ready_fails_after_removing_its_container(
+    subject: Subject,
+) -> None:
+    program_id, start = await built(subject, Kind.NEVER_READY)
+    outbox = RecordingOutbox()
+    await execute(subject.runtime, program_id, start, outbox)
+    created = await outbox.next(ev.ContainerCreated)
+    failed = await outbox.next(ev.StartFailed)
+    assert failed.run == start.run
+    assert failed.reason
+    assert not outbox.of(ev.ContainerReady)
+    assert await subject.containers(program_id) == []
+    assert not await answers(subject, created.address)
+
+
 async def test_a_new_run_first_removes_what_an_older_run_left(subject: Subject) -> None:
     program_id, first, _ = await ready(subject)
     outbox = RecordingOutbox()
