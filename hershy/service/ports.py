@@ -41,13 +41,18 @@ class Outbox(Protocol):
         ...
 
     def emit(self, event: ev.EffectResult) -> None:
-        """Report a result; never blocks, never raises, may be called from any task."""
+        """Report a result; never blocks, never raises; any task on the Host's loop may call it."""
         ...
 
 
 @dataclass(frozen=True, slots=True)
 class WatcherEndpoint:
-    """Where the Host opens HTTP connections to reach one program's WatcherAPI."""
+    """Where the Host opens HTTP connections to reach one program's WatcherAPI.
+
+    Plain HTTP to a host and port (a loopback port, a pod's address); a runtime
+    that must be reached through a route (an API server's proxy path, TLS) will
+    need this to grow a base URL.
+    """
 
     host: str
     port: int
