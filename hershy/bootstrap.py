@@ -68,7 +68,8 @@ async def effect_handler(
     """The runtime programs run on, for as long as the Host runs (it places them too)."""
     ports = config.port_pool or PortPool()
     if config.runtime is Runtime.FAKE:
-        yield FakeEffectHandler(sources, logs, config.fake_behaviour, ports)
+        async with FakeEffectHandler(sources, logs, config.fake_behaviour, ports) as fake:
+            yield fake
         return
     settings = replace(
         config.docker,
@@ -146,6 +147,8 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
                 not_ready_reason=registry.not_ready_reason,
                 # Revoking a token cuts the proxied streams it opened at once.
                 revocations=auth.on_revoke,
+                # The runtime says where a program's address leads, and which it hands out.
+                watcher_endpoint=handler.watcher_endpoint,
             )
         )
         try:

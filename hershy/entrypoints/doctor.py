@@ -34,6 +34,12 @@ from docker.errors import DockerException, ImageNotFound
 from hershy.adapters.docker import state_volumes
 from hershy.adapters.docker.compose import PORT_RANGE, SECURE_RUNTIME
 from hershy.adapters.docker.engine import API_VERSION, DEFAULT_SOCKET
+from hershy.adapters.docker.fingerprint import (
+    DaemonFingerprint,
+    NetworkMode,
+    OciRuntime,
+    read_daemon,
+)
 
 #: The image scripts/setup-host.sh builds; the smoke test needs no registry with it.
 BASE_IMAGE = "hershy-busybox:latest"
@@ -101,10 +107,11 @@ def check_daemon(
             f"start it with {SETUP} (as root); if it runs, check that {DEFAULT_SOCKET} is its "
             "socket and that you may use it (root, or the docker group)",
         )
-    api = str(version.get("ApiVersion", "0"))
+    daemon = DaemonFingerprint.of(info, version)
+    api = daemon.api_version or "0"
     detail = (
-        f"Docker {info.get('ServerVersion', '?')} (API {api}) at {DEFAULT_SOCKET}, "
-        f"storage {info.get('Driver', '?')}"
+        f"Docker {daemon.server_version} (API {api}) at {DEFAULT_SOCKET}, "
+        f"storage {daemon.storage_driver}"
     )
     if _version_tuple(api) < _version_tuple(API_VERSION):
         return fail(
@@ -123,9 +130,8 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def runsc_entry(info: dict[str, Any]) -> dict[str, Any] | None:
-    entry = (info.get("Runtimes") or {}).get(SECURE_RUNTIME)
-    return entry if isinstance(entry, dict) else None
+def runsc_entry(info: dict[str, Any]) -> OciRuntime | None:
+    return DaemonFingerprint.of(info).runtimes.get(SECURE_RUNTIME)
 
 
 def check_runsc(info: dict[str, Any], runsc_version: str | None) -> Check:
@@ -134,7 +140,8 @@ def check_runsc(info: dict[str, Any], runsc_version: str | None) -> Check:
     `runsc_version` is the first line of `<path> --version`, None if it could not be run.
     """
     name = "runsc registered"
-    entry = runsc_entry(info)
+    daemon = DaemonFingerprint.of(info)
+    entry = daemon.runtimes.get(SECURE_RUNTIME)
     if entry is None:
         runtimes = ", ".join(sorted(info.get("Runtimes") or {})) or "none"
         return fail(
@@ -142,7 +149,7 @@ def check_runsc(info: dict[str, Any], runsc_version: str | None) -> Check:
             f"the daemon has no runtime {SECURE_RUNTIME} (it has {runtimes})",
             f"{SETUP} registers it in {DAEMON_JSON} (runtimes.runsc) and reloads dockerd",
         )
-    path = str(entry.get("path", "?"))
+    path = entry.path
     if runsc_version is None:
         return fail(
             name,
@@ -159,15 +166,14 @@ def check_network_mode(info: dict[str, Any]) -> Check:
     entry = runsc_entry(info)
     if entry is None:
         return fail(name, "not checked: runsc is not registered", "fix `runsc registered` first")
-    args = [str(arg) for arg in entry.get("runtimeArgs") or []]
-    if "--network=host" in args:
+    if entry.network is NetworkMode.HOST:
         return warn(
             name,
             "host (weaker: gVisor uses the host kernel's network stack)",
             f"HERSHY_RUNSC_NETWORK=netstack {SETUP} builds a current runsc that uses its own "
             "network stack (Debian's 2022 runsc cannot on new kernels)",
         )
-    if "--network=none" in args:
+    if entry.network is NetworkMode.NONE:
         # Then no published port reaches a program: none would ever become Ready.
         return fail(
             name,
@@ -181,7 +187,7 @@ def check_network_mode(info: dict[str, Any]) -> Check:
 def check_default_runtime(info: dict[str, Any]) -> Check:
     """The daemon's default runtime runs the RUN steps of every build."""
     name = "default runtime"
-    default = info.get("DefaultRuntime")
+    default = DaemonFingerprint.of(info).default_runtime
     if default != SECURE_RUNTIME:
         return fail(
             name,
@@ -194,7 +200,7 @@ def check_default_runtime(info: dict[str, Any]) -> Check:
 
 def check_live_restore(info: dict[str, Any]) -> Check:
     name = "live restore"
-    if info.get("LiveRestoreEnabled") is not True:
+    if not DaemonFingerprint.of(info).live_restore:
         return warn(
             name,
             "off: restarting or upgrading dockerd stops every program's container",
@@ -206,7 +212,7 @@ def check_live_restore(info: dict[str, Any]) -> Check:
 def check_insecure_runtime(info: dict[str, Any], runtime: str) -> Check:
     """With --runtime runc: the runtime must exist, and it is no sandbox."""
     name = f"runtime {runtime}"
-    if runtime not in (info.get("Runtimes") or {}):
+    if runtime not in DaemonFingerprint.of(info).runtimes:
         return fail(
             name,
             f"the daemon has no runtime {runtime!r}",
@@ -621,7 +627,7 @@ def docker_checks(options: Options) -> tuple[list[Check], list[Path]]:
     try:
         # A short timeout: a daemon that hangs is as good as none, and the doctor must answer.
         client = docker.DockerClient(base_url=f"unix://{DEFAULT_SOCKET}", timeout=10)
-        info, version = client.info(), client.version()
+        info, version = read_daemon(client)
     except DockerException as error:
         problem = str(error)
     try:
@@ -630,7 +636,7 @@ def docker_checks(options: Options) -> tuple[list[Check], list[Path]]:
             return checks, []
         if options.runtime == SECURE_RUNTIME:
             entry = runsc_entry(info)
-            runsc = check_runsc(info, runsc_version(str(entry.get("path", ""))) if entry else None)
+            runsc = check_runsc(info, runsc_version(entry.path) if entry else None)
             checks += [runsc, check_network_mode(info), check_default_runtime(info)]
             if options.deep and runsc.level is Level.OK:
                 # The first sandbox on a cold machine can take a while: a longer timeout.
@@ -639,8 +645,8 @@ def docker_checks(options: Options) -> tuple[list[Check], list[Path]]:
         else:
             checks.append(check_insecure_runtime(info, options.runtime))
         checks.append(check_live_restore(info))
-        root = info.get("DockerRootDir")
-        return checks, [Path(str(root))] if root else []
+        root = DaemonFingerprint.of(info).root_dir
+        return checks, [Path(root)] if root else []
     finally:
         if client is not None:
             client.close()

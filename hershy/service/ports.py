@@ -6,7 +6,10 @@ Adapters implement them (hershy/adapters); tests use fakes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
 
 from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
@@ -66,37 +69,125 @@ class IdGenerator(Protocol):
 
 
 class Outbox(Protocol):
-    """Where an effect handler reports results; given to it with each effect."""
+    """Where a runtime reports results; given to it with each effect (the program's supervisor)."""
 
-    def now(self) -> float: ...
+    def now(self) -> float:
+        """The Host's time, for the `at` of every event the runtime reports."""
+        ...
 
-    def emit(self, event: ev.EffectResult) -> None: ...
+    def emit(self, event: ev.EffectResult) -> None:
+        """Report a result; never blocks, never raises; any task on the Host's loop may call it."""
+        ...
 
 
-class EffectHandler(Protocol):
-    """Carries out effects against a container runtime.
+@dataclass(frozen=True, slots=True)
+class WatcherEndpoint:
+    """Where the Host opens HTTP connections to reach one program's WatcherAPI.
 
-    `execute` reports every result through `outbox.emit`, with the effect's
-    run. Raising reports the effect as failed. When the task running it is
-    cancelled (the program is being stopped), it must undo what it started
-    (kill the build, remove the container it created) before it returns.
+    Plain HTTP to a host and port (a loopback port, a pod's address); a runtime
+    that must be reached through a route (an API server's proxy path, TLS) will
+    need this to grow a base URL.
     """
 
-    #: How programs run, as shown to users (e.g. "runsc (network=host)").
+    host: str
+    port: int
+
+
+class ProgramRuntime(Protocol):
+    """Runs programs: builds their images, starts, stops and removes their containers.
+
+    The Docker runtime (`hershy.adapters.docker.runtime`) and the fake
+    (`hershy.adapters.fake_runtime`) implement it, and `tests/conformance/`
+    checks that they keep every rule below; a cluster runtime must pass the
+    same suite. The service layer knows nothing else about a runtime.
+
+    **Lifetime.** A runtime is an async context manager: entered once before
+    its first call (it may connect, check itself and start background work,
+    e.g. following container deaths), exited when the Host stops. Exiting
+    stops its own background work and leaves programs running: they outlive
+    the Host and a later instance adopts them.
+
+    **`execute(program_id, effect, outbox)`** carries out one effect of one
+    program (`hershy.domain.effects` describes each effect and its results):
+
+    - Every result is an event through `outbox.emit`, carrying the effect's
+      `run`, in the order it happened. Raising instead reports the effect as
+      failed (the supervisor turns it into the effect's failure event with the
+      error's message); an effect that raised has left nothing running.
+    - Effects of one program may run concurrently (a stop while a start is
+      under way; the supervisor orders the ones that must not).
+    - Cancellation (a Stop or Delete while building or starting): before the
+      cancelled call returns, it has undone its own work: the build is killed,
+      the container it created is removed (and its address given back). It
+      reports nothing for the cancelled effect.
+    - `StartContainer` reports `ContainerCreated` the moment the container
+      exists (so a Stop can always find it by id), with `address`: where the
+      program's WatcherAPI is reached. The runtime picks it, anew at every
+      start; the service never builds or parses one, it stores what it is
+      told and hands it back to `watcher_endpoint`. Then `ContainerReady` once
+      `GET /watcher/status` answers 2xx there, or `StartFailed` after removing
+      what it created.
+    - `StopContainer` is idempotent: a container already gone is success
+      (`ContainerStopped`).
+    - Crashes: when a container of the program exits without the Host asking
+      (its process ended, it was OOM-killed, someone removed it), the runtime
+      reports `ContainerExited` (exit code, `oom_killed`, container id),
+      once, through the outbox of the program's most recent effect, after
+      the container's last output lines are in the program's log.
+    - Output: what a container writes to stdout and stderr goes into the
+      `LogStore`, each line once, in order, told apart by stream and run,
+      also across a Host restart (nothing printed meanwhile is lost).
+    - `Teardown` removes everything the program owns in the runtime and on
+      disk: its containers, its images, its `/state` volume and its source
+      folder (`SourceStore.remove`); then `TornDown`.
+    - `AdoptContainer` (after a Host restart, a container the store says
+      runs): takes that same container back as it is, no restart, and from
+      then on reports its death through this effect's outbox; if it is gone
+      or dead, reports `ContainerExited` (after its last lines) instead.
+
+    **`reap(owned)`** is called once after a Host restart, after every program
+    was recovered and before any of their supervisors runs. It looks at
+    everything this Host's runtime made (never another Host's): the output of
+    containers a program owns (`owned[program_id]` is the container's run)
+    is copied on from where the copy stopped; every other container, and
+    every image and `/state` volume of a program not in `owned`, is removed.
+    `owned` is read as each decision is made. Something that vanishes
+    meanwhile is no error; raising makes the registry retry the whole step
+    with backoff.
+
+    **`runtime`** says how programs run, as users are shown it on every
+    program (e.g. "runsc (gVisor, network=netstack)", "fake"); an insecure
+    runtime says so.
+
+    **`watcher_endpoint(address)`** is where the Host connects for a program
+    whose address is `address`, or None when `address` is not one this
+    runtime hands out (the proxy then refuses the request: even a corrupted
+    store cannot send it to the Host's own services). It accepts every
+    address the runtime ever reported, also by an older version of the Host
+    (stored programs keep working after an upgrade).
+    """
+
+    #: How programs run, as shown to users (e.g. "runsc (gVisor, network=host)").
     runtime: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
 
     async def execute(self, program_id: str, effect: HandledEffect, outbox: Outbox) -> None: ...
 
-    async def reap(self, owned: Mapping[str, int]) -> None:
-        """Reconcile after a Host restart: take note of what runs (and copy the output
-        written meanwhile), then remove containers and images of programs not in
-        `owned` or of old runs.
+    async def reap(self, owned: Mapping[str, int]) -> None: ...
 
-        `owned` maps each live program to its current run, read as each decision
-        is made. Called once every program has been recovered and before any of
-        their supervisors runs; raising makes the registry retry it with backoff.
-        """
-        ...
+    def watcher_endpoint(self, address: str) -> WatcherEndpoint | None: ...
+
+
+#: The name the service layer used first; the same port.
+EffectHandler = ProgramRuntime
 
 
 class BaseImageResolver(Protocol):
@@ -114,7 +205,22 @@ class SourceStore(Protocol):
 
     async def load(self, program_id: str) -> ProgramSource: ...
 
-    async def remove(self, program_id: str) -> None: ...
+    async def remove(self, program_id: str) -> None:
+        """Remove the program's sources and its folder with all in it; gone already is fine."""
+        ...
+
+
+class ProgramFolders(SourceStore, Protocol):
+    """A source store that keeps each program in a folder of its own on the Host's disk,
+    where a runtime on this Host may keep its files too (a container spec, `/state`).
+    Removing the program's sources removes the folder."""
+
+    @property
+    def root(self) -> Path:
+        """The folder that holds every program's folder."""
+        ...
+
+    def program_dir(self, program_id: str) -> Path: ...
 
 
 class LogStore(Protocol):

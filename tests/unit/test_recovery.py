@@ -25,9 +25,10 @@ import pytest
 import requests
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from hershy.adapters.docker import runtime as docker_runtime
+from hershy.adapters.docker import logs as docker_logs
 from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM, LABEL_RUN
-from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings, _docker_time_ns
+from hershy.adapters.docker.logs import docker_time_ns as _docker_time_ns
+from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings
 from hershy.adapters.fake_runtime import FakeEffectHandler
 from hershy.adapters.log_files import FILE_NAME, FileLogStore
 from hershy.adapters.memory_event_log import MemoryEventLog
@@ -289,6 +290,50 @@ async def test_reap_retries_a_list_that_raises_not_found_and_tolerates_vanishing
     assert fake.images_removed == ["img-cut-off", "img-orphan"]
 
 
+class RecordingVolumes:
+    """The /state volumes port: which programs have one, and what was removed when."""
+
+    def __init__(self, fake: RacingDocker, programs: list[str]) -> None:
+        self._fake = fake
+        self._programs = programs
+        #: (program id, the containers removed by then)
+        self.removed: list[tuple[str, list[str]]] = []
+
+    async def attach(self, program_id: str, size_bytes: int) -> Path:
+        raise AssertionError("reaping attaches nothing")
+
+    async def remove(self, program_id: str) -> None:
+        self.removed.append((program_id, list(self._fake.removed)))
+
+    async def programs(self) -> list[str]:
+        return list(self._programs)
+
+
+async def test_reap_removes_the_state_volumes_of_programs_no_one_owns_after_their_containers(
+    tmp_path: Path,
+) -> None:
+    fake = RacingDocker(
+        containers=[listed("c-owned", "prog-1", 2), listed("c-deleted", "prog-gone", 1)],
+        images=[],
+    )
+    fake.list_failures = 0
+    # prog-1 runs; prog-stopped is at rest (owned: its /state is its data); prog-gone is not
+    # in the store any more.
+    volumes = RecordingVolumes(fake, ["prog-1", "prog-gone", "prog-stopped"])
+    files = FileSourceStore(tmp_path)
+    handler = DockerEffectHandler(
+        DockerSettings(host_id=HOST_ID), files, FileLogStore(files.root), volumes=volumes
+    )
+    handler._client = fake
+    try:
+        await handler.reap({"prog-1": 2, "prog-stopped": 3})
+    finally:
+        handler._pool.shutdown()
+    assert volumes.removed == [("prog-gone", ["c-deleted"])], (
+        "only the orphan's, after its container"
+    )
+
+
 async def test_reap_gives_up_on_a_list_that_keeps_raising_not_found(tmp_path: Path) -> None:
     fake = RacingDocker(containers=[], images=[])
     fake.list_failures = 100
@@ -375,10 +420,10 @@ async def test_the_copy_resumes_exactly_after_the_last_line_even_with_equal_time
     ]
     engine = FakeEngine(lines[:3])
     handler, logs = copier(tmp_path, engine)
-    await handler._copy_logs("prog-1", 1, CONTAINER, resume=True)
+    await handler.output.copy("prog-1", 1, CONTAINER, resume=True)
     engine.lines = lines  # the container printed on while the Host was down
-    await handler._copy_logs("prog-1", 1, CONTAINER, resume=True)
-    await handler._copy_logs("prog-1", 1, CONTAINER, resume=True)  # and again: nothing new
+    await handler.output.copy("prog-1", 1, CONTAINER, resume=True)
+    await handler.output.copy("prog-1", 1, CONTAINER, resume=True)  # and again: nothing new
     assert await texts(logs) == ["one", "two", "two again, same nanosecond", "three"]
     assert engine.asked_since[1] == f"{(BASE + 2) // 10**9}.{(BASE + 2) % 10**9:09d}"
     copied = [line async for line in logs.lines("prog-1", None, (), False)]
@@ -393,7 +438,7 @@ async def test_a_copy_cut_off_in_the_middle_goes_on_without_a_gap_or_a_repeat(
     engine = FakeEngine(lines, delay=0.001)
     handler, logs = copier(tmp_path, engine)
     for _ in range(3):  # the Host killed during the back-fill, three times
-        copy = asyncio.ensure_future(handler._copy_logs("prog-1", 1, CONTAINER, resume=True))
+        copy = asyncio.ensure_future(handler.output.copy("prog-1", 1, CONTAINER, resume=True))
         await asyncio.sleep(0.01)
         copy.cancel()
         await asyncio.gather(copy, return_exceptions=True)
@@ -402,8 +447,8 @@ async def test_a_copy_cut_off_in_the_middle_goes_on_without_a_gap_or_a_repeat(
     logs.close()
     path.write_text(path.read_text() + '{"t": 1.0, "s": "stdout", "r": 1, "l": "tick 9')
     logs = FileLogStore(tmp_path / "programs")
-    handler._logs = logs
-    await handler._copy_logs("prog-1", 1, CONTAINER, resume=True)
+    handler.output.logs = logs
+    await handler.output.copy("prog-1", 1, CONTAINER, resume=True)
     assert await texts(logs) == [f"tick {n}" for n in range(1, 41)]
 
 
@@ -411,7 +456,7 @@ async def test_a_new_container_is_copied_from_its_start(tmp_path: Path) -> None:
     engine = FakeEngine([("stdout", BASE + 5, "hello")])
     handler, logs = copier(tmp_path, engine)
     logs.write("prog-1", LogLine(1.0, LogStream.STDOUT, 1, "old run", f"{'f' * 12}@{BASE + 9}"))
-    await handler._copy_logs("prog-1", 2, CONTAINER, resume=False)
+    await handler.output.copy("prog-1", 2, CONTAINER, resume=False)
     assert engine.asked_since == ["0.000000000"]
     assert await texts(logs) == ["old run", "hello"]
 
@@ -465,7 +510,7 @@ async def test_a_death_is_reported_once_its_last_lines_are_copied(tmp_path: Path
     outbox = Outbox(logs)
     async with background(handler):
         handler._outboxes["prog-1"] = outbox
-        handler._follow_logs("prog-1", 1, CONTAINER)
+        handler.output.follow("prog-1", 1, CONTAINER)
         # The container exits at once: dockerd's die event comes before its lines are read.
         handler._on_event(
             {
@@ -487,13 +532,13 @@ async def test_a_death_is_reported_once_its_last_lines_are_copied(tmp_path: Path
 async def test_a_death_waits_for_the_copy_only_a_bounded_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(docker_runtime, "LOG_DRAIN_SECONDS", 0.1)
+    monkeypatch.setattr(docker_logs, "LOG_DRAIN_SECONDS", 0.1)
     engine = FakeEngine([("stdout", BASE + n, f"line {n}") for n in range(1000)], delay=0.05)
     handler, logs = copier(tmp_path, engine)
     outbox = Outbox(logs)
     async with background(handler):
         handler._outboxes["prog-1"] = outbox
-        handler._follow_logs("prog-1", 1, CONTAINER)
+        handler.output.follow("prog-1", 1, CONTAINER)
         handler._on_event(
             {
                 "Action": "die",
@@ -594,7 +639,7 @@ async def test_a_stopped_container_is_removed_only_after_its_last_lines_are_copi
     fake.on_remove = removing
     try:
         async with background(handler):
-            handler._follow_logs("prog-1", 1, CONTAINER, resume=True)  # a back-fill under way
+            handler.output.follow("prog-1", 1, CONTAINER, resume=True)  # a back-fill under way
             await handler._remove(CONTAINER, graceful=True)
     finally:
         handler._pool.shutdown()

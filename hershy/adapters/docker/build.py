@@ -49,7 +49,6 @@ from hershy.adapters.docker.compose import (
     labels_for,
 )
 from hershy.adapters.docker.engine import Engine, EngineError
-from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain import limits
@@ -57,7 +56,7 @@ from hershy.domain.build_policy import BuildPolicy, check_dockerfile
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream
 from hershy.domain.validation import ProgramSource
-from hershy.service.ports import LogStore, Outbox
+from hershy.service.ports import LogStore, Outbox, SourceStore
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +285,7 @@ class DockerBuilder:
         call: Call,
         client: Callable[[], docker.DockerClient],
         engine: Engine,
-        files: FileSourceStore,
+        files: SourceStore,
         logs: LogStore,
         host_id: str,
         limits: BuildLimits,

@@ -53,6 +53,14 @@ class ContainerRequest:
     runtime: str
 
 
+def labelled_run(labels: Mapping[str, str]) -> int | None:
+    """The run a container's labels name; None if they name none (or garbage)."""
+    try:
+        return int(labels[LABEL_RUN])
+    except (KeyError, ValueError):
+        return None
+
+
 def container_name(program_id: str, run: int) -> str:
     return f"hershy-{program_id}-r{run}"
 

@@ -11,19 +11,35 @@ runtime then asks for another (see `runtime`).
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from hershy.adapters.docker.compose import PORT_RANGE
+from hershy.adapters.docker.compose import PORT_RANGE, WATCHER_PORT
 from hershy.domain.errors import ResourceExhausted
+from hershy.service.ports import WatcherEndpoint
 
 #: Where WatcherAPIs are published: loopback only.
 LOOPBACK = "127.0.0.1"
+#: The one shape of address this runtime hands out (and older Hosts stored): `127.0.0.1:PORT`.
+_LOOPBACK_ADDRESS = re.compile(r"127\.0\.0\.1:([0-9]{1,5})")
 
 
 def loopback_address(port: int) -> str:
     """The address the Host reaches a WatcherAPI published on `port` at."""
     return f"{LOOPBACK}:{port}"
+
+
+def loopback_endpoint(address: str) -> WatcherEndpoint | None:
+    """Where to connect for a WatcherAPI at `address`: only a loopback address on a
+    WatcherAPI port (the only kind this runtime hands out), else None. So even a
+    corrupted store cannot make the Host connect to its own services (gRPC, REST)
+    or anywhere off the machine."""
+    match = _LOOPBACK_ADDRESS.fullmatch(address)
+    port = int(match[1]) if match else 0
+    return WatcherEndpoint(LOOPBACK, port) if port in PORT_RANGE else None
 
 
 def loopback_port_is_free(port: int) -> bool:
@@ -79,3 +95,22 @@ class PortPool:
 
     def release(self, port: int) -> None:
         self._held.discard(port)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The WatcherAPI port a container of the program's run publishes."""
+
+    program_id: str
+    run: int
+    port: int
+
+
+def published_port(attrs: dict[str, Any]) -> int | None:
+    """The host port a container publishes its WatcherAPI on, from `docker inspect`."""
+    bindings = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
+    for binding in bindings.get(f"{WATCHER_PORT}/tcp") or []:
+        port = str(binding.get("HostPort", ""))
+        if port.isdigit():
+            return int(port)
+    return None

@@ -14,7 +14,6 @@ streams (build, events, logs) go through `Engine`, which asyncio can cancel.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
 import functools
 import json
@@ -38,22 +37,31 @@ from hershy.adapters.docker.build import build_context as build_context  # re-ex
 from hershy.adapters.docker.compose import (
     LABEL_MANAGED,
     LABEL_PROGRAM,
-    LABEL_RUN,
     SECURE_RUNTIME,
-    WATCHER_PORT,
     ContainerRequest,
     compose_spec,
     contract_violations,
+    labelled_run,
 )
 from hershy.adapters.docker.engine import DEFAULT_SOCKET, Engine, EngineError
-from hershy.adapters.docker.port_pool import LOOPBACK, PortPool, loopback_address
+from hershy.adapters.docker.fingerprint import RuntimeUnavailable as RuntimeUnavailable
+from hershy.adapters.docker.fingerprint import describe_runtime as describe_runtime
+from hershy.adapters.docker.logs import ContainerOutput
+from hershy.adapters.docker.port_pool import (
+    LOOPBACK,
+    PortPool,
+    Published,
+    loopback_address,
+    loopback_endpoint,
+)
+from hershy.adapters.docker.port_pool import published_port as published_port  # re-exported
+from hershy.adapters.docker.reconcile import Reconciler
 from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
-from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.model import LogLine, LogStream, Resources
 from hershy.domain.validation import ResourcePolicy
-from hershy.service.ports import LogStore, Outbox
+from hershy.service.ports import LogStore, Outbox, ProgramFolders, WatcherEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +74,8 @@ SPEC_FILE = "compose.json"
 PORT_ATTEMPTS = 8
 #: How Docker says a published port is taken: by another container, or by another process.
 PORT_TAKEN = ("port is already allocated", "address already in use")
-#: How long a container's death waits for the copy of its last lines before it is reported
-#: (and a removal before it removes): a copy ends within ms of the death, unless it is
-#: back-filling what was written while the Host was down.
-LOG_DRAIN_SECONDS = 10.0
 #: A list call that raises NotFound (something vanished as the daemon listed it) is retried.
 LIST_ATTEMPTS = 5
-#: Container id characters in a log line's mark: unique enough within one program.
-MARK_ID_LENGTH = 12
-
-
-class RuntimeUnavailable(Exception):
-    """Docker or the runtime cannot be used; the message says how to fix it."""
 
 
 class ContractBroken(Exception):
@@ -145,32 +143,6 @@ def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
-    """The WatcherAPI port a container of the program's run publishes."""
-
-    program_id: str
-    run: int
-    port: int
-
-
-def _cut_off_build(image: Mapping[str, Any], before: float) -> bool:
-    """An image of a build cut off by the Host's death: labelled, never tagged, and older
-    than this reconciliation (a build under way now is not taken for one)."""
-    tags = [tag for tag in image.get("RepoTags") or [] if tag != "<none>:<none>"]
-    return not tags and float(image.get("Created") or 0) < before - 1.0
-
-
-def published_port(attrs: dict[str, Any]) -> int | None:
-    """The host port a container publishes its WatcherAPI on, from `docker inspect`."""
-    bindings = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
-    for binding in bindings.get(f"{WATCHER_PORT}/tcp") or []:
-        port = str(binding.get("HostPort", ""))
-        if port.isdigit():
-            return int(port)
-    return None
-
-
 def port_taken(error: APIError) -> bool:
     """Whether Docker refused to start a container because its published port is taken."""
     text = str(error.explanation or error)
@@ -183,7 +155,7 @@ class DockerEffectHandler:
     def __init__(
         self,
         settings: DockerSettings,
-        files: FileSourceStore,
+        files: ProgramFolders,
         logs: LogStore,
         ports: PortPool | None = None,
         volumes: StateVolumes | None = None,
@@ -204,10 +176,20 @@ class DockerEffectHandler:
         self._tasks: asyncio.TaskGroup | None = None
         self._outboxes: dict[str, Outbox] = {}
         self._oom_killed: set[str] = set()
-        self._followed: set[str] = set()
-        #: The task copying each container's output, while it runs.
-        self._copies: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: What containers print, copied into the programs' logs.
+        self.output = ContainerOutput(logs, lambda: self._engine, self._spawn_if_open)
+        self.reconciler = Reconciler(
+            host_id=settings.host_id,
+            call=self._call,
+            listed=self._listed,
+            client=lambda: self._docker,
+            ports=self.ports,
+            published=self._published,
+            output=self.output,
+            remove=functools.partial(self._remove, graceful=True),
+            volumes=self._volumes,
+        )
         self.builder = DockerBuilder(
             call=self._call,
             client=lambda: self._docker,
@@ -248,28 +230,11 @@ class DockerEffectHandler:
                 self.settings.runtime,
             )
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
-        await self._hold_published_ports()
+        await self.reconciler.hold_published_ports()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._spawn(self._watch_events())
         return self
-
-    async def _hold_published_ports(self) -> None:
-        """Learn the ports this Host's containers publish (they outlive a Host restart)."""
-        managed = {"label": [f"{LABEL_MANAGED}={self.settings.host_id}"]}
-        # Tolerant of containers vanishing while listed (a kill -9 may leave removals going).
-        for container in await self._listed(
-            self._docker.containers.list, all=True, filters=managed
-        ):
-            port = published_port(container.attrs)
-            if port is None:
-                continue
-            self.ports.hold(port)
-            self._published[container.id] = Published(
-                container.labels.get(LABEL_PROGRAM, ""),
-                int(container.labels.get(LABEL_RUN, "0")),
-                port,
-            )
 
     async def __aexit__(
         self,
@@ -298,6 +263,10 @@ class DockerEffectHandler:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(function, *args, **kwargs))
 
+    def watcher_endpoint(self, address: str) -> WatcherEndpoint | None:
+        """Only addresses this runtime hands out: loopback, on a WatcherAPI port."""
+        return loopback_endpoint(address)
+
     # --- effects ----------------------------------------------------------------
 
     async def execute(self, program_id: str, effect: fx.HandledEffect, outbox: Outbox) -> None:
@@ -315,47 +284,11 @@ class DockerEffectHandler:
                 self._outboxes.pop(program_id, None)
                 outbox.emit(ev.TornDown(outbox.now(), effect.run))
             case fx.AdoptContainer():
-                await self._adopt(program_id, effect, outbox)
+                await self.reconciler.adopt(program_id, effect, outbox)
 
     async def reap(self, owned: Mapping[str, int]) -> None:
-        """Reconcile with Docker after a Host restart, before any supervisor runs.
-
-        Looks at every container carrying this Host's label: the output of those a
-        program owns (its current run) is copied into its log from where the copy
-        stopped (followed on if the container runs); the rest are removed, like
-        images no program owns (Nomad's reaping). `owned` is read as each decision
-        is made. A container or image that vanishes meanwhile is no error; any
-        other Docker error raises, and the caller retries the whole step.
-        """
-        managed = {"label": [f"{LABEL_MANAGED}={self.settings.host_id}"]}
-        orphans = []
-        for container in await self._listed(self._docker.api.containers, all=True, filters=managed):
-            labels = container.get("Labels") or {}
-            program_id = labels.get(LABEL_PROGRAM, "")
-            run = _run_of(labels)
-            if run is not None and owned.get(program_id) == run:
-                self._follow_logs(program_id, run, container["Id"], resume=True)
-            else:
-                orphans.append(container["Id"])
-        if orphans:
-            log.info("removing %d containers no program owns", len(orphans))
-        await asyncio.gather(*(self._remove(orphan, graceful=True) for orphan in orphans))
-        reconciling_since = time.time()
-        for image in await self._listed(self._docker.api.images, filters=managed):
-            if (image.get("Labels") or {}).get(LABEL_PROGRAM) in owned and not _cut_off_build(
-                image, reconciling_since
-            ):
-                continue
-            log.info(
-                "removing image %s: no program owns it (or its build was cut off)", image["Id"]
-            )
-            try:
-                await self._call(self._docker.images.remove, image["Id"], force=True)
-            except ImageNotFound:
-                pass  # gone meanwhile
-            except APIError as error:
-                if error.status_code != 409:  # 409: in use, or being removed already
-                    raise
+        """After a Host restart, before any supervisor runs (see `reconcile`)."""
+        await self.reconciler.reap(owned)
 
     async def _listed(self, listing: Callable[..., list[dict[str, Any]]], **filters: Any) -> Any:
         """A Docker list call; one that raises NotFound (an object vanished while the daemon
@@ -368,39 +301,6 @@ class DockerEffectHandler:
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
-
-    async def _adopt(self, program_id: str, effect: fx.AdoptContainer, outbox: Outbox) -> None:
-        """Take back a container that ran on while the Host was down: same container, no restart.
-
-        Its output written meanwhile is copied into the log first (the reconciling
-        `reap` began it); one that died meanwhile is reported after its last lines.
-        """
-        try:
-            container = await self._call(self._docker.containers.get, effect.container_id or "")
-        except NotFound:
-            outbox.emit(ev.ContainerExited(outbox.now(), effect.run, -1))
-            return
-        state = container.attrs.get("State", {})
-        self._follow_logs(program_id, effect.run, container.id, resume=True)
-        if state.get("Running"):
-            log.info("program %s: adopted its running container %s", program_id, container.id)
-            return
-        await self._drained(container.id)
-        outbox.emit(
-            ev.ContainerExited(
-                outbox.now(),
-                effect.run,
-                int(state.get("ExitCode", -1)),
-                bool(state.get("OOMKilled", False)),
-                container.id,
-            )
-        )
-
-    async def _drained(self, container_id: str) -> None:
-        """Wait (a bounded time) until the copy of a container's output has ended."""
-        copy = self._copies.get(container_id)
-        if copy is not None and not copy.done():
-            await asyncio.wait({copy}, timeout=LOG_DRAIN_SECONDS)
 
     async def _build(self, program_id: str, effect: fx.Build, outbox: Outbox) -> None:
         await self.builder.build(program_id, effect, outbox, image_tag(program_id, effect.build_id))
@@ -445,7 +345,7 @@ class DockerEffectHandler:
                 )
                 await self._remove(container.id)
                 container = None
-            self._follow_logs(program_id, effect.run, container.id)
+            self.output.follow(program_id, effect.run, container.id)
             await self._until_ready(port, effect.run, program_id)
         except asyncio.CancelledError:
             if container is not None:
@@ -543,7 +443,8 @@ class DockerEffectHandler:
         )
         targets = []
         for container in containers:
-            if container["Id"] == container_id or (_run_of(container["Labels"] or {}) or 0) <= run:
+            run_of_it = labelled_run(container["Labels"] or {}) or 0
+            if container["Id"] == container_id or run_of_it <= run:
                 targets.append(container["Id"])
         await asyncio.gather(*(self._remove(target, graceful=True) for target in targets))
         # Containers removed behind the Host's back (`docker rm`) give their ports back too;
@@ -561,14 +462,14 @@ class DockerEffectHandler:
             if graceful and container.status == "running":
                 await self._call(container.stop, timeout=int(self.settings.stop_grace))
             if graceful:
-                await self._drained(container_id)  # its last lines first: removing loses them
+                await self.output.drained(container_id)  # its last lines first: removing loses them
             await self._call(container.remove, force=True)
         except NotFound:
             pass
         except APIError as error:
             if error.status_code != 409:  # 409: removal already in progress
                 raise
-        self._followed.discard(container_id)
+        self.output.forget(container_id)
         self._release_port(container_id)
 
     def _release_port(self, container_id: str) -> None:
@@ -590,21 +491,6 @@ class DockerEffectHandler:
 
     # --- watching containers ------------------------------------------------------
 
-    def _follow_logs(
-        self, program_id: str, run: int, container_id: str, *, resume: bool = False
-    ) -> None:
-        """Copy a container's output into the program's log until it ends.
-
-        `resume`: the container may have been copied before (a Host restart): go on
-        after the last line the log has of it. Otherwise it is new: from its start.
-        """
-        if self._tasks is None or container_id in self._followed:
-            return
-        self._followed.add(container_id)
-        copy = self._spawn(self._copy_logs(program_id, run, container_id, resume))
-        self._copies[container_id] = copy
-        copy.add_done_callback(lambda _: self._copies.pop(container_id, None))
-
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A background task the handler owns and cancels when it closes."""
         assert self._tasks is not None
@@ -613,41 +499,12 @@ class DockerEffectHandler:
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _copy_logs(self, program_id: str, run: int, container_id: str, resume: bool) -> None:
-        """Each line once, in order: every line copied carries its Docker timestamp as its
-        mark (in the same write), so a copy after a restart, asked for the lines since
-        the last mark, skips exactly the ones the log already has."""
-        streams = {"stdout": LogStream.STDOUT, "stderr": LogStream.STDERR}
-        prefix = f"{container_id[:MARK_ID_LENGTH]}@"
-        after_ns, seen_at_after = 0, 0
-        if resume:
-            last = await asyncio.to_thread(self._logs.last_mark, program_id, prefix)
-            if last is not None:
-                after_ns, seen_at_after = int(last[0].removeprefix(prefix)), last[1]
-        since = f"{after_ns // 10**9}.{after_ns % 10**9:09d}"
-        try:
-            async for stream, stamped in self._engine.logs(container_id, since, timestamps=True):
-                stamp, _, text = stamped.partition(" ")
-                at_ns = _docker_time_ns(stamp)
-                if at_ns is None:  # not stamped (the rest of an over-long line): as it is
-                    self._logs.write(
-                        program_id, LogLine(time.time(), streams[stream], run, stamped)
-                    )
-                    continue
-                if at_ns < after_ns:
-                    continue
-                if at_ns == after_ns and seen_at_after > 0:
-                    seen_at_after -= 1  # copied before the restart
-                    continue
-                after_ns = at_ns
-                self._logs.write(
-                    program_id,
-                    LogLine(at_ns / 1e9, streams[stream], run, text, f"{prefix}{at_ns}"),
-                )
-        except (EngineError, aiohttp.ClientError) as error:
-            log.debug("program %s: log stream of %s ended: %s", program_id, container_id, error)
-        finally:
-            self._followed.discard(container_id)
+    def _spawn_if_open(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        """As `_spawn`, while the handler is open; else the work is dropped (None)."""
+        if self._tasks is None:
+            work.close()
+            return None
+        return self._spawn(work)
 
     async def _watch_events(self) -> None:
         """Container deaths drive the crash handling; reconnects after the daemon comes back."""
@@ -675,7 +532,7 @@ class DockerEffectHandler:
             return
         program_id = attributes.get(LABEL_PROGRAM)
         outbox = self._outboxes.get(program_id or "")
-        run = _run_of(attributes)
+        run = labelled_run(attributes)
         if outbox is None or run is None:
             return
         oom = container_id in self._oom_killed
@@ -687,30 +544,8 @@ class DockerEffectHandler:
         self, outbox: Outbox, run: int, exit_code: int, oom: bool, container_id: str
     ) -> None:
         """Report a death once the run's last lines are in the log (so its note comes after)."""
-        await self._drained(container_id)
+        await self.output.drained(container_id)
         outbox.emit(ev.ContainerExited(outbox.now(), run, exit_code, oom, container_id))
-
-
-def _run_of(labels: Mapping[str, str]) -> int | None:
-    """The run a container's labels name; None if they name none (or garbage)."""
-    try:
-        return int(labels[LABEL_RUN])
-    except (KeyError, ValueError):
-        return None
-
-
-def _docker_time_ns(stamp: str) -> int | None:
-    """Docker's RFC 3339 UTC time with nanoseconds (`2026-12-01T15:41:56.123456789Z`) as
-    ns since the epoch; None if it is not one."""
-    if not stamp.endswith("Z") or "T" not in stamp:
-        return None
-    whole, _, fraction = stamp[:-1].partition(".")
-    try:
-        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-        nanos = int(fraction.ljust(9, "0")[:9]) if fraction else 0
-    except ValueError:
-        return None
-    return seconds * 10**9 + nanos
 
 
 def check_created(attrs: dict[str, Any], spec: dict[str, Any]) -> None:
@@ -731,31 +566,6 @@ def check_created(attrs: dict[str, Any], spec: dict[str, Any]) -> None:
         problems.append("its capabilities would not all be dropped")
     if problems:
         raise ContractBroken("refusing to start it: " + "; ".join(problems))
-
-
-def describe_runtime(settings: DockerSettings, info: dict[str, Any]) -> str:
-    """How programs run, as users are shown it; refuses a runtime the daemon lacks."""
-    runtimes = info.get("Runtimes") or {}
-    if settings.runtime not in runtimes:
-        raise RuntimeUnavailable(
-            f"the Docker daemon has no runtime {settings.runtime!r} (it has "
-            f"{', '.join(sorted(runtimes)) or 'none'}). Register it with scripts/setup-host.sh."
-        )
-    if settings.runtime != SECURE_RUNTIME:
-        if not settings.allow_insecure_runtime:
-            raise RuntimeUnavailable(
-                f"runtime {settings.runtime!r} is not a sandbox; "
-                "start the Host with --allow-insecure-runtime to use it anyway"
-            )
-        return f"{settings.runtime} (INSECURE: no sandbox)"
-    if info.get("DefaultRuntime") != SECURE_RUNTIME:
-        raise RuntimeUnavailable(
-            f"the Docker daemon's default runtime is {info.get('DefaultRuntime')!r}: the RUN "
-            "steps of builds would run outside gVisor. Run scripts/setup-host.sh."
-        )
-    args = runtimes[settings.runtime].get("runtimeArgs") or []
-    network = "host" if "--network=host" in args else "netstack"
-    return f"runsc (gVisor, network={network})"
 
 
 def _write_atomically(path: Path, spec: dict[str, Any]) -> None:

@@ -61,6 +61,10 @@ class StateVolumes(Protocol):
         """Unmount the program's volume and delete it with its data (Delete)."""
         ...
 
+    async def programs(self) -> list[str]:
+        """The programs that have a volume (mounted or not)."""
+        ...
+
 
 def _run(*command: str) -> str:
     """Run a system tool; VolumeError with its message when it fails."""
@@ -178,6 +182,19 @@ class LoopStateVolumes:
 
     async def remove(self, program_id: str) -> None:
         await asyncio.to_thread(self._remove, program_id)
+
+    async def programs(self) -> list[str]:
+        return await asyncio.to_thread(self._programs)
+
+    def _programs(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            folder.name
+            for folder in self.root.iterdir()
+            if PROGRAM_ID_PATTERN.fullmatch(folder.name)
+            and ((folder / IMAGE_NAME).exists() or mounted_fs_type(folder / MOUNT_NAME) is not None)
+        )
 
     def _attach(self, program_id: str, size_bytes: int) -> Path:
         image, target = self.image(program_id), self.mount_point(program_id)

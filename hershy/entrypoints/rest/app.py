@@ -19,6 +19,7 @@ from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hershy.adapters.docker.port_pool import loopback_endpoint
 from hershy.domain import limits
 from hershy.domain.validation import cut
 from hershy.entrypoints.rest import openapi, shapes, uploads
@@ -34,7 +35,12 @@ from hershy.entrypoints.rest.errors import (
     json_response,
     state_label,
 )
-from hershy.entrypoints.rest.proxy import READ_BUFFER_BYTES, RECHECK_SECONDS, WatcherProxy
+from hershy.entrypoints.rest.proxy import (
+    READ_BUFFER_BYTES,
+    RECHECK_SECONDS,
+    EndpointOf,
+    WatcherProxy,
+)
 from hershy.entrypoints.rest.quotas import QuotaRoutes
 from hershy.entrypoints.rest.streams import StreamPump, pump_ndjson, pump_sse, sse_event
 from hershy.entrypoints.rest.tokens import TokenRoutes
@@ -98,6 +104,11 @@ class RestConfig:
     #: The backstop: how often the proxy asks the core again about the tokens of
     #: its open streams (a revoked one's streams are cut).
     revocation_check_seconds: float = RECHECK_SECONDS
+    #: Where the proxy connects for a program's address, and which addresses it may
+    #: connect to at all: the runtime's own rule (`ProgramRuntime.watcher_endpoint`),
+    #: given by the composition root. The default, for a shim wired up on its own, is
+    #: the rule of the runtimes that publish WatcherAPIs on loopback ports (Docker, fake).
+    watcher_endpoint: EndpointOf = loopback_endpoint
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -122,7 +133,7 @@ class RestApi:
         self._tokens = TokenRoutes(token_grpc.TokenServiceStub(channel))
         self._dashboard = Dashboard(auth_enabled=config.auth_enabled)
         self._metrics = config.metrics
-        self.proxy = WatcherProxy(self.cache, self._stub, principals)
+        self.proxy = WatcherProxy(self.cache, self._stub, principals, config.watcher_endpoint)
         self._quotas = QuotaRoutes(channel)
         self.uploads = uploads.Uploads()
         #: Set on shutdown: SSE and log streams end cleanly instead of being cut.

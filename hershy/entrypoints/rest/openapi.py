@@ -154,9 +154,9 @@ SCHEMAS: dict[str, Any] = {
             "proxy_target": {
                 "type": "string",
                 "description": (
-                    "Where the Host itself reaches the WatcherAPI (127.0.0.1:PORT), as the "
-                    "runtime placed its current or last run; empty until it first runs. "
-                    "Clients use proxy_url."
+                    "Where the Host itself reaches the WatcherAPI, as the runtime placed "
+                    "its current or last run (the Docker and fake runtimes: 127.0.0.1:PORT); "
+                    "empty until it first runs. Clients use proxy_url."
                 ),
             },
             "created_at": _TIME,
@@ -325,7 +325,8 @@ def _proxy_path(any_path: bool) -> dict[str, Any]:
         "default": {"description": "Whatever the program's WatcherAPI answers, passed through."},
         **_errors("400", "404"),
         "502": _error(
-            "The WatcherAPI does not answer, answers malformed HTTP, or refused a WebSocket."
+            "The WatcherAPI does not answer, answers malformed HTTP, or refused a WebSocket; "
+            "or the program's address is not one its runtime hands out (BAD_PROXY_TARGET)."
         ),
         "503": _error("The program is not Ready; `state` names its state."),
         "504": _error("The WatcherAPI did not answer in time."),

@@ -3,8 +3,10 @@
 `/programs/{id}/proxy/<any path>` forwards `/<any path>` (the original's
 prefix: `proxy_url` points there, so `${proxy_url}/watcher/status` works);
 `/programs/{id}/watcher/...` forwards `/watcher/...`. Either goes to one place
-only: `http://127.0.0.1:{port}`, the program's WatcherAPI port as the core
-allotted it. Nothing the client sends
+only: the program's WatcherAPI, at the address its runtime reported, and only
+if the runtime says that address is one it hands out (`watcher_endpoint`, the
+runtime port's rule: the Docker runtime's are loopback WatcherAPI ports).
+Nothing the client sends
 (the Host header, an absolute request target, dot segments, encoded slashes)
 takes part in choosing where a request goes; the path is checked on its raw,
 still-encoded form, because that is what the program's server will decode.
@@ -37,6 +39,7 @@ from hershy.entrypoints.rest.auth import Metadata, Principals, credentials, toke
 from hershy.entrypoints.rest.cache import ProgramCache, Target
 from hershy.entrypoints.rest.errors import ApiError, bad_request, state_label
 from hershy.entrypoints.rest.shapes import not_ready, program_name
+from hershy.service.ports import WatcherEndpoint
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
 from hershy.v1 import token_pb2
@@ -44,12 +47,10 @@ from hershy.v1 import token_pb2_grpc as token_grpc
 
 log = logging.getLogger(__name__)
 
-#: Where WatcherAPIs are published (the Docker runtime: loopback, 19001-29999 only). The
-#: proxy refuses any other target, so even a corrupted registry cannot turn it
-#: into a way to reach the Host's own services.
-TARGET_HOST = "127.0.0.1"
-TARGET_PORTS = range(19001, 30000)
-_TARGET = re.compile(r"127\.0\.0\.1:([0-9]{1,5})")
+#: Where the proxy connects for a program's address (the runtime's `watcher_endpoint`):
+#: None for an address the runtime never hands out, which the proxy refuses, so even a
+#: corrupted registry cannot turn it into a way to reach the Host's own services.
+EndpointOf = Callable[[str], WatcherEndpoint | None]
 
 #: The proxy routes, matched on the raw request target.
 _ROUTE = re.compile(
@@ -166,14 +167,13 @@ def parse_route(raw_target: str) -> ProxyRoute:
     return ProxyRoute(program_id, prefix, path, match["query"] or "")
 
 
-def target_port(target: Target) -> int:
-    """The program's WatcherAPI port; 502 when the core's answer is not a WatcherAPI port."""
-    match = _TARGET.fullmatch(target.proxy_target)
-    port = int(match[1]) if match else 0
-    if port not in TARGET_PORTS:
-        log.error("refusing to proxy to %r: not a WatcherAPI port", target.proxy_target)
+def target_endpoint(target: Target, endpoint_of: EndpointOf) -> WatcherEndpoint:
+    """Where the program's WatcherAPI is; 502 when the runtime does not own the address."""
+    endpoint = endpoint_of(target.proxy_target)
+    if endpoint is None:
+        log.error("refusing to proxy to %r: not a WatcherAPI address", target.proxy_target)
         raise ApiError(502, "BAD_PROXY_TARGET", "the program has no valid WatcherAPI address")
-    return port
+    return endpoint
 
 
 def _is_websocket(request: web.Request) -> bool:
@@ -198,8 +198,10 @@ class WatcherProxy:
         cache: ProgramCache,
         stub: pb_grpc.ProgramServiceAsyncStub,
         principals: Principals | None,
+        endpoint_of: EndpointOf,
     ) -> None:
         """`principals`: None when the Host runs without tokens (--no-auth)."""
+        self._endpoint_of = endpoint_of
         self._cache = cache
         self._stub = stub
         self._principals = principals
@@ -264,7 +266,7 @@ class WatcherProxy:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             # One session serves every user: it must never keep one's cookies for another.
             cookie_jar=aiohttp.DummyCookieJar(),
-            # HTTP_PROXY and friends must not redirect traffic meant for 127.0.0.1.
+            # HTTP_PROXY and friends must not redirect traffic meant for a program.
             trust_env=False,
             # Bigger reads, fewer trips through the event loop for big bodies.
             read_bufsize=READ_BUFFER_BYTES,
@@ -285,11 +287,12 @@ class WatcherProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         route = parse_route(request.raw_path)
-        port = target_port(await self._ready_target(request, route.program_id))
+        target = await self._ready_target(request, route.program_id)
+        endpoint = target_endpoint(target, self._endpoint_of)
         url = URL.build(
             scheme="http",
-            host=TARGET_HOST,
-            port=port,
+            host=endpoint.host,
+            port=endpoint.port,
             path=route.path,
             query_string=route.query,
             encoded=True,
