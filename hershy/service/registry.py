@@ -155,7 +155,8 @@ class Registry:
         self._order: dict[str, int] = {}
         self._created = 0
         self._tasks: asyncio.TaskGroup | None = None
-        self._commit_lock = asyncio.Lock()
+        #: Done once the last commit begun was taken in (commits are taken in in order).
+        self._last_commit: asyncio.Future[None] | None = None
         #: Set once recovery reconciled the runtime (at once when nothing is recovered).
         self._runtime_reconciled = asyncio.Event()
         self._runtime_reconciled.set()
@@ -505,9 +506,15 @@ class Registry:
         self._order[program_id] = self._created
 
     async def _commit(self, program: Program, event: ev.Event) -> Program:
-        # One commit at a time, so revisions are published in order.
-        async with self._commit_lock:
+        # Appended at once (the log makes the events appended meanwhile durable
+        # together: group commit), then taken in, one at a time, in the order they were
+        # appended: revisions are published in order.
+        previous, turn = self._last_commit, asyncio.get_running_loop().create_future()
+        self._last_commit = turn
+        try:
             revision = await self._log.append(program, event)
+            if previous is not None:
+                await asyncio.shield(previous)
             committed = replace(program, revision=revision)
             before = self._programs.get(program.id)
             self.metrics.committed(before, committed, event)
@@ -531,6 +538,8 @@ class Registry:
                 self._note(committed, event)
             self.hub.publish(Change(kind, committed, event))
             return committed
+        finally:
+            _pass_turn(previous, turn)
 
     def _note(self, program: Program, event: ev.Event) -> None:
         """A Host line in the program's log for each change: its history, readable."""
@@ -544,6 +553,19 @@ class Registry:
         self._programs.pop(program.id, None)
         self._supervisors.pop(program.id, None)
         self._order.pop(program.id, None)
+
+
+def _pass_turn(previous: asyncio.Future[None] | None, turn: asyncio.Future[None]) -> None:
+    """The next commit's turn comes once this one's did and it is done (even cancelled)."""
+
+    def passed(_: object = None) -> None:
+        if not turn.done():
+            turn.set_result(None)
+
+    if previous is None or previous.done():
+        passed()
+    else:
+        previous.add_done_callback(passed)
 
 
 class _LiveRuns(Mapping[str, int]):
