@@ -245,9 +245,14 @@ class Registry:
         """Why the Host is not ready yet (recovery still under way), or None once it is."""
         if not self._runtime_reconciled.is_set():
             return self._recovery_problem or "reconciling the recovered programs with the runtime"
-        waiting = [s.program.id for s in self._recovered if not s.reconciled.is_set()]
-        if waiting:
-            return f"{len(waiting)} recovered programs are not reconciled yet (e.g. {waiting[0]})"
+        # Those reconciled are dropped as they are seen: /readyz, polled while 10,000
+        # programs recover, walked them all on every call.
+        self._recovered = [s for s in self._recovered if not s.reconciled.is_set()]
+        if self._recovered:
+            return (
+                f"{len(self._recovered)} recovered programs are not reconciled yet "
+                f"(e.g. {self._recovered[0].program.id})"
+            )
         return None
 
     async def stop_all(self, seconds: float) -> None:
@@ -315,7 +320,9 @@ class Registry:
         if self._build_policy is not None:
             # Refused here, naming the line, before Docker ever sees the Dockerfile.
             check_dockerfile(source.dockerfile, self._build_policy)
-        quotas.check_create(user_id, self.quotas.get(user_id), self.usage(user_id), limits)
+        quota = self.quotas.get(user_id)
+        if quota != quotas.UNLIMITED:  # the usage is a walk over every program: only if it counts
+            quotas.check_create(user_id, quota, self.usage(user_id), limits)
         program_id = self._ids.new_program_id()
         try:
             await self._sources.save(program_id, source)

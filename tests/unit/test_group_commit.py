@@ -84,7 +84,8 @@ async def test_no_caller_is_answered_before_its_transaction_commits(tmp_path: Pa
         # Appended while the first transaction is held: they wait for the next one.
         later = [asyncio.ensure_future(store.append(*created(n))) for n in range(2, 6)]
         await asyncio.sleep(0.1)
-        assert not first.done() and not any(task.done() for task in later)
+        assert not first.done()
+        assert not any(task.done() for task in later)
         assert stored_revisions(tmp_path) == []
         store.gate.set()
         assert await first == 1
@@ -137,14 +138,15 @@ async def test_concurrent_creates_are_published_in_revision_order_and_all_recove
         programs = await asyncio.gather(
             *(registry.create(user, DOCKERFILE, {"f": b"x"}) for user in users)
         )
-        seen = []
+        seen: list[int] = []
         while len(seen) < len(programs):
             async with asyncio.timeout(5):
                 change = await subscription.next()
             assert isinstance(change, Change)
             if change.kind is ChangeKind.CREATED:
                 seen.append(change.program.revision)
-        assert seen == sorted(seen) and len(set(seen)) == len(seen)
+        assert seen == sorted(seen)
+        assert len(set(seen)) == len(seen)
         assert sorted(p.revision for p in programs) == seen
     async with host(tmp_path, ids) as registry:
         assert {p.id for p in registry.list_programs(page_size=1000).programs} == {
