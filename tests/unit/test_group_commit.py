@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hershy.adapters.sqlite_store import FILE_NAME, SqliteEventLog
 from hershy.domain import events as ev
-from hershy.domain.model import Program
+from hershy.domain.model import Program, State
 from hershy.domain.reducer import create
 from hershy.service.watch import Change, ChangeKind
 from tests.unit.test_sqlite_store import DOCKERFILE, host
@@ -177,3 +178,35 @@ async def test_a_cancelled_commit_does_not_let_later_ones_be_published_first(
             revisions.append(change.program.revision)
         assert revisions == sorted(revisions)
         assert len(revisions) >= 5
+
+
+async def test_a_commit_that_waits_in_its_own_step_still_publishes_before_later_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion's commit waits (its logs are removed) after its append: a later
+    append, durable in the same transaction, must still be published after it."""
+    async with host(tmp_path, SequentialIds()) as registry:
+        first = await registry.create("alice", DOCKERFILE, {})
+        second = await registry.create("bob", DOCKERFILE, {})
+        subscription = registry.watch("").subscription
+        forget = registry._forget
+
+        async def slow_forget(program: Program) -> None:
+            await asyncio.sleep(0.2)
+            await forget(program)
+
+        monkeypatch.setattr(registry, "_forget", slow_forget)
+        deleted = replace(first, state=State.DELETED)
+        touched = replace(second, note="touched")
+        await asyncio.gather(
+            registry._commit(deleted, ev.DeleteRequested(2.0)),
+            registry._commit(touched, ev.StopRequested(2.0)),
+        )
+        published = []
+        for _ in range(2):
+            async with asyncio.timeout(5):
+                change = await subscription.next()
+            assert isinstance(change, Change)
+            published.append((change.program.id, change.program.revision))
+        assert [program_id for program_id, _ in published] == [first.id, second.id]
+        assert published[0][1] < published[1][1]
