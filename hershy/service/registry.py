@@ -326,6 +326,7 @@ class Registry:
         program_id = self._ids.new_program_id()
         try:
             await self._sources.save(program_id, source)
+            await self._logs.prepare(program_id)
             event = ev.ProgramCreated(
                 at=self._clock.now(),
                 program_id=program_id,
@@ -336,6 +337,7 @@ class Registry:
             )
             program = await self._commit(reducer.create(event), event)
         except BaseException:
+            await self._logs.remove(program_id)
             await self._sources.remove(program_id)
             raise
         self._spawn(program)
