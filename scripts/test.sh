@@ -57,3 +57,5 @@ python3 -m pytest -p no:cacheprovider "$@"
 # machine's timings say little), but the scripts must run.
 echo "==> benchmark smoke run (figures in the output)"
 python3 benchmarks/core_bench.py --quick
+python3 benchmarks/host_bench.py --smoke
+python3 benchmarks/label_bench.py --smoke

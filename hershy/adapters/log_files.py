@@ -171,19 +171,37 @@ class FileLogStore:
                 return found, count
         return None
 
+    async def prepare(self, program_id: str) -> None:
+        """Open a new program's log on a worker thread (its folder made, a cut last
+        line ended), so that its first line costs the event loop no file-system work:
+        done on the loop, it was the largest part of a create's time there."""
+        if program_id in self._files:
+            return
+        file = await self._reads.run(self._open_file, program_id)
+        if program_id in self._files:  # a line was written meanwhile: it opened one
+            file.close()
+            return
+        self._keep(program_id, file)
+
     def _open(self, program_id: str) -> IO[str]:
         file = self._files.get(program_id)
         if file is None:
-            directory = self._dir(program_id)
-            directory.mkdir(parents=True, exist_ok=True)
-            _end_cut_line(directory / FILE_NAME)
-            file = open(directory / FILE_NAME, "a", encoding="utf-8")  # noqa: SIM115
-            self._files[program_id] = file
-            if len(self._files) > OPEN_FILES:
-                self._files.popitem(last=False)[1].close()
+            file = self._open_file(program_id)
+            self._keep(program_id, file)
         else:
             self._files.move_to_end(program_id)
         return file
+
+    def _open_file(self, program_id: str) -> IO[str]:
+        directory = self._dir(program_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        _end_cut_line(directory / FILE_NAME)
+        return open(directory / FILE_NAME, "a", encoding="utf-8")
+
+    def _keep(self, program_id: str, file: IO[str]) -> None:
+        self._files[program_id] = file
+        if len(self._files) > OPEN_FILES:
+            self._files.popitem(last=False)[1].close()
 
     def _rotate(self, program_id: str) -> None:
         self._files.pop(program_id).close()

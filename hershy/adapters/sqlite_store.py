@@ -1,6 +1,6 @@
 """The embedded default store: SQLite (WAL) in the data dir.
 
-Two tables, written in one transaction per accepted event (beside them,
+Two tables, written together for each accepted event (beside them,
 `tokens` and the admin's `user_quotas`):
 - `events`: the append-only log. Its `revision` is the Host-wide revision
   Watch resumes from; each row keeps the event and the program as it was
@@ -11,12 +11,13 @@ Two tables, written in one transaction per accepted event (beside them,
   states.)
 
 A change is acknowledged only once its transaction is on disk
-(`synchronous=FULL`). A store that cannot be read fails loudly at start,
-naming what is wrong; it never silently drops a program. A new store is begun
-only in a data dir that holds nothing of a Host: a missing, empty or
-table-less store next to programs' folders was lost, not never made. Events
-and programs are stored as JSON by `json_codec`, which reads back every event
-class there is.
+(`synchronous=FULL`); the events appended while one transaction is on its
+way to disk share the next (group commit: one fsync for many). A store that
+cannot be read fails loudly at start, naming what is wrong; it never
+silently drops a program. A new store is begun only in a data dir that holds
+nothing of a Host: a missing, empty or table-less store next to programs'
+folders was lost, not never made. Events and programs are stored as JSON by
+`json_codec`, which reads back every event class there is.
 """
 
 from __future__ import annotations
@@ -96,6 +97,16 @@ class Recovered:
     revision: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An appended event waiting for its transaction; `durable` gets its revision."""
+
+    revision: int
+    program: Program
+    event: ev.Event
+    durable: asyncio.Future[int]
+
+
 # --- the store -------------------------------------------------------------------
 
 
@@ -107,6 +118,9 @@ class SqliteEventLog:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
         self._revision = 0
+        #: Appended events waiting for the next transaction, and the one on its way.
+        self._pending: list[_Pending] = []
+        self._in_flight: asyncio.Future[None] | None = None
         #: This Host's id, made when the store is created; labels what the Host owns.
         self.host_id = ""
 
@@ -276,35 +290,75 @@ class SqliteEventLog:
     # --- writing --------------------------------------------------------------------
 
     async def append(self, program: Program, event: ev.Event) -> int:
-        """Make the event durable; returns its revision. Callers append one at a time."""
-        revision = self._revision + 1
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._write, revision, program, event)
-        self._revision = revision
-        return revision
+        """Make the event durable; returns its revision once it is on disk.
 
-    def _write(self, revision: int, program: Program, event: ev.Event) -> None:
-        stored = encode_program(dataclasses.replace(program, revision=revision))
-        kind = (
-            ChangeKind.CREATED
-            if isinstance(event, ev.ProgramCreated)
-            else ChangeKind.DELETED
-            if program.state is State.DELETED
-            else ChangeKind.UPDATED
+        Callers may append at once (a supervisor each): the revision is given at
+        the call, in call order, and the events waiting while a transaction is on
+        its way to disk go together in the next one, one fsync for them all
+        (group commit). Each caller is answered only when its own transaction has
+        committed; if it fails, every caller in it gets the error.
+        """
+        self._revision += 1
+        pending = _Pending(
+            self._revision, program, event, asyncio.get_running_loop().create_future()
         )
+        self._pending.append(pending)
+        self._write_next_batch()
+        return await pending.durable
+
+    def _write_next_batch(self) -> None:
+        """Start the next transaction of what waits, unless one is on its way."""
+        if self._in_flight is not None or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        rows = [(each.revision, each.program, each.event) for each in batch]
+        job = asyncio.get_running_loop().run_in_executor(self._writer, self._write, rows)
+        self._in_flight = job
+
+        def written(job: asyncio.Future[None]) -> None:
+            self._in_flight = None
+            failure = None if job.cancelled() else job.exception()
+            for each in batch:
+                if each.durable.done():
+                    continue  # its caller was cancelled; the event is written all the same
+                if job.cancelled():
+                    each.durable.set_exception(StoreError("the store closed before the write"))
+                elif failure is not None:
+                    each.durable.set_exception(failure)
+                else:
+                    each.durable.set_result(each.revision)
+            self._write_next_batch()
+
+        job.add_done_callback(written)
+
+    def _write(self, batch: list[tuple[int, Program, ev.Event]]) -> None:
+        events = []
+        programs = []
+        for revision, program, event in batch:
+            stored = encode_program(dataclasses.replace(program, revision=revision))
+            kind = (
+                ChangeKind.CREATED
+                if isinstance(event, ev.ProgramCreated)
+                else ChangeKind.DELETED
+                if program.state is State.DELETED
+                else ChangeKind.UPDATED
+            )
+            events.append((revision, program.id, kind.value, encode_event(event), stored))
+            programs.append((program.id, revision, revision, stored))
         db = self._conn
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
+            db.executemany(
                 "INSERT INTO events (revision, program_id, kind, event, program) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (revision, program.id, kind.value, encode_event(event), stored),
+                events,
             )
-            db.execute(
+            # In revision order: a program's later row wins within the batch too.
+            db.executemany(
                 "INSERT INTO programs (program_id, created_revision, revision, program) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (program_id) DO UPDATE SET "
                 "revision = excluded.revision, program = excluded.program",
-                (program.id, revision, revision, stored),
+                programs,
             )
             db.execute("COMMIT")
         except BaseException:

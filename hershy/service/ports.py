@@ -243,6 +243,10 @@ class LogStore(Protocol):
         `prefix`, and how many lines carry exactly that mark; None if none does."""
         ...
 
+    async def prepare(self, program_id: str) -> None:
+        """Get ready for a new program's lines (off the event loop); writing without it works."""
+        ...
+
     async def remove(self, program_id: str) -> None: ...
 
 

@@ -80,9 +80,14 @@ class Recovery:
         """Why the Host is not ready yet (recovery still under way), or None once it is."""
         if not self.gate.is_set():
             return self._problem or "reconciling the recovered programs with the runtime"
-        waiting = [s.program.id for s in self._recovered if not s.reconciled.is_set()]
-        if waiting:
-            return f"{len(waiting)} recovered programs are not reconciled yet (e.g. {waiting[0]})"
+        # Those reconciled are dropped as they are seen: /readyz, polled while 10,000
+        # programs recover, walked them all on every call.
+        self._recovered = [s for s in self._recovered if not s.reconciled.is_set()]
+        if self._recovered:
+            return (
+                f"{len(self._recovered)} recovered programs are not reconciled yet "
+                f"(e.g. {self._recovered[0].program.id})"
+            )
         return None
 
     async def reconciled(self) -> None:

@@ -127,7 +127,8 @@ class Registry:
         self._order: dict[str, int] = {}
         self._created = 0
         self._tasks: asyncio.TaskGroup | None = None
-        self._commit_lock = asyncio.Lock()
+        #: Done once the last commit begun was taken in (commits are taken in in order).
+        self._last_commit: asyncio.Future[None] | None = None
         self._runs = LiveRuns(self._programs)
         self._recovery = Recovery(handler, timers, self._runs)
         self._source_checks = WorkQueue("hershy-source-checks", SOURCE_CHECK_WORKERS, 8)
@@ -252,10 +253,13 @@ class Registry:
         if self._build_policy is not None:
             # Refused here, naming the line, before Docker ever sees the Dockerfile.
             check_dockerfile(source.dockerfile, self._build_policy)
-        quotas.check_create(user_id, self.quotas.get(user_id), self.usage(user_id), limits)
+        quota = self.quotas.get(user_id)
+        if quota != quotas.UNLIMITED:  # the usage is a walk over every program: only if it counts
+            quotas.check_create(user_id, quota, self.usage(user_id), limits)
         program_id = self._ids.new_program_id()
         try:
             await self._sources.save(program_id, source)
+            await self._logs.prepare(program_id)
             event = ev.ProgramCreated(
                 at=self._clock.now(),
                 program_id=program_id,
@@ -266,6 +270,7 @@ class Registry:
             )
             program = await self._commit(reducer.create(event), event)
         except BaseException:
+            await self._logs.remove(program_id)
             await self._sources.remove(program_id)
             raise
         self._spawn(program)
@@ -437,9 +442,15 @@ class Registry:
         self._order[program_id] = self._created
 
     async def _commit(self, program: Program, event: ev.Event) -> Program:
-        # One commit at a time, so revisions are published in order.
-        async with self._commit_lock:
+        # Appended at once (the log makes the events appended meanwhile durable
+        # together: group commit), then taken in, one at a time, in the order they were
+        # appended: revisions are published in order.
+        previous, turn = self._last_commit, asyncio.get_running_loop().create_future()
+        self._last_commit = turn
+        try:
             revision = await self._log.append(program, event)
+            if previous is not None:
+                await asyncio.shield(previous)
             committed = replace(program, revision=revision)
             before = self._programs.get(program.id)
             self.metrics.committed(before, committed, event)
@@ -463,6 +474,8 @@ class Registry:
                 self._note(committed, event)
             self.hub.publish(Change(kind, committed, event))
             return committed
+        finally:
+            _pass_turn(previous, turn)
 
     def _note(self, program: Program, event: ev.Event) -> None:
         """A Host line in the program's log for each change: its history, readable."""
@@ -476,6 +489,19 @@ class Registry:
         self._programs.pop(program.id, None)
         self._supervisors.pop(program.id, None)
         self._order.pop(program.id, None)
+
+
+def _pass_turn(previous: asyncio.Future[None] | None, turn: asyncio.Future[None]) -> None:
+    """The next commit's turn comes once this one's did and it is done (even cancelled)."""
+
+    def passed(_: object = None) -> None:
+        if not turn.done():
+            turn.set_result(None)
+
+    if previous is None or previous.done():
+        passed()
+    else:
+        previous.add_done_callback(passed)
 
 
 def _checked_source(

@@ -46,7 +46,6 @@ from hershy.adapters.docker.compose import (
     LABEL_PROGRAM,
     LABEL_USER,
     SECURE_RUNTIME,
-    labels_for,
 )
 from hershy.adapters.docker.engine import Engine, EngineError
 from hershy.domain import effects as fx
@@ -127,6 +126,24 @@ def build_context(source: ProgramSource) -> bytes:
             info.size, info.mode, info.mtime = len(content), 0o755, 0
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def image_labels(host_id: str, program_id: str, user_id: str) -> dict[str, str]:
+    """The labels a build gives its image: only those something looks images up by.
+
+    Docker's legacy builder turns each label of the build API's `labels` into a
+    `LABEL` step of its own at the end of the Dockerfile (moby's
+    `buildLabelOptions`): a container made and committed per label, never cached
+    across programs (the values differ). Measured on this machine, loaded: a
+    build took 165 ms with no labels, 485 ms with one, 1,556 ms with four. So
+    the build id stays in the tag (`image_tag`) and on the container, not here:
+    the Host owns it (reaping), the program owns it (teardown, cut-off builds),
+    the user owns it (the only cache their builds may use).
+    """
+    labels = {LABEL_MANAGED: host_id, LABEL_PROGRAM: program_id}
+    if user_id:
+        labels[LABEL_USER] = user_id
+    return labels
 
 
 def _short(image_id: str) -> str:
@@ -408,9 +425,7 @@ class DockerBuilder:
         note: Callable[[str], None],
     ) -> None:
         source = await self._files.load(program_id)
-        labels = labels_for(self._host_id, program_id, effect.build_id)
-        if effect.user_id:
-            labels[LABEL_USER] = effect.user_id
+        labels = image_labels(self._host_id, program_id, effect.user_id)
         limits = self.limits
         params = {
             "t": tag,
