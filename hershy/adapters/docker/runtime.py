@@ -47,13 +47,17 @@ from hershy.adapters.docker.compose import (
 )
 from hershy.adapters.docker.engine import DEFAULT_SOCKET, Engine, EngineError
 from hershy.adapters.docker.port_pool import LOOPBACK, PortPool, loopback_address
+from hershy.adapters.docker.secret_files import DEFAULT_ROOT as SECRETS_ROOT
+from hershy.adapters.docker.secret_files import SecretFiles
 from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
 from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx
+from hershy.domain.config import SECRETS_DIR
 from hershy.domain import events as ev
 from hershy.domain.model import LogLine, LogStream, Resources
 from hershy.domain.validation import ResourcePolicy
 from hershy.service.ports import LogStore, Outbox
+from hershy.service.secrets import SecretValues
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,8 @@ class DockerSettings:
     #: The base-image allowlist (`--base-image`): the only images a FROM may name.
     base_images: tuple[str, ...] = ("hershy-busybox:latest",)
     build_limits: BuildLimits = field(default_factory=BuildLimits)
+    #: Where programs' secrets are mounted (a tmpfs each), outside the data dir.
+    secrets_root: Path = SECRETS_ROOT
 
     @property
     def allowed_runtimes(self) -> frozenset[str]:
@@ -120,14 +126,18 @@ def image_tag(program_id: str, build_id: str) -> str:
 def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:
     """The docker SDK's `containers.create` arguments for a validated spec: nothing added."""
     service = spec["services"]["program"]
-    (volume,) = service["volumes"]
     (port,) = service["ports"]
+    volumes = {
+        volume["source"]: {"bind": volume["target"], "mode": "ro" if volume["read_only"] else "rw"}
+        for volume in service["volumes"]
+    }
     return {
         "image": service["image"],
         "name": service["container_name"],
         "runtime": service["runtime"],
         "read_only": service["read_only"],
-        "volumes": {volume["source"]: {"bind": volume["target"], "mode": "rw"}},
+        "volumes": volumes,
+        "environment": dict(service.get("environment", {})),
         "ports": {f"{port['target']}/tcp": (port["host_ip"], int(port["published"]))},
         "cap_drop": service["cap_drop"],
         "security_opt": service["security_opt"],
@@ -187,6 +197,9 @@ class DockerEffectHandler:
         logs: LogStore,
         ports: PortPool | None = None,
         volumes: StateVolumes | None = None,
+        *,
+        secrets: SecretValues | None = None,
+        secret_files: SecretFiles | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = settings.runtime
@@ -197,6 +210,11 @@ class DockerEffectHandler:
         self._published: dict[str, Published] = {}  # container id -> its port
         #: Each program's /state, a file system of its `resources.state_bytes`.
         self._volumes = volumes or LoopStateVolumes(files.root)
+        #: Programs' secrets, handed over as files in a memory-backed folder at each start.
+        self._secrets = secrets
+        self._secret_files = secret_files or SecretFiles(
+            settings.secrets_root / (settings.host_id or "default")
+        )
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         self._engine = Engine(settings.socket)
         self._client: docker.DockerClient | None = None
@@ -416,10 +434,14 @@ class DockerEffectHandler:
         # cut short, a crashed run's): a program has one container at a time.
         await self._stop_containers(program_id, effect.run, None)
         state_dir = await self._volumes.attach(program_id, effect.resources.state_bytes)
+        values = self._secrets.values(program_id) if self._secrets is not None else {}
+        secrets_dir = await self._secret_files.attach(program_id, values)
         container: Any = None
         try:
             for attempt in range(1, PORT_ATTEMPTS + 1):
-                container, spec = await self._create_on_a_free_port(program_id, effect, state_dir)
+                container, spec = await self._create_on_a_free_port(
+                    program_id, effect, state_dir, secrets_dir
+                )
                 port = self._published[container.id].port
                 outbox.emit(
                     ev.ContainerCreated(
@@ -450,18 +472,25 @@ class DockerEffectHandler:
         except asyncio.CancelledError:
             if container is not None:
                 await asyncio.shield(self._remove(container.id))
+            await asyncio.shield(self._secret_files.detach(program_id))
             raise
         except Exception as error:
             if container is None:
+                await self._secret_files.detach(program_id)
                 raise  # nothing was created: the supervisor reports the failure
             # Failed first, removed second: the container's death that follows is old news.
             outbox.emit(ev.StartFailed(outbox.now(), effect.run, str(error)))
             await self._remove(container.id)
+            await self._secret_files.detach(program_id)
             return
         outbox.emit(ev.ContainerReady(outbox.now(), effect.run))
 
     async def _create_on_a_free_port(
-        self, program_id: str, effect: fx.StartContainer, state_dir: Path
+        self,
+        program_id: str,
+        effect: fx.StartContainer,
+        state_dir: Path,
+        secrets_dir: Path | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """The program's container, created to publish on a port from the pool, and its spec."""
         port = self.ports.take()
@@ -476,6 +505,8 @@ class DockerEffectHandler:
                 state_dir=str(state_dir),
                 resources=effect.resources,
                 runtime=self.settings.runtime,
+                env=effect.env,
+                secrets_dir=str(secrets_dir) if secrets_dir is not None else None,
             )
             spec = compose_spec(request)
             problems = contract_violations(
@@ -546,6 +577,8 @@ class DockerEffectHandler:
             if container["Id"] == container_id or (_run_of(container["Labels"] or {}) or 0) <= run:
                 targets.append(container["Id"])
         await asyncio.gather(*(self._remove(target, graceful=True) for target in targets))
+        # Nothing of the program runs any more: its secrets leave memory too.
+        await self._secret_files.detach(program_id)
         # Containers removed behind the Host's back (`docker rm`) give their ports back too;
         # not one a start created since the listing above (it was not looked at).
         for gone, published in known:
@@ -729,6 +762,11 @@ def check_created(attrs: dict[str, Any], spec: dict[str, Any]) -> None:
         problems.append(f"a port would be published beyond {LOOPBACK}")
     if "ALL" not in (host.get("CapDrop") or []):
         problems.append("its capabilities would not all be dropped")
+    if any(
+        mount.get("Destination") == SECRETS_DIR and mount.get("RW") is not False
+        for mount in attrs.get("Mounts") or []
+    ):
+        problems.append(f"its secrets at {SECRETS_DIR} would be writable")
     if problems:
         raise ContractBroken("refusing to start it: " + "; ".join(problems))
 
