@@ -52,8 +52,8 @@ from hershy.adapters.docker.secret_files import SecretFiles
 from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
 from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx
-from hershy.domain.config import SECRETS_DIR
 from hershy.domain import events as ev
+from hershy.domain.config import SECRETS_DIR
 from hershy.domain.model import LogLine, LogStream, Resources
 from hershy.domain.validation import ResourcePolicy
 from hershy.service.ports import LogStore, Outbox
