@@ -1,0 +1,238 @@
+"""Names, environment variables and secrets: validation, the resolver, sealing, redaction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hershy.adapters import host_key
+from hershy.adapters.fake_runtime import FakeEffectHandler
+from hershy.adapters.log_files import FileLogStore
+from hershy.adapters.source_files import FileSourceStore
+from hershy.adapters.sqlite_store import SqliteEventLog
+from hershy.domain import config
+from hershy.domain.errors import AlreadyExists, InvalidArgument, NotFound, QuotaExceeded, TooLarge
+from hershy.domain.model import LogLine, LogStream
+from hershy.service.registry import Registry
+from hershy.service.secrets import MemorySecretStore, RedactingLogStore, Secrets, context_of
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        self.t += 1
+        return self.t
+
+
+class Ids:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def new_program_id(self) -> str:
+        self.n += 1
+        return f"prog-{self.n:012x}"
+
+    def new_token(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["bot", "a", "my-bot-2", "a" * 63])
+def test_good_aliases(alias: str) -> None:
+    assert config.validate_alias(alias) == alias
+
+
+@pytest.mark.parametrize(
+    "alias", ["", "prog-1a2b", "Bot", "1bot", "-bot", "a" * 64, "b_t", "bot/x", "bøt", "bot\n"]
+)
+def test_bad_aliases(alias: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        config.validate_alias(alias)
+    assert caught.value.field == "alias"
+
+
+def test_env_is_sorted_and_bounded() -> None:
+    assert config.validate_env({"B": "2", "A": "1"}) == (("A", "1"), ("B", "2"))
+    for bad in ({"lower": "x"}, {"1A": "x"}, {"HERSHY_X": "x"}, {"hershy_x": "x"}, {"A": "a\0b"}):
+        with pytest.raises(InvalidArgument):
+            config.validate_env(bad)
+    with pytest.raises(TooLarge):
+        config.validate_env({"A": "x" * (config.MAX_ENV_VALUE_BYTES + 1)})
+    with pytest.raises(QuotaExceeded):
+        config.validate_env({f"V{i}": "" for i in range(config.MAX_ENV_VARS + 1)})
+    assert config.changed_env((("A", "1"), ("B", "2")), {"C": "3"}, ["A"]) == (
+        ("B", "2"),
+        ("C", "3"),
+    )
+    with pytest.raises(InvalidArgument):
+        config.changed_env((), {"A": "1"}, ["A"])
+
+
+def test_secret_limits_never_repeat_the_value() -> None:
+    value = b"s3cr3t-" + b"x" * config.MAX_SECRET_BYTES
+    with pytest.raises(TooLarge) as caught:
+        config.validate_secret_value(value)
+    assert b"s3cr3t" not in str(caught.value).encode()
+    with pytest.raises(InvalidArgument):
+        config.validate_secret_value(b"")
+    for bad in ("", "1X", "HERSHY_TOKEN", "a-b", "a/b", "x" * 65):
+        with pytest.raises(InvalidArgument):
+            config.validate_secret_name(bad)
+    with pytest.raises(QuotaExceeded):
+        config.check_secret_room({f"S{i}": 1 for i in range(config.MAX_SECRETS)}, "NEW", 1)
+    config.check_secret_room({f"S{i}": 1 for i in range(config.MAX_SECRETS)}, "S0", 1)
+    with pytest.raises(QuotaExceeded):
+        config.check_secret_room({"A": config.MAX_SECRETS_TOTAL_BYTES}, "B", 1)
+
+
+# --- sealing -------------------------------------------------------------------------------
+
+
+def test_the_host_key_seals_and_binds_the_context(tmp_path: Path) -> None:
+    box = host_key.load_or_create(tmp_path, store_has_secrets=False)
+    key_file = tmp_path / host_key.KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    sealed = box.seal(b"hunter2", b"ctx")
+    assert b"hunter2" not in sealed
+    assert box.open(sealed, b"ctx") == b"hunter2"
+    with pytest.raises(host_key.HostKeyError):
+        box.open(sealed, b"another program")
+    # The same key next time; another key opens nothing.
+    again = host_key.load_or_create(tmp_path, store_has_secrets=True)
+    assert again.open(sealed, b"ctx") == b"hunter2"
+    other = host_key.HostKeyBox(os.urandom(32))
+    with pytest.raises(host_key.HostKeyError):
+        other.open(sealed, b"ctx")
+
+
+def test_a_missing_key_beside_sealed_secrets_stops_the_host(tmp_path: Path) -> None:
+    with pytest.raises(host_key.HostKeyError, match="missing"):
+        host_key.load_or_create(tmp_path, store_has_secrets=True)
+    host_key.load_or_create(tmp_path, store_has_secrets=False)
+    (tmp_path / host_key.KEY_FILE).chmod(0o644)
+    with pytest.raises(host_key.HostKeyError, match="readable by others"):
+        host_key.load_or_create(tmp_path, store_has_secrets=False)
+
+
+async def test_secrets_round_trip_through_the_store_sealed(tmp_path: Path) -> None:
+    store = SqliteEventLog(tmp_path)
+    store.open()
+    box = host_key.load_or_create(tmp_path, store_has_secrets=False)
+    secrets = Secrets(store, box, Clock())
+    info = await secrets.set("prog-1", "API_KEY", b"plain-value-123")
+    assert info.version == 1
+    info = await secrets.set("prog-1", "API_KEY", b"plain-value-456")
+    assert info.version == 2
+    store.close()
+    for name in ("hershy.db", "hershy.db-wal"):
+        path = tmp_path / name
+        if path.exists():
+            assert b"plain-value" not in path.read_bytes()
+    reopened = SqliteEventLog(tmp_path)
+    reopened.open()
+    again = Secrets(reopened, host_key.load_or_create(tmp_path, store_has_secrets=True), Clock())
+    assert again.values("prog-1") == {"API_KEY": b"plain-value-456"}
+    assert [s.version for s in again.list("prog-1")] == [2]
+    # A row moved to another program does not open.
+    (row,) = reopened.secrets()
+    with pytest.raises(host_key.HostKeyError):
+        box.open(row.sealed, context_of("prog-2", "API_KEY", 2))
+    await again.keep_only(set())
+    assert reopened.secrets() == []
+    reopened.close()
+
+
+# --- redaction -----------------------------------------------------------------------------
+
+
+async def test_printed_values_are_redacted_before_the_log_is_written(tmp_path: Path) -> None:
+    secrets = Secrets(MemorySecretStore(), _Plain(), Clock())
+    await secrets.set("p1", "TOKEN", b"abc123xyz")
+    await secrets.set("p1", "LONG", b"abc123xyz-and-more")
+    await secrets.set("p1", "PEM", b"-----BEGIN-----\nline-one-secret\nline-two-secret\n")
+    await secrets.set("p2", "OTHER", b"other-value")
+    logs = FileLogStore(tmp_path)
+    redacting = RedactingLogStore(logs, secrets)
+    for text in (
+        "token=abc123xyz!",
+        "long=abc123xyz-and-more",
+        "line-one-secret",
+        "other-value stays: not p1's",
+    ):
+        redacting.write("p1", LogLine(1.0, LogStream.STDOUT, 1, text))
+    written = [line.text async for line in logs.lines("p1", None, (), False)]
+    assert written == [
+        "token=[secret TOKEN]!",
+        "long=[secret LONG]",
+        "[secret PEM]",
+        "other-value stays: not p1's",
+    ]
+    logs.close()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert b"abc123xyz" not in blob
+            assert b"line-one-secret" not in blob
+
+
+class _Plain:
+    def seal(self, value: bytes, context: bytes) -> bytes:
+        return value
+
+    def open(self, sealed: bytes, context: bytes) -> bytes:
+        return sealed
+
+
+# --- the resolver --------------------------------------------------------------------------
+
+
+async def test_the_resolver(tmp_path: Path) -> None:
+    sources = FileSourceStore(tmp_path)
+    logs = FileLogStore(sources.root)
+    registry = Registry(
+        handler=FakeEffectHandler(sources, logs),
+        sources=sources,
+        logs=logs,
+        clock=Clock(),
+        ids=Ids(),
+    )
+    async with registry:
+        alices = await registry.create("alice", "FROM scratch\n", {}, alias="bot")
+        bobs = await registry.create("bob", "FROM scratch\n", {}, alias="bot")
+        with pytest.raises(AlreadyExists):
+            await registry.create("alice", "FROM scratch\n", {}, alias="bot")
+        assert registry.resolve("programs/bot", "alice") == alices.id
+        assert registry.resolve("programs/bot", "bob") == bobs.id
+        assert registry.resolve(f"programs/{alices.id}", "alice") == alices.id
+        assert registry.resolve("users/bob/programs/bot", "admin", admin=True) == bobs.id
+        assert registry.resolve("users/alice/programs/bot", "alice") == alices.id
+        messages = []
+        for name, caller in (
+            ("users/bob/programs/bot", "alice"),
+            ("users/bob/programs/nope", "alice"),
+            (f"programs/{bobs.id}", "alice"),
+            ("programs/nope", "alice"),
+        ):
+            with pytest.raises(NotFound) as caught:
+                registry.resolve(name, caller)
+            messages.append(caught.value.message.split()[0:1] + caught.value.message.split()[2:])
+        assert all(message == messages[0] for message in messages)
+        for bad in ("bot", "programs/", "users/x/bot", "users//programs/bot", "programs/a/b"):
+            with pytest.raises(InvalidArgument):
+                registry.resolve(bad, "alice")
+        renamed = await registry.rename(alices.id, "bot-2")
+        assert renamed.alias == "bot-2"
+        with pytest.raises(NotFound):
+            registry.resolve("programs/bot", "alice")
+        assert registry.find_alias("alice", "bot-2") == registry.get(alices.id)
+        await registry.delete(alices.id)
+        await registry.wait(alices.id, registry.get(alices.id).state.DELETED, 10)
+        assert registry.find_alias("alice", "bot-2") is None
+        again = await registry.create("alice", "FROM scratch\n", {}, alias="bot-2")
+        assert registry.resolve("programs/bot-2", "alice") == again.id
