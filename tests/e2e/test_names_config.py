@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,7 +26,18 @@ from hershy.v1 import config_pb2 as config_pb
 from hershy.v1 import config_pb2_grpc as config_grpc
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
-from tests.e2e.test_cli import CliHost, new_token, running_host
+from tests.e2e.conftest import hershy_command
+from tests.e2e.test_cli import (
+    NOT_FOUND,
+    USAGE,
+    CliHost,
+    Run,
+    cli,
+    cli_env,
+    new_token,
+    one_line_error,
+    running_host,
+)
 
 DOCKERFILE = "FROM scratch\n"
 
@@ -109,8 +122,7 @@ def not_found(call: Any) -> str:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value
-    details: str = caught.value.details()
-    return details
+    return str(caught.value.details())
 
 
 def test_a_name_works_wherever_an_id_does(as_alice: Api) -> None:
@@ -248,3 +260,55 @@ def test_secrets_are_write_only(as_alice: Api, as_bob: Api) -> None:
     assert status == 404, body
     status, body = as_alice.rest("GET", "/programs/secret-holder/secrets")
     assert body == {"secrets": []}
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def hershy_with_stdin(host: CliHost, token: str, stdin: bytes, *args: str) -> Run:
+    result = subprocess.run(
+        [*hershy_command(), *args],
+        env=cli_env(host, token),
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return Run(result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+def test_the_cli_deploys_by_name_and_sets_env_and_secrets(
+    host: CliHost, alice: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(DOCKERFILE)
+    deployed = cli(host, alice, "deploy", str(folder), "--name", "cli-bot")
+    program_id = deployed.stdout.strip()
+    assert cli(host, alice, "get", program_id, "--json").stdout.count('"alias": "cli-bot"') == 1
+    cli(host, alice, "env", "set", "cli-bot", "MODE=live", "LEVEL=3")
+    cli(host, alice, "env", "rm", "cli-bot", "LEVEL")
+    assert cli(host, alice, "env", "ls", "cli-bot").stdout.split() == ["MODE=live"]
+    refused = cli(host, alice, "env", "set", "cli-bot", "bad-name=1", expect=USAGE)
+    assert "bad-name" in one_line_error(refused)
+
+    value = secrets.token_hex(16).encode()
+    run = hershy_with_stdin(host, alice, value, "secret", "set", "cli-bot", "API_KEY")
+    assert run.code == 0, run
+    assert "version 1" in run.stderr
+    assert "restart" in run.stderr  # it is READY: the answer says a restart hands it over
+    key_file = tmp_path / "key"
+    key_file.write_bytes(value + b"-2")
+    cli(host, alice, "secret", "set", "cli-bot", "API_KEY", "--from-file", str(key_file))
+    listed = cli(host, alice, "secret", "ls", "cli-bot")
+    assert listed.stdout.split()[:2] == ["API_KEY", "v2"], listed
+    as_json = cli(host, alice, "secret", "ls", "cli-bot", "--json")
+    for run in (deployed, listed, as_json):
+        assert value.decode() not in run.stdout + run.stderr
+    cli(host, alice, "secret", "rm", "cli-bot", "API_KEY")
+    assert cli(host, alice, "secret", "ls", "cli-bot").stdout == ""
+    gone = cli(host, alice, "secret", "rm", "cli-bot", "API_KEY", expect=NOT_FOUND)
+    assert "not found" in one_line_error(gone)
+    # The value is never taken from the command line: there is no argument for it.
+    extra = cli(host, alice, "secret", "set", "cli-bot", "API_KEY", "value", expect=USAGE)
+    assert "value" not in extra.stdout

@@ -174,11 +174,15 @@ async def test_printed_values_are_redacted_before_the_log_is_written(tmp_path: P
         "other-value stays: not p1's",
     ]
     logs.close()
-    for path in tmp_path.rglob("*"):
+    assert_not_on_disk(tmp_path, [b"abc123xyz", b"line-one-secret"])
+
+
+def assert_not_on_disk(root: Path, values: list[bytes]) -> None:
+    for path in root.rglob("*"):
         if path.is_file():
             blob = path.read_bytes()
-            assert b"abc123xyz" not in blob
-            assert b"line-one-secret" not in blob
+            for value in values:
+                assert value not in blob, path
 
 
 class _Plain:

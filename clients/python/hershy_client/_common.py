@@ -124,13 +124,17 @@ def create_request(
     dockerfile: str,
     files: Mapping[str, bytes | str] | None,
     resources: pb.Resources | Mapping[str, int] | None,
+    alias: str = "",
+    env: Mapping[str, str] | None = None,
 ) -> pb.CreateProgramRequest:
     """Text file contents are sent as UTF-8; resources may be a message or a dict of its fields."""
     src_files = {
         path: content.encode() if isinstance(content, str) else bytes(content)
         for path, content in (files or {}).items()
     }
-    request = pb.CreateProgramRequest(user_id=user_id, dockerfile=dockerfile, src_files=src_files)
+    request = pb.CreateProgramRequest(
+        user_id=user_id, dockerfile=dockerfile, src_files=src_files, alias=alias, env=env or {}
+    )
     if isinstance(resources, pb.Resources):
         request.resources.CopyFrom(resources)
     elif resources is not None:

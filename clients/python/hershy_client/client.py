@@ -119,9 +119,13 @@ class Client:
         dockerfile: str,
         files: Mapping[str, bytes | str] | None = None,
         resources: pb.Resources | Mapping[str, int] | None = None,
+        *,
+        alias: str = "",
+        env: Mapping[str, str] | None = None,
     ) -> pb.Program:
-        """Register a program (state CREATED). `files` maps relative paths to contents."""
-        request = common.create_request(user_id, dockerfile, files, resources)
+        """Register a program (state CREATED). `files` maps relative paths to contents;
+        `alias` names it (`programs/{alias}` then finds it), `env` sets its variables."""
+        request = common.create_request(user_id, dockerfile, files, resources, alias, env)
         return self._call(self.stub.CreateProgram, request)
 
     def get(self, program: ProgramRef) -> pb.Program:
