@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hershy.adapters import host_key
+from hershy.adapters.docker.compose import ContainerRequest, compose_spec, contract_violations
+from hershy.adapters.docker.runtime import docker_create_args
 from hershy.adapters.fake_runtime import FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
 from hershy.adapters.sqlite_store import SqliteEventLog
 from hershy.domain import config
+from hershy.domain import effects as fx
+from hershy.domain import events as ev
 from hershy.domain.errors import AlreadyExists, InvalidArgument, NotFound, QuotaExceeded, TooLarge
-from hershy.domain.model import LogLine, LogStream
+from hershy.domain.model import LogLine, LogStream, Resources, State
+from hershy.domain.reducer import Transition, reduce
 from hershy.service.registry import Registry
 from hershy.service.secrets import MemorySecretStore, RedactingLogStore, Secrets, context_of
+from tests.unit import lifecycle_table
+
+MAXIMUM = Resources(memory_bytes=4 * 1024**3, milli_cpus=2000, pids=4096)
+SECURE = frozenset({"runsc"})
 
 
 class Clock:
@@ -240,3 +252,74 @@ async def test_the_resolver(tmp_path: Path) -> None:
         assert registry.find_alias("alice", "bot-2") is None
         again = await registry.create("alice", "FROM scratch\n", {}, alias="bot-2")
         assert registry.resolve("programs/bot-2", "alice") == again.id
+
+
+# --- the container: variables and the secrets folder -----------------------------------------
+
+
+def _spec_with(secrets_dir: str | None) -> dict[str, Any]:
+    return compose_spec(
+        ContainerRequest(
+            host_id="h-1",
+            program_id="prog-1",
+            run=1,
+            build_id="b-1",
+            image="sha256:abc",
+            host_port=19005,
+            state_dir="/var/lib/hershy/programs/prog-1/state",
+            resources=Resources(),
+            runtime="runsc",
+            env=(("MODE", "live"),),
+            secrets_dir=secrets_dir,
+        )
+    )
+
+
+def test_the_spec_names_the_secrets_folder_read_only_and_never_a_value() -> None:
+    spec = _spec_with("/run/hershy/h-1/prog-1")
+    service = spec["services"]["program"]
+    assert service["environment"] == {"MODE": "live"}
+    assert service["volumes"][1] == {
+        "type": "bind",
+        "source": "/run/hershy/h-1/prog-1",
+        "target": "/run/secrets",
+        "read_only": True,
+    }
+    assert contract_violations(spec, allowed_runtimes=SECURE, maximum=MAXIMUM) == []
+    arguments = docker_create_args(spec)
+    assert arguments["volumes"]["/run/hershy/h-1/prog-1"] == {"bind": "/run/secrets", "mode": "ro"}
+    assert arguments["environment"] == {"MODE": "live"}
+    assert len(_spec_with(None)["services"]["program"]["volumes"]) == 1  # no secrets: no mount
+    assert "sk-" not in json.dumps(spec)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda volume: volume.update(read_only=False),
+        lambda volume: volume.update(target="/etc"),
+        lambda volume: volume.update(type="volume"),
+    ],
+)
+def test_a_secrets_volume_that_breaks_the_contract_is_refused(change: Any) -> None:
+    spec = _spec_with("/run/hershy/h-1/prog-1")
+    change(spec["services"]["program"]["volumes"][1])
+    problems = contract_violations(spec, allowed_runtimes=SECURE, maximum=MAXIMUM)
+    assert len(problems) == 1
+    assert "only volume besides /state" in problems[0]
+
+
+def test_a_start_carries_the_programs_variables() -> None:
+    program = replace(
+        lifecycle_table.program_in(State.BUILDING), env=(("MODE", "live"),), alias="bot"
+    )
+    outcome = reduce(program, ev.BuildSucceeded(2000.0, program.run, "img-2"))
+    assert isinstance(outcome, Transition)
+    (start,) = outcome.effects
+    assert isinstance(start, fx.StartContainer)
+    assert start.env == (("MODE", "live"),)
+    changed = reduce(outcome.program, ev.EnvChanged(2001.0, (("MODE", "paper"),)))
+    assert isinstance(changed, Transition)
+    assert changed.effects == ()  # what runs goes on: a restart picks it up
+    assert changed.program.env == (("MODE", "paper"),)
+    assert changed.program.state is State.STARTING
