@@ -27,6 +27,14 @@ from hershy.v1 import config_pb2_grpc as config_grpc
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
 from tests.e2e.conftest import hershy_command
+from tests.e2e.rest_support import (
+    client_session,
+    create_program,
+    new_user,
+    program_with_watcher,
+    ready_program,
+    running_rest_server,
+)
 from tests.e2e.test_cli import (
     NOT_FOUND,
     USAGE,
@@ -312,3 +320,42 @@ def test_the_cli_deploys_by_name_and_sets_env_and_secrets(
     # The value is never taken from the command line: there is no argument for it.
     extra = cli(host, alice, "secret", "set", "cli-bot", "API_KEY", "value", expect=USAGE)
     assert "value" not in extra.stdout
+
+
+# --- the proxy -------------------------------------------------------------------------------
+
+
+async def test_the_proxy_reaches_a_program_by_its_name_and_follows_a_rename(
+    tmp_path: Path,
+) -> None:
+    with running_rest_server(tmp_path) as rest_host:  # --no-auth: every caller is the admin
+        async with client_session() as http:
+            # Another user's program of the same name is never the admin's `programs/proxied`.
+            other = await create_program(http, rest_host, new_user())
+            async with http.post(
+                f"{rest_host.url}/programs/{other['program_id']}/rename", json={"alias": "proxied"}
+            ) as answer:
+                assert answer.status == 200, await answer.text()
+
+            async def admins() -> dict[str, Any]:
+                return await ready_program(http, rest_host, "admin")
+
+            async with program_with_watcher(http, rest_host, admins) as (program, watcher):
+                url = f"{rest_host.url}/programs"
+                program_id = program["program_id"]
+                async with http.get(f"{url}/proxied/watcher/status") as answer:
+                    assert answer.status == 404, await answer.text()
+                async with http.post(
+                    f"{url}/{program_id}/rename", json={"alias": "proxied"}
+                ) as answer:
+                    assert answer.status == 200, await answer.text()
+                for _ in range(2):  # the core's answer, then the cache's
+                    async with http.get(f"{url}/proxied/watcher/status") as answer:
+                        assert answer.status == 200, await answer.text()
+                async with http.post(f"{url}/proxied/rename", json={"alias": "moved"}) as answer:
+                    assert answer.status == 200, await answer.text()
+                async with http.get(f"{url}/moved/proxy/watcher/status") as answer:
+                    assert answer.status == 200, await answer.text()
+                async with http.get(f"{url}/proxied/watcher/status") as answer:
+                    assert answer.status == 404, await answer.text()
+                assert [seen.raw_path for seen in watcher.seen] == ["/watcher/status"] * 3
