@@ -82,7 +82,9 @@ class Secrets:
         self._store = store
         self._box = box
         self._clock = clock
-        self._lock = asyncio.Lock()
+        #: One lock per program (its count and size are checked with the change they
+        #: allow); one tenant's writes never queue another's.
+        self._locks: dict[str, asyncio.Lock] = {}
         #: program id -> name -> (what may be known, the value)
         self._held: dict[str, dict[str, tuple[SecretInfo, bytes]]] = {}
         for row in store.secrets():
@@ -100,7 +102,7 @@ class Secrets:
         """Create or replace (a new version); the next start of the program uses it."""
         validate_secret_name(name)
         validate_secret_value(value)
-        async with self._lock:
+        async with self._locked(program_id):
             held = self._held.get(program_id, {})
             check_secret_room({key: len(item[1]) for key, item in held.items()}, name, len(value))
             now = self._clock.now()
@@ -117,7 +119,7 @@ class Secrets:
 
     async def delete(self, program_id: str, name: str) -> SecretInfo:
         validate_secret_name(name, "name")
-        async with self._lock:
+        async with self._locked(program_id):
             held = self._held.get(program_id, {})
             if name not in held:
                 raise NotFound(f"secret {name} of program {program_id} not found")
@@ -129,9 +131,13 @@ class Secrets:
 
     async def forget(self, program_id: str) -> None:
         """The program is gone: so are its secrets."""
-        async with self._lock:
+        async with self._locked(program_id):
             await self._store.delete_secrets(program_id)
             self._held.pop(program_id, None)
+        self._locks.pop(program_id, None)
+
+    def _locked(self, program_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(program_id, asyncio.Lock())
 
     async def keep_only(self, live: Collection[str]) -> None:
         """Drop the secrets of programs that are gone (a Host stopped between a delete's

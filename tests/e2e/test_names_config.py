@@ -359,3 +359,34 @@ async def test_the_proxy_reaches_a_program_by_its_name_and_follows_a_rename(
                 async with http.get(f"{url}/proxied/watcher/status") as answer:
                     assert answer.status == 404, await answer.text()
                 assert [seen.raw_path for seen in watcher.seen] == ["/watcher/status"] * 3
+
+
+def test_names_env_and_secrets_survive_a_host_restart(tmp_path: Path) -> None:
+    value = "sk-" + secrets.token_hex(16)
+    with running_host(tmp_path) as first:
+        token = new_token(first, "carol")
+        api = Api(first, token)
+        program = api.create("keeper", MODE="live")
+        status, body = api.rest("PUT", "/programs/keeper/secrets/API_KEY", {"value": value})
+        assert status == 200, body
+        api.close()
+        grpc_address, http_address = first.target, first.http_address
+    data = tmp_path / "data"
+    assert (data / "secrets.key").stat().st_mode & 0o777 == 0o600
+    for path in data.rglob("*"):
+        if path.is_file():
+            assert value.encode() not in path.read_bytes(), path
+    with running_host(tmp_path, grpc_address, http_address) as again:
+        api = Api(again, token)
+        try:
+            kept = api.get("programs/keeper")
+            assert kept.id == program.id
+            assert dict(kept.env) == {"MODE": "live"}
+            status, body = api.rest("GET", "/programs/keeper/secrets")
+            assert status == 200, body
+            assert [(s["name"], s["version"]) for s in body["secrets"]] == [("API_KEY", 1)]
+            with pytest.raises(grpc.RpcError) as caught:
+                api.create("keeper")
+            assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        finally:
+            api.close()
