@@ -10,6 +10,7 @@ write-only: no answer carries a value.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
@@ -26,6 +27,7 @@ from hershy.v1 import config_pb2 as config_pb
 from hershy.v1 import config_pb2_grpc as config_grpc
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy_client import AsyncClient, Client, NotFound
 from tests.e2e.conftest import hershy_command
 from tests.e2e.rest_support import (
     client_session,
@@ -390,3 +392,27 @@ def test_names_env_and_secrets_survive_a_host_restart(tmp_path: Path) -> None:
             assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
         finally:
             api.close()
+
+
+def test_the_python_clients_name_configure_and_keep_secrets(host: CliHost, alice: str) -> None:
+    with Client(host.target, token=alice, timeout=10) as client:
+        program = client.create("alice", DOCKERFILE, alias="py-bot", env={"A": "1"})
+        assert client.get("py-bot").id == program.id
+        assert client.get("users/alice/programs/py-bot").id == program.id
+        assert dict(client.set_env("py-bot", {"B": "2"}, ["A"]).env) == {"B": "2"}
+        secret = client.set_secret("py-bot", "TOKEN", "value-123456")
+        assert (secret.secret_id, secret.version) == ("TOKEN", 1)
+        assert [s.secret_id for s in client.secrets("py-bot")] == ["TOKEN"]
+        client.delete_secret("py-bot", "TOKEN")
+        assert client.rename("py-bot", "py-bot-2").alias == "py-bot-2"
+        with pytest.raises(NotFound):
+            client.get("py-bot")
+
+    async def run() -> None:
+        async with AsyncClient(host.target, token=alice, timeout=10) as client:
+            await client.set_secret("py-bot-2", "TOKEN", b"async-value")
+            assert [s.version for s in await client.secrets("py-bot-2")] == [1]
+            assert (await client.rename("py-bot-2", "py-bot-3")).alias == "py-bot-3"
+            assert dict((await client.set_env("py-bot-3", unset=["B"])).env) == {}
+
+    asyncio.run(run())

@@ -38,14 +38,15 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def program_name(program: ProgramRef) -> str:
-    """`prog-x`, `programs/prog-x` or a Program -> `programs/prog-x`.
+    """`prog-x`, `programs/prog-x` or a Program -> `programs/prog-x`; an alias `bot` ->
+    `programs/bot` (the caller's own program of that name); `users/u/programs/bot` as it is.
 
     An empty string stays empty so the Host reports the missing name
     (INVALID_ARGUMENT naming the field) instead of the client guessing.
     """
     if isinstance(program, pb.Program):
         return program.name
-    if not program or program.startswith(NAME_PREFIX):
+    if not program or program.startswith((NAME_PREFIX, "users/")):
         return program
     return NAME_PREFIX + program
 
