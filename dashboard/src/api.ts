@@ -181,7 +181,7 @@ export function toProgram(raw: unknown): Program | null {
     revision: num(raw.revision),
     resources: isRecord(raw.resources) ? raw.resources : {},
     alias: str(raw.alias),
-    env: stringMap(raw.env),
+    env: stringMap(raw.environment),
   };
 }
 

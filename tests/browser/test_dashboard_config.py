@@ -37,7 +37,7 @@ def test_rename_env_and_secrets_from_the_program_page(
     browser.fill("input[name=env-value]", "live")
     browser.click_button("Set")
     browser.wait_for("#program-env", "MODE")
-    assert api(open_host, "GET", f"/programs/{program_id}")[1]["env"] == {"MODE": "live"}
+    assert api(open_host, "GET", f"/programs/{program_id}")[1]["environment"] == {"MODE": "live"}
     browser.find("button[name=unset-MODE]").click()
     browser.wait_for("#config-answer", "unset MODE: removed")
     browser.wait(lambda: "MODE" not in browser.find("#program-env").text, "MODE gone")

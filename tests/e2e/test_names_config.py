@@ -149,7 +149,7 @@ def test_a_name_works_wherever_an_id_does(as_alice: Api) -> None:
     assert status == 200, body
     assert body["program_id"] == program.id
     assert body["alias"] == "bot"
-    assert body["env"] == {"GREETING": "hi"}
+    assert body["environment"] == {"GREETING": "hi"}
     status, body = as_alice.rest("GET", "/programs/bot/source")
     assert status == 200, body
 
@@ -219,7 +219,7 @@ def test_env_is_set_and_unset_and_validated(as_alice: Api) -> None:
         "POST", "/programs/env-bot/env", {"set": {"C": "3", "A": "one"}, "unset": ["B"]}
     )
     assert status == 200, body
-    assert body["env"] == {"A": "one", "C": "3"}
+    assert body["environment"] == {"A": "one", "C": "3"}
     for bad in (
         {"set": {"lower": "x"}},
         {"set": {"HERSHY_TOKEN": "x"}},

@@ -201,7 +201,7 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "The name its user chose (`/programs/{alias}` finds it); or empty.",
             },
-            "env": _ENV,
+            "environment": _ENV,
         },
     },
     "LifecycleAnswer": {
@@ -265,7 +265,7 @@ SCHEMAS: dict[str, Any] = {
             "src_files_base64": _FILES_BASE64,
             "resources": _ref("Resources"),
             "alias": _ALIAS,
-            "env": _ENV,
+            "environment": _ENV,
         },
     },
     "Source": {

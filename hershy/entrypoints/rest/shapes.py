@@ -103,7 +103,7 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
         "restart_pending": program.restart_pending,
         "status_note": program.status_note,
         "alias": program.alias,
-        "env": dict(program.env),
+        "environment": dict(program.env),
     }
 
 

@@ -40,7 +40,7 @@ PARSE_WORKERS = 2
 PARSE_BACKLOG = 8
 
 _KEYS = frozenset(
-    {"user_id", "dockerfile", "src_files", "src_files_base64", "resources", "alias", "env"}
+    {"user_id", "dockerfile", "src_files", "src_files_base64", "resources", "alias", "environment"}
 )
 _RESOURCE_KEYS = ("memory_bytes", "milli_cpus", "pids", "state_bytes")
 #: The `Warning` header names at most this many ignored keys, each cut to
@@ -144,7 +144,8 @@ def from_json(body: bytes) -> CreateBody:
         dockerfile=dockerfile,
         src_files=files,
         alias=_string(data, "alias"),
-        env=_object(data, "env"),
+        # `environment`, not `env`: old UIs send an `env` of their own, ignored as before.
+        env=_object(data, "environment"),
     )
     resources = data.get("resources")
     if resources is not None:
