@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -279,3 +280,38 @@ def host_id(base: Path) -> str:
     with sqlite3.connect(base / "data" / "hershy.db") as db:
         row = db.execute("SELECT value FROM meta WHERE key = 'host_id'").fetchone()
     return str(row[0])
+
+
+async def test_a_program_running_as_a_numeric_user_reads_its_secrets_and_only_them(
+    tmp_path: Path, clean_docker: list[str]
+) -> None:
+    value = b"sk-user-" + secrets.token_hex(16).encode()
+    dockerfile = DOCKERFILE.replace("ENTRYPOINT", "USER 1000:1000\nENTRYPOINT")
+    with host_process(tmp_path) as host:
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            programs = pb_grpc.ProgramServiceStub(channel)
+            config = config_grpc.ProgramConfigServiceStub(channel)
+            created = await programs.CreateProgram(
+                pb.CreateProgramRequest(
+                    user_id=USER,
+                    dockerfile=dockerfile,
+                    src_files=FILES,
+                    resources=pb.Resources(state_bytes=16 * 1024 * 1024),
+                )
+            )
+            clean_docker.append(created.id)
+            name = f"programs/{created.id}"
+            await config.SetSecret(
+                config_pb.SetSecretRequest(parent=name, secret_id="API_KEY", value=value)
+            )
+            await programs.StartProgram(pb.StartProgramRequest(name=name))
+            ready = await until_state(host.address, name, pb.STATE_READY, 90)
+            output = await until_printed(programs, name, ready.run)
+            assert f"hash={hashlib.sha256(value).hexdigest()}" in output, output
+            # Its own, mode 0400.
+            assert re.search(r"-r-------- +1 +1000 +1000 .*API_KEY", output), output
+            assert "secrets writable" not in output, output
+            await programs.DeleteProgram(pb.DeleteProgramRequest(name=name))
+            await eventually(
+                lambda: gone(programs, created.id), lambda done: done, within=60, what="deleted"
+            )

@@ -435,7 +435,8 @@ class DockerEffectHandler:
         await self._stop_containers(program_id, effect.run, None)
         state_dir = await self._volumes.attach(program_id, effect.resources.state_bytes)
         values = self._secrets.values(program_id) if self._secrets is not None else {}
-        secrets_dir = await self._secret_files.attach(program_id, values)
+        owner = await self._image_user(effect.image_id) if values else None
+        secrets_dir = await self._secret_files.attach(program_id, values, owner)
         container: Any = None
         try:
             for attempt in range(1, PORT_ATTEMPTS + 1):
@@ -484,6 +485,12 @@ class DockerEffectHandler:
             await self._secret_files.detach(program_id)
             return
         outbox.emit(ev.ContainerReady(outbox.now(), effect.run))
+
+    async def _image_user(self, image_id: str) -> tuple[int, int] | None:
+        """The numeric `USER` (uid, gid) the image runs as, so its secrets are its own to
+        read; None for root or a user named by name (its files then stay root's)."""
+        attrs = await self._call(self._docker.api.inspect_image, image_id)
+        return numeric_user(str((attrs.get("Config") or {}).get("User") or ""))
 
     async def _create_on_a_free_port(
         self,
@@ -744,6 +751,14 @@ def _docker_time_ns(stamp: str) -> int | None:
     except ValueError:
         return None
     return seconds * 10**9 + nanos
+
+
+def numeric_user(user: str) -> tuple[int, int] | None:
+    """`1000` or `1000:1000` -> (uid, gid); None for root, "" or a name."""
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()) or int(uid) == 0:
+        return None
+    return int(uid), int(gid or uid)
 
 
 def check_created(attrs: dict[str, Any], spec: dict[str, Any]) -> None:
