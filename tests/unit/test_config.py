@@ -12,7 +12,7 @@ import pytest
 
 from hershy.adapters import host_key
 from hershy.adapters.docker.compose import ContainerRequest, compose_spec, contract_violations
-from hershy.adapters.docker.runtime import docker_create_args
+from hershy.adapters.docker.runtime import docker_create_args, numeric_user
 from hershy.adapters.fake_runtime import FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
@@ -323,3 +323,20 @@ def test_a_start_carries_the_programs_variables() -> None:
     assert changed.effects == ()  # what runs goes on: a restart picks it up
     assert changed.program.env == (("MODE", "paper"),)
     assert changed.program.state is State.STARTING
+
+
+@pytest.mark.parametrize(
+    ("user", "owner"),
+    [
+        ("", None),
+        ("0", None),
+        ("root", None),
+        ("app", None),
+        ("1000", (1000, 1000)),
+        ("1000:2000", (1000, 2000)),
+        ("1000:staff", None),
+        ("-1", None),
+    ],
+)
+def test_the_images_numeric_user_owns_its_secrets(user: str, owner: tuple[int, int] | None) -> None:
+    assert numeric_user(user) == owner
