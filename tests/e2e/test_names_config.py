@@ -320,8 +320,10 @@ def test_the_cli_deploys_by_name_and_sets_env_and_secrets(
     gone = cli(host, alice, "secret", "rm", "cli-bot", "API_KEY", expect=NOT_FOUND)
     assert "not found" in one_line_error(gone)
     # The value is never taken from the command line: there is no argument for it.
-    extra = cli(host, alice, "secret", "set", "cli-bot", "API_KEY", "value", expect=USAGE)
-    assert "value" not in extra.stdout
+    typed = "typed-" + secrets.token_hex(8)
+    extra = cli(host, alice, "secret", "set", "cli-bot", "API_KEY", typed, expect=USAGE)
+    assert typed not in extra.stdout + extra.stderr
+    assert "never from the command line" in extra.stderr
 
 
 # --- the proxy -------------------------------------------------------------------------------

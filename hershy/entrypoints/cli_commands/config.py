@@ -105,6 +105,8 @@ def secret_group() -> None:
 @secret_group.command("set")
 @click.argument("program")
 @click.argument("name")
+# Anything more is refused without being repeated: it would be a value typed on the command line.
+@click.argument("refused", nargs=-1, metavar="", expose_value=True)
 @click.option(
     "--from-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -113,12 +115,22 @@ def secret_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the Secret as JSON.")
 @command_options
 def secret_set_command(
-    settings: Settings, program: str, name: str, from_file: Path | None, as_json: bool
+    settings: Settings,
+    program: str,
+    name: str,
+    refused: tuple[str, ...],
+    from_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Set secret NAME of PROGRAM from stdin (or --from-file); never from the command line.
 
     `printf %s "$KEY" | hershy secret set bot API_KEY`. A terminal's stdin is read up to
     end of input (Ctrl-D); one trailing newline is dropped when typed there."""
+    if refused:
+        raise click.UsageError(
+            "the value is read from stdin or --from-file, never from the command line "
+            "(arguments show in `ps` and shell histories: consider that value exposed)"
+        )
     if from_file is not None:
         value = from_file.read_bytes()
     else:
