@@ -299,6 +299,10 @@ def test_the_cli_deploys_by_name_and_sets_env_and_secrets(
     cli(host, alice, "env", "set", "cli-bot", "MODE=live", "LEVEL=3")
     cli(host, alice, "env", "rm", "cli-bot", "LEVEL")
     assert cli(host, alice, "env", "ls", "cli-bot").stdout.split() == ["MODE=live"]
+    shown = cli(host, alice, "get", "cli-bot").stdout.splitlines()
+    assert shown[0].split() == ["id", program_id]
+    assert shown[1].split() == ["name", "cli-bot"]
+    assert ["env", "MODE=live"] in [line.split() for line in shown]
     refused = cli(host, alice, "env", "set", "cli-bot", "bad-name=1", expect=USAGE)
     assert "bad-name" in one_line_error(refused)
 
