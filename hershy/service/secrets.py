@@ -91,6 +91,10 @@ class Secrets:
             info = row.info
             value = box.open(row.sealed, context_of(row.program_id, info.name, info.version))
             self._held.setdefault(row.program_id, {})[info.name] = (info, value)
+        #: program id -> what its log lines are searched for, longest first (kept current).
+        self._needles: dict[str, list[tuple[str, str]]] = {}
+        for program_id in self._held:
+            self._renew_needles(program_id)
 
     def list(self, program_id: str) -> list[SecretInfo]:
         held = self._held.get(program_id, {})
@@ -115,6 +119,7 @@ class Secrets:
             sealed = self._box.seal(value, context_of(program_id, name, info.version))
             await self._store.save_secret(SealedSecret(program_id, info, sealed))
             self._held.setdefault(program_id, {})[name] = (info, bytes(value))
+            self._renew_needles(program_id)
             return info
 
     async def delete(self, program_id: str, name: str) -> SecretInfo:
@@ -127,6 +132,7 @@ class Secrets:
             info, _ = held.pop(name)
             if not held:
                 self._held.pop(program_id, None)
+            self._renew_needles(program_id)
             return info
 
     async def forget(self, program_id: str) -> None:
@@ -134,6 +140,7 @@ class Secrets:
         async with self._locked(program_id):
             await self._store.delete_secrets(program_id)
             self._held.pop(program_id, None)
+            self._renew_needles(program_id)
         self._locks.pop(program_id, None)
 
     def _locked(self, program_id: str) -> asyncio.Lock:
@@ -158,18 +165,22 @@ class Secrets:
         A value is looked for as UTF-8 text, and so is each of its lines (a program
         prints a multi-line value line by line).
         """
+        for piece, name in self._needles.get(program_id, ()):
+            if piece in text:
+                text = text.replace(piece, f"[secret {name}]")
+        return text
+
+    def _renew_needles(self, program_id: str) -> None:
         held = self._held.get(program_id)
         if not held:
-            return text
+            self._needles.pop(program_id, None)
+            return
         needles: list[tuple[str, str]] = []
         for name, (_, value) in held.items():
             decoded = value.decode("utf-8", errors="replace")
             pieces = {decoded.strip("\r\n"), *(part.strip("\r") for part in decoded.split("\n"))}
             needles.extend((piece, name) for piece in pieces if piece)
-        for piece, name in sorted(needles, key=lambda item: -len(item[0])):
-            if piece in text:
-                text = text.replace(piece, f"[secret {name}]")
-        return text
+        self._needles[program_id] = sorted(needles, key=lambda item: -len(item[0]))
 
 
 class RedactingLogStore:
