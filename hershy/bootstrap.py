@@ -15,12 +15,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hershy.adapters import host_key
 from hershy.adapters.docker.port_pool import PortPool
 from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
-from hershy.adapters.sqlite_store import SqliteEventLog
+from hershy.adapters.sqlite_store import SqliteEventLog, StoreError
 from hershy.adapters.system import RandomIds, SystemClock
 from hershy.domain.build_policy import BuildPolicy
 from hershy.domain.model import BackoffPolicy
@@ -29,6 +30,7 @@ from hershy.service.auth import Authenticator
 from hershy.service.ports import LogStore
 from hershy.service.quotas import Quotas
 from hershy.service.registry import Registry
+from hershy.service.secrets import RedactingLogStore, Secrets, SecretValues
 
 log = logging.getLogger("hershy")
 
@@ -63,7 +65,11 @@ class HostConfig:
 
 @contextlib.asynccontextmanager
 async def effect_handler(
-    config: HostConfig, sources: FileSourceStore, logs: LogStore, host_id: str
+    config: HostConfig,
+    sources: FileSourceStore,
+    logs: LogStore,
+    host_id: str,
+    secrets: SecretValues | None = None,
 ) -> AsyncIterator[DockerEffectHandler | FakeEffectHandler]:
     """The runtime programs run on, for as long as the Host runs (it places them too)."""
     ports = config.port_pool or PortPool()
@@ -77,7 +83,7 @@ async def effect_handler(
         allow_insecure_runtime=config.allow_insecure_runtime,
         host_id=host_id,
     )
-    async with DockerEffectHandler(settings, sources, logs, ports) as handler:
+    async with DockerEffectHandler(settings, sources, logs, ports, secrets=secrets) as handler:
         yield handler
 
 
@@ -97,8 +103,17 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
     recovered = store.open()
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(store.close)
+        try:
+            # Its own 0600 file, never in the store: a copied hershy.db reveals no secret.
+            box = host_key.load_or_create(config.data_dir, store_has_secrets=bool(store.secrets()))
+            secrets = Secrets(store, box, SystemClock())
+        except host_key.HostKeyError as error:
+            raise StoreError(str(error)) from None
+        await secrets.keep_only({program.id for program in recovered.programs})
+        # What the runtime writes to programs' logs (builds, output) loses their secrets first.
+        runtime_logs = RedactingLogStore(logs, secrets)
         handler = await stack.enter_async_context(
-            effect_handler(config, sources, logs, store.host_id)
+            effect_handler(config, sources, runtime_logs, store.host_id, secrets)
         )
         # The base-image allowlist, resolved to image ids once: builds must still find them.
         build_policy = BuildPolicy(await handler.resolve_base_images(config.docker.base_images))
@@ -114,6 +129,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             policy=config.policy,
             build_policy=build_policy,
             quotas=Quotas(store),
+            secrets=secrets,
         )
         auth = Authenticator(store, clock, RandomIds(), enabled=not config.no_auth)
         if config.no_auth:

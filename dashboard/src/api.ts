@@ -115,6 +115,34 @@ export interface Program {
   run: number;
   revision: number;
   resources: Record<string, unknown>;
+  /** The name its user chose ("" if none). */
+  alias: string;
+  /** Plain environment variables. */
+  env: Record<string, string>;
+}
+
+/** A secret as the API shows it: never its value. */
+export interface Secret {
+  name: string;
+  version: number;
+  updatedAt: string | null;
+}
+
+export function toSecrets(raw: unknown): Secret[] {
+  if (!isRecord(raw) || !Array.isArray(raw.secrets)) return [];
+  const found: Secret[] = [];
+  for (const item of raw.secrets) {
+    if (!isRecord(item) || typeof item.name !== "string") continue;
+    found.push({ name: item.name, version: num(item.version), updatedAt: optionalString(item.updated_at) });
+  }
+  return found;
+}
+
+function stringMap(value: unknown): Record<string, string> {
+  const map: Record<string, string> = {};
+  if (!isRecord(value)) return map;
+  for (const [key, item] of Object.entries(value)) if (typeof item === "string") map[key] = item;
+  return map;
 }
 
 function str(value: unknown, fallback = ""): string {
@@ -152,6 +180,8 @@ export function toProgram(raw: unknown): Program | null {
     run: num(raw.run),
     revision: num(raw.revision),
     resources: isRecord(raw.resources) ? raw.resources : {},
+    alias: str(raw.alias),
+    env: stringMap(raw.environment),
   };
 }
 

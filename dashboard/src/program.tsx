@@ -2,7 +2,7 @@
 // the state timeline from the events, logs (follow, stream filter), source.
 
 import { useEffect, useState } from "preact/hooks";
-import { callJson, isRecord, type LogEntry, type Program, readLogs, toProgram } from "./api";
+import { callJson, isRecord, type LogEntry, type Program, readLogs, type Secret, toProgram, toSecrets } from "./api";
 import { type Answer, AnswerNote, age, describeError, Link, localTime, navigate, StateBadge, useNow } from "./common";
 import { useStore } from "./store";
 
@@ -16,6 +16,7 @@ function Facts(props: { program: Program }) {
     .map(([key, value]) => `${key}=${String(value)}`)
     .join(", ");
   const rows: [string, string][] = [
+    ["Name", p.alias || "—"],
     ["User", p.user],
     ["Restarts", String(p.restarts)],
     ["Last exit code", p.lastExitCode === null ? "—" : String(p.lastExitCode)],
@@ -166,6 +167,161 @@ function Logs(props: { id: string }) {
   );
 }
 
+// A program's name, environment variables and secrets. Secrets are write-only: the
+// value goes from the password field to the API and is never shown or kept.
+function Configuration(props: { program: Program }) {
+  const p = props.program;
+  const path = `/programs/${encodeURIComponent(p.id)}`;
+  const [answer, setAnswer] = useState<Answer>(null);
+  const [secrets, setSecrets] = useState<Secret[]>([]);
+  const [alias, setAlias] = useState(p.alias);
+  const [envName, setEnvName] = useState("");
+  const [envValue, setEnvValue] = useState("");
+  const [secretName, setSecretName] = useState("");
+  const [secretValue, setSecretValue] = useState("");
+
+  async function loadSecrets(): Promise<void> {
+    try {
+      setSecrets(toSecrets(await callJson("GET", `${path}/secrets`)));
+    } catch (error) {
+      setAnswer({ ok: false, text: `secrets: ${describeError(error)}` });
+    }
+  }
+  useEffect(() => {
+    void loadSecrets();
+  }, [p.id]);
+
+  async function run(what: string, work: () => Promise<string>): Promise<void> {
+    setAnswer(null);
+    try {
+      setAnswer({ ok: true, text: `${what}: ${await work()}` });
+    } catch (error) {
+      setAnswer({ ok: false, text: `${what}: ${describeError(error)}` });
+    }
+  }
+  const restartNote = " A restart hands it over.";
+
+  return (
+    <section aria-labelledby="config-title">
+      <h2 id="config-title">Configuration</h2>
+      <form
+        class="inline-form"
+        name="rename"
+        onSubmit={(event) => {
+          event.preventDefault();
+          void run("rename", async () => {
+            const program = toProgram(await callJson("POST", `${path}/rename`, { alias }));
+            return program?.alias ? `now named ${program.alias}.` : "no name any more.";
+          });
+        }}
+      >
+        <label>
+          Name
+          <input name="alias" value={alias} placeholder="bot" onInput={(event) => setAlias(event.currentTarget.value)} />
+        </label>
+        <button type="submit">Rename</button>
+      </form>
+      <h3>Environment</h3>
+      <dl class="facts" id="program-env">
+        {Object.entries(p.env).map(([name, value]) => (
+          <div class="fact">
+            <dt>{name}</dt>
+            <dd>
+              {value}{" "}
+              <button
+                type="button"
+                name={`unset-${name}`}
+                onClick={() => void run(`unset ${name}`, async () => {
+                  await callJson("POST", `${path}/env`, { unset: [name] });
+                  return `removed.${restartNote}`;
+                })}
+              >
+                Remove
+              </button>
+            </dd>
+          </div>
+        ))}
+      </dl>
+      <form
+        class="inline-form"
+        name="set-env"
+        onSubmit={(event) => {
+          event.preventDefault();
+          void run(`set ${envName}`, async () => {
+            await callJson("POST", `${path}/env`, { set: { [envName]: envValue } });
+            setEnvName("");
+            setEnvValue("");
+            return `set.${restartNote}`;
+          });
+        }}
+      >
+        <label>
+          Variable
+          <input name="env-name" value={envName} placeholder="MODE" onInput={(event) => setEnvName(event.currentTarget.value)} />
+        </label>
+        <label>
+          Value
+          <input name="env-value" value={envValue} onInput={(event) => setEnvValue(event.currentTarget.value)} />
+        </label>
+        <button type="submit">Set</button>
+      </form>
+      <h3>Secrets</h3>
+      <p class="muted">Write-only: the program reads each at /run/secrets/NAME from its next start; nobody can read one back.</p>
+      <ul id="program-secrets">
+        {secrets.map((secret) => (
+          <li>
+            <code>{secret.name}</code> v{secret.version} <span class="muted">{localTime(secret.updatedAt)}</span>{" "}
+            <button
+              type="button"
+              name={`delete-secret-${secret.name}`}
+              onClick={() => void run(`delete ${secret.name}`, async () => {
+                await callJson("DELETE", `${path}/secrets/${encodeURIComponent(secret.name)}`);
+                await loadSecrets();
+                return `removed.${restartNote}`;
+              })}
+            >
+              Delete
+            </button>
+          </li>
+        ))}
+      </ul>
+      <form
+        class="inline-form"
+        name="set-secret"
+        onSubmit={(event) => {
+          event.preventDefault();
+          const name = secretName;
+          const value = secretValue;
+          setSecretValue(""); // never kept in the page longer than the call
+          void run(`secret ${name}`, async () => {
+            const body = await callJson("PUT", `${path}/secrets/${encodeURIComponent(name)}`, { value });
+            await loadSecrets();
+            const version = isRecord(body) && typeof body.version === "number" ? body.version : "?";
+            return `version ${version} set.${restartNote}`;
+          });
+        }}
+      >
+        <label>
+          Secret
+          <input name="secret-name" value={secretName} placeholder="API_KEY" onInput={(event) => setSecretName(event.currentTarget.value)} />
+        </label>
+        <label>
+          Value
+          <input
+            name="secret-value"
+            type="password"
+            autocomplete="off"
+            value={secretValue}
+            onInput={(event) => setSecretValue(event.currentTarget.value)}
+          />
+        </label>
+        <button type="submit">Set secret</button>
+      </form>
+      <AnswerNote answer={answer} id="config-answer" />
+    </section>
+  );
+}
+
 interface Source {
   dockerfile: string;
   files: [string, string][];
@@ -256,6 +412,7 @@ export function ProgramPage(props: { id: string }) {
           <Timeline id={program.id} />
         </section>
       </div>
+      <Configuration program={program} />
       <Logs id={program.id} />
       <section aria-labelledby="source-title">
         <h2 id="source-title">Source</h2>

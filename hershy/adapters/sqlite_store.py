@@ -35,8 +35,10 @@ from hershy.adapters.json_codec import decode_event, decode_program, encode_even
 from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
+from hershy.domain.config import SecretInfo
 from hershy.domain.model import Program, State
 from hershy.domain.quotas import UserQuota
+from hershy.service.secrets import SealedSecret
 from hershy.service.watch import Change, ChangeKind
 
 FILE_NAME = "hershy.db"
@@ -75,6 +77,18 @@ CREATE TABLE IF NOT EXISTS user_quotas (
     max_memory_bytes INTEGER,
     max_milli_cpus INTEGER,
     max_state_bytes INTEGER
+);
+-- Added after schema 1 too: programs' secrets, each value sealed with the Host key
+-- (hershy/adapters/host_key.py, kept in its own file): never a plain value here.
+CREATE TABLE IF NOT EXISTS secrets (
+    program_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    as_env INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (program_id, name)
 );
 CREATE TABLE IF NOT EXISTS programs (
     program_id TEXT PRIMARY KEY,
@@ -454,6 +468,44 @@ class SqliteEventLog:
             "max_milli_cpus = excluded.max_milli_cpus, max_state_bytes = excluded.max_state_bytes",
             (user_id, quota.programs, quota.memory_bytes, quota.milli_cpus, quota.state_bytes),
         )
+
+    # --- secrets (sealed) -------------------------------------------------------------
+
+    def secrets(self) -> list[SealedSecret]:
+        rows = self._conn.execute(
+            "SELECT program_id, name, version, created_at, updated_at, as_env, sealed "
+            "FROM secrets ORDER BY program_id, name"
+        ).fetchall()
+        return [
+            SealedSecret(program, SecretInfo(name, version, created, updated, bool(env)), sealed)
+            for program, name, version, created, updated, env, sealed in rows
+        ]
+
+    async def save_secret(self, secret: SealedSecret) -> None:
+        info = secret.info
+        await self._in_writer(
+            "INSERT INTO secrets (program_id, name, version, created_at, updated_at, as_env, "
+            "sealed) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (program_id, name) DO UPDATE SET "
+            "version = excluded.version, updated_at = excluded.updated_at, "
+            "as_env = excluded.as_env, sealed = excluded.sealed",
+            (
+                secret.program_id,
+                info.name,
+                info.version,
+                info.created_at,
+                info.updated_at,
+                int(info.as_env),
+                secret.sealed,
+            ),
+        )
+
+    async def delete_secret(self, program_id: str, name: str) -> None:
+        await self._in_writer(
+            "DELETE FROM secrets WHERE program_id = ? AND name = ?", (program_id, name)
+        )
+
+    async def delete_secrets(self, program_id: str) -> None:
+        await self._in_writer("DELETE FROM secrets WHERE program_id = ?", (program_id,))
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)

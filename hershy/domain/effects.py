@@ -45,6 +45,8 @@ class StartContainer:
     image_id: str
     build_id: str
     resources: Resources
+    #: The program's environment variables (the secrets come from the handler's own store).
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

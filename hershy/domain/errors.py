@@ -40,6 +40,12 @@ class NotFound(HershyError):
     reason = "PROGRAM_NOT_FOUND"
 
 
+class AlreadyExists(HershyError):
+    """A name the caller chose is taken (by one of their own programs: nobody else's shows)."""
+
+    reason = "ALREADY_EXISTS"
+
+
 class Unauthenticated(HershyError):
     """No token, or one the Host does not know or has revoked."""
 

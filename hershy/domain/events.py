@@ -23,6 +23,10 @@ class ProgramCreated:
     #: holds the address fixed at Create, which stays the program's until its next start.
     proxy_target: str = ""
     resources: Resources = Resources()
+    #: The name its user chose; "" if none.
+    alias: str = ""
+    #: Its environment variables, sorted by name.
+    env: tuple[tuple[str, str], ...] = ()
 
 
 # --- a user's requests -------------------------------------------------------
@@ -47,6 +51,26 @@ class RestartRequested:
 class DeleteRequested:
     at: float
 
+
+@dataclass(frozen=True, slots=True)
+class AliasChanged:
+    """The user renamed the program (`alias` "": it has no name any more)."""
+
+    at: float
+    alias: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnvChanged:
+    """The program's environment variables are now `env` (the next start uses them)."""
+
+    at: float
+    env: tuple[tuple[str, str], ...]
+
+
+#: Changes to how a program is named and configured: accepted in every state but
+#: DELETING, with no effect on what runs (a start picks them up).
+ConfigChange = AliasChanged | EnvChanged
 
 UserRequest = StartRequested | StopRequested | RestartRequested | DeleteRequested
 
@@ -166,4 +190,4 @@ EffectResult = (
     | TeardownFailed
 )
 
-Event = ProgramCreated | UserRequest | HostRestarted | EffectResult
+Event = ProgramCreated | UserRequest | ConfigChange | HostRestarted | EffectResult

@@ -118,6 +118,10 @@ class Program:
     restart_pending: bool = False
     #: What the program waits for, for people (the build queue); cleared when the state changes.
     note: str = ""
+    #: The name its user chose (unique among that user's programs); "" if none.
+    alias: str = ""
+    #: Plain environment variables, sorted by name; a start (re)reads them.
+    env: tuple[tuple[str, str], ...] = ()
     # Host-wide revision of the last committed change. Stamped by the
     # registry when a change is committed; the reducer leaves it alone.
     revision: int = 0

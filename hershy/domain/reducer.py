@@ -68,6 +68,8 @@ def create(event: ev.ProgramCreated) -> Program:
         build_id=event.build_id,
         proxy_target=event.proxy_target,
         resources=event.resources,
+        alias=event.alias,
+        env=event.env,
         created_at=event.at,
         updated_at=event.at,
     )
@@ -94,6 +96,8 @@ def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_PO
             return _on_restart(program, event.at)
         case ev.DeleteRequested():
             return _on_delete(program, event.at)
+        case ev.AliasChanged() | ev.EnvChanged():
+            return _on_config_change(program, event)
         case ev.HostRestarted():
             return _on_host_restarted(program, event.at)
         case ev.ContainerStopped():
@@ -212,6 +216,21 @@ def _on_delete(program: Program, at: float) -> Outcome:
         ),
         (fx.CancelInflight(), fx.CancelTimers(), fx.Teardown(program.run, program.container_id)),
     )
+
+
+def _on_config_change(program: Program, event: ev.ConfigChange) -> Outcome:
+    """A new name or new variables: kept; what runs goes on as it is (a start uses them)."""
+    if program.state is State.DELETING:
+        return _refuse(program, "change", "it is being deleted")
+    match event:
+        case ev.AliasChanged(alias=alias):
+            if alias == program.alias:
+                return Ignored("the same name")
+            return Transition(_at(program, event.at, alias=alias))
+        case ev.EnvChanged(env=env):
+            if env == program.env:
+                return Ignored("the same variables")
+            return Transition(_at(program, event.at, env=env))
 
 
 def _on_host_restarted(program: Program, at: float) -> Outcome:
@@ -429,7 +448,7 @@ def _begin_run(program: Program, at: float) -> Outcome:
 
 
 def _start_container(program: Program, run: int, image_id: str) -> fx.StartContainer:
-    return fx.StartContainer(run, image_id, program.build_id, program.resources)
+    return fx.StartContainer(run, image_id, program.build_id, program.resources, program.env)
 
 
 def _stop(program: Program, at: float, *first: fx.Effect, then_start: bool = False) -> Transition:

@@ -9,11 +9,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
+from hershy.domain.config import SecretInfo
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream, Program, Resources, State
 from hershy.domain.quotas import QUOTA_NAMES, Usage, UserQuota
 from hershy.domain.validation import cut, validate_program_id, validate_user_id
 from hershy.service.watch import Change, ChangeKind
+from hershy.v1 import config_pb2 as config_pb
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import quota_pb2 as quota_pb
 from hershy.v1 import token_pb2 as token_pb
@@ -104,6 +106,8 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
         runtime=runtime,
         resources=resources_to_pb(program.resources),
         status_note=program.note,
+        alias=program.alias,
+        env=dict(program.env),
     )
     if program.last_exit_code is not None:
         message.last_exit_code = program.last_exit_code
@@ -125,6 +129,8 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
                     build_id=event.build_id,
                     proxy_target=event.proxy_target,
                     resources=resources_to_pb(event.resources),
+                    alias=event.alias,
+                    env=dict(event.env),
                 )
             )
         case ev.StartRequested():
@@ -164,6 +170,11 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
             message.teardown_failed.reason = event.reason
         case ev.HostRestarted():
             message.host_restarted.SetInParent()
+        case ev.AliasChanged():
+            message.alias_changed.alias = event.alias
+        case ev.EnvChanged():
+            message.env_changed.env.update(dict(event.env))
+            message.env_changed.SetInParent()
         case _:
             assert_never(event)
     return message
@@ -253,3 +264,29 @@ def quota_from_pb(message: quota_pb.UserQuota, mask: list[str], current: UserQuo
         else:
             limits[name] = getattr(message, field) if message.HasField(field) else None
     return UserQuota(**limits)
+
+
+#: `{program}/secrets/{secret_id}`: the segment between a program's name and a secret's.
+SECRETS_SEGMENT = "/secrets/"
+
+
+def secret_to_pb(program_id: str, secret: SecretInfo, note: str = "") -> config_pb.Secret:
+    """A secret as the API shows it: name, version and times, never its value."""
+    return config_pb.Secret(
+        name=f"{PROGRAM_NAME_PREFIX}{program_id}{SECRETS_SEGMENT}{secret.name}",
+        secret_id=secret.name,
+        version=secret.version,
+        create_time=timestamp(secret.created_at),
+        update_time=timestamp(secret.updated_at),
+        status_note=note,
+    )
+
+
+def split_secret_name(name: str, field: str = "name") -> tuple[str, str]:
+    """`{program}/secrets/{secret_id}` -> (the program's name, the secret's id)."""
+    program, found, secret = name.rpartition(SECRETS_SEGMENT)
+    if not found or not program or not secret:
+        raise InvalidArgument(
+            field, f"{cut(name)} is not of the form programs/{{id}}/secrets/{{name}}"
+        )
+    return program, secret

@@ -15,9 +15,9 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hershy.domain.errors import HershyError, Unauthenticated
+from hershy.domain.errors import HershyError, NotFound, Unauthenticated
 from hershy.domain.limits import DEFAULT_WAIT_SECONDS, MAX_MESSAGE_BYTES
-from hershy.domain.model import Program
+from hershy.domain.model import ACTIVE_STATES, Program
 from hershy.domain.validation import validate_user_id
 from hershy.entrypoints import convert
 from hershy.entrypoints.grpc_errors import code_for, to_status
@@ -27,6 +27,8 @@ from hershy.service.fairness import MAX_CREATES_IN_PROGRESS_PER_USER, PerUserLim
 from hershy.service.metrics import Metrics
 from hershy.service.registry import Registry, WatchStart
 from hershy.service.watch import Change, ChangeKind, Closed, Resync, Subscription
+from hershy.v1 import config_pb2 as config_pb
+from hershy.v1 import config_pb2_grpc as config_pb_grpc
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
 from hershy.v1 import quota_pb2 as quota_pb
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ProgramService"].full_name
 TOKEN_SERVICE_NAME = token_pb.DESCRIPTOR.services_by_name["TokenService"].full_name
 QUOTA_SERVICE_NAME = quota_pb.DESCRIPTOR.services_by_name["QuotaService"].full_name
+CONFIG_SERVICE_NAME = config_pb.DESCRIPTOR.services_by_name["ProgramConfigService"].full_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
@@ -108,9 +111,11 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         return self._auth.authenticate(authorization(context))
 
     def _own(self, caller: Principal, name: str) -> str:
-        """The id in `name`, if the caller may see that program; NOT_FOUND otherwise."""
-        program_id = convert.program_id_from_name(name)
-        return access.visible(caller, self._registry.get(program_id)).id
+        """The id in `name`, if the caller may see that program; NOT_FOUND otherwise.
+
+        Another user's program answers exactly like one that does not exist.
+        """
+        return self._registry.resolve(name, caller.user_id, admin=caller.admin)
 
     @_unary
     async def CreateProgram(self, request: pb.CreateProgramRequest, context: Context) -> pb.Program:
@@ -123,6 +128,8 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
                 # As it is: copied in the registry's checks, off the loop.
                 request.src_files,
                 convert.resources_from_pb(request.resources),
+                alias=request.alias,
+                env=dict(request.env),
             )
         return self._pb(program)
 
@@ -185,8 +192,8 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         try:
             grant = self._auth.open_stream(authorization(context))
             caller = grant.principal
-            program_id = convert.program_id_from_name(request.name) if request.name else ""
             resume = request.resume_revision if request.HasField("resume_revision") else None
+            program_id = self._watched(caller, request.name, resumed=resume is not None)
             start = self._registry.watch(program_id, resume, caller.only_user)
         except HershyError as error:
             if grant is not None:
@@ -228,6 +235,18 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             self._auth.close_stream(grant)
         if grant.revoked:
             await self._end_revoked(context, "WatchPrograms")
+
+    def _watched(self, caller: Principal, name: str, *, resumed: bool) -> str:
+        """The program a Watch follows ("" for all): a name of any form; a resumed Watch
+        may follow a deleted program by its id (the registry checks whose it was)."""
+        if not name:
+            return ""
+        try:
+            return self._registry.resolve(name, caller.user_id, admin=caller.admin)
+        except NotFound:
+            if not resumed:
+                raise
+            return convert.program_id_from_name(name)
 
     def _watch_messages(
         self, start: WatchStart, subscription: Subscription, caller: Principal
@@ -459,6 +478,72 @@ class QuotaService(quota_pb_grpc.QuotaServiceServicer):
         return self._answer(user_id)
 
 
+class ProgramConfigService(config_pb_grpc.ProgramConfigServiceServicer):
+    """Names, environment variables and secrets; never a secret's value in an answer."""
+
+    def __init__(self, registry: Registry, auth: Authenticator) -> None:
+        self._registry = registry
+        self._auth = auth
+        self._rpcs = registry.metrics.rpcs
+
+    def _count(self, method: str, code: grpc.StatusCode) -> None:
+        self._rpcs.labels(method, code.name).inc()
+
+    def _own(self, context: Context, name: str, field: str = "name") -> str:
+        caller = self._auth.authenticate(authorization(context))
+        return self._registry.resolve(name, caller.user_id, admin=caller.admin, field=field)
+
+    def _pb(self, program: Program) -> pb.Program:
+        return convert.program_to_pb(program, self._registry.runtime)
+
+    def _note(self, program_id: str) -> str:
+        if self._registry.get(program_id).state in ACTIVE_STATES:
+            return "the program runs with what it had: restart it to hand this over"
+        return ""
+
+    @_unary
+    async def RenameProgram(
+        self, request: config_pb.RenameProgramRequest, context: Context
+    ) -> pb.Program:
+        program_id = self._own(context, request.name)
+        return self._pb(await self._registry.rename(program_id, request.alias))
+
+    @_unary
+    async def SetProgramEnv(
+        self, request: config_pb.SetProgramEnvRequest, context: Context
+    ) -> pb.Program:
+        program_id = self._own(context, request.name)
+        program = await self._registry.set_env(program_id, dict(request.set), list(request.unset))
+        return self._pb(program)
+
+    @_unary
+    async def SetSecret(
+        self, request: config_pb.SetSecretRequest, context: Context
+    ) -> config_pb.Secret:
+        program_id = self._own(context, request.parent, "parent")
+        secret = await self._registry.set_secret(program_id, request.secret_id, request.value)
+        return convert.secret_to_pb(program_id, secret, self._note(program_id))
+
+    @_unary
+    async def ListSecrets(
+        self, request: config_pb.ListSecretsRequest, context: Context
+    ) -> config_pb.ListSecretsResponse:
+        program_id = self._own(context, request.parent, "parent")
+        secrets = self._registry.list_secrets(program_id)
+        return config_pb.ListSecretsResponse(
+            secrets=[convert.secret_to_pb(program_id, secret) for secret in secrets]
+        )
+
+    @_unary
+    async def DeleteSecret(
+        self, request: config_pb.DeleteSecretRequest, context: Context
+    ) -> config_pb.Secret:
+        parent, secret_id = convert.split_secret_name(request.name)
+        program_id = self._own(context, parent)
+        secret = await self._registry.delete_secret(program_id, secret_id)
+        return convert.secret_to_pb(program_id, secret, self._note(program_id))
+
+
 class GrpcServer:
     """The server with ProgramService, TokenService, health checking and reflection."""
 
@@ -475,6 +560,9 @@ class GrpcServer:
             TokenService(auth, registry.metrics), self.server
         )
         quota_pb_grpc.add_QuotaServiceServicer_to_server(QuotaService(registry, auth), self.server)
+        config_pb_grpc.add_ProgramConfigServiceServicer_to_server(
+            ProgramConfigService(registry, auth), self.server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -482,6 +570,7 @@ class GrpcServer:
                 SERVICE_NAME,
                 TOKEN_SERVICE_NAME,
                 QUOTA_SERVICE_NAME,
+                CONFIG_SERVICE_NAME,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ),

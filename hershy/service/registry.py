@@ -16,8 +16,11 @@ from types import TracebackType
 
 from hershy.domain import events as ev
 from hershy.domain import quotas, reducer
+from hershy.domain.auth import ADMIN_USER
 from hershy.domain.build_policy import BuildPolicy, check_dockerfile
+from hershy.domain.config import SecretInfo, changed_env, validate_alias, validate_env
 from hershy.domain.errors import (
+    AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
     HershyError,
@@ -40,6 +43,7 @@ from hershy.domain.validation import (
     ResourcePolicy,
     SourceLimits,
     build_id,
+    cut,
     resolve_resources,
     validate_program_id,
     validate_source,
@@ -59,6 +63,7 @@ from hershy.service.ports import (
 )
 from hershy.service.quotas import Quotas
 from hershy.service.recovery import LiveRuns, Recovery
+from hershy.service.secrets import MemorySecretStore, Secrets
 from hershy.service.supervisor import Supervisor
 from hershy.service.watch import (
     Change,
@@ -106,8 +111,15 @@ class Registry:
         metrics: Metrics | None = None,
         build_policy: BuildPolicy | None = None,
         quotas: Quotas | None = None,
+        secrets: Secrets | None = None,
     ) -> None:
-        """`build_policy`: what a Dockerfile may use; None only for tests over fakes."""
+        """`build_policy`: what a Dockerfile may use; None only for tests over fakes.
+
+        `secrets`: programs' secrets (sealed in the store); by default in memory only.
+        """
+        self.secrets = secrets or Secrets(MemorySecretStore(), _InMemoryOnly(), clock)
+        #: (user, alias) -> program id: each user's names, unique per user.
+        self._aliases: dict[tuple[str, str], str] = {}
         self._handler = handler
         self._build_policy = build_policy
         self.quotas = quotas or Quotas()
@@ -179,6 +191,7 @@ class Registry:
         for program in programs:
             self._number(program.id)
             self._programs[program.id] = program
+            self._index_alias(None, program)
             supervisor = self._spawn(program, after=gate)
             # First in its inbox: nothing a user asks meanwhile is applied before it.
             supervisor.emit(ev.HostRestarted(now))
@@ -220,15 +233,22 @@ class Registry:
         dockerfile: str,
         src_files: Mapping[str, bytes],
         resources: Resources | None = None,
+        *,
+        alias: str = "",
+        env: Mapping[str, str] | None = None,
     ) -> Program:
         """Validate, store the source, and register the program (in CREATED).
 
         `resources` fields left at 0 take the Host's defaults. The user's quota
-        is checked and the program committed under the user's lock.
+        (and that `alias`, if given, is not one of the user's names yet) is
+        checked and the program committed under the user's lock.
         """
         validate_user_id(user_id)
+        if alias:
+            validate_alias(alias)
+        variables = validate_env(env or {})
         async with self.quotas.held(user_id):
-            return await self._create(user_id, dockerfile, src_files, resources)
+            return await self._create(user_id, dockerfile, src_files, resources, alias, variables)
 
     async def _create(
         self,
@@ -236,6 +256,8 @@ class Registry:
         dockerfile: str,
         src_files: Mapping[str, bytes],
         resources: Resources | None,
+        alias: str = "",
+        env: tuple[tuple[str, str], ...] = (),
     ) -> Program:
         # 10,000 files take tens of ms to check and hash: off the loop, so one
         # tenant's creates do not hold every other tenant's calls that long.
@@ -256,6 +278,8 @@ class Registry:
         quota = self.quotas.get(user_id)
         if quota != quotas.UNLIMITED:  # the usage is a walk over every program: only if it counts
             quotas.check_create(user_id, quota, self.usage(user_id), limits)
+        if alias:
+            self._check_alias_free(user_id, alias)
         program_id = self._ids.new_program_id()
         try:
             await self._sources.save(program_id, source)
@@ -267,6 +291,8 @@ class Registry:
                 build_id=inputs_id,
                 # None yet: the runtime places the program when it starts.
                 resources=limits,
+                alias=alias,
+                env=env,
             )
             program = await self._commit(reducer.create(event), event)
         except BaseException:
@@ -298,6 +324,108 @@ class Registry:
                 quotas.check_start(owner, self.quotas.get(owner), self.usage(owner), program)
                 return await self._supervisors[program_id].request(event)
         return await self._supervisors[program_id].request(event)
+
+    # --- names and configuration ----------------------------------------------------
+
+    def resolve(self, name: str, user_id: str, *, admin: bool = False, field: str = "name") -> str:
+        """The id of the program `name` stands for, to this caller; NOT_FOUND otherwise.
+
+        `programs/{id}`, `programs/{alias}` (the caller's own name) and
+        `users/{user}/programs/{alias}` (the admin's, or the user's own). A
+        program the caller may not see answers exactly like one that does not
+        exist: the same error, the same message, whether the name is taken or not.
+        """
+        shape = "of the form programs/{id}, programs/{alias} or users/{user}/programs/{alias}"
+        if name.startswith("users/"):
+            owner, _, rest = name.removeprefix("users/").partition("/")
+            key = rest.removeprefix("programs/")
+            if not rest.startswith("programs/") or not owner:
+                raise InvalidArgument(field, f"{cut(name)} is not {shape}")
+            validate_user_id(owner, field)
+            validate_alias(key, field)
+            found = self._aliases.get((owner, key))
+            if found is None or (not admin and owner != user_id):
+                raise NotFound(f"program {key} not found")
+            return found
+        if not name:
+            raise InvalidArgument(field, f"is required: {shape}")
+        if not name.startswith("programs/"):
+            raise InvalidArgument(field, f"{cut(name)} is not {shape}")
+        key = validate_program_id(name.removeprefix("programs/"), field)
+        program = self._programs.get(key)
+        if program is not None and (admin or program.user_id == user_id):
+            return key
+        found = self._aliases.get((user_id or ADMIN_USER, key))
+        if found is None:
+            raise NotFound(f"program {key} not found")
+        return found
+
+    def find_alias(self, user_id: str, alias: str) -> Program | None:
+        """The user's program of that name, if there is one (for `deploy --name`)."""
+        found = self._aliases.get((user_id, alias))
+        return self._programs.get(found) if found is not None else None
+
+    async def rename(self, program_id: str, alias: str) -> Program:
+        """Give the program a new name (`""`: none). Unique per user: a name another of
+        the user's programs has is refused (ALREADY_EXISTS); the old name is free at once."""
+        if alias:
+            validate_alias(alias)
+        owner = self.get(program_id).user_id
+        async with self.quotas.held(owner):
+            program = self.get(program_id)
+            if alias and alias != program.alias:
+                self._check_alias_free(owner, alias)
+            return await self._supervisors[program_id].request(
+                ev.AliasChanged(self._clock.now(), alias)
+            )
+
+    async def set_env(self, program_id: str, set_: Mapping[str, str], unset: list[str]) -> Program:
+        """Set and remove environment variables; the next start of the program uses them."""
+        owner = self.get(program_id).user_id
+        # Under the owner's lock: two changes at once are applied one after the other.
+        async with self.quotas.held(owner):
+            env = changed_env(self.get(program_id).env, set_, unset)
+            return await self._supervisors[program_id].request(
+                ev.EnvChanged(self._clock.now(), env)
+            )
+
+    async def set_secret(
+        self, program_id: str, name: str, value: bytes, *, as_env: bool = False
+    ) -> SecretInfo:
+        """Create or replace a secret of the program; the next start hands it over."""
+        self._changeable(program_id)
+        return await self.secrets.set(program_id, name, value, as_env)
+
+    def list_secrets(self, program_id: str) -> list[SecretInfo]:
+        self.get(program_id)
+        return self.secrets.list(program_id)
+
+    async def delete_secret(self, program_id: str, name: str) -> SecretInfo:
+        self._changeable(program_id)
+        return await self.secrets.delete(program_id, name)
+
+    def _changeable(self, program_id: str) -> Program:
+        program = self.get(program_id)
+        if program.state is State.DELETING:
+            raise FailedPrecondition(
+                f"cannot change program {program_id} while it is DELETING: it is being deleted",
+                State.DELETING.name,
+            )
+        return program
+
+    def _check_alias_free(self, user_id: str, alias: str) -> None:
+        if (user_id, alias) in self._aliases:
+            raise AlreadyExists(f"you already have a program named {alias}")
+
+    def _index_alias(self, before: Program | None, after: Program) -> None:
+        if (
+            before is not None
+            and before.alias
+            and (before.alias != after.alias or after.state is State.DELETED)
+        ) and self._aliases.get((before.user_id, before.alias)) == before.id:
+            del self._aliases[(before.user_id, before.alias)]
+        if after.alias and after.state is not State.DELETED:
+            self._aliases[(after.user_id, after.alias)] = after.id
 
     # --- queries -----------------------------------------------------------------
 
@@ -453,6 +581,7 @@ class Registry:
                 await asyncio.shield(previous)
             committed = replace(program, revision=revision)
             before = self._programs.get(program.id)
+            self._index_alias(before, committed)
             self.metrics.committed(before, committed, event)
             if before is None or before.state is not committed.state:
                 log.info(
@@ -485,10 +614,22 @@ class Registry:
         self._logs.write(program.id, LogLine(event.at, LogStream.HOST, program.run, text))
 
     async def _forget(self, program: Program) -> None:
+        await self.secrets.forget(program.id)
         await self._logs.remove(program.id)
         self._programs.pop(program.id, None)
         self._supervisors.pop(program.id, None)
         self._order.pop(program.id, None)
+
+
+class _InMemoryOnly:
+    """The `SecretBox` of a registry without a store: nothing leaves memory, so nothing
+    needs sealing (a Host with a store seals with its Host key)."""
+
+    def seal(self, value: bytes, context: bytes) -> bytes:
+        return bytes(value)
+
+    def open(self, sealed: bytes, context: bytes) -> bytes:
+        return bytes(sealed)
 
 
 def _pass_turn(previous: asyncio.Future[None] | None, turn: asyncio.Future[None]) -> None:

@@ -67,7 +67,7 @@ class Supervisor:
 
     # --- requests -------------------------------------------------------------
 
-    async def request(self, event: ev.UserRequest) -> Program:
+    async def request(self, event: ev.UserRequest | ev.ConfigChange) -> Program:
         """Apply a user's request; returns the program once the change is committed."""
         reply: asyncio.Future[Program] = asyncio.get_running_loop().create_future()
         self._inbox.put_nowait(_Message(event, reply))

@@ -65,6 +65,8 @@ def events_for(run: int) -> list[ev.Event]:
         ev.RestartRequested(NOW),
         ev.DeleteRequested(NOW),
         ev.HostRestarted(NOW),
+        ev.AliasChanged(NOW, "bot"),
+        ev.EnvChanged(NOW, (("MODE", "live"),)),
         ev.BuildSucceeded(NOW, run, "img-2"),
         ev.BuildFailed(NOW, run, "syntax error"),
         ev.ContainerCreated(NOW, run, "c-2", "127.0.0.1:19002"),

@@ -90,6 +90,14 @@ class Lifecycle(RuleBasedStateMachine):
             assert not (isinstance(outcome, Ignored) and outcome.effects)
         match outcome:
             case Transition(program=after, effects=effects):
+                if isinstance(event, ev.AliasChanged | ev.EnvChanged):
+                    # A new name or new variables never touch what runs: a start uses them.
+                    assert (after.state, after.run, after.container_id) == (
+                        before.state,
+                        before.run,
+                        before.container_id,
+                    )
+                    assert effects == ()
                 assert after.updated_at >= self.last_update
                 self.last_update = after.updated_at
                 self.program = after
@@ -97,7 +105,7 @@ class Lifecycle(RuleBasedStateMachine):
             case Ignored(effects=effects):
                 self.apply(effects)
             case Rejected():
-                assert isinstance(event, ev.UserRequest)
+                assert isinstance(event, ev.UserRequest | ev.AliasChanged | ev.EnvChanged)
         if self.program.state is State.DELETED:
             self.deleted = True
 
@@ -170,6 +178,13 @@ class Lifecycle(RuleBasedStateMachine):
         request = kinds[kind](at)
         # Requests share the inbox with results, in arrival order, as in the supervisor.
         self.world.inbox.append(request)
+
+    @rule(kind=st.sampled_from(["alias", "env"]), value=st.sampled_from(["", "a", "b"]))
+    def config_change(self, kind: str, value: str) -> None:
+        at = self.tick()
+        env = (("X", value),) if value else ()
+        change = ev.AliasChanged(at, value) if kind == "alias" else ev.EnvChanged(at, env)
+        self.world.inbox.append(change)
 
     @precondition(lambda self: bool(self.world.jobs))
     @rule(data=st.data(), succeed=st.booleans())

@@ -272,9 +272,10 @@ func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 func (c *Client) Raw() hershyv1.ProgramServiceClient { return c.rpc }
 
 // Name is a program's resource name: "programs/{id}". Every method that
-// takes a program accepts its id ("prog-…") or its name.
+// takes a program accepts its id ("prog-…"), its alias ("bot": the caller's own
+// program of that name) or a full name ("programs/…", "users/{user}/programs/{alias}").
 func Name(idOrName string) string {
-	if strings.HasPrefix(idOrName, "programs/") {
+	if strings.HasPrefix(idOrName, "programs/") || strings.HasPrefix(idOrName, "users/") {
 		return idOrName
 	}
 	return "programs/" + idOrName
@@ -290,6 +291,11 @@ type CreateRequest struct {
 	Files map[string][]byte
 	// Resources are the container's limits; nil or zero fields: the Host's defaults.
 	Resources *Resources
+	// Alias names the program, unique among the user's: 1-63 of [a-z0-9-],
+	// starting with a letter, never "prog-…". Optional.
+	Alias string
+	// Env holds environment variables ([A-Z_][A-Z0-9_]*, never HERSHY_…).
+	Env map[string]string
 }
 
 // Create registers a program; it starts in CREATED.
@@ -299,6 +305,8 @@ func (c *Client) Create(ctx context.Context, req CreateRequest) (*Program, error
 		Dockerfile: req.Dockerfile,
 		SrcFiles:   req.Files,
 		Resources:  req.Resources,
+		Alias:      req.Alias,
+		Env:        req.Env,
 	})
 	return program, wrap(ctx, err)
 }

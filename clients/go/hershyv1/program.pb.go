@@ -242,7 +242,7 @@ func (x WatchProgramsResponse_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchProgramsResponse_Type.Descriptor instead.
 func (WatchProgramsResponse_Type) EnumDescriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31, 0}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33, 0}
 }
 
 // A program: a user's long-running container and its lifecycle.
@@ -295,7 +295,14 @@ type Program struct {
 	Resources *Resources `protobuf:"bytes,20,opt,name=resources,proto3" json:"resources,omitempty"`
 	// What the program waits for, for people, e.g. `build queued: 2 ahead`;
 	// empty when it waits for nothing. Cleared when the state changes.
-	StatusNote    string `protobuf:"bytes,21,opt,name=status_note,json=statusNote,proto3" json:"status_note,omitempty"`
+	StatusNote string `protobuf:"bytes,21,opt,name=status_note,json=statusNote,proto3" json:"status_note,omitempty"`
+	// The name the user chose: unique among that user's programs; empty if none.
+	// The API takes `programs/{alias}` (the caller's own program of that name) and
+	// `users/{user}/programs/{alias}` wherever it takes `programs/{id}`.
+	Alias string `protobuf:"bytes,40,opt,name=alias,proto3" json:"alias,omitempty"`
+	// Plain environment variables the program runs with (visible to its owner).
+	// Changed with `ProgramConfigService.SetProgramEnv`; the next start uses them.
+	Env           map[string]string `protobuf:"bytes,41,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -477,6 +484,20 @@ func (x *Program) GetStatusNote() string {
 	return ""
 }
 
+func (x *Program) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *Program) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
 // Limits on a program's container. Zero means the Host's default; a value
 // above the Host's maximum is refused.
 type Resources struct {
@@ -582,6 +603,8 @@ type ProgramEvent struct {
 	//	*ProgramEvent_TeardownFailed
 	//	*ProgramEvent_BuildQueued
 	//	*ProgramEvent_HostRestarted
+	//	*ProgramEvent_AliasChanged
+	//	*ProgramEvent_EnvChanged
 	Kind          isProgramEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -800,6 +823,24 @@ func (x *ProgramEvent) GetHostRestarted() *HostRestarted {
 	return nil
 }
 
+func (x *ProgramEvent) GetAliasChanged() *AliasChanged {
+	if x != nil {
+		if x, ok := x.Kind.(*ProgramEvent_AliasChanged); ok {
+			return x.AliasChanged
+		}
+	}
+	return nil
+}
+
+func (x *ProgramEvent) GetEnvChanged() *EnvChanged {
+	if x != nil {
+		if x, ok := x.Kind.(*ProgramEvent_EnvChanged); ok {
+			return x.EnvChanged
+		}
+	}
+	return nil
+}
+
 type isProgramEvent_Kind interface {
 	isProgramEvent_Kind()
 }
@@ -894,6 +935,16 @@ type ProgramEvent_HostRestarted struct {
 	HostRestarted *HostRestarted `protobuf:"bytes,55,opt,name=host_restarted,json=hostRestarted,proto3,oneof"`
 }
 
+type ProgramEvent_AliasChanged struct {
+	// The user renamed the program.
+	AliasChanged *AliasChanged `protobuf:"bytes,41,opt,name=alias_changed,json=aliasChanged,proto3,oneof"`
+}
+
+type ProgramEvent_EnvChanged struct {
+	// The user changed the program's environment variables.
+	EnvChanged *EnvChanged `protobuf:"bytes,42,opt,name=env_changed,json=envChanged,proto3,oneof"`
+}
+
 func (*ProgramEvent_Created) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_StartRequested) isProgramEvent_Kind() {}
@@ -929,6 +980,10 @@ func (*ProgramEvent_TeardownFailed) isProgramEvent_Kind() {}
 func (*ProgramEvent_BuildQueued) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_HostRestarted) isProgramEvent_Kind() {}
+
+func (*ProgramEvent_AliasChanged) isProgramEvent_Kind() {}
+
+func (*ProgramEvent_EnvChanged) isProgramEvent_Kind() {}
 
 // The Host started again with the program in its store.
 type HostRestarted struct {
@@ -981,7 +1036,11 @@ type ProgramCreated struct {
 	// address they were given at creation.
 	ProxyTarget string `protobuf:"bytes,4,opt,name=proxy_target,json=proxyTarget,proto3" json:"proxy_target,omitempty"`
 	// The limits its container runs with.
-	Resources     *Resources `protobuf:"bytes,5,opt,name=resources,proto3" json:"resources,omitempty"`
+	Resources *Resources `protobuf:"bytes,5,opt,name=resources,proto3" json:"resources,omitempty"`
+	// The name the user chose; empty if none.
+	Alias string `protobuf:"bytes,40,opt,name=alias,proto3" json:"alias,omitempty"`
+	// Its environment variables.
+	Env           map[string]string `protobuf:"bytes,41,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1051,6 +1110,112 @@ func (x *ProgramCreated) GetResources() *Resources {
 	return nil
 }
 
+func (x *ProgramCreated) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *ProgramCreated) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+// The user renamed the program.
+type AliasChanged struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new name; empty when the program has no name any more.
+	Alias         string `protobuf:"bytes,1,opt,name=alias,proto3" json:"alias,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AliasChanged) Reset() {
+	*x = AliasChanged{}
+	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AliasChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AliasChanged) ProtoMessage() {}
+
+func (x *AliasChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AliasChanged.ProtoReflect.Descriptor instead.
+func (*AliasChanged) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AliasChanged) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+// The user changed the program's environment variables.
+type EnvChanged struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The variables from now on (the next start uses them).
+	Env           map[string]string `protobuf:"bytes,1,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnvChanged) Reset() {
+	*x = EnvChanged{}
+	mi := &file_hershy_v1_program_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnvChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnvChanged) ProtoMessage() {}
+
+func (x *EnvChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnvChanged.ProtoReflect.Descriptor instead.
+func (*EnvChanged) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *EnvChanged) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
 // A user asked to start the program.
 type StartRequested struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1060,7 +1225,7 @@ type StartRequested struct {
 
 func (x *StartRequested) Reset() {
 	*x = StartRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	mi := &file_hershy_v1_program_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1237,7 @@ func (x *StartRequested) String() string {
 func (*StartRequested) ProtoMessage() {}
 
 func (x *StartRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	mi := &file_hershy_v1_program_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1250,7 @@ func (x *StartRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequested.ProtoReflect.Descriptor instead.
 func (*StartRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{5}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{7}
 }
 
 // A user asked to stop the program.
@@ -1097,7 +1262,7 @@ type StopRequested struct {
 
 func (x *StopRequested) Reset() {
 	*x = StopRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[6]
+	mi := &file_hershy_v1_program_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1274,7 @@ func (x *StopRequested) String() string {
 func (*StopRequested) ProtoMessage() {}
 
 func (x *StopRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[6]
+	mi := &file_hershy_v1_program_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1287,7 @@ func (x *StopRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequested.ProtoReflect.Descriptor instead.
 func (*StopRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{6}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{8}
 }
 
 // A user asked to restart the program.
@@ -1134,7 +1299,7 @@ type RestartRequested struct {
 
 func (x *RestartRequested) Reset() {
 	*x = RestartRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[7]
+	mi := &file_hershy_v1_program_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1311,7 @@ func (x *RestartRequested) String() string {
 func (*RestartRequested) ProtoMessage() {}
 
 func (x *RestartRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[7]
+	mi := &file_hershy_v1_program_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1324,7 @@ func (x *RestartRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequested.ProtoReflect.Descriptor instead.
 func (*RestartRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{7}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{9}
 }
 
 // A user asked to delete the program.
@@ -1171,7 +1336,7 @@ type DeleteRequested struct {
 
 func (x *DeleteRequested) Reset() {
 	*x = DeleteRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[8]
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1348,7 @@ func (x *DeleteRequested) String() string {
 func (*DeleteRequested) ProtoMessage() {}
 
 func (x *DeleteRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[8]
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1361,7 @@ func (x *DeleteRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequested.ProtoReflect.Descriptor instead.
 func (*DeleteRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{8}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
 }
 
 // The image was built (or reused).
@@ -1210,7 +1375,7 @@ type BuildSucceeded struct {
 
 func (x *BuildSucceeded) Reset() {
 	*x = BuildSucceeded{}
-	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1387,7 @@ func (x *BuildSucceeded) String() string {
 func (*BuildSucceeded) ProtoMessage() {}
 
 func (x *BuildSucceeded) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1400,7 @@ func (x *BuildSucceeded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildSucceeded.ProtoReflect.Descriptor instead.
 func (*BuildSucceeded) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{9}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BuildSucceeded) GetImageId() string {
@@ -1256,7 +1421,7 @@ type BuildQueued struct {
 
 func (x *BuildQueued) Reset() {
 	*x = BuildQueued{}
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1268,7 +1433,7 @@ func (x *BuildQueued) String() string {
 func (*BuildQueued) ProtoMessage() {}
 
 func (x *BuildQueued) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1281,7 +1446,7 @@ func (x *BuildQueued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildQueued.ProtoReflect.Descriptor instead.
 func (*BuildQueued) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BuildQueued) GetAhead() int32 {
@@ -1302,7 +1467,7 @@ type BuildFailed struct {
 
 func (x *BuildFailed) Reset() {
 	*x = BuildFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1479,7 @@ func (x *BuildFailed) String() string {
 func (*BuildFailed) ProtoMessage() {}
 
 func (x *BuildFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1492,7 @@ func (x *BuildFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFailed.ProtoReflect.Descriptor instead.
 func (*BuildFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BuildFailed) GetReason() string {
@@ -1351,7 +1516,7 @@ type ContainerCreated struct {
 
 func (x *ContainerCreated) Reset() {
 	*x = ContainerCreated{}
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1528,7 @@ func (x *ContainerCreated) String() string {
 func (*ContainerCreated) ProtoMessage() {}
 
 func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1541,7 @@ func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerCreated.ProtoReflect.Descriptor instead.
 func (*ContainerCreated) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ContainerCreated) GetContainerId() string {
@@ -1402,7 +1567,7 @@ type ContainerReady struct {
 
 func (x *ContainerReady) Reset() {
 	*x = ContainerReady{}
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1414,7 +1579,7 @@ func (x *ContainerReady) String() string {
 func (*ContainerReady) ProtoMessage() {}
 
 func (x *ContainerReady) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1427,7 +1592,7 @@ func (x *ContainerReady) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerReady.ProtoReflect.Descriptor instead.
 func (*ContainerReady) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
 }
 
 // The container could not be started or never became ready.
@@ -1441,7 +1606,7 @@ type StartFailed struct {
 
 func (x *StartFailed) Reset() {
 	*x = StartFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +1618,7 @@ func (x *StartFailed) String() string {
 func (*StartFailed) ProtoMessage() {}
 
 func (x *StartFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +1631,7 @@ func (x *StartFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartFailed.ProtoReflect.Descriptor instead.
 func (*StartFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartFailed) GetReason() string {
@@ -1491,7 +1656,7 @@ type ContainerExited struct {
 
 func (x *ContainerExited) Reset() {
 	*x = ContainerExited{}
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1668,7 @@ func (x *ContainerExited) String() string {
 func (*ContainerExited) ProtoMessage() {}
 
 func (x *ContainerExited) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1681,7 @@ func (x *ContainerExited) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerExited.ProtoReflect.Descriptor instead.
 func (*ContainerExited) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ContainerExited) GetExitCode() int32 {
@@ -1549,7 +1714,7 @@ type ContainerStopped struct {
 
 func (x *ContainerStopped) Reset() {
 	*x = ContainerStopped{}
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1561,7 +1726,7 @@ func (x *ContainerStopped) String() string {
 func (*ContainerStopped) ProtoMessage() {}
 
 func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1574,7 +1739,7 @@ func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStopped.ProtoReflect.Descriptor instead.
 func (*ContainerStopped) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
 }
 
 // The container could not be stopped or removed.
@@ -1588,7 +1753,7 @@ type StopFailed struct {
 
 func (x *StopFailed) Reset() {
 	*x = StopFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1765,7 @@ func (x *StopFailed) String() string {
 func (*StopFailed) ProtoMessage() {}
 
 func (x *StopFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1778,7 @@ func (x *StopFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopFailed.ProtoReflect.Descriptor instead.
 func (*StopFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StopFailed) GetReason() string {
@@ -1632,7 +1797,7 @@ type RestartTimerFired struct {
 
 func (x *RestartTimerFired) Reset() {
 	*x = RestartTimerFired{}
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1809,7 @@ func (x *RestartTimerFired) String() string {
 func (*RestartTimerFired) ProtoMessage() {}
 
 func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1822,7 @@ func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartTimerFired.ProtoReflect.Descriptor instead.
 func (*RestartTimerFired) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
 }
 
 // Everything the program owned was removed.
@@ -1669,7 +1834,7 @@ type TornDown struct {
 
 func (x *TornDown) Reset() {
 	*x = TornDown{}
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1846,7 @@ func (x *TornDown) String() string {
 func (*TornDown) ProtoMessage() {}
 
 func (x *TornDown) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1859,7 @@ func (x *TornDown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TornDown.ProtoReflect.Descriptor instead.
 func (*TornDown) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
 }
 
 // Removing what the program owned failed.
@@ -1708,7 +1873,7 @@ type TeardownFailed struct {
 
 func (x *TeardownFailed) Reset() {
 	*x = TeardownFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1885,7 @@ func (x *TeardownFailed) String() string {
 func (*TeardownFailed) ProtoMessage() {}
 
 func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1898,7 @@ func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeardownFailed.ProtoReflect.Descriptor instead.
 func (*TeardownFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TeardownFailed) GetReason() string {
@@ -1754,14 +1919,20 @@ type CreateProgramRequest struct {
 	// nested, and must not be absolute or contain `..`.
 	SrcFiles map[string][]byte `protobuf:"bytes,3,rep,name=src_files,json=srcFiles,proto3" json:"src_files,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Limits for the program's container; unset fields take the Host's defaults.
-	Resources     *Resources `protobuf:"bytes,4,opt,name=resources,proto3" json:"resources,omitempty"`
+	Resources *Resources `protobuf:"bytes,4,opt,name=resources,proto3" json:"resources,omitempty"`
+	// A name for the program, unique among the user's programs: 1-63 of
+	// [a-z0-9-], starting with a letter, never starting with `prog-`. Optional.
+	Alias string `protobuf:"bytes,10,opt,name=alias,proto3" json:"alias,omitempty"`
+	// Environment variables: names [A-Z_][A-Z0-9_]*, not starting with `HERSHY_`;
+	// at most 64, 4 KiB each, 32 KiB in all.
+	Env           map[string]string `protobuf:"bytes,11,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateProgramRequest) Reset() {
 	*x = CreateProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1944,7 @@ func (x *CreateProgramRequest) String() string {
 func (*CreateProgramRequest) ProtoMessage() {}
 
 func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1957,7 @@ func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProgramRequest.ProtoReflect.Descriptor instead.
 func (*CreateProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateProgramRequest) GetUserId() string {
@@ -1817,6 +1988,20 @@ func (x *CreateProgramRequest) GetResources() *Resources {
 	return nil
 }
 
+func (x *CreateProgramRequest) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *CreateProgramRequest) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
 // Request for GetProgram.
 type GetProgramRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1828,7 +2013,7 @@ type GetProgramRequest struct {
 
 func (x *GetProgramRequest) Reset() {
 	*x = GetProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +2025,7 @@ func (x *GetProgramRequest) String() string {
 func (*GetProgramRequest) ProtoMessage() {}
 
 func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +2038,7 @@ func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetProgramRequest) GetName() string {
@@ -1878,7 +2063,7 @@ type ListProgramsRequest struct {
 
 func (x *ListProgramsRequest) Reset() {
 	*x = ListProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +2075,7 @@ func (x *ListProgramsRequest) String() string {
 func (*ListProgramsRequest) ProtoMessage() {}
 
 func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +2088,7 @@ func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsRequest.ProtoReflect.Descriptor instead.
 func (*ListProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListProgramsRequest) GetPageSize() int32 {
@@ -1942,7 +2127,7 @@ type ListProgramsResponse struct {
 
 func (x *ListProgramsResponse) Reset() {
 	*x = ListProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2139,7 @@ func (x *ListProgramsResponse) String() string {
 func (*ListProgramsResponse) ProtoMessage() {}
 
 func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2152,7 @@ func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsResponse.ProtoReflect.Descriptor instead.
 func (*ListProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListProgramsResponse) GetPrograms() []*Program {
@@ -2002,7 +2187,7 @@ type DeleteProgramRequest struct {
 
 func (x *DeleteProgramRequest) Reset() {
 	*x = DeleteProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2199,7 @@ func (x *DeleteProgramRequest) String() string {
 func (*DeleteProgramRequest) ProtoMessage() {}
 
 func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2212,7 @@ func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProgramRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteProgramRequest) GetName() string {
@@ -2048,7 +2233,7 @@ type StartProgramRequest struct {
 
 func (x *StartProgramRequest) Reset() {
 	*x = StartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2245,7 @@ func (x *StartProgramRequest) String() string {
 func (*StartProgramRequest) ProtoMessage() {}
 
 func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2258,7 @@ func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProgramRequest.ProtoReflect.Descriptor instead.
 func (*StartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StartProgramRequest) GetName() string {
@@ -2094,7 +2279,7 @@ type StopProgramRequest struct {
 
 func (x *StopProgramRequest) Reset() {
 	*x = StopProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2291,7 @@ func (x *StopProgramRequest) String() string {
 func (*StopProgramRequest) ProtoMessage() {}
 
 func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2304,7 @@ func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopProgramRequest.ProtoReflect.Descriptor instead.
 func (*StopProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StopProgramRequest) GetName() string {
@@ -2140,7 +2325,7 @@ type RestartProgramRequest struct {
 
 func (x *RestartProgramRequest) Reset() {
 	*x = RestartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2337,7 @@ func (x *RestartProgramRequest) String() string {
 func (*RestartProgramRequest) ProtoMessage() {}
 
 func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2350,7 @@ func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartProgramRequest.ProtoReflect.Descriptor instead.
 func (*RestartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RestartProgramRequest) GetName() string {
@@ -2191,7 +2376,7 @@ type WaitProgramRequest struct {
 
 func (x *WaitProgramRequest) Reset() {
 	*x = WaitProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2388,7 @@ func (x *WaitProgramRequest) String() string {
 func (*WaitProgramRequest) ProtoMessage() {}
 
 func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2401,7 @@ func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProgramRequest.ProtoReflect.Descriptor instead.
 func (*WaitProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WaitProgramRequest) GetName() string {
@@ -2255,7 +2440,7 @@ type WatchProgramsRequest struct {
 
 func (x *WatchProgramsRequest) Reset() {
 	*x = WatchProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2267,7 +2452,7 @@ func (x *WatchProgramsRequest) String() string {
 func (*WatchProgramsRequest) ProtoMessage() {}
 
 func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2280,7 +2465,7 @@ func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsRequest.ProtoReflect.Descriptor instead.
 func (*WatchProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WatchProgramsRequest) GetName() string {
@@ -2314,7 +2499,7 @@ type WatchProgramsResponse struct {
 
 func (x *WatchProgramsResponse) Reset() {
 	*x = WatchProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +2511,7 @@ func (x *WatchProgramsResponse) String() string {
 func (*WatchProgramsResponse) ProtoMessage() {}
 
 func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +2524,7 @@ func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsResponse.ProtoReflect.Descriptor instead.
 func (*WatchProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchProgramsResponse) GetType() WatchProgramsResponse_Type {
@@ -2381,7 +2566,7 @@ type GetProgramSourceRequest struct {
 
 func (x *GetProgramSourceRequest) Reset() {
 	*x = GetProgramSourceRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2393,7 +2578,7 @@ func (x *GetProgramSourceRequest) String() string {
 func (*GetProgramSourceRequest) ProtoMessage() {}
 
 func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2406,7 +2591,7 @@ func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramSourceRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramSourceRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetProgramSourceRequest) GetName() string {
@@ -2433,7 +2618,7 @@ type ProgramSource struct {
 
 func (x *ProgramSource) Reset() {
 	*x = ProgramSource{}
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2630,7 @@ func (x *ProgramSource) String() string {
 func (*ProgramSource) ProtoMessage() {}
 
 func (x *ProgramSource) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2643,7 @@ func (x *ProgramSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgramSource.ProtoReflect.Descriptor instead.
 func (*ProgramSource) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ProgramSource) GetName() string {
@@ -2506,7 +2691,7 @@ type ReadProgramLogsRequest struct {
 
 func (x *ReadProgramLogsRequest) Reset() {
 	*x = ReadProgramLogsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	mi := &file_hershy_v1_program_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2518,7 +2703,7 @@ func (x *ReadProgramLogsRequest) String() string {
 func (*ReadProgramLogsRequest) ProtoMessage() {}
 
 func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	mi := &file_hershy_v1_program_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2531,7 +2716,7 @@ func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadProgramLogsRequest.ProtoReflect.Descriptor instead.
 func (*ReadProgramLogsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{34}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReadProgramLogsRequest) GetName() string {
@@ -2579,7 +2764,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_hershy_v1_program_proto_msgTypes[35]
+	mi := &file_hershy_v1_program_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2591,7 +2776,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[35]
+	mi := &file_hershy_v1_program_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2604,7 +2789,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{35}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LogEntry) GetTime() *timestamppb.Timestamp {
@@ -2639,7 +2824,7 @@ var File_hershy_v1_program_proto protoreflect.FileDescriptor
 
 const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
-	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x06\n" +
+	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\a\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
@@ -2666,7 +2851,12 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\aruntime\x18\x13 \x01(\tR\aruntime\x122\n" +
 	"\tresources\x18\x14 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12\x1f\n" +
 	"\vstatus_note\x18\x15 \x01(\tR\n" +
-	"statusNoteB\x11\n" +
+	"statusNote\x12\x14\n" +
+	"\x05alias\x18( \x01(\tR\x05alias\x12-\n" +
+	"\x03env\x18) \x03(\v2\x1b.hershy.v1.Program.EnvEntryR\x03env\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x11\n" +
 	"\x0f_last_exit_code\"\x82\x01\n" +
 	"\tResources\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
@@ -2674,8 +2864,7 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"milli_cpus\x18\x02 \x01(\x03R\tmilliCpus\x12\x12\n" +
 	"\x04pids\x18\x03 \x01(\x03R\x04pids\x12\x1f\n" +
 	"\vstate_bytes\x18\x04 \x01(\x03R\n" +
-	"stateBytes\"\x98\n" +
-	"\n" +
+	"stateBytes\"\x92\v\n" +
 	"\fProgramEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x10\n" +
 	"\x03run\x18\x02 \x01(\x03R\x03run\x125\n" +
@@ -2698,16 +2887,32 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\ttorn_down\x18\x1d \x01(\v2\x13.hershy.v1.TornDownH\x00R\btornDown\x12D\n" +
 	"\x0fteardown_failed\x18\x1e \x01(\v2\x19.hershy.v1.TeardownFailedH\x00R\x0eteardownFailed\x12;\n" +
 	"\fbuild_queued\x18# \x01(\v2\x16.hershy.v1.BuildQueuedH\x00R\vbuildQueued\x12A\n" +
-	"\x0ehost_restarted\x187 \x01(\v2\x18.hershy.v1.HostRestartedH\x00R\rhostRestartedB\x06\n" +
+	"\x0ehost_restarted\x187 \x01(\v2\x18.hershy.v1.HostRestartedH\x00R\rhostRestarted\x12>\n" +
+	"\ralias_changed\x18) \x01(\v2\x17.hershy.v1.AliasChangedH\x00R\faliasChanged\x128\n" +
+	"\venv_changed\x18* \x01(\v2\x15.hershy.v1.EnvChangedH\x00R\n" +
+	"envChangedB\x06\n" +
 	"\x04kind\"\x0f\n" +
-	"\rHostRestarted\"\xba\x01\n" +
+	"\rHostRestarted\"\xbe\x02\n" +
 	"\x0eProgramCreated\x12\x1d\n" +
 	"\n" +
 	"program_id\x18\x01 \x01(\tR\tprogramId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x19\n" +
 	"\bbuild_id\x18\x03 \x01(\tR\abuildId\x12!\n" +
 	"\fproxy_target\x18\x04 \x01(\tR\vproxyTarget\x122\n" +
-	"\tresources\x18\x05 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\"\x10\n" +
+	"\tresources\x18\x05 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12\x14\n" +
+	"\x05alias\x18( \x01(\tR\x05alias\x124\n" +
+	"\x03env\x18) \x03(\v2\".hershy.v1.ProgramCreated.EnvEntryR\x03env\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"$\n" +
+	"\fAliasChanged\x12\x14\n" +
+	"\x05alias\x18\x01 \x01(\tR\x05alias\"v\n" +
+	"\n" +
+	"EnvChanged\x120\n" +
+	"\x03env\x18\x01 \x03(\v2\x1e.hershy.v1.EnvChanged.EnvEntryR\x03env\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x10\n" +
 	"\x0eStartRequested\"\x0f\n" +
 	"\rStopRequested\"\x12\n" +
 	"\x10RestartRequested\"\x11\n" +
@@ -2737,17 +2942,23 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
 	"\bTornDown\"(\n" +
 	"\x0eTeardownFailed\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x8c\x02\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x96\x03\n" +
 	"\x14CreateProgramRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x02 \x01(\tR\n" +
 	"dockerfile\x12J\n" +
 	"\tsrc_files\x18\x03 \x03(\v2-.hershy.v1.CreateProgramRequest.SrcFilesEntryR\bsrcFiles\x122\n" +
-	"\tresources\x18\x04 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x1a;\n" +
+	"\tresources\x18\x04 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12\x14\n" +
+	"\x05alias\x18\n" +
+	" \x01(\tR\x05alias\x12:\n" +
+	"\x03env\x18\v \x03(\v2(.hershy.v1.CreateProgramRequest.EnvEntryR\x03env\x1a;\n" +
 	"\rSrcFilesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"'\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"'\n" +
 	"\x11GetProgramRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"j\n" +
 	"\x13ListProgramsRequest\x12\x1b\n" +
@@ -2858,7 +3069,7 @@ func file_hershy_v1_program_proto_rawDescGZIP() []byte {
 }
 
 var file_hershy_v1_program_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_hershy_v1_program_proto_goTypes = []any{
 	(State)(0),                      // 0: hershy.v1.State
 	(LogStream)(0),                  // 1: hershy.v1.LogStream
@@ -2868,108 +3079,120 @@ var file_hershy_v1_program_proto_goTypes = []any{
 	(*ProgramEvent)(nil),            // 5: hershy.v1.ProgramEvent
 	(*HostRestarted)(nil),           // 6: hershy.v1.HostRestarted
 	(*ProgramCreated)(nil),          // 7: hershy.v1.ProgramCreated
-	(*StartRequested)(nil),          // 8: hershy.v1.StartRequested
-	(*StopRequested)(nil),           // 9: hershy.v1.StopRequested
-	(*RestartRequested)(nil),        // 10: hershy.v1.RestartRequested
-	(*DeleteRequested)(nil),         // 11: hershy.v1.DeleteRequested
-	(*BuildSucceeded)(nil),          // 12: hershy.v1.BuildSucceeded
-	(*BuildQueued)(nil),             // 13: hershy.v1.BuildQueued
-	(*BuildFailed)(nil),             // 14: hershy.v1.BuildFailed
-	(*ContainerCreated)(nil),        // 15: hershy.v1.ContainerCreated
-	(*ContainerReady)(nil),          // 16: hershy.v1.ContainerReady
-	(*StartFailed)(nil),             // 17: hershy.v1.StartFailed
-	(*ContainerExited)(nil),         // 18: hershy.v1.ContainerExited
-	(*ContainerStopped)(nil),        // 19: hershy.v1.ContainerStopped
-	(*StopFailed)(nil),              // 20: hershy.v1.StopFailed
-	(*RestartTimerFired)(nil),       // 21: hershy.v1.RestartTimerFired
-	(*TornDown)(nil),                // 22: hershy.v1.TornDown
-	(*TeardownFailed)(nil),          // 23: hershy.v1.TeardownFailed
-	(*CreateProgramRequest)(nil),    // 24: hershy.v1.CreateProgramRequest
-	(*GetProgramRequest)(nil),       // 25: hershy.v1.GetProgramRequest
-	(*ListProgramsRequest)(nil),     // 26: hershy.v1.ListProgramsRequest
-	(*ListProgramsResponse)(nil),    // 27: hershy.v1.ListProgramsResponse
-	(*DeleteProgramRequest)(nil),    // 28: hershy.v1.DeleteProgramRequest
-	(*StartProgramRequest)(nil),     // 29: hershy.v1.StartProgramRequest
-	(*StopProgramRequest)(nil),      // 30: hershy.v1.StopProgramRequest
-	(*RestartProgramRequest)(nil),   // 31: hershy.v1.RestartProgramRequest
-	(*WaitProgramRequest)(nil),      // 32: hershy.v1.WaitProgramRequest
-	(*WatchProgramsRequest)(nil),    // 33: hershy.v1.WatchProgramsRequest
-	(*WatchProgramsResponse)(nil),   // 34: hershy.v1.WatchProgramsResponse
-	(*GetProgramSourceRequest)(nil), // 35: hershy.v1.GetProgramSourceRequest
-	(*ProgramSource)(nil),           // 36: hershy.v1.ProgramSource
-	(*ReadProgramLogsRequest)(nil),  // 37: hershy.v1.ReadProgramLogsRequest
-	(*LogEntry)(nil),                // 38: hershy.v1.LogEntry
-	nil,                             // 39: hershy.v1.CreateProgramRequest.SrcFilesEntry
-	nil,                             // 40: hershy.v1.ProgramSource.SrcFilesEntry
-	(*timestamppb.Timestamp)(nil),   // 41: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 42: google.protobuf.Duration
+	(*AliasChanged)(nil),            // 8: hershy.v1.AliasChanged
+	(*EnvChanged)(nil),              // 9: hershy.v1.EnvChanged
+	(*StartRequested)(nil),          // 10: hershy.v1.StartRequested
+	(*StopRequested)(nil),           // 11: hershy.v1.StopRequested
+	(*RestartRequested)(nil),        // 12: hershy.v1.RestartRequested
+	(*DeleteRequested)(nil),         // 13: hershy.v1.DeleteRequested
+	(*BuildSucceeded)(nil),          // 14: hershy.v1.BuildSucceeded
+	(*BuildQueued)(nil),             // 15: hershy.v1.BuildQueued
+	(*BuildFailed)(nil),             // 16: hershy.v1.BuildFailed
+	(*ContainerCreated)(nil),        // 17: hershy.v1.ContainerCreated
+	(*ContainerReady)(nil),          // 18: hershy.v1.ContainerReady
+	(*StartFailed)(nil),             // 19: hershy.v1.StartFailed
+	(*ContainerExited)(nil),         // 20: hershy.v1.ContainerExited
+	(*ContainerStopped)(nil),        // 21: hershy.v1.ContainerStopped
+	(*StopFailed)(nil),              // 22: hershy.v1.StopFailed
+	(*RestartTimerFired)(nil),       // 23: hershy.v1.RestartTimerFired
+	(*TornDown)(nil),                // 24: hershy.v1.TornDown
+	(*TeardownFailed)(nil),          // 25: hershy.v1.TeardownFailed
+	(*CreateProgramRequest)(nil),    // 26: hershy.v1.CreateProgramRequest
+	(*GetProgramRequest)(nil),       // 27: hershy.v1.GetProgramRequest
+	(*ListProgramsRequest)(nil),     // 28: hershy.v1.ListProgramsRequest
+	(*ListProgramsResponse)(nil),    // 29: hershy.v1.ListProgramsResponse
+	(*DeleteProgramRequest)(nil),    // 30: hershy.v1.DeleteProgramRequest
+	(*StartProgramRequest)(nil),     // 31: hershy.v1.StartProgramRequest
+	(*StopProgramRequest)(nil),      // 32: hershy.v1.StopProgramRequest
+	(*RestartProgramRequest)(nil),   // 33: hershy.v1.RestartProgramRequest
+	(*WaitProgramRequest)(nil),      // 34: hershy.v1.WaitProgramRequest
+	(*WatchProgramsRequest)(nil),    // 35: hershy.v1.WatchProgramsRequest
+	(*WatchProgramsResponse)(nil),   // 36: hershy.v1.WatchProgramsResponse
+	(*GetProgramSourceRequest)(nil), // 37: hershy.v1.GetProgramSourceRequest
+	(*ProgramSource)(nil),           // 38: hershy.v1.ProgramSource
+	(*ReadProgramLogsRequest)(nil),  // 39: hershy.v1.ReadProgramLogsRequest
+	(*LogEntry)(nil),                // 40: hershy.v1.LogEntry
+	nil,                             // 41: hershy.v1.Program.EnvEntry
+	nil,                             // 42: hershy.v1.ProgramCreated.EnvEntry
+	nil,                             // 43: hershy.v1.EnvChanged.EnvEntry
+	nil,                             // 44: hershy.v1.CreateProgramRequest.SrcFilesEntry
+	nil,                             // 45: hershy.v1.CreateProgramRequest.EnvEntry
+	nil,                             // 46: hershy.v1.ProgramSource.SrcFilesEntry
+	(*timestamppb.Timestamp)(nil),   // 47: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 48: google.protobuf.Duration
 }
 var file_hershy_v1_program_proto_depIdxs = []int32{
 	0,  // 0: hershy.v1.Program.state:type_name -> hershy.v1.State
-	41, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
-	41, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
-	41, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
-	41, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
+	47, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
+	47, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
+	47, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
+	47, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
 	4,  // 5: hershy.v1.Program.resources:type_name -> hershy.v1.Resources
-	41, // 6: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
-	7,  // 7: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
-	8,  // 8: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
-	9,  // 9: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
-	10, // 10: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
-	11, // 11: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
-	12, // 12: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
-	14, // 13: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
-	15, // 14: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
-	16, // 15: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
-	17, // 16: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
-	18, // 17: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
-	19, // 18: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
-	20, // 19: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
-	21, // 20: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
-	22, // 21: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
-	23, // 22: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
-	13, // 23: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
-	6,  // 24: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
-	4,  // 25: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
-	39, // 26: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
-	4,  // 27: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
-	3,  // 28: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
-	0,  // 29: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
-	42, // 30: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 31: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
-	3,  // 32: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
-	5,  // 33: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
-	40, // 34: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
-	1,  // 35: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
-	41, // 36: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
-	1,  // 37: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
-	24, // 38: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
-	25, // 39: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
-	26, // 40: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
-	28, // 41: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
-	29, // 42: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
-	30, // 43: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
-	31, // 44: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
-	32, // 45: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
-	33, // 46: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
-	35, // 47: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
-	37, // 48: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
-	3,  // 49: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
-	3,  // 50: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
-	27, // 51: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
-	3,  // 52: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
-	3,  // 53: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
-	3,  // 54: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
-	3,  // 55: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
-	3,  // 56: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
-	34, // 57: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
-	36, // 58: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
-	38, // 59: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
-	49, // [49:60] is the sub-list for method output_type
-	38, // [38:49] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	41, // 6: hershy.v1.Program.env:type_name -> hershy.v1.Program.EnvEntry
+	47, // 7: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
+	7,  // 8: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
+	10, // 9: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
+	11, // 10: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
+	12, // 11: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
+	13, // 12: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
+	14, // 13: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
+	16, // 14: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
+	17, // 15: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
+	18, // 16: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
+	19, // 17: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
+	20, // 18: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
+	21, // 19: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
+	22, // 20: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
+	23, // 21: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
+	24, // 22: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
+	25, // 23: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
+	15, // 24: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
+	6,  // 25: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
+	8,  // 26: hershy.v1.ProgramEvent.alias_changed:type_name -> hershy.v1.AliasChanged
+	9,  // 27: hershy.v1.ProgramEvent.env_changed:type_name -> hershy.v1.EnvChanged
+	4,  // 28: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
+	42, // 29: hershy.v1.ProgramCreated.env:type_name -> hershy.v1.ProgramCreated.EnvEntry
+	43, // 30: hershy.v1.EnvChanged.env:type_name -> hershy.v1.EnvChanged.EnvEntry
+	44, // 31: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
+	4,  // 32: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
+	45, // 33: hershy.v1.CreateProgramRequest.env:type_name -> hershy.v1.CreateProgramRequest.EnvEntry
+	3,  // 34: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
+	0,  // 35: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
+	48, // 36: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
+	2,  // 37: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
+	3,  // 38: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
+	5,  // 39: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
+	46, // 40: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
+	1,  // 41: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
+	47, // 42: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	1,  // 43: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
+	26, // 44: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
+	27, // 45: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
+	28, // 46: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
+	30, // 47: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
+	31, // 48: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
+	32, // 49: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
+	33, // 50: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
+	34, // 51: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
+	35, // 52: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
+	37, // 53: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
+	39, // 54: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
+	3,  // 55: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
+	3,  // 56: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
+	29, // 57: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
+	3,  // 58: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
+	3,  // 59: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
+	3,  // 60: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
+	3,  // 61: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
+	3,  // 62: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
+	36, // 63: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
+	38, // 64: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
+	40, // 65: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
+	55, // [55:66] is the sub-list for method output_type
+	44, // [44:55] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_hershy_v1_program_proto_init() }
@@ -2997,16 +3220,18 @@ func file_hershy_v1_program_proto_init() {
 		(*ProgramEvent_TeardownFailed)(nil),
 		(*ProgramEvent_BuildQueued)(nil),
 		(*ProgramEvent_HostRestarted)(nil),
+		(*ProgramEvent_AliasChanged)(nil),
+		(*ProgramEvent_EnvChanged)(nil),
 	}
-	file_hershy_v1_program_proto_msgTypes[30].OneofWrappers = []any{}
-	file_hershy_v1_program_proto_msgTypes[34].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[32].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[36].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hershy_v1_program_proto_rawDesc), len(file_hershy_v1_program_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

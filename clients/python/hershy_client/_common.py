@@ -39,14 +39,15 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def program_name(program: ProgramRef) -> str:
-    """`prog-x`, `programs/prog-x` or a Program -> `programs/prog-x`.
+    """`prog-x`, `programs/prog-x` or a Program -> `programs/prog-x`; an alias `bot` ->
+    `programs/bot` (the caller's own program of that name); `users/u/programs/bot` as it is.
 
     An empty string stays empty so the Host reports the missing name
     (INVALID_ARGUMENT naming the field) instead of the client guessing.
     """
     if isinstance(program, pb.Program):
         return program.name
-    if not program or program.startswith(NAME_PREFIX):
+    if not program or program.startswith((NAME_PREFIX, "users/")):
         return program
     return NAME_PREFIX + program
 
@@ -125,13 +126,17 @@ def create_request(
     dockerfile: str,
     files: Mapping[str, bytes | str] | None,
     resources: pb.Resources | Mapping[str, int] | None,
+    alias: str = "",
+    env: Mapping[str, str] | None = None,
 ) -> pb.CreateProgramRequest:
     """Text file contents are sent as UTF-8; resources may be a message or a dict of its fields."""
     src_files = {
         path: content.encode() if isinstance(content, str) else bytes(content)
         for path, content in (files or {}).items()
     }
-    request = pb.CreateProgramRequest(user_id=user_id, dockerfile=dockerfile, src_files=src_files)
+    request = pb.CreateProgramRequest(
+        user_id=user_id, dockerfile=dockerfile, src_files=src_files, alias=alias, env=env or {}
+    )
     if isinstance(resources, pb.Resources):
         request.resources.CopyFrom(resources)
     elif resources is not None:

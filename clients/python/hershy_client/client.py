@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 
 import grpc
 
+from hershy.v1 import config_pb2, config_pb2_grpc, quota_pb2, quota_pb2_grpc
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
-from hershy.v1 import quota_pb2, quota_pb2_grpc
 from hershy_client import _common as common
 from hershy_client._common import LogStreamLike, ProgramRef, StateLike
 from hershy_client.errors import HershyError, RevisionTooOld, from_rpc_error
@@ -74,6 +74,8 @@ class Client:
         self.stub = pb_grpc.ProgramServiceStub(self.channel)
         #: Per-user quotas (QuotaService).
         self.quota_stub = quota_pb2_grpc.QuotaServiceStub(self.channel)
+        #: Names, environment variables and secrets (ProgramConfigService).
+        self.config_stub = config_pb2_grpc.ProgramConfigServiceStub(self.channel)
 
     def close(self) -> None:
         """Close the channel; calls in flight fail with CANCELLED, `watch_forever` returns.
@@ -119,9 +121,13 @@ class Client:
         dockerfile: str,
         files: Mapping[str, bytes | str] | None = None,
         resources: pb.Resources | Mapping[str, int] | None = None,
+        *,
+        alias: str = "",
+        env: Mapping[str, str] | None = None,
     ) -> pb.Program:
-        """Register a program (state CREATED). `files` maps relative paths to contents."""
-        request = common.create_request(user_id, dockerfile, files, resources)
+        """Register a program (state CREATED). `files` maps relative paths to contents;
+        `alias` names it (`programs/{alias}` then finds it), `env` sets its variables."""
+        request = common.create_request(user_id, dockerfile, files, resources, alias, env)
         return self._call(self.stub.CreateProgram, request)
 
     def get(self, program: ProgramRef) -> pb.Program:
@@ -203,6 +209,45 @@ class Client:
             self.stub.GetProgramSource,
             pb.GetProgramSourceRequest(name=common.program_name(program)),
         )
+
+    # --- names, environment variables and secrets (ProgramConfigService) ------------
+
+    def rename(self, program: ProgramRef, alias: str) -> pb.Program:
+        """Give the program a new name (`""`: none); unique among the user's programs."""
+        request = config_pb2.RenameProgramRequest(name=common.program_name(program), alias=alias)
+        return self._call(self.config_stub.RenameProgram, request)
+
+    def set_env(
+        self,
+        program: ProgramRef,
+        set: Mapping[str, str] | None = None,
+        unset: Iterable[str] = (),
+    ) -> pb.Program:
+        """Set and remove environment variables; the next start uses them."""
+        request = config_pb2.SetProgramEnvRequest(
+            name=common.program_name(program), set=dict(set or {}), unset=list(unset)
+        )
+        return self._call(self.config_stub.SetProgramEnv, request)
+
+    def set_secret(self, program: ProgramRef, name: str, value: bytes | str) -> config_pb2.Secret:
+        """Create or replace a secret (at /run/secrets/NAME in the program from its next
+        start). The answer never carries the value."""
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        request = config_pb2.SetSecretRequest(
+            parent=common.program_name(program), secret_id=name, value=data
+        )
+        return self._call(self.config_stub.SetSecret, request)
+
+    def secrets(self, program: ProgramRef) -> Sequence[config_pb2.Secret]:
+        """The program's secrets: names, versions, times; never values."""
+        request = config_pb2.ListSecretsRequest(parent=common.program_name(program))
+        return list(self._call(self.config_stub.ListSecrets, request).secrets)
+
+    def delete_secret(self, program: ProgramRef, name: str) -> config_pb2.Secret:
+        request = config_pb2.DeleteSecretRequest(
+            name=f"{common.program_name(program)}/secrets/{name}"
+        )
+        return self._call(self.config_stub.DeleteSecret, request)
 
     # --- streams ------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hershy.domain.config import SECRETS_DIR
 from hershy.domain.model import Resources
 
 WATCHER_PORT = 8080
@@ -51,6 +52,11 @@ class ContainerRequest:
     state_dir: str
     resources: Resources
     runtime: str
+    #: Plain environment variables (the program's `env`); never a secret.
+    env: tuple[tuple[str, str], ...] = ()
+    #: The Host's memory-backed folder of the program's secrets, bound read-only at
+    #: /run/secrets; None when it has none. The spec names the folder, never a value.
+    secrets_dir: str | None = None
 
 
 def labelled_run(labels: Mapping[str, str]) -> int | None:
@@ -76,6 +82,23 @@ def labels_for(
 
 def compose_spec(request: ContainerRequest) -> dict[str, Any]:
     """The docker-compose file that describes the program's container."""
+    spec = _base_spec(request)
+    service = spec["services"]["program"]
+    if request.env:
+        service["environment"] = dict(request.env)
+    if request.secrets_dir is not None:
+        service["volumes"].append(
+            {
+                "type": "bind",
+                "source": request.secrets_dir,
+                "target": SECRETS_DIR,
+                "read_only": True,
+            }
+        )
+    return spec
+
+
+def _base_spec(request: ContainerRequest) -> dict[str, Any]:
     return {
         "name": f"hershy-{request.program_id}",
         "services": {
@@ -139,11 +162,27 @@ def contract_violations(
     require(service.get("read_only") is True, "the root file system must be read-only")
     volumes = service.get("volumes", [])
     require(
-        len(volumes) == 1
+        len(volumes) in (1, 2)
         and volumes[0].get("type") == "bind"
         and volumes[0].get("target") == STATE_MOUNT
         and volumes[0].get("read_only") is False,
         f"the only volume must be the program's state folder, writable at {STATE_MOUNT}",
+    )
+    require(
+        all(
+            volume.get("type") == "bind"
+            and volume.get("target") == SECRETS_DIR
+            and volume.get("read_only") is True
+            for volume in volumes[1:]
+        ),
+        f"the only volume besides {STATE_MOUNT} may be the program's secrets, read-only at "
+        f"{SECRETS_DIR}",
+    )
+    environment = service.get("environment", {})
+    require(
+        isinstance(environment, dict)
+        and all(isinstance(value, str) for value in environment.values()),
+        "environment must map names to strings",
     )
     for key in ("tmpfs", "devices", "device_cgroup_rules", "volumes_from", "extra_hosts"):
         require(not service.get(key), f"{key} is not allowed")

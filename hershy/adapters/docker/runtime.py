@@ -56,12 +56,16 @@ from hershy.adapters.docker.port_pool import (
 )
 from hershy.adapters.docker.port_pool import published_port as published_port  # re-exported
 from hershy.adapters.docker.reconcile import Reconciler
+from hershy.adapters.docker.secret_files import DEFAULT_ROOT as SECRETS_ROOT
+from hershy.adapters.docker.secret_files import SecretFiles
 from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
+from hershy.domain.config import SECRETS_DIR
 from hershy.domain.model import LogLine, LogStream, Resources
 from hershy.domain.validation import ResourcePolicy
 from hershy.service.ports import LogStore, Outbox, ProgramFolders, WatcherEndpoint
+from hershy.service.secrets import SecretValues
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,8 @@ class DockerSettings:
     #: The base-image allowlist (`--base-image`): the only images a FROM may name.
     base_images: tuple[str, ...] = ("hershy-busybox:latest",)
     build_limits: BuildLimits = field(default_factory=BuildLimits)
+    #: Where programs' secrets are mounted (a tmpfs each), outside the data dir.
+    secrets_root: Path = SECRETS_ROOT
 
     @property
     def allowed_runtimes(self) -> frozenset[str]:
@@ -118,14 +124,18 @@ def image_tag(program_id: str, build_id: str) -> str:
 def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:
     """The docker SDK's `containers.create` arguments for a validated spec: nothing added."""
     service = spec["services"]["program"]
-    (volume,) = service["volumes"]
     (port,) = service["ports"]
+    volumes = {
+        volume["source"]: {"bind": volume["target"], "mode": "ro" if volume["read_only"] else "rw"}
+        for volume in service["volumes"]
+    }
     return {
         "image": service["image"],
         "name": service["container_name"],
         "runtime": service["runtime"],
         "read_only": service["read_only"],
-        "volumes": {volume["source"]: {"bind": volume["target"], "mode": "rw"}},
+        "volumes": volumes,
+        "environment": dict(service.get("environment", {})),
         "ports": {f"{port['target']}/tcp": (port["host_ip"], int(port["published"]))},
         "cap_drop": service["cap_drop"],
         "security_opt": service["security_opt"],
@@ -159,6 +169,9 @@ class DockerEffectHandler:
         logs: LogStore,
         ports: PortPool | None = None,
         volumes: StateVolumes | None = None,
+        *,
+        secrets: SecretValues | None = None,
+        secret_files: SecretFiles | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = settings.runtime
@@ -169,6 +182,11 @@ class DockerEffectHandler:
         self._published: dict[str, Published] = {}  # container id -> its port
         #: Each program's /state, a file system of its `resources.state_bytes`.
         self._volumes = volumes or LoopStateVolumes(files.root)
+        #: Programs' secrets, handed over as files in a memory-backed folder at each start.
+        self._secrets = secrets
+        self._secret_files = secret_files or SecretFiles(
+            settings.secrets_root / (settings.host_id or "default")
+        )
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         self._engine = Engine(settings.socket)
         self._client: docker.DockerClient | None = None
@@ -316,10 +334,15 @@ class DockerEffectHandler:
         # cut short, a crashed run's): a program has one container at a time.
         await self._stop_containers(program_id, effect.run, None)
         state_dir = await self._volumes.attach(program_id, effect.resources.state_bytes)
+        values = self._secrets.values(program_id) if self._secrets is not None else {}
+        owner = await self._image_user(effect.image_id) if values else None
+        secrets_dir = await self._secret_files.attach(program_id, values, owner)
         container: Any = None
         try:
             for attempt in range(1, PORT_ATTEMPTS + 1):
-                container, spec = await self._create_on_a_free_port(program_id, effect, state_dir)
+                container, spec = await self._create_on_a_free_port(
+                    program_id, effect, state_dir, secrets_dir
+                )
                 port = self._published[container.id].port
                 outbox.emit(
                     ev.ContainerCreated(
@@ -350,18 +373,31 @@ class DockerEffectHandler:
         except asyncio.CancelledError:
             if container is not None:
                 await asyncio.shield(self._remove(container.id))
+            await asyncio.shield(self._secret_files.detach(program_id))
             raise
         except Exception as error:
             if container is None:
+                await self._secret_files.detach(program_id)
                 raise  # nothing was created: the supervisor reports the failure
             # Failed first, removed second: the container's death that follows is old news.
             outbox.emit(ev.StartFailed(outbox.now(), effect.run, str(error)))
             await self._remove(container.id)
+            await self._secret_files.detach(program_id)
             return
         outbox.emit(ev.ContainerReady(outbox.now(), effect.run))
 
+    async def _image_user(self, image_id: str) -> tuple[int, int] | None:
+        """The numeric `USER` (uid, gid) the image runs as, so its secrets are its own to
+        read; None for root or a user named by name (its files then stay root's)."""
+        attrs = await self._call(self._docker.api.inspect_image, image_id)
+        return numeric_user(str((attrs.get("Config") or {}).get("User") or ""))
+
     async def _create_on_a_free_port(
-        self, program_id: str, effect: fx.StartContainer, state_dir: Path
+        self,
+        program_id: str,
+        effect: fx.StartContainer,
+        state_dir: Path,
+        secrets_dir: Path | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """The program's container, created to publish on a port from the pool, and its spec."""
         port = self.ports.take()
@@ -376,6 +412,8 @@ class DockerEffectHandler:
                 state_dir=str(state_dir),
                 resources=effect.resources,
                 runtime=self.settings.runtime,
+                env=effect.env,
+                secrets_dir=str(secrets_dir) if secrets_dir is not None else None,
             )
             spec = compose_spec(request)
             problems = contract_violations(
@@ -447,6 +485,8 @@ class DockerEffectHandler:
             if container["Id"] == container_id or run_of_it <= run:
                 targets.append(container["Id"])
         await asyncio.gather(*(self._remove(target, graceful=True) for target in targets))
+        # Nothing of the program runs any more: its secrets leave memory too.
+        await self._secret_files.detach(program_id)
         # Containers removed behind the Host's back (`docker rm`) give their ports back too;
         # not one a start created since the listing above (it was not looked at).
         for gone, published in known:
@@ -548,6 +588,14 @@ class DockerEffectHandler:
         outbox.emit(ev.ContainerExited(outbox.now(), run, exit_code, oom, container_id))
 
 
+def numeric_user(user: str) -> tuple[int, int] | None:
+    """`1000` or `1000:1000` -> (uid, gid); None for root, "" or a name."""
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()) or int(uid) == 0:
+        return None
+    return int(uid), int(gid or uid)
+
+
 def check_created(attrs: dict[str, Any], spec: dict[str, Any]) -> None:
     """What Docker actually made must be what was asked for (it can silently fall back)."""
     service = spec["services"]["program"]
@@ -564,6 +612,11 @@ def check_created(attrs: dict[str, Any], spec: dict[str, Any]) -> None:
         problems.append(f"a port would be published beyond {LOOPBACK}")
     if "ALL" not in (host.get("CapDrop") or []):
         problems.append("its capabilities would not all be dropped")
+    if any(
+        mount.get("Destination") == SECRETS_DIR and mount.get("RW") is not False
+        for mount in attrs.get("Mounts") or []
+    ):
+        problems.append(f"its secrets at {SECRETS_DIR} would be writable")
     if problems:
         raise ContractBroken("refusing to start it: " + "; ".join(problems))
 

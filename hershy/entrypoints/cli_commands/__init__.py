@@ -14,6 +14,7 @@ from hershy.entrypoints.cli_commands.common import (
     group_options,
     make_settings,
 )
+from hershy.entrypoints.cli_commands.config import env_group, secret_group
 from hershy.entrypoints.cli_commands.deploy import deploy_command
 from hershy.entrypoints.cli_commands.programs import (
     get_command,
@@ -43,6 +44,8 @@ COMMANDS: tuple[click.Command, ...] = (
     token_group,
     whoami_command,
     quota_group,
+    env_group,
+    secret_group,
 )
 
 

@@ -239,6 +239,12 @@ def _explain_failure(settings: Settings, program: pb.Program, *, build_shown: bo
 @click.option(
     "--state", type=ByteSize(), help="Size of the /state volume, e.g. 1GiB (default: the Host's)."
 )
+@click.option(
+    "--name",
+    "alias",
+    default="",
+    help="Name the program (unique among yours; `programs/NAME` then finds it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the Program as JSON at the end.")
 @command_options
 def deploy_command(
@@ -251,6 +257,7 @@ def deploy_command(
     cpus: int | None,
     state: int | None,
     as_json: bool,
+    alias: str,
 ) -> None:
     """Deploy a folder as a program and wait until it is READY.
 
@@ -278,7 +285,7 @@ def deploy_command(
             memory_bytes=memory or 0, milli_cpus=cpus or 0, state_bytes=state or 0
         )
         program = _create_and_start(
-            client, settings, context.dockerfile, context.files, user_id, resources
+            client, settings, context.dockerfile, context.files, user_id, resources, alias
         )
     if no_wait:
         _finish(settings, program, as_json, ready=False)
@@ -294,6 +301,7 @@ def _create_and_start(
     files: dict[str, bytes],
     user_id: str | None,
     resources: pb.Resources,
+    alias: str = "",
 ) -> pb.Program:
     with calls(settings):
         if user_id is None:
@@ -301,7 +309,7 @@ def _create_and_start(
             if me.admin:
                 usage("the admin's token deploys for a user: say which with --user USER")
             user_id = me.user_id
-        program = client.create(user_id, dockerfile, files, resources=resources)
+        program = client.create(user_id, dockerfile, files, resources=resources, alias=alias)
         err.print(
             Text.assemble(
                 "Created ",

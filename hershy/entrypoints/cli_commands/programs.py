@@ -127,6 +127,10 @@ def show_program(settings: Settings, program: pb.Program) -> None:
         ("runtime", program.runtime or "-"),
         ("resources", _resources(program.resources)),
     ]
+    if program.alias:
+        rows.insert(1, ("name", program.alias))
+    if program.env:
+        rows.append(("env", " ".join(f"{key}={program.env[key]}" for key in sorted(program.env))))
     if program.restart_pending:
         rows.append(("restart", "pending"))
     if program.status_note:
@@ -147,7 +151,7 @@ def show_program(settings: Settings, program: pb.Program) -> None:
 @json_option
 @command_options
 def get_command(settings: Settings, program: str, as_json: bool) -> None:
-    """Show one program (PROGRAM: its id, `prog-...`)."""
+    """Show one program (PROGRAM: its id, `prog-...`, or its name)."""
     with settings.client() as client, calls(settings):
         found = client.get(program)
     if as_json:

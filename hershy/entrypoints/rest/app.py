@@ -25,6 +25,7 @@ from hershy.domain.validation import cut
 from hershy.entrypoints.rest import openapi, shapes, uploads
 from hershy.entrypoints.rest.auth import Metadata, Principals, bearer, credentials
 from hershy.entrypoints.rest.cache import ProgramCache
+from hershy.entrypoints.rest.config import ConfigRoutes
 from hershy.entrypoints.rest.errors import (
     ApiError,
     bad_request,
@@ -135,6 +136,7 @@ class RestApi:
         self._metrics = config.metrics
         self.proxy = WatcherProxy(self.cache, self._stub, principals, config.watcher_endpoint)
         self._quotas = QuotaRoutes(channel)
+        self._config = ConfigRoutes(channel)
         self.uploads = uploads.Uploads()
         #: Set on shutdown: SSE and log streams end cleanly instead of being cut.
         self.closing = asyncio.Event()
@@ -167,6 +169,7 @@ class RestApi:
         add("GET", "/programs/{program_id}/events", self.events)
         add("GET", "/events", self.events)
         self._quotas.add_to(app)
+        self._config.add_to(app, lambda: self.address)
         self._tokens.register(app)
         self._dashboard.register(app)
         app.on_shutdown.append(self._on_shutdown)

@@ -35,10 +35,20 @@ class Target:
     revision: int
     #: The owner: only they (and the admin) may reach its WatcherAPI.
     user_id: str
+    #: The name the owner chose ("" if none): `/programs/{alias}/...` reaches it too.
+    alias: str = ""
+    program_id: str = ""
 
     @classmethod
     def of(cls, program: pb.Program) -> Target:
-        return cls(program.state, program.proxy_target, program.revision, program.user_id)
+        return cls(
+            program.state,
+            program.proxy_target,
+            program.revision,
+            program.user_id,
+            program.alias,
+            program.id,
+        )
 
 
 class ProgramCache:
@@ -47,6 +57,8 @@ class ProgramCache:
         self._stub = stub
         self._metadata = metadata
         self._targets: dict[str, Target] = {}
+        #: (owner, alias) -> program id, for the programs in `_targets` that have a name.
+        self._aliases: dict[tuple[str, str], str] = {}
         #: True while the map is a faithful copy of the core's (between SYNCED and a break).
         self.synced = False
         self._synced_event = asyncio.Event()
@@ -55,12 +67,30 @@ class ProgramCache:
         """The program as last seen, or None when unknown (or while not synced)."""
         return self._targets.get(program_id) if self.synced else None
 
+    def named(self, user_id: str, alias: str) -> Target | None:
+        """The user's program of that name as last seen, or None (also while not synced)."""
+        program_id = self._aliases.get((user_id, alias)) if self.synced else None
+        return self._targets.get(program_id) if program_id is not None else None
+
+    def _put(self, target: Target) -> None:
+        self._drop(target.program_id)
+        self._targets[target.program_id] = target
+        if target.alias:
+            self._aliases[(target.user_id, target.alias)] = target.program_id
+
+    def _drop(self, program_id: str) -> None:
+        known = self._targets.pop(program_id, None)
+        if known is None or not known.alias:
+            return
+        if self._aliases.get((known.user_id, known.alias)) == program_id:
+            del self._aliases[(known.user_id, known.alias)]
+
     def observe(self, program: pb.Program) -> Target:
         """A fresher answer from the core (e.g. GetProgram) than the stream brought so far."""
         known = self._targets.get(program.id)
         target = Target.of(program)
         if self.synced and (known is None or known.revision < program.revision):
-            self._targets[program.id] = target
+            self._put(target)
         return target
 
     async def wait_synced(self, seconds: float) -> bool:
@@ -90,6 +120,7 @@ class ProgramCache:
         self.synced = False
         self._synced_event.clear()
         self._targets = {}
+        self._aliases = {}
 
     async def _follow(self) -> None:
         pending: dict[str, Target] = {}
@@ -102,11 +133,16 @@ class ProgramCache:
                 case Kind.TYPE_SYNCED:
                     # Swap in the fresh map whole: until now the old one kept serving.
                     self._targets, pending = pending, {}
+                    self._aliases = {
+                        (target.user_id, target.alias): target.program_id
+                        for target in self._targets.values()
+                        if target.alias
+                    }
                     self.synced = True
                     self._synced_event.set()
                 case Kind.TYPE_RESYNC:
                     pending = {}
                 case Kind.TYPE_CREATED | Kind.TYPE_UPDATED:
-                    self._targets[program.id] = Target.of(program)
+                    self._put(Target.of(program))
                 case Kind.TYPE_DELETED:
-                    self._targets.pop(program.id, None)
+                    self._drop(program.id)

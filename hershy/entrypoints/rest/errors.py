@@ -38,6 +38,7 @@ _STATUSES: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.PERMISSION_DENIED: (403, "PERMISSION_DENIED"),
     grpc.StatusCode.NOT_FOUND: (404, "PROGRAM_NOT_FOUND"),
     grpc.StatusCode.FAILED_PRECONDITION: (409, "WRONG_STATE"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "ALREADY_EXISTS"),
     grpc.StatusCode.OUT_OF_RANGE: (400, "OUT_OF_RANGE"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (503, "RESOURCE_EXHAUSTED"),
     grpc.StatusCode.UNAVAILABLE: (503, "UNAVAILABLE"),

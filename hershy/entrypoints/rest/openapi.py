@@ -47,6 +47,12 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: _ERRORS[code] for code in codes}
 
 
+_SECRET_ID = {
+    "name": "secret_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},
+}
 _PROGRAM_ID = {
     "name": "program_id",
     "in": "path",
@@ -71,6 +77,18 @@ _USER_ID = {
     "schema": {"type": "string", "pattern": USER_ID_PATTERN},
 }
 _TIME = {"type": "string", "format": "date-time"}
+ALIAS_PATTERN = "^[a-z][a-z0-9-]{0,62}$"
+_ALIAS = {
+    "type": "string",
+    "pattern": ALIAS_PATTERN,
+    "description": "A name unique among the user's programs, never `prog-...`; empty: none.",
+}
+_ENV = {
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+    "description": "Environment variables: names `[A-Z_][A-Z0-9_]*`, not `HERSHY_...`; at most "
+    "64, 4 KiB each, 32 KiB in all. Plain: shown to the owner. The next start uses them.",
+}
 _NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
 _INT64 = {"type": "integer", "format": "int64", "minimum": 0}
 _FILES = {
@@ -181,6 +199,11 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "What it waits for, e.g. `build queued: 2 ahead`; empty if nothing.",
             },
+            "alias": {
+                "type": "string",
+                "description": "The name its user chose (`/programs/{alias}` finds it); or empty.",
+            },
+            "environment": _ENV,
         },
     },
     "LifecycleAnswer": {
@@ -244,6 +267,8 @@ SCHEMAS: dict[str, Any] = {
             "src_files": _FILES,
             "src_files_base64": _FILES_BASE64,
             "resources": _ref("Resources"),
+            "alias": _ALIAS,
+            "environment": _ENV,
         },
     },
     "Source": {
@@ -625,11 +650,125 @@ PATHS: dict[str, Any] = {
             },
         },
     },
+    "/programs/{program_id}/rename": {
+        "post": {
+            "summary": "Give the program a new name, or none (empty); the old one is free at once.",
+            "tags": ["config"],
+            "parameters": [_PROGRAM_ID],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["alias"],
+                            "properties": {"alias": _ALIAS},
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_ref("Program"), "The program, renamed."),
+                **_errors("400", "404", "409"),
+            },
+        }
+    },
+    "/programs/{program_id}/env": {
+        "post": {
+            "summary": "Set and remove environment variables (the next start uses them).",
+            "tags": ["config"],
+            "parameters": [_PROGRAM_ID],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "set": _ENV,
+                                "unset": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_ref("Program"), "The program with its variables."),
+                **_errors("400", "404", "409", "413", "429"),
+            },
+        }
+    },
+    "/programs/{program_id}/secrets": {
+        "get": {
+            "summary": "The program's secrets: names, versions, times; never a value.",
+            "tags": ["config"],
+            "parameters": [_PROGRAM_ID],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["secrets"],
+                        "properties": {"secrets": {"type": "array", "items": _ref("Secret")}},
+                    },
+                    "The secrets, by name.",
+                ),
+                **_errors("400", "404"),
+            },
+        }
+    },
+    "/programs/{program_id}/secrets/{secret_id}": {
+        "put": {
+            "summary": "Create or replace a secret (write-only; the next start hands it over).",
+            "tags": ["config"],
+            "parameters": [_PROGRAM_ID, _SECRET_ID],
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": _ref("SecretValue")}},
+            },
+            "responses": {
+                "200": _json(_ref("Secret"), "The secret as set, without its value."),
+                **_errors("400", "404", "409", "413", "429"),
+            },
+        },
+        "delete": {
+            "summary": "Remove a secret (a restart takes it away from the program).",
+            "tags": ["config"],
+            "parameters": [_PROGRAM_ID, _SECRET_ID],
+            "responses": {
+                "200": _json(_ref("Secret"), "What the secret was, without its value."),
+                **_errors("400", "404", "409"),
+            },
+        },
+    },
     "/programs/{program_id}/watcher/{path}": _proxy_path(any_path=False),
     "/programs/{program_id}/proxy/{path}": _proxy_path(any_path=True),
 }
 
 _TOKEN_ID = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}
+SCHEMAS["Secret"] = {
+    "type": "object",
+    "required": ["name", "version", "created_at", "updated_at"],
+    "properties": {
+        "name": {"type": "string", "description": "The program reads it at /run/secrets/{name}."},
+        "version": {"type": "integer", "format": "int64"},
+        "created_at": _TIME,
+        "updated_at": _TIME,
+        "status_note": {
+            "type": "string",
+            "description": "What the change means for the running program (a restart hands "
+            "it over); empty when nothing runs.",
+        },
+    },
+}
+SCHEMAS["SecretValue"] = {
+    "type": "object",
+    "description": "Exactly one of `value` (text, sent as UTF-8) and `value_base64`: 1 byte to "
+    "64 KiB; a program's secrets hold at most 32 values, 256 KiB in all.",
+    "properties": {
+        "value": {"type": "string", "minLength": 1},
+        "value_base64": {"type": "string", "format": "byte"},
+    },
+}
 SCHEMAS["Token"] = {
     "type": "object",
     "required": ["token_id", "user_id", "admin", "created_at", "revoked_at"],

@@ -34,6 +34,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from hershy.domain.auth import ADMIN_USER
 from hershy.domain.validation import cut
 from hershy.entrypoints.rest.auth import Metadata, Principals, credentials, token_key
 from hershy.entrypoints.rest.cache import ProgramCache, Target
@@ -312,6 +313,10 @@ class WatcherProxy:
         """
         principal = await self._principals.resolve(request) if self._principals else None
         target = self._cache.get(program_id)
+        if target is None or (principal is not None and not principal.sees(target.user_id)):
+            # Not an id the caller may reach: the caller's own program of that name, if any
+            # (the core's resolver in the same order; without tokens the caller is the admin).
+            target = self._cache.named(principal.user_id if principal else ADMIN_USER, program_id)
         if (
             target is None
             or target.state != pb.STATE_READY

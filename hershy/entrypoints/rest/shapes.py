@@ -102,6 +102,8 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
         "ready_at": optional_time(program, "ready_time"),
         "restart_pending": program.restart_pending,
         "status_note": program.status_note,
+        "alias": program.alias,
+        "environment": dict(program.env),
     }
 
 

@@ -40,7 +40,9 @@ _INT64_MAX = 2**63 - 1
 PARSE_WORKERS = 2
 PARSE_BACKLOG = 8
 
-_KEYS = frozenset({"user_id", "dockerfile", "src_files", "src_files_base64", "resources"})
+_KEYS = frozenset(
+    {"user_id", "dockerfile", "src_files", "src_files_base64", "resources", "alias", "environment"}
+)
 _RESOURCE_KEYS = ("memory_bytes", "milli_cpus", "pids", "state_bytes")
 #: The `Warning` header names at most this many ignored keys, each cut to
 #: MAX_IGNORED_KEY_CHARS: a body of a million keys gets a header of bounded size.
@@ -138,7 +140,14 @@ def from_json(body: bytes) -> CreateBody:
             files[path] = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise bad_request(field, "is not valid base64") from None
-    request = pb.CreateProgramRequest(user_id=user_id, dockerfile=dockerfile, src_files=files)
+    request = pb.CreateProgramRequest(
+        user_id=user_id,
+        dockerfile=dockerfile,
+        src_files=files,
+        alias=_string(data, "alias"),
+        # `environment`, not `env`: old UIs send an `env` of their own, ignored as before.
+        env=_object(data, "environment"),
+    )
     resources = data.get("resources")
     if resources is not None:
         request.resources.CopyFrom(_resources(resources))

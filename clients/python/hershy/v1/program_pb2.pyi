@@ -125,6 +125,26 @@ class Program(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
@@ -146,6 +166,8 @@ class Program(_message.Message):
     RUNTIME_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     STATUS_NOTE_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `programs/{id}`."""
     id: _builtins.str
@@ -188,6 +210,11 @@ class Program(_message.Message):
     """What the program waits for, for people, e.g. `build queued: 2 ahead`;
     empty when it waits for nothing. Cleared when the state changes.
     """
+    alias: _builtins.str
+    """The name the user chose: unique among that user's programs; empty if none.
+    The API takes `programs/{alias}` (the caller's own program of that name) and
+    `users/{user}/programs/{alias}` wherever it takes `programs/{id}`.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the program was created."""
@@ -207,6 +234,12 @@ class Program(_message.Message):
     @_builtins.property
     def resources(self) -> Global___Resources:
         """The limits the program's container runs with."""
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Plain environment variables the program runs with (visible to its owner).
+        Changed with `ProgramConfigService.SetProgramEnv`; the next start uses them.
+        """
 
     def __init__(
         self,
@@ -232,10 +265,12 @@ class Program(_message.Message):
         runtime: _builtins.str = ...,
         resources: Global___Resources | None = ...,
         status_note: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "create_time", b"create_time", "last_exit_code", b"last_exit_code", "next_restart_time", b"next_restart_time", "ready_time", b"ready_time", "resources", b"resources", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "error_message", b"error_message", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "revision", b"revision", "run", b"run", "runtime", b"runtime", "state", b"state", "status_note", b"status_note", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "alias", b"alias", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "env", b"env", "error_message", b"error_message", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "revision", b"revision", "run", b"run", "runtime", b"runtime", "state", b"state", "status_note", b"status_note", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_exit_code: _TypeAlias = _typing.Literal["last_exit_code"]  # noqa: Y015
     _WhichOneofArgType__last_exit_code: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code"]  # noqa: Y015
@@ -309,6 +344,8 @@ class ProgramEvent(_message.Message):
     TEARDOWN_FAILED_FIELD_NUMBER: _builtins.int
     BUILD_QUEUED_FIELD_NUMBER: _builtins.int
     HOST_RESTARTED_FIELD_NUMBER: _builtins.int
+    ALIAS_CHANGED_FIELD_NUMBER: _builtins.int
+    ENV_CHANGED_FIELD_NUMBER: _builtins.int
     run: _builtins.int
     """The run the event belongs to (0 for user requests)."""
     @_builtins.property
@@ -387,6 +424,14 @@ class ProgramEvent(_message.Message):
     def host_restarted(self) -> Global___HostRestarted:
         """The Host started again with the program in its store and picks up where it was."""
 
+    @_builtins.property
+    def alias_changed(self) -> Global___AliasChanged:
+        """The user renamed the program."""
+
+    @_builtins.property
+    def env_changed(self) -> Global___EnvChanged:
+        """The user changed the program's environment variables."""
+
     def __init__(
         self,
         *,
@@ -410,12 +455,14 @@ class ProgramEvent(_message.Message):
         teardown_failed: Global___TeardownFailed | None = ...,
         build_queued: Global___BuildQueued | None = ...,
         host_restarted: Global___HostRestarted | None = ...,
+        alias_changed: Global___AliasChanged | None = ...,
+        env_changed: Global___EnvChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed", "build_queued", "host_restarted"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed", "build_queued", "host_restarted", "alias_changed", "env_changed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -444,11 +491,33 @@ class ProgramCreated(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROGRAM_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     BUILD_ID_FIELD_NUMBER: _builtins.int
     PROXY_TARGET_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     """The new program's id."""
     user_id: _builtins.str
@@ -460,9 +529,15 @@ class ProgramCreated(_message.Message):
     `ContainerCreated.address`). Programs created by older Hosts carry the
     address they were given at creation.
     """
+    alias: _builtins.str
+    """The name the user chose; empty if none."""
     @_builtins.property
     def resources(self) -> Global___Resources:
         """The limits its container runs with."""
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Its environment variables."""
 
     def __init__(
         self,
@@ -472,14 +547,82 @@ class ProgramCreated(_message.Message):
         build_id: _builtins.str = ...,
         proxy_target: _builtins.str = ...,
         resources: Global___Resources | None = ...,
+        alias: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "program_id", b"program_id", "proxy_target", b"proxy_target", "resources", b"resources", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "build_id", b"build_id", "env", b"env", "program_id", b"program_id", "proxy_target", b"proxy_target", "resources", b"resources", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProgramCreated: _TypeAlias = ProgramCreated  # noqa: Y015
+
+@_typing.final
+class AliasChanged(_message.Message):
+    """The user renamed the program."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALIAS_FIELD_NUMBER: _builtins.int
+    alias: _builtins.str
+    """The new name; empty when the program has no name any more."""
+    def __init__(
+        self,
+        *,
+        alias: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AliasChanged: _TypeAlias = AliasChanged  # noqa: Y015
+
+@_typing.final
+class EnvChanged(_message.Message):
+    """The user changed the program's environment variables."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENV_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The variables from now on (the next start uses them)."""
+
+    def __init__(
+        self,
+        *,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnvChanged: _TypeAlias = EnvChanged  # noqa: Y015
 
 @_typing.final
 class StartRequested(_message.Message):
@@ -833,14 +976,40 @@ class CreateProgramRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     USER_ID_FIELD_NUMBER: _builtins.int
     DOCKERFILE_FIELD_NUMBER: _builtins.int
     SRC_FILES_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The owner: 1-63 of [a-z0-9_-], starting with a letter or digit."""
     dockerfile: _builtins.str
     """The Dockerfile's content. Required."""
+    alias: _builtins.str
+    """A name for the program, unique among the user's programs: 1-63 of
+    [a-z0-9-], starting with a letter, never starting with `prog-`. Optional.
+    """
     @_builtins.property
     def src_files(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
         """The build context: relative path to file content. Paths use `/`, may be
@@ -851,6 +1020,12 @@ class CreateProgramRequest(_message.Message):
     def resources(self) -> Global___Resources:
         """Limits for the program's container; unset fields take the Host's defaults."""
 
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Environment variables: names [A-Z_][A-Z0-9_]*, not starting with `HERSHY_`;
+        at most 64, 4 KiB each, 32 KiB in all.
+        """
+
     def __init__(
         self,
         *,
@@ -858,10 +1033,12 @@ class CreateProgramRequest(_message.Message):
         dockerfile: _builtins.str = ...,
         src_files: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
         resources: Global___Resources | None = ...,
+        alias: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dockerfile", b"dockerfile", "resources", b"resources", "src_files", b"src_files", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "dockerfile", b"dockerfile", "env", b"env", "resources", b"resources", "src_files", b"src_files", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
