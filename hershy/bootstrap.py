@@ -112,6 +112,8 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             build_policy=build_policy,
             quotas=Quotas(store),
         )
+        if isinstance(handler, DockerEffectHandler):
+            handler.prober.observe = registry.metrics.observe_probe
         auth = Authenticator(store, SystemClock(), RandomIds(), enabled=not config.no_auth)
         if config.no_auth:
             log.warning("--no-auth: every caller is the admin (allowed on loopback only)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hershy.domain import events as ev
-from hershy.domain.model import Resources
+from hershy.domain.model import ReadinessCheck, Resources, StopSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,9 @@ class StartContainer:
     image_id: str
     build_id: str
     resources: Resources
+    #: How it tells the program is initialised (and, once READY, alive).
+    readiness: ReadinessCheck = field(default=ReadinessCheck(), repr=False)
+    stop: StopSettings = field(default=StopSettings(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +67,13 @@ class StopContainer:
 class AdoptContainer:
     """After a Host restart: take the running container back as it is (no restart).
 
-    Results: nothing while it runs; `ContainerExited` if it died meanwhile.
+    Results: nothing while it runs (but its liveness probes); `ContainerExited` if it
+    died meanwhile.
     """
 
     run: int
     container_id: str | None
+    readiness: ReadinessCheck = field(default=ReadinessCheck(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

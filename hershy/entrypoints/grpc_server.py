@@ -129,6 +129,9 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
                 # As it is: copied in the registry's checks, off the loop.
                 request.src_files,
                 convert.resources_from_pb(request.resources),
+                readiness=convert.readiness_from_pb(request.readiness),
+                restart_policy=convert.restart_policy_from_pb(request.restart_policy),
+                stop=convert.stop_from_pb(request.stop),
             )
         return self._pb(program)
 

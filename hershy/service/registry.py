@@ -34,8 +34,11 @@ from hershy.domain.model import (
     LogLine,
     LogStream,
     Program,
+    ReadinessCheck,
     Resources,
+    RestartPolicy,
     State,
+    StopSettings,
 )
 from hershy.domain.validation import (
     ProgramSource,
@@ -44,7 +47,10 @@ from hershy.domain.validation import (
     build_id,
     resolve_resources,
     validate_program_id,
+    validate_readiness,
+    validate_restart_policy,
     validate_source,
+    validate_stop,
     validate_user_id,
 )
 from hershy.service.metrics import Metrics
@@ -281,6 +287,10 @@ class Registry:
         dockerfile: str,
         src_files: Mapping[str, bytes],
         resources: Resources | None = None,
+        *,
+        readiness: ReadinessCheck = ReadinessCheck(),
+        restart_policy: RestartPolicy = RestartPolicy(),
+        stop: StopSettings = StopSettings(),
     ) -> Program:
         """Validate, store the source, and register the program (in CREATED).
 
@@ -288,8 +298,13 @@ class Registry:
         is checked and the program committed under the user's lock.
         """
         validate_user_id(user_id)
+        settings = (
+            validate_readiness(readiness),
+            validate_restart_policy(restart_policy),
+            validate_stop(stop),
+        )
         async with self.quotas.held(user_id):
-            return await self._create(user_id, dockerfile, src_files, resources)
+            return await self._create(user_id, dockerfile, src_files, resources, settings)
 
     async def _create(
         self,
@@ -297,6 +312,11 @@ class Registry:
         dockerfile: str,
         src_files: Mapping[str, bytes],
         resources: Resources | None,
+        settings: tuple[ReadinessCheck, RestartPolicy, StopSettings] = (
+            ReadinessCheck(),
+            RestartPolicy(),
+            StopSettings(),
+        ),
     ) -> Program:
         # 10,000 files take tens of ms to check and hash: off the loop, so one
         # tenant's creates do not hold every other tenant's calls that long.
@@ -325,6 +345,9 @@ class Registry:
                 build_id=inputs_id,
                 # None yet: the runtime places the program when it starts.
                 resources=limits,
+                readiness=settings[0],
+                restart_policy=settings[1],
+                stop=settings[2],
             )
             program = await self._commit(reducer.create(event), event)
         except BaseException:

@@ -76,12 +76,19 @@ def events_for(run: int) -> list[ev.Event]:
         ev.RestartTimerFired(NOW, run),
         ev.TornDown(NOW, run),
         ev.TeardownFailed(NOW, run, "busy"),
+        ev.WatcherProbed(NOW, run, True, "Ready"),
+        ev.WatcherProbed(NOW, run, True, "InitRun"),
+        ev.WatcherProbed(NOW, run, True, "Crashed", "nil message"),
+        ev.WatcherProbed(NOW, run, False, "", "ConnectionRefused"),
     ]
 
 
 def describe_event(event: ev.Event) -> str:
     run = getattr(event, "run", None)
-    return type(event).__name__ + ("" if run is None else f"(run {run})")
+    name = type(event).__name__
+    if isinstance(event, ev.WatcherProbed):
+        name += f"[{event.state or 'no answer'}]"
+    return name + ("" if run is None else f"(run {run})")
 
 
 def describe_effect(effect: Effect) -> str:

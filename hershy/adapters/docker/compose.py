@@ -36,6 +36,8 @@ LABEL_MANAGED = "dev.hershy.managed"
 LABEL_PROGRAM = "dev.hershy.program"
 LABEL_RUN = "dev.hershy.run"
 LABEL_BUILD = "dev.hershy.build"
+#: The stop grace (seconds) its program asked for: a restarted Host stops it the same way.
+LABEL_STOP_GRACE = "dev.hershy.stop-grace"
 #: On images: the user whose build made it (a build reuses only its own user's cache).
 LABEL_USER = "dev.hershy.user"
 
@@ -51,6 +53,9 @@ class ContainerRequest:
     state_dir: str
     resources: Resources
     runtime: str
+    #: How the program is asked to stop (Docker sends it, waits the grace, then SIGKILL).
+    stop_signal: str = "SIGTERM"
+    stop_grace_seconds: float = 10.0
 
 
 def container_name(program_id: str, run: int) -> str:
@@ -100,9 +105,14 @@ def compose_spec(request: ContainerRequest) -> dict[str, Any]:
                 "mem_limit": request.resources.memory_bytes,
                 "cpus": request.resources.milli_cpus / 1000,
                 "restart": "no",
-                "labels": labels_for(
-                    request.host_id, request.program_id, request.build_id, request.run
-                ),
+                "stop_signal": request.stop_signal,
+                "stop_grace_period": f"{request.stop_grace_seconds:g}s",
+                "labels": {
+                    **labels_for(
+                        request.host_id, request.program_id, request.build_id, request.run
+                    ),
+                    LABEL_STOP_GRACE: f"{request.stop_grace_seconds:g}",
+                },
                 "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
             }
         },
