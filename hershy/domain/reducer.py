@@ -509,6 +509,8 @@ def _on_restart_timer(program: Program, at: float) -> Outcome:
 
 
 _FIELDS = tuple(field.name for field in fields(Program))
+#: States in which the program's WatcherAPI is asked how it is (STOPPING: still running).
+_PROBED_STATES = frozenset({State.STARTING, State.READY, State.STOPPING})
 _FIELD_SET = frozenset(_FIELDS)
 
 
@@ -524,6 +526,10 @@ def _at(program: Program, at: float, **changes: object) -> Program:
     changes["updated_at"] = at
     if changes.get("state", program.state) is not program.state:
         changes.setdefault("note", "")  # a note is about the state it was made in
+        if changes["state"] not in _PROBED_STATES:
+            # Nothing runs to be judged: the verdict goes (its last words stay readable).
+            changes.setdefault("health", Health.UNKNOWN)
+            changes.setdefault("unhealthy_since", None)
     changed = object.__new__(Program)
     for name in _FIELDS:
         object.__setattr__(
