@@ -119,9 +119,16 @@ class Client:
         dockerfile: str,
         files: Mapping[str, bytes | str] | None = None,
         resources: pb.Resources | Mapping[str, int] | None = None,
+        *,
+        readiness: pb.ReadinessCheck | None = None,
+        restart_policy: pb.RestartPolicy | None = None,
+        stop: pb.StopSettings | None = None,
     ) -> pb.Program:
-        """Register a program (state CREATED). `files` maps relative paths to contents."""
-        request = common.create_request(user_id, dockerfile, files, resources)
+        """Register a program (state CREATED). `files` maps relative paths to contents;
+        `readiness`, `restart_policy`, `stop`: its health settings (unset: the defaults)."""
+        request = common.create_request(
+            user_id, dockerfile, files, resources, readiness, restart_policy, stop
+        )
         return self._call(self.stub.CreateProgram, request)
 
     def get(self, program: ProgramRef) -> pb.Program:
