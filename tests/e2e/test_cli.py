@@ -659,9 +659,9 @@ def test_deploy_takes_health_settings_and_get_and_ls_show_health(
     host: CliHost, folder: Path
 ) -> None:
     gina = new_token(host, "gina")
-    options = ("--restart", "on-failure", "--max-restarts", "3", "--restart-window", "60")
-    options += ("--stop-signal", "sigint", "--stop-grace", "4", "--liveness-grace", "12")
-    options += ("--ready-path", "/healthz", "--ready-field", "")
+    options = ["--restart", "on-failure", "--max-restarts", "3", "--restart-window", "60"]
+    options += ["--stop-signal", "sigint", "--stop-grace", "4", "--liveness-grace", "12"]
+    options += ["--ready-path", "/healthz", "--ready-field", ""]
     program = cli(host, gina, "deploy", str(folder), *options, "--json").json()
     assert program["restart_policy"] == {
         "mode": "RESTART_MODE_ON_FAILURE",
