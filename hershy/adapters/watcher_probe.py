@@ -129,6 +129,9 @@ class LivenessProber:
     _due: list[tuple[float, int, str]] = field(default_factory=list)
     _sequence: int = 0
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Probes in flight now, and the most there have been (never above `concurrency`).
+    in_flight: int = 0
+    peak_in_flight: int = 0
 
     def watch(
         self,
@@ -190,6 +193,8 @@ class LivenessProber:
                 await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _probe(self, key: str, target: _Target, limit: asyncio.Semaphore) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             assert self._session is not None
             started = time.monotonic()
@@ -199,6 +204,7 @@ class LivenessProber:
             if self.observe is not None:
                 self.observe(time.monotonic() - started, answer.answered)
         finally:
+            self.in_flight -= 1
             limit.release()
         if self._targets.get(key) is not target:
             return  # forgotten meanwhile: its container is going
