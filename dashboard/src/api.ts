@@ -115,6 +115,14 @@ export interface Program {
   run: number;
   revision: number;
   resources: Record<string, unknown>;
+  /** What the program's own WatcherAPI last reported (Hersh: Ready, InitRun, ...). */
+  watcherState: string;
+  /** The Host's verdict: unknown, initialising, healthy, degraded, unhealthy. */
+  health: string;
+  healthReason: string;
+  watcherAnsweredAt: string | null;
+  restartPolicy: string;
+  stopSignal: string;
 }
 
 function str(value: unknown, fallback = ""): string {
@@ -152,6 +160,12 @@ export function toProgram(raw: unknown): Program | null {
     run: num(raw.run),
     revision: num(raw.revision),
     resources: isRecord(raw.resources) ? raw.resources : {},
+    watcherState: str(raw.watcher_state),
+    health: str(raw.health, "unknown"),
+    healthReason: str(raw.health_reason),
+    watcherAnsweredAt: optionalString(raw.watcher_answered_at),
+    restartPolicy: isRecord(raw.restart_policy) ? str(raw.restart_policy.mode, "always") : "always",
+    stopSignal: isRecord(raw.stop) ? str(raw.stop.signal, "SIGTERM") : "SIGTERM",
   };
 }
 

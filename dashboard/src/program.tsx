@@ -17,6 +17,11 @@ function Facts(props: { program: Program }) {
     .join(", ");
   const rows: [string, string][] = [
     ["User", p.user],
+    ["Watcher state", p.watcherState || "—"],
+    ["Health", p.healthReason ? `${p.health}: ${p.healthReason}` : p.health],
+    ["Last answer", localTime(p.watcherAnsweredAt)],
+    ["Restart policy", p.restartPolicy],
+    ["Stop signal", p.stopSignal],
     ["Restarts", String(p.restarts)],
     ["Last exit code", p.lastExitCode === null ? "—" : String(p.lastExitCode)],
     ["Error", p.error || "—"],
