@@ -560,6 +560,10 @@ class Registry:
         text = f"{type(event).__name__}: now {program.state.name}"
         if program.error and program.state in (State.ERROR, State.BACKOFF, State.DELETING):
             text += f" ({program.error})"
+        elif isinstance(event, ev.WatcherProbed):
+            # The program's own view changed: what it says, in the log beside its output.
+            said = program.health_reason or f'reported "{program.watcher_state}"'
+            text += f", {program.health.name.lower()}: {said}"
         self._logs.write(program.id, LogLine(event.at, LogStream.HOST, program.run, text))
 
     async def _forget(self, program: Program) -> None:

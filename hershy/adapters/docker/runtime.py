@@ -577,7 +577,8 @@ class DockerEffectHandler:
             interval = min(interval * 1.5, self.settings.ready_poll_interval)
         seen = f"it last reported {last.state!r}" if last.answered else (last.detail or "no answer")
         raise TimeoutError(
-            f"it was not ready (GET {check.path} on {address}) within {timeout:g} s ({seen})"
+            f"its WatcherAPI did not answer GET {check.path} on {address} that it is ready "
+            f"within {timeout:g} s ({seen})"
         )
 
     async def _stop_containers(
