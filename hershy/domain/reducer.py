@@ -324,7 +324,16 @@ def _crashed(
     }
     if exit_code == 0 and rules.mode is not RestartMode.ALWAYS:
         return Transition(
-            _at(program, at, state=State.STOPPED, error=None, health_reason="", **ended), stop_it
+            _at(
+                program,
+                at,
+                state=State.STOPPED,
+                error=None,
+                health_reason="",
+                container_id=None,  # exited; the StopContainer that follows removes it
+                **ended,
+            ),
+            stop_it,
         )
     if rules.mode is RestartMode.NEVER:
         return Transition(
@@ -334,7 +343,8 @@ def _crashed(
     recent = tuple(t for t in program.recent_restarts if t > at - rules.window_seconds)
     if rules.max_restarts > 0 and len(recent) >= rules.max_restarts:
         gave_up = (
-            f"{reason}; restarted {len(recent)} times within {rules.window_seconds:g} s, "
+            f"{reason}; restarted {len(recent)} time{'' if len(recent) == 1 else 's'} "
+            f"within {rules.window_seconds:g} s, "
             f"the restart limit: not restarted again"
         )
         return Transition(
@@ -382,9 +392,9 @@ def _on_watcher_probed(program: Program, event: ev.WatcherProbed, policy: Backof
     since = program.unhealthy_since if program.unhealthy_since is not None else event.at
     lasted = event.at - since
     if lasted >= check.liveness_grace_seconds:
+        who = "the program " if event.answered else ""
         why = (
-            f"liveness: the program {words} for {lasted:.0f} s "
-            f"(grace {check.liveness_grace_seconds:g} s)"
+            f"liveness: {who}{words} for {lasted:.0f} s (grace {check.liveness_grace_seconds:g} s)"
         )
         crash = _crashed(program, event.at, why, None, policy)
         return Transition(

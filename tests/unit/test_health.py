@@ -95,9 +95,7 @@ def test_no_answer_past_the_grace_is_a_crash_with_backoff_and_the_reason() -> No
         reduce(first.program, ev.WatcherProbed(NOW + 30, 1, False, "", "TimeoutError"))
     )
     assert crash.program.state is State.BACKOFF
-    assert crash.program.error == (
-        "liveness: the program no answer (TimeoutError) for 30 s (grace 30 s)"
-    )
+    assert crash.program.error == ("liveness: no answer (TimeoutError) for 30 s (grace 30 s)")
     assert crash.program.restart_count == 1
     assert crash.effects == (
         fx.StopContainer(1, "c-1"),
