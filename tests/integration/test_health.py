@@ -17,6 +17,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from hershy.adapters.watcher_probe import ProberSettings
 from hershy.domain.model import (
@@ -30,6 +31,7 @@ from hershy.domain.model import (
     StopSettings,
 )
 from hershy.service.watch import Change
+from hershy.v1 import program_pb2 as pb
 from tests.integration.conftest import (
     USER,
     Host,
@@ -38,8 +40,18 @@ from tests.integration.conftest import (
     open_host,
     stub_dockerfile,
 )
+from tests.integration.test_faults import (
+    clean_docker,
+    host_process,
+    programs,
+    start_until_ready,
+    state_of,
+    until_state,
+)
 
 pytestmark = pytest.mark.docker
+
+__all__ = ["clean_docker"]
 
 #: Fast liveness for tests: a READY program is probed about every 0.5 s.
 PROBER = ProberSettings(interval=0.5, jitter=0.2, timeout=1.0, bad_interval=0.3)
@@ -249,3 +261,41 @@ async def test_the_stop_signal_is_the_programs_own(health_host: Host) -> None:
         )
     ]
     assert any("received interrupt, exiting 0" in line for line in out), out
+
+
+async def test_an_adopted_program_is_probed_after_a_host_restart(
+    tmp_path: Path,
+    stub_binary: bytes,
+    docker_client: docker.DockerClient,
+    clean_docker: list[str],
+) -> None:
+    """kill -9 of the Host while READY: the restarted Host adopts the container and goes on
+    probing it; when it stops answering, that is a liveness crash."""
+    with host_process(tmp_path, "--probe-interval", "0.5") as host:
+        async with programs(host.address) as stub:
+            program = await stub.CreateProgram(
+                pb.CreateProgramRequest(
+                    user_id=USER,
+                    dockerfile=stub_dockerfile({"STUB_STATES": "Ready:15s,silent"}),
+                    src_files={"watcher-stub": stub_binary},
+                    readiness=pb.ReadinessCheck(liveness_grace=Duration(seconds=2)),
+                )
+            )
+        clean_docker.append(program.id)
+        ready = await start_until_ready(host.address, program.name)
+        assert ready.health == pb.HEALTH_HEALTHY
+        host.kill9()
+        host.start()
+        adopted = await state_of(host.address, program.name)
+        assert adopted.container_id == ready.container_id
+        crashed = await until_state(host.address, program.name, pb.STATE_BACKOFF, 60)
+        assert crashed.error_message.startswith("liveness: no answer"), crashed.error_message
+        assert crashed.run == ready.run
+        async with programs(host.address) as stub:
+            await stub.DeleteProgram(pb.DeleteProgramRequest(name=program.name))
+        await eventually(
+            lambda: containers_of(docker_client, program.id),
+            lambda found: not found,
+            within=30,
+            what="its container removed",
+        )

@@ -290,15 +290,25 @@ type CreateRequest struct {
 	Files map[string][]byte
 	// Resources are the container's limits; nil or zero fields: the Host's defaults.
 	Resources *Resources
+	// Readiness says how the Host tells the program is initialised and alive;
+	// nil: Hersh's (GET /watcher/status, `state` Ready or Running after InitRun).
+	Readiness *hershyv1.ReadinessCheck
+	// RestartPolicy says when it is restarted after it ended by itself; nil: always.
+	RestartPolicy *hershyv1.RestartPolicy
+	// Stop says how it is asked to stop; nil: SIGTERM and the Host's grace.
+	Stop *hershyv1.StopSettings
 }
 
 // Create registers a program; it starts in CREATED.
 func (c *Client) Create(ctx context.Context, req CreateRequest) (*Program, error) {
 	program, err := c.rpc.CreateProgram(ctx, &hershyv1.CreateProgramRequest{
-		UserId:     req.UserID,
-		Dockerfile: req.Dockerfile,
-		SrcFiles:   req.Files,
-		Resources:  req.Resources,
+		UserId:        req.UserID,
+		Dockerfile:    req.Dockerfile,
+		SrcFiles:      req.Files,
+		Resources:     req.Resources,
+		Readiness:     req.Readiness,
+		RestartPolicy: req.RestartPolicy,
+		Stop:          req.Stop,
 	})
 	return program, wrap(ctx, err)
 }
