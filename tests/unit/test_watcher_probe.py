@@ -22,7 +22,7 @@ from hershy.adapters.watcher_probe import (
 from hershy.domain import events as ev
 from hershy.domain.model import Health, ReadinessCheck, RestartMode, RestartPolicy, State
 from hershy.service.watch import Change
-from tests.unit.test_supervisor import DOCKERFILE, make_registry
+from tests.unit.test_supervisor import DOCKERFILE, make_registry, sample
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -218,6 +218,10 @@ async def test_a_start_is_ready_only_after_the_scripted_initrun() -> None:
         assert (State.STARTING, "InitRun") in seen
         assert ready.health is Health.HEALTHY
         assert ready.watcher_state == "Ready"
+        assert sample(registry, "hershy_program_health", health="healthy") == 1
+        assert sample(registry, "hershy_program_health", health="unhealthy") == 0
+        registry.metrics.observe_probe(0.004, True)
+        assert sample(registry, "hershy_probe_duration_seconds_count", outcome="answered") == 1
 
 
 async def test_a_scripted_crash_during_the_start_fails_it_and_liveness_restarts() -> None:
@@ -248,3 +252,5 @@ async def test_a_scripted_crash_during_the_start_fails_it_and_liveness_restarts(
         backoff = await registry.wait(quick.id, State.BACKOFF, 5)
         assert backoff.error is not None
         assert backoff.error.startswith('liveness: the program reported "Killed" (by the operator)')
+        # A liveness crash counts as a crash.
+        assert sample(registry, "hershy_crashes_total") == 1
