@@ -131,6 +131,8 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             quotas=Quotas(store),
             secrets=secrets,
         )
+        if isinstance(handler, DockerEffectHandler):
+            handler.prober.observe = registry.metrics.observe_probe
         auth = Authenticator(store, clock, RandomIds(), enabled=not config.no_auth)
         if config.no_auth:
             log.warning("--no-auth: every caller is the admin (allowed on loopback only)")

@@ -143,6 +143,14 @@ function stringMap(value: unknown): Record<string, string> {
   if (!isRecord(value)) return map;
   for (const [key, item] of Object.entries(value)) if (typeof item === "string") map[key] = item;
   return map;
+  /** What the program's own WatcherAPI last reported (Hersh: Ready, InitRun, ...). */
+  watcherState: string;
+  /** The Host's verdict: unknown, initialising, healthy, degraded, unhealthy. */
+  health: string;
+  healthReason: string;
+  watcherAnsweredAt: string | null;
+  restartPolicy: string;
+  stopSignal: string;
 }
 
 function str(value: unknown, fallback = ""): string {
@@ -182,6 +190,12 @@ export function toProgram(raw: unknown): Program | null {
     resources: isRecord(raw.resources) ? raw.resources : {},
     alias: str(raw.alias),
     env: stringMap(raw.environment),
+    watcherState: str(raw.watcher_state),
+    health: str(raw.health, "unknown"),
+    healthReason: str(raw.health_reason),
+    watcherAnsweredAt: optionalString(raw.watcher_answered_at),
+    restartPolicy: isRecord(raw.restart_policy) ? str(raw.restart_policy.mode, "always") : "always",
+    stopSignal: isRecord(raw.stop) ? str(raw.stop.signal, "SIGTERM") : "SIGTERM",
   };
 }
 

@@ -18,6 +18,11 @@ function Facts(props: { program: Program }) {
   const rows: [string, string][] = [
     ["Name", p.alias || "—"],
     ["User", p.user],
+    ["Watcher state", p.watcherState || "—"],
+    ["Health", p.healthReason ? `${p.health}: ${p.healthReason}` : p.health],
+    ["Last answer", localTime(p.watcherAnsweredAt)],
+    ["Restart policy", p.restartPolicy],
+    ["Stop signal", p.stopSignal],
     ["Restarts", String(p.restarts)],
     ["Last exit code", p.lastExitCode === null ? "—" : String(p.lastExitCode)],
     ["Error", p.error || "—"],

@@ -77,6 +77,7 @@ export function ProgramsPage(props: { caller: Caller }) {
               <th scope="col">Program</th>
               <th scope="col">User</th>
               <th scope="col">State</th>
+              <th scope="col">Health</th>
               <th scope="col">Restarts</th>
               <th scope="col">Age</th>
               <th scope="col">Runtime</th>
@@ -92,6 +93,10 @@ export function ProgramsPage(props: { caller: Caller }) {
                 <td data-label="State">
                   <StateBadge state={program.state} />
                   {program.error !== "" && <span class="error-text"> {program.error}</span>}
+                </td>
+                <td data-label="Health" data-health={program.health}>
+                  {program.health === "unknown" ? "—" : program.health}
+                  {program.watcherState !== "" && <span class="muted"> ({program.watcherState})</span>}
                 </td>
                 <td data-label="Restarts">{program.restarts}</td>
                 <td data-label="Age">{age(program.createdAt, now)}</td>

@@ -38,6 +38,7 @@ from hershy.adapters.docker.port_pool import (
 )
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
+from hershy.domain.health import StartJudge, StartVerdict
 from hershy.domain.model import LogLine, LogStream
 from hershy.service.ports import LogStore, Outbox, SourceStore, Timers, WatcherEndpoint
 
@@ -64,6 +65,10 @@ class FakeBehaviour:
     #: Each running container answers `GET /watcher/status` on its address (off by
     #: default: tests of the layers above listen there themselves).
     serve_watcher: bool = False
+    #: A scripted WatcherAPI for starts: each start answers these in turn (answered,
+    #: state, seconds it holds), judged like the Docker runtime judges real answers;
+    #: empty: ready at once. The last answer holds until the start's judge decides.
+    start_answers: tuple[tuple[bool, str, float], ...] = ()
 
 
 @dataclass(slots=True)
@@ -202,6 +207,13 @@ class FakeEffectHandler:
         else:
             container.outbox = outbox
 
+    def answer(self, program_id: str, answered: bool, state: str = "", detail: str = "") -> None:
+        """The program's (pretend) WatcherAPI answers a liveness probe like this."""
+        for container in self.world.containers.values():
+            if container.program_id == program_id and container.running:
+                outbox = container.outbox
+                outbox.emit(ev.WatcherProbed(outbox.now(), container.run, answered, state, detail))
+
     def crash(self, program_id: str, exit_code: int = 1, *, oom_killed: bool = False) -> None:
         """Make the program's running container exit on its own."""
         for container_id, container in self.world.containers.items():
@@ -248,18 +260,46 @@ class FakeEffectHandler:
         )
         try:
             await self._sleep(self.behaviour.ready_delay)
+            refused = await self._scripted_start(effect, outbox)
         except asyncio.CancelledError:
             # Cancelled while starting: undo what this start created.
             self.world.remove(container_id)
             raise
         if self._take_failure("never_ready_starts"):
+            refused = "its WatcherAPI never answered"
+        if refused:
             # Failed first, removed second, as the Docker runtime reports it.
-            outbox.emit(ev.StartFailed(outbox.now(), effect.run, "its WatcherAPI never answered"))
+            outbox.emit(ev.StartFailed(outbox.now(), effect.run, refused))
             self.world.remove(container_id)
             return
         self._log(program_id, outbox, LogStream.STDOUT, effect.run, "fake program: ready")
         self._log(program_id, outbox, LogStream.STDERR, effect.run, "fake program: no errors")
         outbox.emit(ev.ContainerReady(outbox.now(), effect.run))
+
+    async def _scripted_start(self, effect: fx.StartContainer, outbox: Outbox) -> str:
+        """Play `start_answers` to the start's judge; "" once ready, else why it failed.
+
+        Each answer is asked again every tenth of its hold until the next one; the last
+        is asked until the judge decides (a last answer with no hold: once).
+        """
+        judge = StartJudge(effect.readiness)
+        answers = self.behaviour.start_answers
+        for index, (answered, state, hold) in enumerate(answers):
+            outbox.emit(ev.WatcherProbed(outbox.now(), effect.run, answered, state))
+            last = index == len(answers) - 1
+            until = outbox.now() + hold
+            while True:
+                verdict = judge.feed(outbox.now(), answered, state)
+                if verdict is StartVerdict.FAILED:
+                    return judge.reason
+                if verdict is StartVerdict.READY:
+                    return ""
+                if hold <= 0 or (not last and outbox.now() >= until):
+                    break
+                await self._sleep(hold / 10)
+        if answers:
+            return "the scripted WatcherAPI never became ready"
+        return ""
 
     async def _stop(self, program_id: str, effect: fx.StopContainer, outbox: Outbox) -> None:
         await self._sleep(self.behaviour.stop_delay)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hershy.domain import events as ev
-from hershy.domain.model import Resources
+from hershy.domain.model import ReadinessCheck, Resources, StopSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,9 @@ class StartContainer:
     resources: Resources
     #: The program's environment variables (the secrets come from the handler's own store).
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: How it tells the program is initialised (and, once READY, alive).
+    readiness: ReadinessCheck = field(default=ReadinessCheck(), repr=False)
+    stop: StopSettings = field(default=StopSettings(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +69,13 @@ class StopContainer:
 class AdoptContainer:
     """After a Host restart: take the running container back as it is (no restart).
 
-    Results: nothing while it runs; `ContainerExited` if it died meanwhile.
+    Results: nothing while it runs (but its liveness probes); `ContainerExited` if it
+    died meanwhile.
     """
 
     run: int
     container_id: str | None
+    readiness: ReadinessCheck = field(default=ReadinessCheck(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hershy.domain.model import Resources
+from hershy.domain.model import ReadinessCheck, Resources, RestartPolicy, StopSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,9 @@ class ProgramCreated:
     alias: str = ""
     #: Its environment variables, sorted by name.
     env: tuple[tuple[str, str], ...] = ()
+    readiness: ReadinessCheck = ReadinessCheck()
+    restart_policy: RestartPolicy = RestartPolicy()
+    stop: StopSettings = StopSettings()
 
 
 # --- a user's requests -------------------------------------------------------
@@ -163,6 +166,26 @@ class RestartTimerFired:
 
 
 @dataclass(frozen=True, slots=True)
+class WatcherProbed:
+    """What the program's WatcherAPI answered one probe (its readiness check).
+
+    The runtime reports a probe when its answer differs from the one before, and every
+    probe while the answer is a bad one (none, or a failed state), so that the time a
+    bad answer has lasted is seen; the reducer records only changes.
+    """
+
+    at: float
+    run: int
+    #: Whether it answered 2xx with a readable body (with the check's field, if it has one).
+    answered: bool
+    #: The check's field in the answer (Hersh: `state`); "" when it did not answer.
+    state: str = ""
+    #: Why it did not answer (`ConnectionRefused`, `it answered 503`, ...), or what the
+    #: program said beside its state (an `error` or `message` field), cut short.
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TornDown:
     at: float
     run: int
@@ -188,6 +211,7 @@ EffectResult = (
     | RestartTimerFired
     | TornDown
     | TeardownFailed
+    | WatcherProbed
 )
 
 Event = ProgramCreated | UserRequest | ConfigChange | HostRestarted | EffectResult

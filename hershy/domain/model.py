@@ -85,6 +85,86 @@ class Resources:
     state_bytes: int = 1024 * 1024 * 1024
 
 
+class Health(enum.Enum):
+    """The Host's verdict on a running program, from its own WatcherAPI answers.
+
+    The values match `hershy.v1.Health` numbers.
+    """
+
+    #: Not running, or not asked yet.
+    UNKNOWN = 1
+    #: Answering, but not (yet) initialised: Hersh's `InitRun`, `WaitRecover`, or a first
+    #: `Ready` not yet seen settling.
+    INITIALISING = 2
+    #: Answering with a ready value (`Ready`, `Running`).
+    HEALTHY = 3
+    #: Answering, but with a state that is neither ready nor failed (e.g. `WaitRecover`
+    #: after it was Ready: recovering by itself).
+    DEGRADED = 4
+    #: Not answering, or reporting a failed state (`Crashed`, `Killed`); past the
+    #: liveness grace this is a crash.
+    UNHEALTHY = 5
+
+
+#: What Hersh v0.2.0's `GET /watcher/status` reports in `state`, as the Host reads it.
+HERSH_READY_VALUES = ("Ready", "Running")
+HERSH_FAILED_VALUES = ("Crashed", "Killed")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessCheck:
+    """How the Host tells that a program is initialised, and that it stays alive.
+
+    The default is Hersh's: `GET /watcher/status`, its JSON field `state`, ready when it
+    is `Ready` or `Running` after the start was seen settling, failed when `Crashed` or
+    `Killed`. An empty `field` accepts any 2xx answer (programs that are not Hersh).
+    """
+
+    path: str = "/watcher/status"
+    field: str = "state"
+    ready_values: tuple[str, ...] = HERSH_READY_VALUES
+    failed_values: tuple[str, ...] = HERSH_FAILED_VALUES
+    #: How long a start may take to be ready; 0: the Host's `--ready-timeout`.
+    timeout_seconds: float = 0.0
+    #: A first ready answer counts only once the same answer held this long (Hersh
+    #: reports `Ready` for a moment before its InitRun); an answer after a settling one
+    #: (`InitRun`, `WaitRecover`) counts at once.
+    settle_seconds: float = 1.0
+    #: After READY: how long no answer, or a failed state, is tolerated before it is
+    #: treated as a crash.
+    liveness_grace_seconds: float = 30.0
+
+
+class RestartMode(enum.Enum):
+    """When an exited program is restarted; the values match `hershy.v1.RestartMode`."""
+
+    #: Any exit (or liveness failure) restarts it, with backoff.
+    ALWAYS = 1
+    #: Exit code 0 ends it STOPPED; any other exit restarts it.
+    ON_FAILURE = 2
+    #: Never restarted: exit 0 ends it STOPPED, anything else ERROR.
+    NEVER = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """Like Kubernetes' `restartPolicy` with Nomad's `attempts`/`interval` limit."""
+
+    mode: RestartMode = RestartMode.ALWAYS
+    #: At most this many automatic restarts within `window_seconds`, then ERROR; 0: no limit.
+    max_restarts: int = 0
+    window_seconds: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class StopSettings:
+    """How the program is asked to stop: `signal`, then `grace_seconds`, then SIGKILL."""
+
+    signal: str = "SIGTERM"
+    #: 0: the Host's `--stop-grace`.
+    grace_seconds: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Program:
     """One program as the reducer sees it.
@@ -122,6 +202,22 @@ class Program:
     alias: str = ""
     #: Plain environment variables, sorted by name; a start (re)reads them.
     env: tuple[tuple[str, str], ...] = ()
+    readiness: ReadinessCheck = ReadinessCheck()
+    restart_policy: RestartPolicy = RestartPolicy()
+    stop: StopSettings = StopSettings()
+    #: The program's own view, from its WatcherAPI: the state it last reported ("" none),
+    #: since when it reports it, and when it last answered (as of the last change: only
+    #: changes are recorded).
+    watcher_state: str = ""
+    watcher_state_since: float | None = None
+    watcher_answered_at: float | None = None
+    health: Health = Health.UNKNOWN
+    #: Why it is not healthy, in the Host's and the program's words ("" when healthy).
+    health_reason: str = ""
+    #: Since when it has not answered or reported a failed state (after READY).
+    unhealthy_since: float | None = None
+    #: When the automatic restarts counted by the restart limit happened (within its window).
+    recent_restarts: tuple[float, ...] = ()
     # Host-wide revision of the last committed change. Stamped by the
     # registry when a change is committed; the reducer leaves it alone.
     revision: int = 0

@@ -22,7 +22,8 @@ from dataclasses import dataclass, fields
 
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
-from hershy.domain.model import BackoffPolicy, Program, State
+from hershy.domain.health import LIVE_HEALTH, Answer, classify, describe
+from hershy.domain.model import BackoffPolicy, Health, Program, RestartMode, State
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,9 @@ def create(event: ev.ProgramCreated) -> Program:
         resources=event.resources,
         alias=event.alias,
         env=event.env,
+        readiness=event.readiness,
+        restart_policy=event.restart_policy,
+        stop=event.stop,
         created_at=event.at,
         updated_at=event.at,
     )
@@ -120,9 +124,20 @@ def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_PO
         case ev.ContainerReady():
             if program.state is State.STARTING:
                 return Transition(
-                    _at(program, event.at, state=State.READY, ready_since=event.at, error=None)
+                    _at(
+                        program,
+                        event.at,
+                        state=State.READY,
+                        ready_since=event.at,
+                        error=None,
+                        health=Health.HEALTHY,
+                        health_reason="",
+                        unhealthy_since=None,
+                    )
                 )
             return Ignored(f"readiness while {program.state.name}")
+        case ev.WatcherProbed():
+            return _on_watcher_probed(program, event, policy)
         case ev.StartFailed():
             return _on_start_failed(program, event)
         case ev.ContainerExited():
@@ -247,7 +262,7 @@ def _on_host_restarted(program: Program, at: float) -> Outcome:
                 return Transition(_at(program, at, container_id=None), redo)
             effects = redo
         case State.READY:
-            effects = (fx.AdoptContainer(run, container),)
+            effects = (fx.AdoptContainer(run, container, program.readiness),)
         case State.STOPPING:
             effects = (fx.StopContainer(run, container),)
         case State.BACKOFF if program.next_restart_at is not None:
@@ -280,7 +295,13 @@ def _on_container_created(program: Program, event: ev.ContainerCreated) -> Outco
         # (an event from an older store has none, and the program keeps what it had).
         address = event.address or program.proxy_target
         return Transition(
-            _at(program, event.at, container_id=event.container_id, proxy_target=address)
+            _at(
+                program,
+                event.at,
+                container_id=event.container_id,
+                proxy_target=address,
+                **_NO_VIEW,
+            )
         )
     # Nobody wants this container any more (the run is being stopped or
     # deleted): make sure it goes.
@@ -304,35 +325,162 @@ def _on_container_exited(
         return Ignored(f"container exit while {program.state.name}")
     if event.container_id is not None and event.container_id != program.container_id:
         return Ignored(f"exit of container {event.container_id}, not the program's own")
-    ran_long_enough = (
-        program.ready_since is not None and event.at - program.ready_since >= policy.reset_after
-    )
-    streak = 1 if ran_long_enough else program.crash_streak + 1
-    restart_at = event.at + policy.delay(streak)
     reason = f"exited with code {event.exit_code}"
     if event.oom_killed:
         reason += " (killed: out of memory)"
+    return _crashed(program, event.at, reason, event.exit_code, policy)
+
+
+def _crashed(
+    program: Program, at: float, reason: str, exit_code: int | None, policy: BackoffPolicy
+) -> Transition:
+    """The run ended by itself (an exit, or a liveness failure): what its restart policy says.
+
+    Exit code 0 under `on-failure` or `never` ends it STOPPED; any other end under
+    `never`, or past the restart limit, ends it ERROR; the rest is a crash: BACKOFF,
+    then the automatic restart.
+    """
     cleanup: tuple[fx.Effect, ...] = (
         (fx.CancelInflight(),) if program.state is State.STARTING else ()
     )
+    stop_it = (*cleanup, fx.StopContainer(program.run, program.container_id))
+    code = program.last_exit_code if exit_code is None else exit_code
+    rules = program.restart_policy
+    ended = {
+        "last_exit_code": code,
+        "ready_since": None,
+        "next_restart_at": None,
+        "health": Health.UNKNOWN,
+        "unhealthy_since": None,
+    }
+    if exit_code == 0 and rules.mode is not RestartMode.ALWAYS:
+        return Transition(
+            _at(
+                program,
+                at,
+                state=State.STOPPED,
+                error=None,
+                health_reason="",
+                container_id=None,  # exited; the StopContainer that follows removes it
+                **ended,
+            ),
+            stop_it,
+        )
+    if rules.mode is RestartMode.NEVER:
+        return Transition(
+            _at(program, at, state=State.ERROR, error=f"{reason} (restart policy: never)", **ended),
+            stop_it,
+        )
+    recent = tuple(t for t in program.recent_restarts if t > at - rules.window_seconds)
+    if rules.max_restarts > 0 and len(recent) >= rules.max_restarts:
+        gave_up = (
+            f"{reason}; restarted {len(recent)} time{'' if len(recent) == 1 else 's'} "
+            f"within {rules.window_seconds:g} s, "
+            f"the restart limit: not restarted again"
+        )
+        return Transition(
+            _at(program, at, state=State.ERROR, error=gave_up, recent_restarts=recent, **ended),
+            stop_it,
+        )
+    ran_long_enough = (
+        program.ready_since is not None and at - program.ready_since >= policy.reset_after
+    )
+    streak = 1 if ran_long_enough else program.crash_streak + 1
+    restart_at = at + policy.delay(streak)
+    return Transition(
+        _at(
+            program,
+            at,
+            state=State.BACKOFF,
+            restart_count=program.restart_count + 1,
+            crash_streak=streak,
+            error=reason,
+            recent_restarts=(*recent, at) if rules.max_restarts > 0 else (),
+            **{**ended, "next_restart_at": restart_at},
+        ),
+        (*stop_it, fx.StartRestartTimer(program.run, restart_at)),
+    )
+
+
+def _on_watcher_probed(program: Program, event: ev.WatcherProbed, policy: BackoffPolicy) -> Outcome:
+    """Record the program's own view when it changes; after READY, a bad answer held past
+    the liveness grace is a crash."""
+    if program.state not in (State.STARTING, State.READY):
+        return Ignored(f"watcher answer while {program.state.name}")
+    check = program.readiness
+    answer = classify(check, event.answered, event.state)
+    words = describe(event.answered, event.state, event.detail)
+    if program.state is State.STARTING:
+        # The start's own judge decides readiness (ContainerReady/StartFailed): here only
+        # the view, for people watching it initialise.
+        health = Health.UNHEALTHY if answer is Answer.FAILED else Health.INITIALISING
+        reason = "" if answer is Answer.READY else words
+        return _view(program, event, health, reason, unhealthy_since=None)
+    health = LIVE_HEALTH[answer]
+    if health is not Health.UNHEALTHY:
+        reason = "" if health is Health.HEALTHY else words
+        return _view(program, event, health, reason, unhealthy_since=None)
+    since = program.unhealthy_since if program.unhealthy_since is not None else event.at
+    lasted = event.at - since
+    if lasted >= check.liveness_grace_seconds:
+        who = "the program " if event.answered else ""
+        why = (
+            f"liveness: {who}{words} for {lasted:.0f} s (grace {check.liveness_grace_seconds:g} s)"
+        )
+        crash = _crashed(program, event.at, why, None, policy)
+        return Transition(
+            _at(crash.program, event.at, **_view_fields(event), health_reason=why), crash.effects
+        )
+    return _view(program, event, health, words, unhealthy_since=since)
+
+
+def _view(
+    program: Program,
+    event: ev.WatcherProbed,
+    health: Health,
+    reason: str,
+    *,
+    unhealthy_since: float | None,
+) -> Outcome:
+    """The program with this answer as its view, if anything of the view changed."""
+    state = event.state if event.answered else program.watcher_state
+    if (
+        state == program.watcher_state
+        and health is program.health
+        and reason == program.health_reason
+        and unhealthy_since == program.unhealthy_since
+    ):
+        return Ignored("the program's view did not change")
     return Transition(
         _at(
             program,
             event.at,
-            state=State.BACKOFF,
-            restart_count=program.restart_count + 1,
-            crash_streak=streak,
-            last_exit_code=event.exit_code,
-            ready_since=None,
-            next_restart_at=restart_at,
-            error=reason,
-        ),
-        (
-            *cleanup,
-            fx.StopContainer(program.run, program.container_id),
-            fx.StartRestartTimer(program.run, restart_at),
-        ),
+            **_view_fields(event, program),
+            health=health,
+            health_reason=reason,
+            unhealthy_since=unhealthy_since,
+        )
     )
+
+
+def _view_fields(event: ev.WatcherProbed, program: Program | None = None) -> dict[str, object]:
+    if not event.answered:
+        return {}
+    fields_: dict[str, object] = {"watcher_answered_at": event.at, "watcher_state": event.state}
+    if program is None or event.state != program.watcher_state:
+        fields_["watcher_state_since"] = event.at
+    return fields_
+
+
+#: A new container's view of the program: nothing known yet.
+_NO_VIEW: dict[str, object] = {
+    "watcher_state": "",
+    "watcher_state_since": None,
+    "watcher_answered_at": None,
+    "health": Health.UNKNOWN,
+    "health_reason": "",
+    "unhealthy_since": None,
+}
 
 
 def _on_container_stopped(program: Program, event: ev.ContainerStopped) -> Outcome:
@@ -347,6 +495,8 @@ def _on_container_stopped(program: Program, event: ev.ContainerStopped) -> Outco
                 container_id=None,
                 ready_since=None,
                 error=None,
+                health=Health.UNKNOWN,
+                unhealthy_since=None,
             )
         )
     if (
@@ -400,6 +550,8 @@ def _on_restart_timer(program: Program, at: float) -> Outcome:
 
 
 _FIELDS = tuple(field.name for field in fields(Program))
+#: States in which the program's WatcherAPI is asked how it is (STOPPING: still running).
+_PROBED_STATES = frozenset({State.STARTING, State.READY, State.STOPPING})
 _FIELD_SET = frozenset(_FIELDS)
 
 
@@ -415,6 +567,10 @@ def _at(program: Program, at: float, **changes: object) -> Program:
     changes["updated_at"] = at
     if changes.get("state", program.state) is not program.state:
         changes.setdefault("note", "")  # a note is about the state it was made in
+        if changes["state"] not in _PROBED_STATES:
+            # Nothing runs to be judged: the verdict goes (its last words stay readable).
+            changes.setdefault("health", Health.UNKNOWN)
+            changes.setdefault("unhealthy_since", None)
     changed = object.__new__(Program)
     for name in _FIELDS:
         object.__setattr__(
@@ -442,13 +598,22 @@ def _begin_run(program: Program, at: float) -> Outcome:
             ready_since=None,
             next_restart_at=None,
             restart_pending=False,
+            recent_restarts=(),
         ),
         (fx.Build(run, program.build_id, program.user_id),),
     )
 
 
 def _start_container(program: Program, run: int, image_id: str) -> fx.StartContainer:
-    return fx.StartContainer(run, image_id, program.build_id, program.resources, program.env)
+    return fx.StartContainer(
+        run,
+        image_id,
+        program.build_id,
+        program.resources,
+        env=program.env,
+        readiness=program.readiness,
+        stop=program.stop,
+    )
 
 
 def _stop(program: Program, at: float, *first: fx.Effect, then_start: bool = False) -> Transition:
@@ -476,6 +641,8 @@ def _fail(program: Program, at: float, reason: str) -> Transition:
             error=reason,
             ready_since=None,
             restart_pending=False,
+            health=Health.UNKNOWN,
+            unhealthy_since=None,
         ),
         cleanup,
     )

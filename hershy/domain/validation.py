@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from hershy.domain import limits
 from hershy.domain.errors import InvalidArgument, TooLarge
-from hershy.domain.model import Resources
+from hershy.domain.model import ReadinessCheck, Resources, RestartPolicy, StopSettings
 
 #: The most of a client's value an error message repeats. Messages travel in gRPC
 #: trailers and HTTP bodies: an unbounded echo of a huge value breaks the answer itself.
@@ -194,3 +194,103 @@ def resolve_resources(
             raise InvalidArgument(field, f"{value} is outside this Host's bounds [{low}, {high}]")
         resolved[name] = value or getattr(policy.default, name)
     return Resources(**resolved)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthLimits:
+    """Bounds on a program's readiness check, restart policy and stop settings."""
+
+    max_path_length: int = 200
+    max_field_length: int = 64
+    max_values: int = 16
+    max_value_length: int = 64
+    max_ready_timeout: float = 3600.0
+    max_settle: float = 60.0
+    min_liveness_grace: float = 1.0
+    max_liveness_grace: float = 3600.0
+    max_restarts: int = 1000
+    min_restart_window: float = 1.0
+    max_restart_window: float = 7 * 86400.0
+    max_stop_grace: float = 300.0
+    #: The signals a program may ask to be stopped with (SIGKILL follows the grace anyway).
+    stop_signals: frozenset[str] = frozenset(
+        {"SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL"}
+    )
+
+
+FIELD_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]*")
+READINESS_PATH_PATTERN = re.compile(r"/[A-Za-z0-9_.~/%?&=+-]*")
+
+
+def _within(field: str, value: float, low: float, high: float, zero_ok: bool = False) -> None:
+    if zero_ok and value == 0:
+        return
+    if not low <= value <= high:  # NaN is refused too
+        also = " (or 0 for the default)" if zero_ok else ""
+        raise InvalidArgument(field, f"{value:g} s is outside [{low:g}, {high:g}]{also}")
+
+
+def validate_readiness(
+    check: ReadinessCheck, limits: HealthLimits = HealthLimits()
+) -> ReadinessCheck:
+    if len(check.path) > limits.max_path_length or not READINESS_PATH_PATTERN.fullmatch(check.path):
+        raise InvalidArgument(
+            "readiness.path",
+            f"{cut(check.path)} must be an absolute path of at most "
+            f"{limits.max_path_length} URL characters",
+        )
+    if ".." in check.path.split("/"):
+        raise InvalidArgument("readiness.path", f"{cut(check.path)} must not contain '..'")
+    if len(check.field) > limits.max_field_length or not FIELD_NAME_PATTERN.fullmatch(check.field):
+        raise InvalidArgument(
+            "readiness.field",
+            f"{cut(check.field)} must be at most {limits.max_field_length} of [A-Za-z0-9_.-]",
+        )
+    for name in ("ready_values", "failed_values"):
+        values: tuple[str, ...] = getattr(check, name)
+        if len(values) > limits.max_values:
+            raise InvalidArgument(f"readiness.{name}", f"at most {limits.max_values} values")
+        for value in values:
+            if not value or len(value) > limits.max_value_length or not value.isprintable():
+                raise InvalidArgument(
+                    f"readiness.{name}",
+                    f"{cut(value)} must be 1-{limits.max_value_length} printable characters",
+                )
+    if set(check.ready_values) & set(check.failed_values):
+        raise InvalidArgument("readiness.failed_values", "a value cannot be ready and failed")
+    _within("readiness.timeout", check.timeout_seconds, 1.0, limits.max_ready_timeout, True)
+    _within("readiness.settle", check.settle_seconds, 0.0, limits.max_settle)
+    _within(
+        "readiness.liveness_grace",
+        check.liveness_grace_seconds,
+        limits.min_liveness_grace,
+        limits.max_liveness_grace,
+    )
+    return check
+
+
+def validate_restart_policy(
+    policy: RestartPolicy, limits: HealthLimits = HealthLimits()
+) -> RestartPolicy:
+    if not 0 <= policy.max_restarts <= limits.max_restarts:
+        raise InvalidArgument(
+            "restart_policy.max_restarts",
+            f"{policy.max_restarts} is outside [0, {limits.max_restarts}] (0: no limit)",
+        )
+    _within(
+        "restart_policy.window",
+        policy.window_seconds,
+        limits.min_restart_window,
+        limits.max_restart_window,
+    )
+    return policy
+
+
+def validate_stop(stop: StopSettings, limits: HealthLimits = HealthLimits()) -> StopSettings:
+    if stop.signal not in limits.stop_signals:
+        raise InvalidArgument(
+            "stop.signal",
+            f"{cut(stop.signal)} is not one of {', '.join(sorted(limits.stop_signals))}",
+        )
+    _within("stop.grace", stop.grace_seconds, 0.0, limits.max_stop_grace, True)
+    return stop

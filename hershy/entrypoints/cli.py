@@ -176,6 +176,21 @@ def _host_options(*, doctor: bool) -> Callable[[Command], Command]:
     help="Delay before restarting a crashed program: FIRST, doubling up to MAX seconds.",
 )
 @click.option(
+    "--probe-interval",
+    type=click.FloatRange(min=0.5, max=3600),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds between liveness probes of each READY program (jittered by 20%).",
+)
+@click.option(
+    "--probe-concurrency",
+    type=click.IntRange(min=1, max=1024),
+    default=32,
+    show_default=True,
+    help="Liveness probes in flight at once, Host-wide.",
+)
+@click.option(
     "--stop-programs-on-exit",
     is_flag=True,
     help="Stop every program when the Host exits (by default they keep running and are "
@@ -216,6 +231,8 @@ def serve_command(
     build_min_free_disk: int,
     builds: tuple[int, int],
     backoff: tuple[float, float],
+    probe_interval: float,
+    probe_concurrency: int,
     stop_programs_on_exit: bool,
     no_auth: bool,
     admin_token_file: Path | None,
@@ -226,6 +243,7 @@ def serve_command(
     from hershy.adapters.docker.build import BaseImageRefused, BuildLimits
     from hershy.adapters.docker.runtime import DockerSettings, RuntimeUnavailable
     from hershy.adapters.sqlite_store import StoreError
+    from hershy.adapters.watcher_probe import ProberSettings
     from hershy.bootstrap import HostConfig, Runtime, serve
     from hershy.domain.model import BackoffPolicy
     from hershy.entrypoints.logging_setup import configure as configure_logging
@@ -247,6 +265,7 @@ def serve_command(
             ready_timeout=ready_timeout,
             build_timeout=build_timeout,
             base_images=base_images,
+            prober=ProberSettings(interval=probe_interval, concurrency=probe_concurrency),
             build_limits=BuildLimits(
                 memory_bytes=build_memory * MIB,
                 total_memory_bytes=limits.BUILD_TOTAL_MEMORY_FACTOR * build_memory * MIB,

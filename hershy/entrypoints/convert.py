@@ -5,13 +5,25 @@ from __future__ import annotations
 
 from typing import Literal, assert_never
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
 from hershy.domain.config import SecretInfo
 from hershy.domain.errors import InvalidArgument
-from hershy.domain.model import LogLine, LogStream, Program, Resources, State
+from hershy.domain.model import (
+    Health,
+    LogLine,
+    LogStream,
+    Program,
+    ReadinessCheck,
+    Resources,
+    RestartMode,
+    RestartPolicy,
+    State,
+    StopSettings,
+)
 from hershy.domain.quotas import QUOTA_NAMES, Usage, UserQuota
 from hershy.domain.validation import cut, validate_program_id, validate_user_id
 from hershy.service.watch import Change, ChangeKind
@@ -70,6 +82,79 @@ def resources_to_pb(resources: Resources) -> pb.Resources:
     )
 
 
+def _seconds(duration: Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def duration(seconds: float) -> Duration:
+    message = Duration()
+    message.FromNanoseconds(round(seconds * 1e9))
+    return message
+
+
+def readiness_from_pb(message: pb.ReadinessCheck) -> ReadinessCheck:
+    """As asked, with the Hersh defaults for what is unset (checked by the registry)."""
+    default = ReadinessCheck()
+    return ReadinessCheck(
+        path=message.path or default.path,
+        field=message.field if message.HasField("field") else default.field,
+        ready_values=tuple(message.ready_values) or default.ready_values,
+        failed_values=tuple(message.failed_values) or default.failed_values,
+        timeout_seconds=_seconds(message.timeout),
+        settle_seconds=_seconds(message.settle)
+        if message.HasField("settle")
+        else default.settle_seconds,
+        liveness_grace_seconds=_seconds(message.liveness_grace) or default.liveness_grace_seconds,
+    )
+
+
+def readiness_to_pb(check: ReadinessCheck) -> pb.ReadinessCheck:
+    return pb.ReadinessCheck(
+        path=check.path,
+        field=check.field,
+        ready_values=check.ready_values,
+        failed_values=check.failed_values,
+        timeout=duration(check.timeout_seconds),
+        settle=duration(check.settle_seconds),
+        liveness_grace=duration(check.liveness_grace_seconds),
+    )
+
+
+def restart_policy_from_pb(message: pb.RestartPolicy) -> RestartPolicy:
+    default = RestartPolicy()
+    try:
+        mode = RestartMode(message.mode) if message.mode else default.mode
+    except ValueError:
+        raise InvalidArgument("restart_policy.mode", f"{message.mode} is not a mode") from None
+    return RestartPolicy(
+        mode=mode,
+        max_restarts=message.max_restarts,
+        window_seconds=_seconds(message.window) or default.window_seconds,
+    )
+
+
+def restart_policy_to_pb(policy: RestartPolicy) -> pb.RestartPolicy:
+    return pb.RestartPolicy(
+        mode=pb.RestartMode.ValueType(policy.mode.value),
+        max_restarts=policy.max_restarts,
+        window=duration(policy.window_seconds),
+    )
+
+
+def stop_from_pb(message: pb.StopSettings) -> StopSettings:
+    return StopSettings(
+        signal=message.signal or StopSettings().signal, grace_seconds=_seconds(message.grace)
+    )
+
+
+def stop_to_pb(stop: StopSettings) -> pb.StopSettings:
+    return pb.StopSettings(signal=stop.signal, grace=duration(stop.grace_seconds))
+
+
+def health_to_pb(health: Health) -> pb.Health.ValueType:
+    return pb.Health.ValueType(health.value)
+
+
 def log_stream_from_pb(value: int, field: str) -> LogStream:
     try:
         return LogStream(value)
@@ -108,7 +193,20 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
         status_note=program.note,
         alias=program.alias,
         env=dict(program.env),
+        readiness=readiness_to_pb(program.readiness),
+        restart_policy=restart_policy_to_pb(program.restart_policy),
+        stop=stop_to_pb(program.stop),
+        watcher_state=program.watcher_state,
+        health=health_to_pb(program.health),
+        health_reason=program.health_reason,
     )
+    for field, value in (
+        ("watcher_answer_time", program.watcher_answered_at),
+        ("watcher_state_time", program.watcher_state_since),
+        ("unhealthy_time", program.unhealthy_since),
+    ):
+        if value is not None:
+            getattr(message, field).CopyFrom(timestamp(value))
     if program.last_exit_code is not None:
         message.last_exit_code = program.last_exit_code
     if program.next_restart_at is not None:
@@ -175,6 +273,10 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
         case ev.EnvChanged():
             message.env_changed.env.update(dict(event.env))
             message.env_changed.SetInParent()
+        case ev.WatcherProbed():
+            message.watcher_probed.CopyFrom(
+                pb.WatcherProbed(answered=event.answered, state=event.state, detail=event.detail)
+            )
         case _:
             assert_never(event)
     return message

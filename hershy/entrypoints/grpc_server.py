@@ -130,6 +130,9 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
                 convert.resources_from_pb(request.resources),
                 alias=request.alias,
                 env=dict(request.env),
+                readiness=convert.readiness_from_pb(request.readiness),
+                restart_policy=convert.restart_policy_from_pb(request.restart_policy),
+                stop=convert.stop_from_pb(request.stop),
             )
         return self._pb(program)
 

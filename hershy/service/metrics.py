@@ -15,11 +15,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hershy.domain import events as ev
-from hershy.domain.model import Program, State
+from hershy.domain.model import Health, Program, State
 
 #: Builds take seconds to minutes; starts under gVisor take a fraction of a second to seconds.
 BUILD_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 START_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+#: A WatcherAPI answers a status probe in about a millisecond on loopback; up to its timeout.
+PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2)
 PROXY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5)
 
 
@@ -42,6 +44,19 @@ class _LiveFigures(Collector):
         for state, count in counts.items():
             by_state.add_metric([state], count)
         yield by_state
+        by_health = GaugeMetricFamily(
+            "hershy_program_health",
+            "Running programs (STARTING or READY) by the Host's verdict on their own "
+            "WatcherAPI answers.",
+            labels=["health"],
+        )
+        healths = dict.fromkeys((health.name.lower() for health in Health), 0)
+        for program in self._programs():
+            if program.state in (State.STARTING, State.READY):
+                healths[program.health.name.lower()] += 1
+        for health, count in healths.items():
+            by_health.add_metric([health], count)
+        yield by_health
         yield GaugeMetricFamily(
             "hershy_watch_subscribers", "Open Watch subscriptions.", value=self._subscribers()
         )
@@ -87,6 +102,13 @@ class Metrics:
             ["method", "code"],
             registry=self.registry,
         )
+        self.probe_seconds = Histogram(
+            "hershy_probe_duration_seconds",
+            "Liveness probes of READY programs' WatcherAPIs, by outcome (answered or not).",
+            ["outcome"],
+            buckets=PROBE_BUCKETS,
+            registry=self.registry,
+        )
         self.proxy_requests = Counter(
             "hershy_proxy_requests_total",
             "Requests through the WatcherAPI proxy, by HTTP status.",
@@ -127,10 +149,15 @@ class Metrics:
             self.start_seconds.labels("ready").observe(spent)
         elif before.state is State.STARTING and after.state is State.ERROR:
             self.start_seconds.labels("failed").observe(spent)
-        if after.state is State.BACKOFF and isinstance(event, ev.ContainerExited):
+        if after.state is State.BACKOFF and isinstance(
+            event, ev.ContainerExited | ev.WatcherProbed
+        ):
             self.crashes.inc()
         if isinstance(event, ev.RestartTimerFired):
             self.restarts.inc()
+
+    def observe_probe(self, seconds: float, answered: bool) -> None:
+        self.probe_seconds.labels("answered" if answered else "unanswered").observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

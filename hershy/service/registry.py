@@ -35,8 +35,11 @@ from hershy.domain.model import (
     LogLine,
     LogStream,
     Program,
+    ReadinessCheck,
     Resources,
+    RestartPolicy,
     State,
+    StopSettings,
 )
 from hershy.domain.validation import (
     ProgramSource,
@@ -46,7 +49,10 @@ from hershy.domain.validation import (
     cut,
     resolve_resources,
     validate_program_id,
+    validate_readiness,
+    validate_restart_policy,
     validate_source,
+    validate_stop,
     validate_user_id,
 )
 from hershy.service.deadlines import deadline
@@ -236,6 +242,9 @@ class Registry:
         *,
         alias: str = "",
         env: Mapping[str, str] | None = None,
+        readiness: ReadinessCheck = ReadinessCheck(),
+        restart_policy: RestartPolicy = RestartPolicy(),
+        stop: StopSettings = StopSettings(),
     ) -> Program:
         """Validate, store the source, and register the program (in CREATED).
 
@@ -247,8 +256,15 @@ class Registry:
         if alias:
             validate_alias(alias)
         variables = validate_env(env or {})
+        settings = (
+            validate_readiness(readiness),
+            validate_restart_policy(restart_policy),
+            validate_stop(stop),
+        )
         async with self.quotas.held(user_id):
-            return await self._create(user_id, dockerfile, src_files, resources, alias, variables)
+            return await self._create(
+                user_id, dockerfile, src_files, resources, alias, variables, settings
+            )
 
     async def _create(
         self,
@@ -258,6 +274,11 @@ class Registry:
         resources: Resources | None,
         alias: str = "",
         env: tuple[tuple[str, str], ...] = (),
+        settings: tuple[ReadinessCheck, RestartPolicy, StopSettings] = (
+            ReadinessCheck(),
+            RestartPolicy(),
+            StopSettings(),
+        ),
     ) -> Program:
         # 10,000 files take tens of ms to check and hash: off the loop, so one
         # tenant's creates do not hold every other tenant's calls that long.
@@ -293,6 +314,9 @@ class Registry:
                 resources=limits,
                 alias=alias,
                 env=env,
+                readiness=settings[0],
+                restart_policy=settings[1],
+                stop=settings[2],
             )
             program = await self._commit(reducer.create(event), event)
         except BaseException:
@@ -611,6 +635,10 @@ class Registry:
         text = f"{type(event).__name__}: now {program.state.name}"
         if program.error and program.state in (State.ERROR, State.BACKOFF, State.DELETING):
             text += f" ({program.error})"
+        elif isinstance(event, ev.WatcherProbed):
+            # The program's own view changed: what it says, in the log beside its output.
+            said = program.health_reason or f'reported "{program.watcher_state}"'
+            text += f", {program.health.name.lower()}: {said}"
         self._logs.write(program.id, LogLine(event.at, LogStream.HOST, program.run, text))
 
     async def _forget(self, program: Program) -> None:

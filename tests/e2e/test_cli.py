@@ -653,3 +653,34 @@ def test_watch_survives_a_host_restart(tmp_path: Path, folder: Path) -> None:
         if watch.poll() is None:
             watch.kill()
             watch.wait()
+
+
+def test_deploy_takes_health_settings_and_get_and_ls_show_health(
+    host: CliHost, folder: Path
+) -> None:
+    gina = new_token(host, "gina")
+    options = ["--restart", "on-failure", "--max-restarts", "3", "--restart-window", "60"]
+    options += ["--stop-signal", "sigint", "--stop-grace", "4", "--liveness-grace", "12"]
+    options += ["--ready-path", "/healthz", "--ready-field", ""]
+    program = cli(host, gina, "deploy", str(folder), *options, "--json").json()
+    assert program["restart_policy"] == {
+        "mode": "RESTART_MODE_ON_FAILURE",
+        "max_restarts": 3,
+        "window": "60s",
+    }
+    assert program["stop"] == {"signal": "SIGINT", "grace": "4s"}
+    assert program["readiness"]["path"] == "/healthz"
+    assert program["readiness"]["field"] == ""  # proto3 optional: shown though empty
+    assert program["readiness"]["liveness_grace"] == "12s"
+    assert program["health"] == "HEALTH_HEALTHY"
+    shown = cli(host, gina, "get", program["id"]).stdout
+    assert "health" in shown
+    assert "healthy" in shown
+    assert "restart policy  on-failure, at most 3 within 60 s" in shown
+    assert "SIGINT, then 4 s" in shown
+    listed = cli(host, gina, "ls").stdout
+    assert "HEALTH" in listed.splitlines()[0]
+    assert "healthy" in listed
+    bad = cli(host, gina, "deploy", str(folder), "--stop-signal", "SIGSEGV", expect=USAGE)
+    assert "stop.signal" in bad.stderr
+    cli(host, gina, "rm", program["id"], "--yes", "--wait")

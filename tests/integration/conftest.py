@@ -32,6 +32,7 @@ from docker.errors import DockerException
 from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM
 from hershy.adapters.docker.port_pool import PortPool
 from hershy.adapters.docker.runtime import DockerSettings
+from hershy.adapters.watcher_probe import ProberSettings
 from hershy.bootstrap import HostConfig, Runtime, running_host
 from hershy.domain.errors import NotFound
 from hershy.domain.model import BackoffPolicy, LogStream, Program, Resources, State
@@ -284,6 +285,7 @@ async def open_host(
     ready_timeout: float = 30.0,
     ports: PortPool | None = None,
     policy: BackoffPolicy = POLICY,
+    prober: ProberSettings | None = None,
 ) -> AsyncIterator[Host]:
     """A Host on runsc; on exit every program is deleted and checked gone from Docker."""
     ports = ports or PortPool()
@@ -294,7 +296,9 @@ async def open_host(
         http_addr="127.0.0.1:0",
         no_auth=True,  # these talk to the registry (or test tokens elsewhere)
         policy=policy,
-        docker=DockerSettings(ready_timeout=ready_timeout, stop_grace=2),
+        docker=DockerSettings(
+            ready_timeout=ready_timeout, stop_grace=2, prober=prober or ProberSettings()
+        ),
         port_pool=ports,
     )
     created: list[str] = []

@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 
 from hershy.domain import events as ev
 from hershy.domain.effects import Effect
-from hershy.domain.model import Program, State
+from hershy.domain.model import Health, Program, ReadinessCheck, RestartMode, RestartPolicy, State
 from hershy.domain.reducer import Ignored, Outcome, Rejected, Transition, reduce
 
 T0 = 1000.0
@@ -78,12 +78,19 @@ def events_for(run: int) -> list[ev.Event]:
         ev.RestartTimerFired(NOW, run),
         ev.TornDown(NOW, run),
         ev.TeardownFailed(NOW, run, "busy"),
+        ev.WatcherProbed(NOW, run, True, "Ready"),
+        ev.WatcherProbed(NOW, run, True, "InitRun"),
+        ev.WatcherProbed(NOW, run, True, "Crashed", "nil message"),
+        ev.WatcherProbed(NOW, run, False, "", "ConnectionRefused"),
     ]
 
 
 def describe_event(event: ev.Event) -> str:
     run = getattr(event, "run", None)
-    return type(event).__name__ + ("" if run is None else f"(run {run})")
+    name = type(event).__name__
+    if isinstance(event, ev.WatcherProbed):
+        name += f"[{event.state or 'no answer'}]"
+    return name + ("" if run is None else f"(run {run})")
 
 
 def describe_effect(effect: Effect) -> str:
@@ -125,7 +132,45 @@ def table() -> str:
                     f"{state.name} + {describe_event(event)}: {describe(program, outcome)}"
                 )
         lines.append("")
+    lines.extend(policy_lines())
     return "\n".join(lines)
+
+
+def policy_lines() -> list[str]:
+    """Restart policies and liveness: a READY (or STARTING) program's run ending by itself."""
+    lines = []
+    policies = {
+        "always": RestartPolicy(),
+        "on-failure": RestartPolicy(RestartMode.ON_FAILURE),
+        "never": RestartPolicy(RestartMode.NEVER),
+        "limit 1": RestartPolicy(max_restarts=1, window_seconds=100),
+    }
+    grace = ReadinessCheck(liveness_grace_seconds=30)
+    unhealthy = {"health": Health.UNHEALTHY, "unhealthy_since": NOW - 30}
+    for name, policy in policies.items():
+        for state in (State.STARTING, State.READY):
+            program = replace(program_in(state), restart_policy=policy, readiness=grace)
+            if state is State.STARTING:
+                program = replace(program, container_id="c-1")
+            if name == "limit 1":
+                program = replace(program, recent_restarts=(NOW - 50,))
+            cases: list[tuple[str, Program, ev.Event]] = [
+                ("exit 0", program, ev.ContainerExited(NOW, 1, 0)),
+                ("exit 3", program, ev.ContainerExited(NOW, 1, 3)),
+            ]
+            if state is State.READY:
+                cases.append(
+                    (
+                        "no answer for its grace",
+                        replace(program, **unhealthy),  # type: ignore[arg-type]
+                        ev.WatcherProbed(NOW, 1, False, "", "TimeoutError"),
+                    )
+                )
+            for what, before, event in cases:
+                outcome = reduce(before, event)
+                lines.append(f"{state.name}[{name}] + {what}: {describe(before, outcome)}")
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

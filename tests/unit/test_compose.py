@@ -115,3 +115,34 @@ def test_a_spec_with_more_than_one_service_is_refused() -> None:
     assert contract_violations(document, allowed_runtimes=SECURE, maximum=MAXIMUM) == [
         "exactly one service expected, found 2"
     ]
+
+
+def test_the_programs_stop_signal_and_grace_are_in_the_spec_and_the_create_arguments() -> None:
+    from dataclasses import replace
+
+    from hershy.adapters.docker.compose import LABEL_STOP_GRACE
+    from hershy.adapters.docker.runtime import docker_create_args
+
+    request = replace(
+        ContainerRequest(
+            host_id="h-1",
+            program_id="prog-1",
+            run=1,
+            build_id="b-1",
+            image="sha256:abc",
+            host_port=19005,
+            state_dir="/s",
+            resources=Resources(),
+            runtime="runsc",
+        ),
+        stop_signal="SIGINT",
+        stop_grace_seconds=2.5,
+    )
+    spec = compose_spec(request)
+    service = spec["services"]["program"]
+    assert service["stop_signal"] == "SIGINT"
+    assert service["stop_grace_period"] == "2.5s"
+    # Kept on the container, so a Host restarted meanwhile stops it the same way.
+    assert service["labels"][LABEL_STOP_GRACE] == "2.5"
+    assert docker_create_args(spec)["stop_signal"] == "SIGINT"
+    assert contract_violations(spec, allowed_runtimes=SECURE, maximum=MAXIMUM) == []

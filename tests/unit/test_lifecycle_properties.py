@@ -15,15 +15,48 @@ from dataclasses import dataclass, field
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
-from hershy.domain.model import BackoffPolicy, Program, State
+from hershy.domain.model import (
+    BackoffPolicy,
+    Health,
+    Program,
+    ReadinessCheck,
+    RestartMode,
+    RestartPolicy,
+    State,
+)
 from hershy.domain.reducer import Ignored, Rejected, Transition, create, reduce
 
 POLICY = BackoffPolicy(initial=1, factor=2, cap=8, reset_after=30)
 AT_REST = (State.CREATED, State.STOPPED, State.DELETED)
+#: A short liveness grace, so that random answers can make liveness crashes.
+CHECK = ReadinessCheck(liveness_grace_seconds=1.0)
+#: What a WatcherAPI may answer: (answered, state).
+ANSWERS = [
+    (True, "Ready"),
+    (True, "Running"),
+    (True, "InitRun"),
+    (True, "WaitRecover"),
+    (True, "Crashed"),
+    (True, "Killed"),
+    (False, ""),
+]
+POLICIES = [
+    RestartPolicy(),
+    RestartPolicy(RestartMode.ON_FAILURE),
+    RestartPolicy(RestartMode.NEVER),
+    RestartPolicy(RestartMode.ALWAYS, max_restarts=2, window_seconds=20),
+    RestartPolicy(RestartMode.ON_FAILURE, max_restarts=1, window_seconds=5),
+]
 
 
 @dataclass
@@ -54,6 +87,14 @@ class Lifecycle(RuleBasedStateMachine):
         self.deleted = False
         self.stop_is_last_word = False
         self.last_update = 0.0
+        #: When the last probe result arrived: the reducer sees time pass through them.
+        self.last_probe_at = 0.0
+
+    @initialize(restart_policy=st.sampled_from(POLICIES))
+    def created_with(self, restart_policy: RestartPolicy) -> None:
+        self.program = create(
+            ev.ProgramCreated(0.0, "p", "u", "b-1", readiness=CHECK, restart_policy=restart_policy)
+        )
 
     # --- the world: what the supervisor and a runtime do with effects ----------
 
@@ -79,6 +120,8 @@ class Lifecycle(RuleBasedStateMachine):
 
     def deliver(self, event: ev.Event) -> None:
         before = self.program
+        if isinstance(event, ev.WatcherProbed):
+            self.last_probe_at = event.at
         outcome = reduce(before, event, POLICY)
         if isinstance(outcome, Transition):
             if isinstance(event, ev.StopRequested):
@@ -206,6 +249,13 @@ class Lifecycle(RuleBasedStateMachine):
             ev.ContainerExited(self.tick(), self.world.containers[name], code, False, name)
         )
 
+    @precondition(lambda self: bool(set(self.world.containers) - self.world.dead))
+    @rule(data=st.data(), answer=st.sampled_from(ANSWERS))
+    def watcher_answers(self, data: st.DataObject, answer: tuple[bool, str]) -> None:
+        """A probe of a live container's WatcherAPI (liveness or the start's), any answer."""
+        name = data.draw(st.sampled_from(sorted(set(self.world.containers) - self.world.dead)))
+        self.world.inbox.append(ev.WatcherProbed(self.tick(), self.world.containers[name], *answer))
+
     @precondition(lambda self: self.world.timer is not None)
     @rule()
     def timer_fires(self) -> None:
@@ -251,6 +301,30 @@ class Lifecycle(RuleBasedStateMachine):
     def a_program_is_placed_only_once_it_ran(self) -> None:
         if self.program.run == 0:
             assert self.program.proxy_target == ""
+
+    @invariant()
+    def a_program_is_judged_only_while_it_runs(self) -> None:
+        if self.program.state not in (State.STARTING, State.READY, State.STOPPING):
+            assert self.program.health is Health.UNKNOWN
+            assert self.program.unhealthy_since is None
+
+    @invariant()
+    def a_ready_program_is_never_unhealthy_past_its_grace(self) -> None:
+        since = self.program.unhealthy_since
+        if self.program.state is State.READY and since is not None:
+            assert self.program.health is Health.UNHEALTHY
+            assert self.last_probe_at - since < CHECK.liveness_grace_seconds
+
+    @invariant()
+    def the_restart_policy_is_kept(self) -> None:
+        rules = self.program.restart_policy
+        if rules.mode is RestartMode.NEVER:
+            assert self.program.restart_count == 0
+        if rules.max_restarts:
+            assert len(self.program.recent_restarts) <= rules.max_restarts
+        if self.program.state is State.STOPPED and self.program.last_exit_code not in (None, 0):
+            # Stopped by itself only with exit code 0; else it was a user's stop.
+            assert self.program.error is None
 
     @invariant()
     def a_restart_is_scheduled_only_in_backoff(self) -> None:

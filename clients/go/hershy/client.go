@@ -296,6 +296,13 @@ type CreateRequest struct {
 	Alias string
 	// Env holds environment variables ([A-Z_][A-Z0-9_]*, never HERSHY_…).
 	Env map[string]string
+	// Readiness says how the Host tells the program is initialised and alive;
+	// nil: Hersh's (GET /watcher/status, `state` Ready or Running after InitRun).
+	Readiness *hershyv1.ReadinessCheck
+	// RestartPolicy says when it is restarted after it ended by itself; nil: always.
+	RestartPolicy *hershyv1.RestartPolicy
+	// Stop says how it is asked to stop; nil: SIGTERM and the Host's grace.
+	Stop *hershyv1.StopSettings
 }
 
 // Create registers a program; it starts in CREATED.
@@ -307,6 +314,13 @@ func (c *Client) Create(ctx context.Context, req CreateRequest) (*Program, error
 		Resources:  req.Resources,
 		Alias:      req.Alias,
 		Env:        req.Env,
+		UserId:        req.UserID,
+		Dockerfile:    req.Dockerfile,
+		SrcFiles:      req.Files,
+		Resources:     req.Resources,
+		Readiness:     req.Readiness,
+		RestartPolicy: req.RestartPolicy,
+		Stop:          req.Stop,
 	})
 	return program, wrap(ctx, err)
 }

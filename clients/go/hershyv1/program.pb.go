@@ -114,6 +114,130 @@ func (State) EnumDescriptor() ([]byte, []int) {
 	return file_hershy_v1_program_proto_rawDescGZIP(), []int{0}
 }
 
+// The Host's verdict on a running program, from its own WatcherAPI answers.
+type Health int32
+
+const (
+	// Not used.
+	Health_HEALTH_UNSPECIFIED Health = 0
+	// Not running, or not asked yet.
+	Health_HEALTH_UNKNOWN Health = 1
+	// Answering, not initialised yet (Hersh: `InitRun`, `WaitRecover`, or a
+	// first `Ready` not yet seen settling).
+	Health_HEALTH_INITIALISING Health = 2
+	// Answering with a ready value (Hersh: `Ready`, `Running`).
+	Health_HEALTH_HEALTHY Health = 3
+	// READY, answering with a value neither ready nor failed (Hersh:
+	// `WaitRecover`, recovering by itself).
+	Health_HEALTH_DEGRADED Health = 4
+	// Not answering, or reporting a failed state (Hersh: `Crashed`, `Killed`).
+	Health_HEALTH_UNHEALTHY Health = 5
+)
+
+// Enum value maps for Health.
+var (
+	Health_name = map[int32]string{
+		0: "HEALTH_UNSPECIFIED",
+		1: "HEALTH_UNKNOWN",
+		2: "HEALTH_INITIALISING",
+		3: "HEALTH_HEALTHY",
+		4: "HEALTH_DEGRADED",
+		5: "HEALTH_UNHEALTHY",
+	}
+	Health_value = map[string]int32{
+		"HEALTH_UNSPECIFIED":  0,
+		"HEALTH_UNKNOWN":      1,
+		"HEALTH_INITIALISING": 2,
+		"HEALTH_HEALTHY":      3,
+		"HEALTH_DEGRADED":     4,
+		"HEALTH_UNHEALTHY":    5,
+	}
+)
+
+func (x Health) Enum() *Health {
+	p := new(Health)
+	*p = x
+	return p
+}
+
+func (x Health) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Health) Descriptor() protoreflect.EnumDescriptor {
+	return file_hershy_v1_program_proto_enumTypes[1].Descriptor()
+}
+
+func (Health) Type() protoreflect.EnumType {
+	return &file_hershy_v1_program_proto_enumTypes[1]
+}
+
+func (x Health) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Health.Descriptor instead.
+func (Health) EnumDescriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{1}
+}
+
+// When the program is restarted after it ended by itself.
+type RestartMode int32
+
+const (
+	// Not used: the default, `RESTART_MODE_ALWAYS`.
+	RestartMode_RESTART_MODE_UNSPECIFIED RestartMode = 0
+	// Every end (an exit, a liveness failure) restarts it with backoff.
+	RestartMode_RESTART_MODE_ALWAYS RestartMode = 1
+	// Exit code 0 ends it STOPPED; any other end restarts it.
+	RestartMode_RESTART_MODE_ON_FAILURE RestartMode = 2
+	// Never restarted: exit code 0 ends it STOPPED, any other end ERROR.
+	RestartMode_RESTART_MODE_NEVER RestartMode = 3
+)
+
+// Enum value maps for RestartMode.
+var (
+	RestartMode_name = map[int32]string{
+		0: "RESTART_MODE_UNSPECIFIED",
+		1: "RESTART_MODE_ALWAYS",
+		2: "RESTART_MODE_ON_FAILURE",
+		3: "RESTART_MODE_NEVER",
+	}
+	RestartMode_value = map[string]int32{
+		"RESTART_MODE_UNSPECIFIED": 0,
+		"RESTART_MODE_ALWAYS":      1,
+		"RESTART_MODE_ON_FAILURE":  2,
+		"RESTART_MODE_NEVER":       3,
+	}
+)
+
+func (x RestartMode) Enum() *RestartMode {
+	p := new(RestartMode)
+	*p = x
+	return p
+}
+
+func (x RestartMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RestartMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_hershy_v1_program_proto_enumTypes[2].Descriptor()
+}
+
+func (RestartMode) Type() protoreflect.EnumType {
+	return &file_hershy_v1_program_proto_enumTypes[2]
+}
+
+func (x RestartMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RestartMode.Descriptor instead.
+func (RestartMode) EnumDescriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{2}
+}
+
 // Where a log line came from.
 type LogStream int32
 
@@ -159,11 +283,11 @@ func (x LogStream) String() string {
 }
 
 func (LogStream) Descriptor() protoreflect.EnumDescriptor {
-	return file_hershy_v1_program_proto_enumTypes[1].Descriptor()
+	return file_hershy_v1_program_proto_enumTypes[3].Descriptor()
 }
 
 func (LogStream) Type() protoreflect.EnumType {
-	return &file_hershy_v1_program_proto_enumTypes[1]
+	return &file_hershy_v1_program_proto_enumTypes[3]
 }
 
 func (x LogStream) Number() protoreflect.EnumNumber {
@@ -172,7 +296,7 @@ func (x LogStream) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LogStream.Descriptor instead.
 func (LogStream) EnumDescriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{1}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{3}
 }
 
 // What the message means.
@@ -229,11 +353,11 @@ func (x WatchProgramsResponse_Type) String() string {
 }
 
 func (WatchProgramsResponse_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_hershy_v1_program_proto_enumTypes[2].Descriptor()
+	return file_hershy_v1_program_proto_enumTypes[4].Descriptor()
 }
 
 func (WatchProgramsResponse_Type) Type() protoreflect.EnumType {
-	return &file_hershy_v1_program_proto_enumTypes[2]
+	return &file_hershy_v1_program_proto_enumTypes[4]
 }
 
 func (x WatchProgramsResponse_Type) Number() protoreflect.EnumNumber {
@@ -242,7 +366,7 @@ func (x WatchProgramsResponse_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchProgramsResponse_Type.Descriptor instead.
 func (WatchProgramsResponse_Type) EnumDescriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33, 0}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{37, 0}
 }
 
 // A program: a user's long-running container and its lifecycle.
@@ -302,7 +426,31 @@ type Program struct {
 	Alias string `protobuf:"bytes,40,opt,name=alias,proto3" json:"alias,omitempty"`
 	// Plain environment variables the program runs with (visible to its owner).
 	// Changed with `ProgramConfigService.SetProgramEnv`; the next start uses them.
-	Env           map[string]string `protobuf:"bytes,41,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Env map[string]string `protobuf:"bytes,41,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// How the Host tells that the program is initialised and alive (as given at
+	// Create, with the defaults filled in).
+	Readiness *ReadinessCheck `protobuf:"bytes,30,opt,name=readiness,proto3" json:"readiness,omitempty"`
+	// When the program is restarted after it ended by itself.
+	RestartPolicy *RestartPolicy `protobuf:"bytes,31,opt,name=restart_policy,json=restartPolicy,proto3" json:"restart_policy,omitempty"`
+	// How the program is asked to stop.
+	Stop *StopSettings `protobuf:"bytes,32,opt,name=stop,proto3" json:"stop,omitempty"`
+	// The state the program's own WatcherAPI last reported (Hersh: `Ready`,
+	// `Running`, `InitRun`, `WaitRecover`, `Crashed`, `Killed`, `Stopped`);
+	// empty before it first answered in this run.
+	WatcherState string `protobuf:"bytes,33,opt,name=watcher_state,json=watcherState,proto3" json:"watcher_state,omitempty"`
+	// The Host's verdict on the running program, from its answers.
+	Health Health `protobuf:"varint,34,opt,name=health,proto3,enum=hershy.v1.Health" json:"health,omitempty"`
+	// Why it is not healthy, e.g. `no answer (ClientConnectorError)` or
+	// `reported "WaitRecover"`; empty when healthy.
+	HealthReason string `protobuf:"bytes,35,opt,name=health_reason,json=healthReason,proto3" json:"health_reason,omitempty"`
+	// When it last answered, as of the last change of its view (only changes
+	// are recorded).
+	WatcherAnswerTime *timestamppb.Timestamp `protobuf:"bytes,36,opt,name=watcher_answer_time,json=watcherAnswerTime,proto3" json:"watcher_answer_time,omitempty"`
+	// Since when it reports `watcher_state`.
+	WatcherStateTime *timestamppb.Timestamp `protobuf:"bytes,37,opt,name=watcher_state_time,json=watcherStateTime,proto3" json:"watcher_state_time,omitempty"`
+	// Since when a READY program has not answered, or has reported a failed
+	// state; past `readiness.liveness_grace` that is a crash.
+	UnhealthyTime *timestamppb.Timestamp `protobuf:"bytes,38,opt,name=unhealthy_time,json=unhealthyTime,proto3" json:"unhealthy_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -498,6 +646,294 @@ func (x *Program) GetEnv() map[string]string {
 	return nil
 }
 
+func (x *Program) GetReadiness() *ReadinessCheck {
+	if x != nil {
+		return x.Readiness
+	}
+	return nil
+}
+
+func (x *Program) GetRestartPolicy() *RestartPolicy {
+	if x != nil {
+		return x.RestartPolicy
+	}
+	return nil
+}
+
+func (x *Program) GetStop() *StopSettings {
+	if x != nil {
+		return x.Stop
+	}
+	return nil
+}
+
+func (x *Program) GetWatcherState() string {
+	if x != nil {
+		return x.WatcherState
+	}
+	return ""
+}
+
+func (x *Program) GetHealth() Health {
+	if x != nil {
+		return x.Health
+	}
+	return Health_HEALTH_UNSPECIFIED
+}
+
+func (x *Program) GetHealthReason() string {
+	if x != nil {
+		return x.HealthReason
+	}
+	return ""
+}
+
+func (x *Program) GetWatcherAnswerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WatcherAnswerTime
+	}
+	return nil
+}
+
+func (x *Program) GetWatcherStateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WatcherStateTime
+	}
+	return nil
+}
+
+func (x *Program) GetUnhealthyTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UnhealthyTime
+	}
+	return nil
+}
+
+// How the Host tells that a program is initialised (readiness) and stays
+// alive (liveness). Unset fields take the Hersh defaults.
+type ReadinessCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The WatcherAPI path asked with GET; default `/watcher/status`.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// The JSON field of the answer that holds the program's state; unset:
+	// `state`. Set to "" to accept any 2xx answer (a program that is not Hersh).
+	Field *string `protobuf:"bytes,2,opt,name=field,proto3,oneof" json:"field,omitempty"`
+	// Values of `field` that mean ready; empty: `Ready`, `Running`.
+	ReadyValues []string `protobuf:"bytes,3,rep,name=ready_values,json=readyValues,proto3" json:"ready_values,omitempty"`
+	// Values of `field` that mean failed; empty: `Crashed`, `Killed`.
+	FailedValues []string `protobuf:"bytes,4,rep,name=failed_values,json=failedValues,proto3" json:"failed_values,omitempty"`
+	// How long a start may take to be ready; unset: the Host's `--ready-timeout`.
+	Timeout *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// A first ready answer counts once it held this long (unset: 1 s; a ready
+	// answer after a settling one counts at once).
+	Settle *durationpb.Duration `protobuf:"bytes,6,opt,name=settle,proto3,oneof" json:"settle,omitempty"`
+	// After READY, how long no answer or a failed state is tolerated before it
+	// is a crash; unset: 30 s.
+	LivenessGrace *durationpb.Duration `protobuf:"bytes,7,opt,name=liveness_grace,json=livenessGrace,proto3" json:"liveness_grace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadinessCheck) Reset() {
+	*x = ReadinessCheck{}
+	mi := &file_hershy_v1_program_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadinessCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadinessCheck) ProtoMessage() {}
+
+func (x *ReadinessCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadinessCheck.ProtoReflect.Descriptor instead.
+func (*ReadinessCheck) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReadinessCheck) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ReadinessCheck) GetField() string {
+	if x != nil && x.Field != nil {
+		return *x.Field
+	}
+	return ""
+}
+
+func (x *ReadinessCheck) GetReadyValues() []string {
+	if x != nil {
+		return x.ReadyValues
+	}
+	return nil
+}
+
+func (x *ReadinessCheck) GetFailedValues() []string {
+	if x != nil {
+		return x.FailedValues
+	}
+	return nil
+}
+
+func (x *ReadinessCheck) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *ReadinessCheck) GetSettle() *durationpb.Duration {
+	if x != nil {
+		return x.Settle
+	}
+	return nil
+}
+
+func (x *ReadinessCheck) GetLivenessGrace() *durationpb.Duration {
+	if x != nil {
+		return x.LivenessGrace
+	}
+	return nil
+}
+
+// A program's restart policy, like Kubernetes' `restartPolicy` with Nomad's
+// `attempts` and `interval`.
+type RestartPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When to restart; unset: always.
+	Mode RestartMode `protobuf:"varint,1,opt,name=mode,proto3,enum=hershy.v1.RestartMode" json:"mode,omitempty"`
+	// At most this many automatic restarts within `window`, then ERROR with the
+	// reason; 0: no limit.
+	MaxRestarts int32 `protobuf:"varint,2,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
+	// The window `max_restarts` counts in; unset: 10 minutes.
+	Window        *durationpb.Duration `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartPolicy) Reset() {
+	*x = RestartPolicy{}
+	mi := &file_hershy_v1_program_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartPolicy) ProtoMessage() {}
+
+func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartPolicy.ProtoReflect.Descriptor instead.
+func (*RestartPolicy) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RestartPolicy) GetMode() RestartMode {
+	if x != nil {
+		return x.Mode
+	}
+	return RestartMode_RESTART_MODE_UNSPECIFIED
+}
+
+func (x *RestartPolicy) GetMaxRestarts() int32 {
+	if x != nil {
+		return x.MaxRestarts
+	}
+	return 0
+}
+
+func (x *RestartPolicy) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+// How a program is asked to stop: `signal`, `grace`, then SIGKILL.
+type StopSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The signal's name, e.g. `SIGTERM` (the default) or `SIGINT`.
+	Signal string `protobuf:"bytes,1,opt,name=signal,proto3" json:"signal,omitempty"`
+	// How long the program has to exit; unset: the Host's `--stop-grace`.
+	Grace         *durationpb.Duration `protobuf:"bytes,2,opt,name=grace,proto3" json:"grace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopSettings) Reset() {
+	*x = StopSettings{}
+	mi := &file_hershy_v1_program_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopSettings) ProtoMessage() {}
+
+func (x *StopSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopSettings.ProtoReflect.Descriptor instead.
+func (*StopSettings) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StopSettings) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+func (x *StopSettings) GetGrace() *durationpb.Duration {
+	if x != nil {
+		return x.Grace
+	}
+	return nil
+}
+
 // Limits on a program's container. Zero means the Host's default; a value
 // above the Host's maximum is refused.
 type Resources struct {
@@ -517,7 +953,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_hershy_v1_program_proto_msgTypes[1]
+	mi := &file_hershy_v1_program_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +965,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[1]
+	mi := &file_hershy_v1_program_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +978,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{1}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Resources) GetMemoryBytes() int64 {
@@ -602,6 +1038,7 @@ type ProgramEvent struct {
 	//	*ProgramEvent_TornDown
 	//	*ProgramEvent_TeardownFailed
 	//	*ProgramEvent_BuildQueued
+	//	*ProgramEvent_WatcherProbed
 	//	*ProgramEvent_HostRestarted
 	//	*ProgramEvent_AliasChanged
 	//	*ProgramEvent_EnvChanged
@@ -612,7 +1049,7 @@ type ProgramEvent struct {
 
 func (x *ProgramEvent) Reset() {
 	*x = ProgramEvent{}
-	mi := &file_hershy_v1_program_proto_msgTypes[2]
+	mi := &file_hershy_v1_program_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +1061,7 @@ func (x *ProgramEvent) String() string {
 func (*ProgramEvent) ProtoMessage() {}
 
 func (x *ProgramEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[2]
+	mi := &file_hershy_v1_program_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +1074,7 @@ func (x *ProgramEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgramEvent.ProtoReflect.Descriptor instead.
 func (*ProgramEvent) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{2}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ProgramEvent) GetTime() *timestamppb.Timestamp {
@@ -814,6 +1251,15 @@ func (x *ProgramEvent) GetBuildQueued() *BuildQueued {
 	return nil
 }
 
+func (x *ProgramEvent) GetWatcherProbed() *WatcherProbed {
+	if x != nil {
+		if x, ok := x.Kind.(*ProgramEvent_WatcherProbed); ok {
+			return x.WatcherProbed
+		}
+	}
+	return nil
+}
+
 func (x *ProgramEvent) GetHostRestarted() *HostRestarted {
 	if x != nil {
 		if x, ok := x.Kind.(*ProgramEvent_HostRestarted); ok {
@@ -930,6 +1376,11 @@ type ProgramEvent_BuildQueued struct {
 	BuildQueued *BuildQueued `protobuf:"bytes,35,opt,name=build_queued,json=buildQueued,proto3,oneof"`
 }
 
+type ProgramEvent_WatcherProbed struct {
+	// What the program's WatcherAPI answered, when that changed.
+	WatcherProbed *WatcherProbed `protobuf:"bytes,36,opt,name=watcher_probed,json=watcherProbed,proto3,oneof"`
+}
+
 type ProgramEvent_HostRestarted struct {
 	// The Host started again with the program in its store and picks up where it was.
 	HostRestarted *HostRestarted `protobuf:"bytes,55,opt,name=host_restarted,json=hostRestarted,proto3,oneof"`
@@ -979,6 +1430,8 @@ func (*ProgramEvent_TeardownFailed) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_BuildQueued) isProgramEvent_Kind() {}
 
+func (*ProgramEvent_WatcherProbed) isProgramEvent_Kind() {}
+
 func (*ProgramEvent_HostRestarted) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_AliasChanged) isProgramEvent_Kind() {}
@@ -994,7 +1447,7 @@ type HostRestarted struct {
 
 func (x *HostRestarted) Reset() {
 	*x = HostRestarted{}
-	mi := &file_hershy_v1_program_proto_msgTypes[3]
+	mi := &file_hershy_v1_program_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1459,7 @@ func (x *HostRestarted) String() string {
 func (*HostRestarted) ProtoMessage() {}
 
 func (x *HostRestarted) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[3]
+	mi := &file_hershy_v1_program_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1472,7 @@ func (x *HostRestarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostRestarted.ProtoReflect.Descriptor instead.
 func (*HostRestarted) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{3}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{6}
 }
 
 // The program was registered.
@@ -1047,7 +1500,7 @@ type ProgramCreated struct {
 
 func (x *ProgramCreated) Reset() {
 	*x = ProgramCreated{}
-	mi := &file_hershy_v1_program_proto_msgTypes[4]
+	mi := &file_hershy_v1_program_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1512,7 @@ func (x *ProgramCreated) String() string {
 func (*ProgramCreated) ProtoMessage() {}
 
 func (x *ProgramCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[4]
+	mi := &file_hershy_v1_program_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1525,7 @@ func (x *ProgramCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgramCreated.ProtoReflect.Descriptor instead.
 func (*ProgramCreated) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{4}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ProgramCreated) GetProgramId() string {
@@ -1135,7 +1588,7 @@ type AliasChanged struct {
 
 func (x *AliasChanged) Reset() {
 	*x = AliasChanged{}
-	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	mi := &file_hershy_v1_program_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1600,7 @@ func (x *AliasChanged) String() string {
 func (*AliasChanged) ProtoMessage() {}
 
 func (x *AliasChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	mi := &file_hershy_v1_program_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1613,7 @@ func (x *AliasChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AliasChanged.ProtoReflect.Descriptor instead.
 func (*AliasChanged) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{5}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AliasChanged) GetAlias() string {
@@ -1181,7 +1634,7 @@ type EnvChanged struct {
 
 func (x *EnvChanged) Reset() {
 	*x = EnvChanged{}
-	mi := &file_hershy_v1_program_proto_msgTypes[6]
+	mi := &file_hershy_v1_program_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1646,7 @@ func (x *EnvChanged) String() string {
 func (*EnvChanged) ProtoMessage() {}
 
 func (x *EnvChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[6]
+	mi := &file_hershy_v1_program_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1659,7 @@ func (x *EnvChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvChanged.ProtoReflect.Descriptor instead.
 func (*EnvChanged) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{6}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EnvChanged) GetEnv() map[string]string {
@@ -1225,7 +1678,7 @@ type StartRequested struct {
 
 func (x *StartRequested) Reset() {
 	*x = StartRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[7]
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1690,7 @@ func (x *StartRequested) String() string {
 func (*StartRequested) ProtoMessage() {}
 
 func (x *StartRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[7]
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1703,7 @@ func (x *StartRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequested.ProtoReflect.Descriptor instead.
 func (*StartRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{7}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
 }
 
 // A user asked to stop the program.
@@ -1262,7 +1715,7 @@ type StopRequested struct {
 
 func (x *StopRequested) Reset() {
 	*x = StopRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[8]
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1727,7 @@ func (x *StopRequested) String() string {
 func (*StopRequested) ProtoMessage() {}
 
 func (x *StopRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[8]
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1740,7 @@ func (x *StopRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequested.ProtoReflect.Descriptor instead.
 func (*StopRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{8}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
 }
 
 // A user asked to restart the program.
@@ -1299,7 +1752,7 @@ type RestartRequested struct {
 
 func (x *RestartRequested) Reset() {
 	*x = RestartRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1764,7 @@ func (x *RestartRequested) String() string {
 func (*RestartRequested) ProtoMessage() {}
 
 func (x *RestartRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1777,7 @@ func (x *RestartRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequested.ProtoReflect.Descriptor instead.
 func (*RestartRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{9}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
 }
 
 // A user asked to delete the program.
@@ -1336,7 +1789,7 @@ type DeleteRequested struct {
 
 func (x *DeleteRequested) Reset() {
 	*x = DeleteRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1801,7 @@ func (x *DeleteRequested) String() string {
 func (*DeleteRequested) ProtoMessage() {}
 
 func (x *DeleteRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1814,7 @@ func (x *DeleteRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequested.ProtoReflect.Descriptor instead.
 func (*DeleteRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
 }
 
 // The image was built (or reused).
@@ -1375,7 +1828,7 @@ type BuildSucceeded struct {
 
 func (x *BuildSucceeded) Reset() {
 	*x = BuildSucceeded{}
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1840,7 @@ func (x *BuildSucceeded) String() string {
 func (*BuildSucceeded) ProtoMessage() {}
 
 func (x *BuildSucceeded) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1853,7 @@ func (x *BuildSucceeded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildSucceeded.ProtoReflect.Descriptor instead.
 func (*BuildSucceeded) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BuildSucceeded) GetImageId() string {
@@ -1421,7 +1874,7 @@ type BuildQueued struct {
 
 func (x *BuildQueued) Reset() {
 	*x = BuildQueued{}
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1886,7 @@ func (x *BuildQueued) String() string {
 func (*BuildQueued) ProtoMessage() {}
 
 func (x *BuildQueued) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1899,7 @@ func (x *BuildQueued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildQueued.ProtoReflect.Descriptor instead.
 func (*BuildQueued) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BuildQueued) GetAhead() int32 {
@@ -1467,7 +1920,7 @@ type BuildFailed struct {
 
 func (x *BuildFailed) Reset() {
 	*x = BuildFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1479,7 +1932,7 @@ func (x *BuildFailed) String() string {
 func (*BuildFailed) ProtoMessage() {}
 
 func (x *BuildFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1492,7 +1945,7 @@ func (x *BuildFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFailed.ProtoReflect.Descriptor instead.
 func (*BuildFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BuildFailed) GetReason() string {
@@ -1516,7 +1969,7 @@ type ContainerCreated struct {
 
 func (x *ContainerCreated) Reset() {
 	*x = ContainerCreated{}
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1981,7 @@ func (x *ContainerCreated) String() string {
 func (*ContainerCreated) ProtoMessage() {}
 
 func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1994,7 @@ func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerCreated.ProtoReflect.Descriptor instead.
 func (*ContainerCreated) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ContainerCreated) GetContainerId() string {
@@ -1567,7 +2020,7 @@ type ContainerReady struct {
 
 func (x *ContainerReady) Reset() {
 	*x = ContainerReady{}
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +2032,7 @@ func (x *ContainerReady) String() string {
 func (*ContainerReady) ProtoMessage() {}
 
 func (x *ContainerReady) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +2045,7 @@ func (x *ContainerReady) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerReady.ProtoReflect.Descriptor instead.
 func (*ContainerReady) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
 }
 
 // The container could not be started or never became ready.
@@ -1606,7 +2059,7 @@ type StartFailed struct {
 
 func (x *StartFailed) Reset() {
 	*x = StartFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +2071,7 @@ func (x *StartFailed) String() string {
 func (*StartFailed) ProtoMessage() {}
 
 func (x *StartFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +2084,7 @@ func (x *StartFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartFailed.ProtoReflect.Descriptor instead.
 func (*StartFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StartFailed) GetReason() string {
@@ -1656,7 +2109,7 @@ type ContainerExited struct {
 
 func (x *ContainerExited) Reset() {
 	*x = ContainerExited{}
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +2121,7 @@ func (x *ContainerExited) String() string {
 func (*ContainerExited) ProtoMessage() {}
 
 func (x *ContainerExited) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +2134,7 @@ func (x *ContainerExited) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerExited.ProtoReflect.Descriptor instead.
 func (*ContainerExited) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ContainerExited) GetExitCode() int32 {
@@ -1714,7 +2167,7 @@ type ContainerStopped struct {
 
 func (x *ContainerStopped) Reset() {
 	*x = ContainerStopped{}
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +2179,7 @@ func (x *ContainerStopped) String() string {
 func (*ContainerStopped) ProtoMessage() {}
 
 func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +2192,7 @@ func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStopped.ProtoReflect.Descriptor instead.
 func (*ContainerStopped) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
 }
 
 // The container could not be stopped or removed.
@@ -1753,7 +2206,7 @@ type StopFailed struct {
 
 func (x *StopFailed) Reset() {
 	*x = StopFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1765,7 +2218,7 @@ func (x *StopFailed) String() string {
 func (*StopFailed) ProtoMessage() {}
 
 func (x *StopFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1778,7 +2231,7 @@ func (x *StopFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopFailed.ProtoReflect.Descriptor instead.
 func (*StopFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StopFailed) GetReason() string {
@@ -1797,7 +2250,7 @@ type RestartTimerFired struct {
 
 func (x *RestartTimerFired) Reset() {
 	*x = RestartTimerFired{}
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2262,7 @@ func (x *RestartTimerFired) String() string {
 func (*RestartTimerFired) ProtoMessage() {}
 
 func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2275,7 @@ func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartTimerFired.ProtoReflect.Descriptor instead.
 func (*RestartTimerFired) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
 }
 
 // Everything the program owned was removed.
@@ -1834,7 +2287,7 @@ type TornDown struct {
 
 func (x *TornDown) Reset() {
 	*x = TornDown{}
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2299,7 @@ func (x *TornDown) String() string {
 func (*TornDown) ProtoMessage() {}
 
 func (x *TornDown) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2312,7 @@ func (x *TornDown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TornDown.ProtoReflect.Descriptor instead.
 func (*TornDown) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
 }
 
 // Removing what the program owned failed.
@@ -1873,7 +2326,7 @@ type TeardownFailed struct {
 
 func (x *TeardownFailed) Reset() {
 	*x = TeardownFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +2338,7 @@ func (x *TeardownFailed) String() string {
 func (*TeardownFailed) ProtoMessage() {}
 
 func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,12 +2351,76 @@ func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeardownFailed.ProtoReflect.Descriptor instead.
 func (*TeardownFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TeardownFailed) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+// What a program's WatcherAPI answered one probe of its readiness check.
+type WatcherProbed struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether it answered 2xx with a readable answer.
+	Answered bool `protobuf:"varint,1,opt,name=answered,proto3" json:"answered,omitempty"`
+	// The check's field in the answer (Hersh: `state`); empty without an answer.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// Why it did not answer, or what the program said beside its state.
+	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatcherProbed) Reset() {
+	*x = WatcherProbed{}
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatcherProbed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatcherProbed) ProtoMessage() {}
+
+func (x *WatcherProbed) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatcherProbed.ProtoReflect.Descriptor instead.
+func (*WatcherProbed) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *WatcherProbed) GetAnswered() bool {
+	if x != nil {
+		return x.Answered
+	}
+	return false
+}
+
+func (x *WatcherProbed) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *WatcherProbed) GetDetail() string {
+	if x != nil {
+		return x.Detail
 	}
 	return ""
 }
@@ -1925,14 +2442,20 @@ type CreateProgramRequest struct {
 	Alias string `protobuf:"bytes,10,opt,name=alias,proto3" json:"alias,omitempty"`
 	// Environment variables: names [A-Z_][A-Z0-9_]*, not starting with `HERSHY_`;
 	// at most 64, 4 KiB each, 32 KiB in all.
-	Env           map[string]string `protobuf:"bytes,11,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Env map[string]string `protobuf:"bytes,11,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// How the Host tells the program is initialised and alive; unset: Hersh's.
+	Readiness *ReadinessCheck `protobuf:"bytes,5,opt,name=readiness,proto3" json:"readiness,omitempty"`
+	// When it is restarted after it ended by itself; unset: always, no limit.
+	RestartPolicy *RestartPolicy `protobuf:"bytes,6,opt,name=restart_policy,json=restartPolicy,proto3" json:"restart_policy,omitempty"`
+	// How it is asked to stop; unset: SIGTERM and the Host's grace.
+	Stop          *StopSettings `protobuf:"bytes,7,opt,name=stop,proto3" json:"stop,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateProgramRequest) Reset() {
 	*x = CreateProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2467,7 @@ func (x *CreateProgramRequest) String() string {
 func (*CreateProgramRequest) ProtoMessage() {}
 
 func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2480,7 @@ func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProgramRequest.ProtoReflect.Descriptor instead.
 func (*CreateProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateProgramRequest) GetUserId() string {
@@ -2002,6 +2525,27 @@ func (x *CreateProgramRequest) GetEnv() map[string]string {
 	return nil
 }
 
+func (x *CreateProgramRequest) GetReadiness() *ReadinessCheck {
+	if x != nil {
+		return x.Readiness
+	}
+	return nil
+}
+
+func (x *CreateProgramRequest) GetRestartPolicy() *RestartPolicy {
+	if x != nil {
+		return x.RestartPolicy
+	}
+	return nil
+}
+
+func (x *CreateProgramRequest) GetStop() *StopSettings {
+	if x != nil {
+		return x.Stop
+	}
+	return nil
+}
+
 // Request for GetProgram.
 type GetProgramRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2013,7 +2557,7 @@ type GetProgramRequest struct {
 
 func (x *GetProgramRequest) Reset() {
 	*x = GetProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2569,7 @@ func (x *GetProgramRequest) String() string {
 func (*GetProgramRequest) ProtoMessage() {}
 
 func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2582,7 @@ func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetProgramRequest) GetName() string {
@@ -2063,7 +2607,7 @@ type ListProgramsRequest struct {
 
 func (x *ListProgramsRequest) Reset() {
 	*x = ListProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2619,7 @@ func (x *ListProgramsRequest) String() string {
 func (*ListProgramsRequest) ProtoMessage() {}
 
 func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2632,7 @@ func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsRequest.ProtoReflect.Descriptor instead.
 func (*ListProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListProgramsRequest) GetPageSize() int32 {
@@ -2127,7 +2671,7 @@ type ListProgramsResponse struct {
 
 func (x *ListProgramsResponse) Reset() {
 	*x = ListProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2683,7 @@ func (x *ListProgramsResponse) String() string {
 func (*ListProgramsResponse) ProtoMessage() {}
 
 func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2696,7 @@ func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsResponse.ProtoReflect.Descriptor instead.
 func (*ListProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListProgramsResponse) GetPrograms() []*Program {
@@ -2187,7 +2731,7 @@ type DeleteProgramRequest struct {
 
 func (x *DeleteProgramRequest) Reset() {
 	*x = DeleteProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2199,7 +2743,7 @@ func (x *DeleteProgramRequest) String() string {
 func (*DeleteProgramRequest) ProtoMessage() {}
 
 func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2212,7 +2756,7 @@ func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProgramRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteProgramRequest) GetName() string {
@@ -2233,7 +2777,7 @@ type StartProgramRequest struct {
 
 func (x *StartProgramRequest) Reset() {
 	*x = StartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2789,7 @@ func (x *StartProgramRequest) String() string {
 func (*StartProgramRequest) ProtoMessage() {}
 
 func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2802,7 @@ func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProgramRequest.ProtoReflect.Descriptor instead.
 func (*StartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StartProgramRequest) GetName() string {
@@ -2279,7 +2823,7 @@ type StopProgramRequest struct {
 
 func (x *StopProgramRequest) Reset() {
 	*x = StopProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2291,7 +2835,7 @@ func (x *StopProgramRequest) String() string {
 func (*StopProgramRequest) ProtoMessage() {}
 
 func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2304,7 +2848,7 @@ func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopProgramRequest.ProtoReflect.Descriptor instead.
 func (*StopProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StopProgramRequest) GetName() string {
@@ -2325,7 +2869,7 @@ type RestartProgramRequest struct {
 
 func (x *RestartProgramRequest) Reset() {
 	*x = RestartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2337,7 +2881,7 @@ func (x *RestartProgramRequest) String() string {
 func (*RestartProgramRequest) ProtoMessage() {}
 
 func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2350,7 +2894,7 @@ func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartProgramRequest.ProtoReflect.Descriptor instead.
 func (*RestartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RestartProgramRequest) GetName() string {
@@ -2376,7 +2920,7 @@ type WaitProgramRequest struct {
 
 func (x *WaitProgramRequest) Reset() {
 	*x = WaitProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +2932,7 @@ func (x *WaitProgramRequest) String() string {
 func (*WaitProgramRequest) ProtoMessage() {}
 
 func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2945,7 @@ func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProgramRequest.ProtoReflect.Descriptor instead.
 func (*WaitProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WaitProgramRequest) GetName() string {
@@ -2440,7 +2984,7 @@ type WatchProgramsRequest struct {
 
 func (x *WatchProgramsRequest) Reset() {
 	*x = WatchProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2452,7 +2996,7 @@ func (x *WatchProgramsRequest) String() string {
 func (*WatchProgramsRequest) ProtoMessage() {}
 
 func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2465,7 +3009,7 @@ func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsRequest.ProtoReflect.Descriptor instead.
 func (*WatchProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WatchProgramsRequest) GetName() string {
@@ -2499,7 +3043,7 @@ type WatchProgramsResponse struct {
 
 func (x *WatchProgramsResponse) Reset() {
 	*x = WatchProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2511,7 +3055,7 @@ func (x *WatchProgramsResponse) String() string {
 func (*WatchProgramsResponse) ProtoMessage() {}
 
 func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2524,7 +3068,7 @@ func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsResponse.ProtoReflect.Descriptor instead.
 func (*WatchProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WatchProgramsResponse) GetType() WatchProgramsResponse_Type {
@@ -2566,7 +3110,7 @@ type GetProgramSourceRequest struct {
 
 func (x *GetProgramSourceRequest) Reset() {
 	*x = GetProgramSourceRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	mi := &file_hershy_v1_program_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +3122,7 @@ func (x *GetProgramSourceRequest) String() string {
 func (*GetProgramSourceRequest) ProtoMessage() {}
 
 func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	mi := &file_hershy_v1_program_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +3135,7 @@ func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramSourceRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramSourceRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{34}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetProgramSourceRequest) GetName() string {
@@ -2618,7 +3162,7 @@ type ProgramSource struct {
 
 func (x *ProgramSource) Reset() {
 	*x = ProgramSource{}
-	mi := &file_hershy_v1_program_proto_msgTypes[35]
+	mi := &file_hershy_v1_program_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2630,7 +3174,7 @@ func (x *ProgramSource) String() string {
 func (*ProgramSource) ProtoMessage() {}
 
 func (x *ProgramSource) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[35]
+	mi := &file_hershy_v1_program_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2643,7 +3187,7 @@ func (x *ProgramSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgramSource.ProtoReflect.Descriptor instead.
 func (*ProgramSource) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{35}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ProgramSource) GetName() string {
@@ -2691,7 +3235,7 @@ type ReadProgramLogsRequest struct {
 
 func (x *ReadProgramLogsRequest) Reset() {
 	*x = ReadProgramLogsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[36]
+	mi := &file_hershy_v1_program_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2703,7 +3247,7 @@ func (x *ReadProgramLogsRequest) String() string {
 func (*ReadProgramLogsRequest) ProtoMessage() {}
 
 func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[36]
+	mi := &file_hershy_v1_program_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2716,7 +3260,7 @@ func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadProgramLogsRequest.ProtoReflect.Descriptor instead.
 func (*ReadProgramLogsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{36}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ReadProgramLogsRequest) GetName() string {
@@ -2764,7 +3308,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_hershy_v1_program_proto_msgTypes[37]
+	mi := &file_hershy_v1_program_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +3320,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[37]
+	mi := &file_hershy_v1_program_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +3333,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{37}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *LogEntry) GetTime() *timestamppb.Timestamp {
@@ -2824,7 +3368,7 @@ var File_hershy_v1_program_proto protoreflect.FileDescriptor
 
 const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
-	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\a\n" +
+	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\v\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
@@ -2853,18 +3397,44 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\vstatus_note\x18\x15 \x01(\tR\n" +
 	"statusNote\x12\x14\n" +
 	"\x05alias\x18( \x01(\tR\x05alias\x12-\n" +
-	"\x03env\x18) \x03(\v2\x1b.hershy.v1.Program.EnvEntryR\x03env\x1a6\n" +
+	"\x03env\x18) \x03(\v2\x1b.hershy.v1.Program.EnvEntryR\x03env\x127\n" +
+	"\treadiness\x18\x1e \x01(\v2\x19.hershy.v1.ReadinessCheckR\treadiness\x12?\n" +
+	"\x0erestart_policy\x18\x1f \x01(\v2\x18.hershy.v1.RestartPolicyR\rrestartPolicy\x12+\n" +
+	"\x04stop\x18  \x01(\v2\x17.hershy.v1.StopSettingsR\x04stop\x12#\n" +
+	"\rwatcher_state\x18! \x01(\tR\fwatcherState\x12)\n" +
+	"\x06health\x18\" \x01(\x0e2\x11.hershy.v1.HealthR\x06health\x12#\n" +
+	"\rhealth_reason\x18# \x01(\tR\fhealthReason\x12J\n" +
+	"\x13watcher_answer_time\x18$ \x01(\v2\x1a.google.protobuf.TimestampR\x11watcherAnswerTime\x12H\n" +
+	"\x12watcher_state_time\x18% \x01(\v2\x1a.google.protobuf.TimestampR\x10watcherStateTime\x12A\n" +
+	"\x0eunhealthy_time\x18& \x01(\v2\x1a.google.protobuf.TimestampR\runhealthyTime\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x11\n" +
-	"\x0f_last_exit_code\"\x82\x01\n" +
+	"\x0f_last_exit_code\"\xcb\x02\n" +
+	"\x0eReadinessCheck\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x19\n" +
+	"\x05field\x18\x02 \x01(\tH\x00R\x05field\x88\x01\x01\x12!\n" +
+	"\fready_values\x18\x03 \x03(\tR\vreadyValues\x12#\n" +
+	"\rfailed_values\x18\x04 \x03(\tR\ffailedValues\x123\n" +
+	"\atimeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x126\n" +
+	"\x06settle\x18\x06 \x01(\v2\x19.google.protobuf.DurationH\x01R\x06settle\x88\x01\x01\x12@\n" +
+	"\x0eliveness_grace\x18\a \x01(\v2\x19.google.protobuf.DurationR\rlivenessGraceB\b\n" +
+	"\x06_fieldB\t\n" +
+	"\a_settle\"\x91\x01\n" +
+	"\rRestartPolicy\x12*\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x16.hershy.v1.RestartModeR\x04mode\x12!\n" +
+	"\fmax_restarts\x18\x02 \x01(\x05R\vmaxRestarts\x121\n" +
+	"\x06window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06window\"W\n" +
+	"\fStopSettings\x12\x16\n" +
+	"\x06signal\x18\x01 \x01(\tR\x06signal\x12/\n" +
+	"\x05grace\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"\x82\x01\n" +
 	"\tResources\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
 	"milli_cpus\x18\x02 \x01(\x03R\tmilliCpus\x12\x12\n" +
 	"\x04pids\x18\x03 \x01(\x03R\x04pids\x12\x1f\n" +
 	"\vstate_bytes\x18\x04 \x01(\x03R\n" +
-	"stateBytes\"\x92\v\n" +
+	"stateBytes\"\xd5\v\n" +
 	"\fProgramEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x10\n" +
 	"\x03run\x18\x02 \x01(\x03R\x03run\x125\n" +
@@ -2887,6 +3457,7 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\ttorn_down\x18\x1d \x01(\v2\x13.hershy.v1.TornDownH\x00R\btornDown\x12D\n" +
 	"\x0fteardown_failed\x18\x1e \x01(\v2\x19.hershy.v1.TeardownFailedH\x00R\x0eteardownFailed\x12;\n" +
 	"\fbuild_queued\x18# \x01(\v2\x16.hershy.v1.BuildQueuedH\x00R\vbuildQueued\x12A\n" +
+	"\x0ewatcher_probed\x18$ \x01(\v2\x18.hershy.v1.WatcherProbedH\x00R\rwatcherProbed\x12A\n" +
 	"\x0ehost_restarted\x187 \x01(\v2\x18.hershy.v1.HostRestartedH\x00R\rhostRestarted\x12>\n" +
 	"\ralias_changed\x18) \x01(\v2\x17.hershy.v1.AliasChangedH\x00R\faliasChanged\x128\n" +
 	"\venv_changed\x18* \x01(\v2\x15.hershy.v1.EnvChangedH\x00R\n" +
@@ -2942,7 +3513,11 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
 	"\bTornDown\"(\n" +
 	"\x0eTeardownFailed\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x96\x03\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"Y\n" +
+	"\rWatcherProbed\x12\x1a\n" +
+	"\banswered\x18\x01 \x01(\bR\banswered\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xbd\x04\n" +
 	"\x14CreateProgramRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1e\n" +
 	"\n" +
@@ -2952,7 +3527,10 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\tresources\x18\x04 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12\x14\n" +
 	"\x05alias\x18\n" +
 	" \x01(\tR\x05alias\x12:\n" +
-	"\x03env\x18\v \x03(\v2(.hershy.v1.CreateProgramRequest.EnvEntryR\x03env\x1a;\n" +
+	"\x03env\x18\v \x03(\v2(.hershy.v1.CreateProgramRequest.EnvEntryR\x03env\x127\n" +
+	"\treadiness\x18\x05 \x01(\v2\x19.hershy.v1.ReadinessCheckR\treadiness\x12?\n" +
+	"\x0erestart_policy\x18\x06 \x01(\v2\x18.hershy.v1.RestartPolicyR\rrestartPolicy\x12+\n" +
+	"\x04stop\x18\a \x01(\v2\x17.hershy.v1.StopSettingsR\x04stop\x1a;\n" +
 	"\rSrcFilesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\x1a6\n" +
@@ -3035,7 +3613,19 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\vSTATE_ERROR\x10\b\x12\x12\n" +
 	"\x0eSTATE_DELETING\x10\t\x12\x11\n" +
 	"\rSTATE_DELETED\x10\n" +
-	"*\x80\x01\n" +
+	"*\x8c\x01\n" +
+	"\x06Health\x12\x16\n" +
+	"\x12HEALTH_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eHEALTH_UNKNOWN\x10\x01\x12\x17\n" +
+	"\x13HEALTH_INITIALISING\x10\x02\x12\x12\n" +
+	"\x0eHEALTH_HEALTHY\x10\x03\x12\x13\n" +
+	"\x0fHEALTH_DEGRADED\x10\x04\x12\x14\n" +
+	"\x10HEALTH_UNHEALTHY\x10\x05*y\n" +
+	"\vRestartMode\x12\x1c\n" +
+	"\x18RESTART_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13RESTART_MODE_ALWAYS\x10\x01\x12\x1b\n" +
+	"\x17RESTART_MODE_ON_FAILURE\x10\x02\x12\x16\n" +
+	"\x12RESTART_MODE_NEVER\x10\x03*\x80\x01\n" +
 	"\tLogStream\x12\x1a\n" +
 	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LOG_STREAM_BUILD\x10\x01\x12\x15\n" +
@@ -3068,131 +3658,154 @@ func file_hershy_v1_program_proto_rawDescGZIP() []byte {
 	return file_hershy_v1_program_proto_rawDescData
 }
 
-var file_hershy_v1_program_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_hershy_v1_program_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_hershy_v1_program_proto_goTypes = []any{
 	(State)(0),                      // 0: hershy.v1.State
-	(LogStream)(0),                  // 1: hershy.v1.LogStream
-	(WatchProgramsResponse_Type)(0), // 2: hershy.v1.WatchProgramsResponse.Type
-	(*Program)(nil),                 // 3: hershy.v1.Program
-	(*Resources)(nil),               // 4: hershy.v1.Resources
-	(*ProgramEvent)(nil),            // 5: hershy.v1.ProgramEvent
-	(*HostRestarted)(nil),           // 6: hershy.v1.HostRestarted
-	(*ProgramCreated)(nil),          // 7: hershy.v1.ProgramCreated
-	(*AliasChanged)(nil),            // 8: hershy.v1.AliasChanged
-	(*EnvChanged)(nil),              // 9: hershy.v1.EnvChanged
-	(*StartRequested)(nil),          // 10: hershy.v1.StartRequested
-	(*StopRequested)(nil),           // 11: hershy.v1.StopRequested
-	(*RestartRequested)(nil),        // 12: hershy.v1.RestartRequested
-	(*DeleteRequested)(nil),         // 13: hershy.v1.DeleteRequested
-	(*BuildSucceeded)(nil),          // 14: hershy.v1.BuildSucceeded
-	(*BuildQueued)(nil),             // 15: hershy.v1.BuildQueued
-	(*BuildFailed)(nil),             // 16: hershy.v1.BuildFailed
-	(*ContainerCreated)(nil),        // 17: hershy.v1.ContainerCreated
-	(*ContainerReady)(nil),          // 18: hershy.v1.ContainerReady
-	(*StartFailed)(nil),             // 19: hershy.v1.StartFailed
-	(*ContainerExited)(nil),         // 20: hershy.v1.ContainerExited
-	(*ContainerStopped)(nil),        // 21: hershy.v1.ContainerStopped
-	(*StopFailed)(nil),              // 22: hershy.v1.StopFailed
-	(*RestartTimerFired)(nil),       // 23: hershy.v1.RestartTimerFired
-	(*TornDown)(nil),                // 24: hershy.v1.TornDown
-	(*TeardownFailed)(nil),          // 25: hershy.v1.TeardownFailed
-	(*CreateProgramRequest)(nil),    // 26: hershy.v1.CreateProgramRequest
-	(*GetProgramRequest)(nil),       // 27: hershy.v1.GetProgramRequest
-	(*ListProgramsRequest)(nil),     // 28: hershy.v1.ListProgramsRequest
-	(*ListProgramsResponse)(nil),    // 29: hershy.v1.ListProgramsResponse
-	(*DeleteProgramRequest)(nil),    // 30: hershy.v1.DeleteProgramRequest
-	(*StartProgramRequest)(nil),     // 31: hershy.v1.StartProgramRequest
-	(*StopProgramRequest)(nil),      // 32: hershy.v1.StopProgramRequest
-	(*RestartProgramRequest)(nil),   // 33: hershy.v1.RestartProgramRequest
-	(*WaitProgramRequest)(nil),      // 34: hershy.v1.WaitProgramRequest
-	(*WatchProgramsRequest)(nil),    // 35: hershy.v1.WatchProgramsRequest
-	(*WatchProgramsResponse)(nil),   // 36: hershy.v1.WatchProgramsResponse
-	(*GetProgramSourceRequest)(nil), // 37: hershy.v1.GetProgramSourceRequest
-	(*ProgramSource)(nil),           // 38: hershy.v1.ProgramSource
-	(*ReadProgramLogsRequest)(nil),  // 39: hershy.v1.ReadProgramLogsRequest
-	(*LogEntry)(nil),                // 40: hershy.v1.LogEntry
-	nil,                             // 41: hershy.v1.Program.EnvEntry
-	nil,                             // 42: hershy.v1.ProgramCreated.EnvEntry
-	nil,                             // 43: hershy.v1.EnvChanged.EnvEntry
-	nil,                             // 44: hershy.v1.CreateProgramRequest.SrcFilesEntry
-	nil,                             // 45: hershy.v1.CreateProgramRequest.EnvEntry
-	nil,                             // 46: hershy.v1.ProgramSource.SrcFilesEntry
-	(*timestamppb.Timestamp)(nil),   // 47: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 48: google.protobuf.Duration
+	(Health)(0),                     // 1: hershy.v1.Health
+	(RestartMode)(0),                // 2: hershy.v1.RestartMode
+	(LogStream)(0),                  // 3: hershy.v1.LogStream
+	(WatchProgramsResponse_Type)(0), // 4: hershy.v1.WatchProgramsResponse.Type
+	(*Program)(nil),                 // 5: hershy.v1.Program
+	(*ReadinessCheck)(nil),          // 6: hershy.v1.ReadinessCheck
+	(*RestartPolicy)(nil),           // 7: hershy.v1.RestartPolicy
+	(*StopSettings)(nil),            // 8: hershy.v1.StopSettings
+	(*Resources)(nil),               // 9: hershy.v1.Resources
+	(*ProgramEvent)(nil),            // 10: hershy.v1.ProgramEvent
+	(*HostRestarted)(nil),           // 11: hershy.v1.HostRestarted
+	(*ProgramCreated)(nil),          // 12: hershy.v1.ProgramCreated
+	(*AliasChanged)(nil),            // 13: hershy.v1.AliasChanged
+	(*EnvChanged)(nil),              // 14: hershy.v1.EnvChanged
+	(*StartRequested)(nil),          // 15: hershy.v1.StartRequested
+	(*StopRequested)(nil),           // 16: hershy.v1.StopRequested
+	(*RestartRequested)(nil),        // 17: hershy.v1.RestartRequested
+	(*DeleteRequested)(nil),         // 18: hershy.v1.DeleteRequested
+	(*BuildSucceeded)(nil),          // 19: hershy.v1.BuildSucceeded
+	(*BuildQueued)(nil),             // 20: hershy.v1.BuildQueued
+	(*BuildFailed)(nil),             // 21: hershy.v1.BuildFailed
+	(*ContainerCreated)(nil),        // 22: hershy.v1.ContainerCreated
+	(*ContainerReady)(nil),          // 23: hershy.v1.ContainerReady
+	(*StartFailed)(nil),             // 24: hershy.v1.StartFailed
+	(*ContainerExited)(nil),         // 25: hershy.v1.ContainerExited
+	(*ContainerStopped)(nil),        // 26: hershy.v1.ContainerStopped
+	(*StopFailed)(nil),              // 27: hershy.v1.StopFailed
+	(*RestartTimerFired)(nil),       // 28: hershy.v1.RestartTimerFired
+	(*TornDown)(nil),                // 29: hershy.v1.TornDown
+	(*TeardownFailed)(nil),          // 30: hershy.v1.TeardownFailed
+	(*WatcherProbed)(nil),           // 31: hershy.v1.WatcherProbed
+	(*CreateProgramRequest)(nil),    // 32: hershy.v1.CreateProgramRequest
+	(*GetProgramRequest)(nil),       // 33: hershy.v1.GetProgramRequest
+	(*ListProgramsRequest)(nil),     // 34: hershy.v1.ListProgramsRequest
+	(*ListProgramsResponse)(nil),    // 35: hershy.v1.ListProgramsResponse
+	(*DeleteProgramRequest)(nil),    // 36: hershy.v1.DeleteProgramRequest
+	(*StartProgramRequest)(nil),     // 37: hershy.v1.StartProgramRequest
+	(*StopProgramRequest)(nil),      // 38: hershy.v1.StopProgramRequest
+	(*RestartProgramRequest)(nil),   // 39: hershy.v1.RestartProgramRequest
+	(*WaitProgramRequest)(nil),      // 40: hershy.v1.WaitProgramRequest
+	(*WatchProgramsRequest)(nil),    // 41: hershy.v1.WatchProgramsRequest
+	(*WatchProgramsResponse)(nil),   // 42: hershy.v1.WatchProgramsResponse
+	(*GetProgramSourceRequest)(nil), // 43: hershy.v1.GetProgramSourceRequest
+	(*ProgramSource)(nil),           // 44: hershy.v1.ProgramSource
+	(*ReadProgramLogsRequest)(nil),  // 45: hershy.v1.ReadProgramLogsRequest
+	(*LogEntry)(nil),                // 46: hershy.v1.LogEntry
+	nil,                             // 47: hershy.v1.Program.EnvEntry
+	nil,                             // 48: hershy.v1.ProgramCreated.EnvEntry
+	nil,                             // 49: hershy.v1.EnvChanged.EnvEntry
+	nil,                             // 50: hershy.v1.CreateProgramRequest.SrcFilesEntry
+	nil,                             // 51: hershy.v1.CreateProgramRequest.EnvEntry
+	nil,                             // 52: hershy.v1.ProgramSource.SrcFilesEntry
+	(*timestamppb.Timestamp)(nil),   // 53: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 54: google.protobuf.Duration
 }
 var file_hershy_v1_program_proto_depIdxs = []int32{
 	0,  // 0: hershy.v1.Program.state:type_name -> hershy.v1.State
-	47, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
-	47, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
-	47, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
-	47, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
-	4,  // 5: hershy.v1.Program.resources:type_name -> hershy.v1.Resources
-	41, // 6: hershy.v1.Program.env:type_name -> hershy.v1.Program.EnvEntry
-	47, // 7: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
-	7,  // 8: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
-	10, // 9: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
-	11, // 10: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
-	12, // 11: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
-	13, // 12: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
-	14, // 13: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
-	16, // 14: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
-	17, // 15: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
-	18, // 16: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
-	19, // 17: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
-	20, // 18: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
-	21, // 19: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
-	22, // 20: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
-	23, // 21: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
-	24, // 22: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
-	25, // 23: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
-	15, // 24: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
-	6,  // 25: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
-	8,  // 26: hershy.v1.ProgramEvent.alias_changed:type_name -> hershy.v1.AliasChanged
-	9,  // 27: hershy.v1.ProgramEvent.env_changed:type_name -> hershy.v1.EnvChanged
-	4,  // 28: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
-	42, // 29: hershy.v1.ProgramCreated.env:type_name -> hershy.v1.ProgramCreated.EnvEntry
-	43, // 30: hershy.v1.EnvChanged.env:type_name -> hershy.v1.EnvChanged.EnvEntry
-	44, // 31: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
-	4,  // 32: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
-	45, // 33: hershy.v1.CreateProgramRequest.env:type_name -> hershy.v1.CreateProgramRequest.EnvEntry
-	3,  // 34: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
-	0,  // 35: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
-	48, // 36: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 37: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
-	3,  // 38: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
-	5,  // 39: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
-	46, // 40: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
-	1,  // 41: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
-	47, // 42: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
-	1,  // 43: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
-	26, // 44: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
-	27, // 45: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
-	28, // 46: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
-	30, // 47: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
-	31, // 48: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
-	32, // 49: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
-	33, // 50: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
-	34, // 51: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
-	35, // 52: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
-	37, // 53: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
-	39, // 54: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
-	3,  // 55: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
-	3,  // 56: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
-	29, // 57: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
-	3,  // 58: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
-	3,  // 59: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
-	3,  // 60: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
-	3,  // 61: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
-	3,  // 62: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
-	36, // 63: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
-	38, // 64: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
-	40, // 65: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
-	55, // [55:66] is the sub-list for method output_type
-	44, // [44:55] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	53, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
+	53, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
+	53, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
+	53, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
+	9,  // 5: hershy.v1.Program.resources:type_name -> hershy.v1.Resources
+	47, // 6: hershy.v1.Program.env:type_name -> hershy.v1.Program.EnvEntry
+	6,  // 7: hershy.v1.Program.readiness:type_name -> hershy.v1.ReadinessCheck
+	7,  // 8: hershy.v1.Program.restart_policy:type_name -> hershy.v1.RestartPolicy
+	8,  // 9: hershy.v1.Program.stop:type_name -> hershy.v1.StopSettings
+	1,  // 10: hershy.v1.Program.health:type_name -> hershy.v1.Health
+	53, // 11: hershy.v1.Program.watcher_answer_time:type_name -> google.protobuf.Timestamp
+	53, // 12: hershy.v1.Program.watcher_state_time:type_name -> google.protobuf.Timestamp
+	53, // 13: hershy.v1.Program.unhealthy_time:type_name -> google.protobuf.Timestamp
+	54, // 14: hershy.v1.ReadinessCheck.timeout:type_name -> google.protobuf.Duration
+	54, // 15: hershy.v1.ReadinessCheck.settle:type_name -> google.protobuf.Duration
+	54, // 16: hershy.v1.ReadinessCheck.liveness_grace:type_name -> google.protobuf.Duration
+	2,  // 17: hershy.v1.RestartPolicy.mode:type_name -> hershy.v1.RestartMode
+	54, // 18: hershy.v1.RestartPolicy.window:type_name -> google.protobuf.Duration
+	54, // 19: hershy.v1.StopSettings.grace:type_name -> google.protobuf.Duration
+	53, // 20: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
+	12, // 21: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
+	15, // 22: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
+	16, // 23: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
+	17, // 24: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
+	18, // 25: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
+	19, // 26: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
+	21, // 27: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
+	22, // 28: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
+	23, // 29: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
+	24, // 30: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
+	25, // 31: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
+	26, // 32: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
+	27, // 33: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
+	28, // 34: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
+	29, // 35: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
+	30, // 36: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
+	20, // 37: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
+	31, // 38: hershy.v1.ProgramEvent.watcher_probed:type_name -> hershy.v1.WatcherProbed
+	11, // 39: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
+	13, // 40: hershy.v1.ProgramEvent.alias_changed:type_name -> hershy.v1.AliasChanged
+	14, // 41: hershy.v1.ProgramEvent.env_changed:type_name -> hershy.v1.EnvChanged
+	9,  // 42: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
+	48, // 43: hershy.v1.ProgramCreated.env:type_name -> hershy.v1.ProgramCreated.EnvEntry
+	49, // 44: hershy.v1.EnvChanged.env:type_name -> hershy.v1.EnvChanged.EnvEntry
+	50, // 45: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
+	9,  // 46: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
+	51, // 47: hershy.v1.CreateProgramRequest.env:type_name -> hershy.v1.CreateProgramRequest.EnvEntry
+	6,  // 48: hershy.v1.CreateProgramRequest.readiness:type_name -> hershy.v1.ReadinessCheck
+	7,  // 49: hershy.v1.CreateProgramRequest.restart_policy:type_name -> hershy.v1.RestartPolicy
+	8,  // 50: hershy.v1.CreateProgramRequest.stop:type_name -> hershy.v1.StopSettings
+	5,  // 51: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
+	0,  // 52: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
+	54, // 53: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
+	4,  // 54: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
+	5,  // 55: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
+	10, // 56: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
+	52, // 57: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
+	3,  // 58: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
+	53, // 59: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	3,  // 60: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
+	32, // 61: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
+	33, // 62: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
+	34, // 63: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
+	36, // 64: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
+	37, // 65: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
+	38, // 66: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
+	39, // 67: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
+	40, // 68: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
+	41, // 69: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
+	43, // 70: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
+	45, // 71: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
+	5,  // 72: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
+	5,  // 73: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
+	35, // 74: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
+	5,  // 75: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
+	5,  // 76: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
+	5,  // 77: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
+	5,  // 78: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
+	5,  // 79: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
+	42, // 80: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
+	44, // 81: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
+	46, // 82: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
+	72, // [72:83] is the sub-list for method output_type
+	61, // [61:72] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_hershy_v1_program_proto_init() }
@@ -3201,7 +3814,8 @@ func file_hershy_v1_program_proto_init() {
 		return
 	}
 	file_hershy_v1_program_proto_msgTypes[0].OneofWrappers = []any{}
-	file_hershy_v1_program_proto_msgTypes[2].OneofWrappers = []any{
+	file_hershy_v1_program_proto_msgTypes[1].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[5].OneofWrappers = []any{
 		(*ProgramEvent_Created)(nil),
 		(*ProgramEvent_StartRequested)(nil),
 		(*ProgramEvent_StopRequested)(nil),
@@ -3219,19 +3833,20 @@ func file_hershy_v1_program_proto_init() {
 		(*ProgramEvent_TornDown)(nil),
 		(*ProgramEvent_TeardownFailed)(nil),
 		(*ProgramEvent_BuildQueued)(nil),
+		(*ProgramEvent_WatcherProbed)(nil),
 		(*ProgramEvent_HostRestarted)(nil),
 		(*ProgramEvent_AliasChanged)(nil),
 		(*ProgramEvent_EnvChanged)(nil),
 	}
-	file_hershy_v1_program_proto_msgTypes[32].OneofWrappers = []any{}
 	file_hershy_v1_program_proto_msgTypes[36].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[40].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hershy_v1_program_proto_rawDesc), len(file_hershy_v1_program_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   44,
+			NumEnums:      5,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -128,8 +128,14 @@ def create_request(
     resources: pb.Resources | Mapping[str, int] | None,
     alias: str = "",
     env: Mapping[str, str] | None = None,
+    readiness: pb.ReadinessCheck | None = None,
+    restart_policy: pb.RestartPolicy | None = None,
+    stop: pb.StopSettings | None = None,
 ) -> pb.CreateProgramRequest:
-    """Text file contents are sent as UTF-8; resources may be a message or a dict of its fields."""
+    """Text file contents are sent as UTF-8; resources may be a message or a dict of its fields.
+
+    `readiness`, `restart_policy` and `stop` left out take the Host's defaults (Hersh's
+    readiness, restart always, SIGTERM)."""
     src_files = {
         path: content.encode() if isinstance(content, str) else bytes(content)
         for path, content in (files or {}).items()
@@ -141,6 +147,12 @@ def create_request(
         request.resources.CopyFrom(resources)
     elif resources is not None:
         request.resources.CopyFrom(pb.Resources(**resources))
+    if readiness is not None:
+        request.readiness.CopyFrom(readiness)
+    if restart_policy is not None:
+        request.restart_policy.CopyFrom(restart_policy)
+    if stop is not None:
+        request.stop.CopyFrom(stop)
     return request
 
 

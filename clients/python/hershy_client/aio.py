@@ -136,10 +136,24 @@ class AsyncClient:
         *,
         alias: str = "",
         env: Mapping[str, str] | None = None,
+        readiness: pb.ReadinessCheck | None = None,
+        restart_policy: pb.RestartPolicy | None = None,
+        stop: pb.StopSettings | None = None,
     ) -> pb.Program:
         """Register a program (state CREATED). `files` maps relative paths to contents;
-        `alias` names it (`programs/{alias}` then finds it), `env` sets its variables."""
-        request = common.create_request(user_id, dockerfile, files, resources, alias, env)
+        `alias` names it (`programs/{alias}` then finds it), `env` sets its variables;
+        `readiness`, `restart_policy`, `stop`: its health settings (unset: the defaults)."""
+        request = common.create_request(
+            user_id,
+            dockerfile,
+            files,
+            resources,
+            alias=alias,
+            env=env,
+            readiness=readiness,
+            restart_policy=restart_policy,
+            stop=stop,
+        )
         return await self._call(self.stub.CreateProgram, request)
 
     async def get(self, program: ProgramRef) -> pb.Program:

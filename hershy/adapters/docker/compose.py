@@ -37,6 +37,8 @@ LABEL_MANAGED = "dev.hershy.managed"
 LABEL_PROGRAM = "dev.hershy.program"
 LABEL_RUN = "dev.hershy.run"
 LABEL_BUILD = "dev.hershy.build"
+#: The stop grace (seconds) its program asked for: a restarted Host stops it the same way.
+LABEL_STOP_GRACE = "dev.hershy.stop-grace"
 #: On images: the user whose build made it (a build reuses only its own user's cache).
 LABEL_USER = "dev.hershy.user"
 
@@ -57,6 +59,10 @@ class ContainerRequest:
     #: The Host's memory-backed folder of the program's secrets, bound read-only at
     #: /run/secrets; None when it has none. The spec names the folder, never a value.
     secrets_dir: str | None = None
+
+    #: How the program is asked to stop (Docker sends it, waits the grace, then SIGKILL).
+    stop_signal: str = "SIGTERM"
+    stop_grace_seconds: float = 10.0
 
 
 def labelled_run(labels: Mapping[str, str]) -> int | None:
@@ -131,9 +137,14 @@ def _base_spec(request: ContainerRequest) -> dict[str, Any]:
                 "mem_limit": request.resources.memory_bytes,
                 "cpus": request.resources.milli_cpus / 1000,
                 "restart": "no",
-                "labels": labels_for(
-                    request.host_id, request.program_id, request.build_id, request.run
-                ),
+                "stop_signal": request.stop_signal,
+                "stop_grace_period": f"{request.stop_grace_seconds:g}s",
+                "labels": {
+                    **labels_for(
+                        request.host_id, request.program_id, request.build_id, request.run
+                    ),
+                    LABEL_STOP_GRACE: f"{request.stop_grace_seconds:g}",
+                },
                 "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
             }
         },

@@ -20,8 +20,9 @@ from docker.errors import APIError, ImageNotFound, NotFound
 
 from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM, LABEL_RUN, labelled_run
 from hershy.adapters.docker.logs import ContainerOutput
-from hershy.adapters.docker.port_pool import PortPool, Published, published_port
+from hershy.adapters.docker.port_pool import PortPool, Published, loopback_address, published_port
 from hershy.adapters.docker.state_volumes import StateVolumes
+from hershy.adapters.watcher_probe import LivenessProber
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.service.ports import Outbox
@@ -54,9 +55,11 @@ class Reconciler:
         output: ContainerOutput,
         remove: Callable[[str], Awaitable[None]],
         volumes: StateVolumes,
+        prober: LivenessProber,
     ) -> None:
         """`published`: the runtime's map of container id to its port, filled in here.
-        `remove`: stops (gracefully) and removes a container, giving its port back."""
+        `remove`: stops (gracefully) and removes a container, giving its port back.
+        `prober`: keeps asking adopted running programs whether they are alive."""
         self._managed = {"label": [f"{LABEL_MANAGED}={host_id}"]}
         self._call = call
         self._listed = listed
@@ -66,6 +69,7 @@ class Reconciler:
         self._output = output
         self._remove = remove
         self._volumes = volumes
+        self._prober = prober
 
     async def hold_published_ports(self) -> None:
         """Learn the ports this Host's containers publish (they outlive a Host restart)."""
@@ -149,6 +153,16 @@ class Reconciler:
         self._output.follow(program_id, effect.run, container.id, resume=True)
         if state.get("Running"):
             log.info("program %s: adopted its running container %s", program_id, container.id)
+            published = self._published.get(container.id)
+            if published is not None:
+                self._prober.watch(
+                    container.id,
+                    program_id,
+                    effect.run,
+                    loopback_address(published.port),
+                    effect.readiness,
+                    outbox,
+                )
             return
         await self._output.drained(container.id)
         outbox.emit(

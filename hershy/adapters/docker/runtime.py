@@ -37,6 +37,7 @@ from hershy.adapters.docker.build import build_context as build_context  # re-ex
 from hershy.adapters.docker.compose import (
     LABEL_MANAGED,
     LABEL_PROGRAM,
+    LABEL_STOP_GRACE,
     SECURE_RUNTIME,
     ContainerRequest,
     compose_spec,
@@ -59,9 +60,11 @@ from hershy.adapters.docker.reconcile import Reconciler
 from hershy.adapters.docker.secret_files import DEFAULT_ROOT as SECRETS_ROOT
 from hershy.adapters.docker.secret_files import SecretFiles
 from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
+from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, ProberSettings, probe_once
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.config import SECRETS_DIR
+from hershy.domain.health import StartJudge, StartVerdict
 from hershy.domain.model import LogLine, LogStream, Resources
 from hershy.domain.validation import ResourcePolicy
 from hershy.service.ports import LogStore, Outbox, ProgramFolders, WatcherEndpoint
@@ -86,6 +89,10 @@ class ContractBroken(Exception):
     """A container would break a security contract; it is not started."""
 
 
+class StartRefused(Exception):
+    """The program itself reported a failed state while starting; the message says which."""
+
+
 class PortsTaken(Exception):
     """Port after port the container was to publish on turned out taken; the start gives up."""
 
@@ -102,6 +109,8 @@ class DockerSettings:
     ready_timeout: float = 60.0
     ready_poll_interval: float = 0.2
     stop_grace: float = 10.0
+    #: The liveness prober of READY programs.
+    prober: ProberSettings = field(default_factory=ProberSettings)
     #: The contract check's bounds: the Host's maxima, defined once (ResourcePolicy).
     max_resources: Resources = field(default_factory=lambda: ResourcePolicy().maximum)
     #: The base-image allowlist (`--base-image`): the only images a FROM may name.
@@ -145,6 +154,7 @@ def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:
         "memswap_limit": service["mem_limit"],
         "nano_cpus": round(service["cpus"] * 1e9),
         "labels": service["labels"],
+        "stop_signal": service["stop_signal"],
         "restart_policy": {"Name": service["restart"]},
         "log_config": LogConfig(
             type=service["logging"]["driver"], config=service["logging"]["options"]
@@ -172,8 +182,11 @@ class DockerEffectHandler:
         *,
         secrets: SecretValues | None = None,
         secret_files: SecretFiles | None = None,
+        prober: LivenessProber | None = None,
     ) -> None:
         self.settings = settings
+        #: Probes every READY program's WatcherAPI (one task, one session, bounded).
+        self.prober = prober or LivenessProber(settings.prober)
         self.runtime = settings.runtime
         self._files = files
         self._logs = logs
@@ -207,6 +220,7 @@ class DockerEffectHandler:
             output=self.output,
             remove=functools.partial(self._remove, graceful=True),
             volumes=self._volumes,
+            prober=self.prober,
         )
         self.builder = DockerBuilder(
             call=self._call,
@@ -252,6 +266,7 @@ class DockerEffectHandler:
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._spawn(self._watch_events())
+        self._spawn(self.prober.run(self._http))
         return self
 
     async def __aexit__(
@@ -369,7 +384,7 @@ class DockerEffectHandler:
                 await self._remove(container.id)
                 container = None
             self.output.follow(program_id, effect.run, container.id)
-            await self._until_ready(port, effect.run, program_id)
+            last = await self._until_ready(loopback_address(port), effect, outbox)
         except asyncio.CancelledError:
             if container is not None:
                 await asyncio.shield(self._remove(container.id))
@@ -385,6 +400,15 @@ class DockerEffectHandler:
             await self._secret_files.detach(program_id)
             return
         outbox.emit(ev.ContainerReady(outbox.now(), effect.run))
+        self.prober.watch(
+            container.id,
+            program_id,
+            effect.run,
+            loopback_address(port),
+            effect.readiness,
+            outbox,
+            last,
+        )
 
     async def _image_user(self, image_id: str) -> tuple[int, int] | None:
         """The numeric `USER` (uid, gid) the image runs as, so its secrets are its own to
@@ -414,6 +438,8 @@ class DockerEffectHandler:
                 runtime=self.settings.runtime,
                 env=effect.env,
                 secrets_dir=str(secrets_dir) if secrets_dir is not None else None,
+                stop_signal=effect.stop.signal,
+                stop_grace_seconds=effect.stop.grace_seconds or self.settings.stop_grace,
             )
             spec = compose_spec(request)
             problems = contract_violations(
@@ -444,26 +470,44 @@ class DockerEffectHandler:
                 await self._remove(created.id)
             raise
 
-    async def _until_ready(self, port: int, run: int, program_id: str) -> None:
-        url = f"http://{loopback_address(port)}{READY_PATH}"
-        deadline = time.monotonic() + self.settings.ready_timeout
-        last_problem = "no answer yet"
+    async def _until_ready(
+        self, address: str, effect: fx.StartContainer, outbox: Outbox
+    ) -> ProbeAnswer:
+        """Probe until the program says it is initialised (the readiness check's judge);
+        each change of its answer is reported, so its view shows while it initialises.
+
+        Returns the last answer; raises (a failed start) on a failed state or the timeout.
+        """
+        check = effect.readiness
+        timeout = check.timeout_seconds or self.settings.ready_timeout
+        deadline = time.monotonic() + timeout
+        judge = StartJudge(check)
+        last = ProbeAnswer(False, detail="no answer yet")
+        reported: ProbeAnswer | None = None
         assert self._http is not None
         # Poll fast first (most programs listen within a few hundred ms), then back off.
         interval = min(0.02, self.settings.ready_poll_interval)
         while time.monotonic() < deadline:
-            try:
-                async with self._http.get(url) as response:
-                    if 200 <= response.status < 300:
-                        return
-                    last_problem = f"it answered {response.status}"
-            except (aiohttp.ClientError, TimeoutError) as error:
-                last_problem = type(error).__name__
+            last = await probe_once(self._http, address, check, limit=2.0)
+            if last != reported and (last.answered or reported is not None):
+                # Changes only (and not the refusals before it first listens).
+                outbox.emit(
+                    ev.WatcherProbed(
+                        outbox.now(), effect.run, last.answered, last.state, last.detail
+                    )
+                )
+                reported = last
+            verdict = judge.feed(time.monotonic(), last.answered, last.state, last.detail)
+            if verdict is StartVerdict.READY:
+                return last
+            if verdict is StartVerdict.FAILED:
+                raise StartRefused(judge.reason)
             await asyncio.sleep(interval)
             interval = min(interval * 1.5, self.settings.ready_poll_interval)
+        seen = f"it last reported {last.state!r}" if last.answered else (last.detail or "no answer")
         raise TimeoutError(
-            f"its WatcherAPI did not answer GET {READY_PATH} on {loopback_address(port)} within "
-            f"{self.settings.ready_timeout:g} s ({last_problem})"
+            f"its WatcherAPI did not answer GET {check.path} on {address} that it is ready "
+            f"within {timeout:g} s ({seen})"
         )
 
     async def _stop_containers(
@@ -497,10 +541,11 @@ class DockerEffectHandler:
 
     async def _remove(self, container_id: str, *, graceful: bool = False) -> None:
         """SIGTERM, the grace period, SIGKILL, then remove. A container already gone is fine."""
+        self.prober.forget(container_id)
         try:
             container = await self._call(self._docker.containers.get, container_id)
             if graceful and container.status == "running":
-                await self._call(container.stop, timeout=int(self.settings.stop_grace))
+                await self._call(container.stop, timeout=self._stop_grace_of(container))
             if graceful:
                 await self.output.drained(container_id)  # its last lines first: removing loses them
             await self._call(container.remove, force=True)
@@ -511,6 +556,15 @@ class DockerEffectHandler:
                 raise
         self.output.forget(container_id)
         self._release_port(container_id)
+
+    def _stop_grace_of(self, container: Any) -> int:
+        """The grace its program asked for (its label), else the Host's."""
+        labels = (container.attrs.get("Config") or {}).get("Labels") or {}
+        try:
+            grace = float(labels.get(LABEL_STOP_GRACE, ""))
+        except ValueError:
+            grace = self.settings.stop_grace
+        return max(0, round(grace))
 
     def _release_port(self, container_id: str) -> None:
         published = self._published.pop(container_id, None)

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.status import Status
@@ -28,6 +29,7 @@ from hershy.entrypoints.cli_commands.common import (
     state_text,
     usage,
 )
+from hershy.entrypoints.cli_commands.health import health_options, health_settings
 from hershy.entrypoints.cli_commands.programs import watcher_url
 from hershy.entrypoints.cli_commands.quotas import ByteSize, Cpus
 from hershy.v1 import program_pb2 as pb
@@ -91,15 +93,23 @@ class Progress:
         self._program = program
         self._started = time.monotonic()
         self.state: pb.State.ValueType = program.state
+        #: What the program itself reports (its WatcherAPI's state) while it starts.
+        self.watcher = ""
         self._status: Status | None = None
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self._started
 
+    def _said(self) -> Text:
+        return Text(f" (the program says {self.watcher})" if self.watcher else "", style="cyan")
+
     def _line(self) -> Text:
         return Text.assemble(
-            f"{self._program.id}: ", state_text(self.state), (f"  {self.elapsed:.0f} s", "dim")
+            f"{self._program.id}: ",
+            state_text(self.state),
+            self._said(),
+            (f"  {self.elapsed:.0f} s", "dim"),
         )
 
     @contextlib.contextmanager
@@ -121,17 +131,22 @@ class Progress:
             yield self
 
     def _print(self) -> None:
-        err.print(Text.assemble((f"{self.elapsed:6.1f} s  ", "dim"), "→ ", state_text(self.state)))
+        err.print(
+            Text.assemble(
+                (f"{self.elapsed:6.1f} s  ", "dim"), "→ ", state_text(self.state), self._said()
+            )
+        )
 
     def _tick(self, done: threading.Event) -> None:
         while not done.wait(1.0):
             if self._status is not None:
                 self._status.update(self._line())
 
-    def update(self, state: pb.State.ValueType) -> None:
-        if state == self.state:
+    def update(self, state: pb.State.ValueType, watcher: str = "") -> None:
+        """A new state, or (while it starts) the program's own new state (InitRun, ...)."""
+        if state == self.state and watcher == self.watcher:
             return
-        self.state = state
+        self.state, self.watcher = state, watcher
         self._print()
         if self._status is not None:
             self._status.update(self._line())
@@ -151,7 +166,8 @@ def follow_until_ready(settings: Settings, program: pb.Program, timeout: float) 
                 if isinstance(item, Resync) or not item.HasField("program"):
                     continue
                 latest = item.program
-                progress.update(latest.state)
+                starting = latest.state in (pb.STATE_STARTING, pb.STATE_READY)
+                progress.update(latest.state, latest.watcher_state if starting else "")
                 if latest.state == pb.STATE_READY:
                     build_log.stop()
                     return latest
@@ -245,6 +261,7 @@ def _explain_failure(settings: Settings, program: pb.Program, *, build_shown: bo
     default="",
     help="Name the program (unique among yours; `programs/NAME` then finds it).",
 )
+@health_options
 @click.option("--json", "as_json", is_flag=True, help="Print the Program as JSON at the end.")
 @command_options
 def deploy_command(
@@ -258,6 +275,7 @@ def deploy_command(
     state: int | None,
     as_json: bool,
     alias: str,
+    **health: Any,
 ) -> None:
     """Deploy a folder as a program and wait until it is READY.
 
@@ -285,7 +303,14 @@ def deploy_command(
             memory_bytes=memory or 0, milli_cpus=cpus or 0, state_bytes=state or 0
         )
         program = _create_and_start(
-            client, settings, context.dockerfile, context.files, user_id, resources, alias
+            client,
+            settings,
+            context.dockerfile,
+            context.files,
+            user_id,
+            resources,
+            alias,
+            health_settings(**health),
         )
     if no_wait:
         _finish(settings, program, as_json, ready=False)
@@ -301,7 +326,8 @@ def _create_and_start(
     files: dict[str, bytes],
     user_id: str | None,
     resources: pb.Resources,
-    alias: str = "",
+    alias: str,
+    health: dict[str, Any],
 ) -> pb.Program:
     with calls(settings):
         if user_id is None:
@@ -309,7 +335,9 @@ def _create_and_start(
             if me.admin:
                 usage("the admin's token deploys for a user: say which with --user USER")
             user_id = me.user_id
-        program = client.create(user_id, dockerfile, files, resources=resources, alias=alias)
+        program = client.create(
+            user_id, dockerfile, files, resources=resources, alias=alias, **health
+        )
         err.print(
             Text.assemble(
                 "Created ",

@@ -80,18 +80,59 @@ def ls_command(settings: Settings, user_id: str | None, as_json: bool) -> None:
         err.print("No programs.", style="dim")
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("ID", "USER", "STATE", "RESTARTS", "AGE", "RUNTIME"):
+    for column in ("ID", "USER", "STATE", "HEALTH", "RESTARTS", "AGE", "RUNTIME"):
         table.add_column(column, no_wrap=True)
     for program in programs:
         table.add_row(
             program.id,
             program.user_id,
             state_text(program.state),
+            health_text(program),
             str(program.restart_count),
             ago(program.create_time),
             program.runtime or "-",
         )
     out.print(table)
+
+
+HEALTH_STYLES = {
+    pb.HEALTH_HEALTHY: "green",
+    pb.HEALTH_INITIALISING: "yellow",
+    pb.HEALTH_DEGRADED: "yellow",
+    pb.HEALTH_UNHEALTHY: "red",
+}
+
+
+def health_text(program: pb.Program) -> Text:
+    """`healthy (Ready)`: the Host's verdict and the program's own state; `-` when unknown."""
+    if program.health in (pb.HEALTH_UNSPECIFIED, pb.HEALTH_UNKNOWN):
+        return Text("-", style="dim")
+    name = pb.Health.Name(program.health).removeprefix("HEALTH_").lower()
+    text = Text(name, style=HEALTH_STYLES.get(program.health, ""))
+    if program.watcher_state:
+        text.append(f" ({program.watcher_state})", style="dim")
+    return text
+
+
+def _restart_policy(policy: pb.RestartPolicy) -> str:
+    mode = {
+        pb.RESTART_MODE_ON_FAILURE: "on-failure",
+        pb.RESTART_MODE_NEVER: "never",
+    }.get(policy.mode, "always")
+    if policy.max_restarts:
+        mode += f", at most {policy.max_restarts} within {policy.window.seconds} s"
+    return mode
+
+
+def _stop(stop: pb.StopSettings) -> str:
+    grace = stop.grace.seconds + stop.grace.nanos / 1e9
+    return f"{stop.signal or 'SIGTERM'}, then {f'{grace:g} s' if grace else 'the Host grace'}"
+
+
+def _readiness(check: pb.ReadinessCheck) -> str:
+    if not check.field:
+        return f"GET {check.path}: any 2xx answer"
+    return f"GET {check.path}: {check.field} in {', '.join(check.ready_values)}"
 
 
 def _resources(resources: pb.Resources) -> str:
@@ -126,11 +167,20 @@ def show_program(settings: Settings, program: pb.Program) -> None:
         ("ready since", timestamp_text(program.ready_time)),
         ("runtime", program.runtime or "-"),
         ("resources", _resources(program.resources)),
+        # The program's own view (its WatcherAPI) and the Host's verdict.
+        ("watcher state", program.watcher_state or "-"),
+        ("health", health_text(program)),
+        ("last answer", timestamp_text(program.watcher_answer_time)),
+        ("readiness", _readiness(program.readiness)),
+        ("restart policy", _restart_policy(program.restart_policy)),
+        ("stop", _stop(program.stop)),
     ]
     if program.alias:
         rows.insert(1, ("name", program.alias))
     if program.env:
         rows.append(("env", " ".join(f"{key}={program.env[key]}" for key in sorted(program.env))))
+    if program.health_reason:
+        rows.append(("health reason", Text(program.health_reason, style="yellow")))
     if program.restart_pending:
         rows.append(("restart", "pending"))
     if program.status_note:

@@ -154,6 +154,74 @@ SCHEMAS: dict[str, Any] = {
         },
         "description": "Container limits; 0 or absent means the Host's default.",
     },
+    "ReadinessCheck": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": (
+            "How the Host tells the program is initialised (readiness) and alive (liveness). "
+            "Absent keys take Hersh's defaults: GET /watcher/status, field `state`, ready "
+            "when `Ready` or `Running` after the start was seen settling (after `InitRun`, "
+            "or the same answer for settle_seconds), failed when `Crashed` or `Killed`."
+        ),
+        "properties": {
+            "path": {"type": "string", "description": "Default `/watcher/status`."},
+            "field": {
+                "type": "string",
+                "description": "The answer's JSON field (dots look into objects); default "
+                "`state`; empty: any 2xx answer is ready.",
+            },
+            "ready_values": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+            "failed_values": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+            "timeout_seconds": {
+                "type": "number",
+                "minimum": 0,
+                "description": "How long a start may take; 0: the Host's --ready-timeout.",
+            },
+            "settle_seconds": {"type": "number", "minimum": 0, "maximum": 60},
+            "liveness_grace_seconds": {
+                "type": "number",
+                "minimum": 0,
+                "description": "After READY: no answer or a failed state for this long is a "
+                "crash (stop, then the backoff restart); default 30.",
+            },
+        },
+    },
+    "RestartPolicy": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "mode": {
+                "type": "string",
+                "enum": ["always", "on-failure", "never"],
+                "description": "always (default): every end restarts it with backoff; "
+                "on-failure: exit code 0 ends it stopped; never: exit 0 stopped, else error.",
+            },
+            "max_restarts": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "At most this many automatic restarts within window_seconds, "
+                "then error with the reason; 0: no limit.",
+            },
+            "window_seconds": {"type": "number", "minimum": 0},
+        },
+    },
+    "StopSettings": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "signal": {
+                "type": "string",
+                "enum": ["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL"],
+                "description": "Default SIGTERM. Hersh v0.2.0 has no handler: it dies at once.",
+            },
+            "grace_seconds": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 300,
+                "description": "Then SIGKILL; 0: the Host's --stop-grace.",
+            },
+        },
+    },
     "Program": {
         "type": "object",
         "required": ["program_id", "user_id", "build_id", "state", "proxy_url", "created_at"],
@@ -204,6 +272,25 @@ SCHEMAS: dict[str, Any] = {
                 "description": "The name its user chose (`/programs/{alias}` finds it); or empty.",
             },
             "environment": _ENV,
+            "watcher_state": {
+                "type": "string",
+                "description": "The state its WatcherAPI last reported (Hersh: Ready, Running, "
+                "InitRun, WaitRecover, Crashed, Killed, Stopped); empty before it answered.",
+            },
+            "health": {
+                "type": "string",
+                "enum": ["unknown", "initialising", "healthy", "degraded", "unhealthy"],
+            },
+            "health_reason": {"type": "string", "description": "Why not healthy; empty if it is."},
+            "watcher_answered_at": {
+                **_NULLABLE_TIME,
+                "description": "When it last answered, as of the last change of its view.",
+            },
+            "watcher_state_since": _NULLABLE_TIME,
+            "unhealthy_since": _NULLABLE_TIME,
+            "readiness": _ref("ReadinessCheck"),
+            "restart_policy": _ref("RestartPolicy"),
+            "stop": _ref("StopSettings"),
         },
     },
     "LifecycleAnswer": {
@@ -269,6 +356,9 @@ SCHEMAS: dict[str, Any] = {
             "resources": _ref("Resources"),
             "alias": _ALIAS,
             "environment": _ENV,
+            "readiness": _ref("ReadinessCheck"),
+            "restart_policy": _ref("RestartPolicy"),
+            "stop": _ref("StopSettings"),
         },
     },
     "Source": {

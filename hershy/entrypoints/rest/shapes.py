@@ -104,7 +104,43 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
         "status_note": program.status_note,
         "alias": program.alias,
         "environment": dict(program.env),
+        # The program's own view, from its WatcherAPI (issue #14).
+        "watcher_state": program.watcher_state,
+        "health": pb.Health.Name(program.health).removeprefix("HEALTH_").lower(),
+        "health_reason": program.health_reason,
+        "watcher_answered_at": optional_time(program, "watcher_answer_time"),
+        "watcher_state_since": optional_time(program, "watcher_state_time"),
+        "unhealthy_since": optional_time(program, "unhealthy_time"),
+        "readiness": {
+            "path": program.readiness.path,
+            "field": program.readiness.field,
+            "ready_values": list(program.readiness.ready_values),
+            "failed_values": list(program.readiness.failed_values),
+            "timeout_seconds": seconds(program.readiness.timeout),
+            "settle_seconds": seconds(program.readiness.settle),
+            "liveness_grace_seconds": seconds(program.readiness.liveness_grace),
+        },
+        "restart_policy": {
+            "mode": RESTART_MODE_NAMES.get(program.restart_policy.mode, "always"),
+            "max_restarts": program.restart_policy.max_restarts,
+            "window_seconds": seconds(program.restart_policy.window),
+        },
+        "stop": {
+            "signal": program.stop.signal,
+            "grace_seconds": seconds(program.stop.grace),
+        },
     }
+
+
+RESTART_MODE_NAMES = {
+    pb.RESTART_MODE_ALWAYS: "always",
+    pb.RESTART_MODE_ON_FAILURE: "on-failure",
+    pb.RESTART_MODE_NEVER: "never",
+}
+
+
+def seconds(duration: Any) -> float:
+    return float(duration.seconds + duration.nanos / 1e9)
 
 
 def lifecycle_json(program: pb.Program, base: str, message: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from google.protobuf.duration_pb2 import Duration
 
 from hershy.domain import limits
 from hershy.domain.validation import MAX_ECHO_CHARS, cut
@@ -41,8 +42,27 @@ PARSE_WORKERS = 2
 PARSE_BACKLOG = 8
 
 _KEYS = frozenset(
-    {"user_id", "dockerfile", "src_files", "src_files_base64", "resources", "alias", "environment"}
+    {
+        "user_id",
+        "dockerfile",
+        "src_files",
+        "src_files_base64",
+        "resources",
+        "alias",
+        "environment",
+        "readiness",
+        "restart_policy",
+        "stop",
+    }
 )
+#: The REST spelling of restart modes.
+RESTART_MODES = {
+    "always": pb.RESTART_MODE_ALWAYS,
+    "on-failure": pb.RESTART_MODE_ON_FAILURE,
+    "never": pb.RESTART_MODE_NEVER,
+}
+#: The most seconds a duration field may hold here (the core checks its own bounds).
+_MAX_SECONDS = 10**9
 _RESOURCE_KEYS = ("memory_bytes", "milli_cpus", "pids", "state_bytes")
 #: The `Warning` header names at most this many ignored keys, each cut to
 #: MAX_IGNORED_KEY_CHARS: a body of a million keys gets a header of bounded size.
@@ -151,6 +171,12 @@ def from_json(body: bytes) -> CreateBody:
     resources = data.get("resources")
     if resources is not None:
         request.resources.CopyFrom(_resources(resources))
+    if data.get("readiness") is not None:
+        request.readiness.CopyFrom(_readiness(data["readiness"]))
+    if data.get("restart_policy") is not None:
+        request.restart_policy.CopyFrom(_restart_policy(data["restart_policy"]))
+    if data.get("stop") is not None:
+        request.stop.CopyFrom(_stop(data["stop"]))
     return CreateBody(request, ignored)
 
 
@@ -296,3 +322,97 @@ def _resources(value: Any) -> pb.Resources:
             raise bad_request(field, "must be between 0 (the Host's default) and 2^63-1")
         setattr(resources, key, amount)
     return resources
+
+
+def _settings(value: Any, key: str, known: tuple[str, ...]) -> dict[str, Any]:
+    """An object of known keys (a misspelt setting is a 400, never silently ignored)."""
+    if not isinstance(value, dict):
+        raise bad_request(key, f"must be an object, not {_json_type(value)}")
+    for name in value:
+        if name not in known:
+            raise bad_request(
+                f"{key}.{name}"[:MAX_ECHO_CHARS], f"is not a known field: use {', '.join(known)}"
+            )
+    return {name: item for name, item in value.items() if item is not None}
+
+
+def _seconds(value: Any, field: str) -> Duration:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad_request(field, f"must be a number of seconds, not {_json_type(value)}")
+    if not 0 <= value <= _MAX_SECONDS:  # NaN fails too
+        raise bad_request(field, f"must be between 0 and {_MAX_SECONDS} seconds")
+    duration = Duration()
+    duration.FromNanoseconds(round(value * 1e9))
+    return duration
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise bad_request(field, f"must be a string, not {_json_type(value)}")
+    _utf8(value, field)
+    return value
+
+
+def _texts(value: Any, field: str) -> list[str]:
+    if not isinstance(value, list):
+        raise bad_request(field, f"must be an array of strings, not {_json_type(value)}")
+    return [_text(item, f"{field}[{index}]") for index, item in enumerate(value)]
+
+
+_READINESS_KEYS = (
+    "path",
+    "field",
+    "ready_values",
+    "failed_values",
+    "timeout_seconds",
+    "settle_seconds",
+    "liveness_grace_seconds",
+)
+
+
+def _readiness(value: Any) -> pb.ReadinessCheck:
+    data = _settings(value, "readiness", _READINESS_KEYS)
+    check = pb.ReadinessCheck()
+    if "path" in data:
+        check.path = _text(data["path"], "readiness.path")
+    if "field" in data:
+        check.field = _text(data["field"], "readiness.field")
+    for name in ("ready_values", "failed_values"):
+        if name in data:
+            getattr(check, name).extend(_texts(data[name], f"readiness.{name}"))
+    for name, target in (
+        ("timeout_seconds", check.timeout),
+        ("settle_seconds", check.settle),
+        ("liveness_grace_seconds", check.liveness_grace),
+    ):
+        if name in data:
+            target.CopyFrom(_seconds(data[name], f"readiness.{name}"))
+    return check
+
+
+def _restart_policy(value: Any) -> pb.RestartPolicy:
+    data = _settings(value, "restart_policy", ("mode", "max_restarts", "window_seconds"))
+    policy = pb.RestartPolicy()
+    if "mode" in data:
+        mode = data["mode"]
+        if not isinstance(mode, str) or mode not in RESTART_MODES:
+            raise bad_request("restart_policy.mode", f"must be one of {', '.join(RESTART_MODES)}")
+        policy.mode = RESTART_MODES[mode]
+    if "max_restarts" in data:
+        limit = data["max_restarts"]
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**31:
+            raise bad_request("restart_policy.max_restarts", "must be an integer, 0 for no limit")
+        policy.max_restarts = limit
+    if "window_seconds" in data:
+        policy.window.CopyFrom(_seconds(data["window_seconds"], "restart_policy.window_seconds"))
+    return policy
+
+
+def _stop(value: Any) -> pb.StopSettings:
+    data = _settings(value, "stop", ("signal", "grace_seconds"))
+    stop = pb.StopSettings()
+    if "signal" in data:
+        stop.signal = _text(data["signal"], "stop.signal")
+    if "grace_seconds" in data:
+        stop.grace.CopyFrom(_seconds(data["grace_seconds"], "stop.grace_seconds"))
+    return stop

@@ -87,6 +87,78 @@ STATE_DELETED: State.ValueType  # 10
 """Gone for good. Only ever seen in Watch streams."""
 Global___State: _TypeAlias = State  # noqa: Y015
 
+class _Health:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HealthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Health.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HEALTH_UNSPECIFIED: _Health.ValueType  # 0
+    """Not used."""
+    HEALTH_UNKNOWN: _Health.ValueType  # 1
+    """Not running, or not asked yet."""
+    HEALTH_INITIALISING: _Health.ValueType  # 2
+    """Answering, not initialised yet (Hersh: `InitRun`, `WaitRecover`, or a
+    first `Ready` not yet seen settling).
+    """
+    HEALTH_HEALTHY: _Health.ValueType  # 3
+    """Answering with a ready value (Hersh: `Ready`, `Running`)."""
+    HEALTH_DEGRADED: _Health.ValueType  # 4
+    """READY, answering with a value neither ready nor failed (Hersh:
+    `WaitRecover`, recovering by itself).
+    """
+    HEALTH_UNHEALTHY: _Health.ValueType  # 5
+    """Not answering, or reporting a failed state (Hersh: `Crashed`, `Killed`)."""
+
+class Health(_Health, metaclass=_HealthEnumTypeWrapper):
+    """The Host's verdict on a running program, from its own WatcherAPI answers."""
+
+HEALTH_UNSPECIFIED: Health.ValueType  # 0
+"""Not used."""
+HEALTH_UNKNOWN: Health.ValueType  # 1
+"""Not running, or not asked yet."""
+HEALTH_INITIALISING: Health.ValueType  # 2
+"""Answering, not initialised yet (Hersh: `InitRun`, `WaitRecover`, or a
+first `Ready` not yet seen settling).
+"""
+HEALTH_HEALTHY: Health.ValueType  # 3
+"""Answering with a ready value (Hersh: `Ready`, `Running`)."""
+HEALTH_DEGRADED: Health.ValueType  # 4
+"""READY, answering with a value neither ready nor failed (Hersh:
+`WaitRecover`, recovering by itself).
+"""
+HEALTH_UNHEALTHY: Health.ValueType  # 5
+"""Not answering, or reporting a failed state (Hersh: `Crashed`, `Killed`)."""
+Global___Health: _TypeAlias = Health  # noqa: Y015
+
+class _RestartMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RestartModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RestartMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESTART_MODE_UNSPECIFIED: _RestartMode.ValueType  # 0
+    """Not used: the default, `RESTART_MODE_ALWAYS`."""
+    RESTART_MODE_ALWAYS: _RestartMode.ValueType  # 1
+    """Every end (an exit, a liveness failure) restarts it with backoff."""
+    RESTART_MODE_ON_FAILURE: _RestartMode.ValueType  # 2
+    """Exit code 0 ends it STOPPED; any other end restarts it."""
+    RESTART_MODE_NEVER: _RestartMode.ValueType  # 3
+    """Never restarted: exit code 0 ends it STOPPED, any other end ERROR."""
+
+class RestartMode(_RestartMode, metaclass=_RestartModeEnumTypeWrapper):
+    """When the program is restarted after it ended by itself."""
+
+RESTART_MODE_UNSPECIFIED: RestartMode.ValueType  # 0
+"""Not used: the default, `RESTART_MODE_ALWAYS`."""
+RESTART_MODE_ALWAYS: RestartMode.ValueType  # 1
+"""Every end (an exit, a liveness failure) restarts it with backoff."""
+RESTART_MODE_ON_FAILURE: RestartMode.ValueType  # 2
+"""Exit code 0 ends it STOPPED; any other end restarts it."""
+RESTART_MODE_NEVER: RestartMode.ValueType  # 3
+"""Never restarted: exit code 0 ends it STOPPED, any other end ERROR."""
+Global___RestartMode: _TypeAlias = RestartMode  # noqa: Y015
+
 class _LogStream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -168,6 +240,15 @@ class Program(_message.Message):
     STATUS_NOTE_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    READINESS_FIELD_NUMBER: _builtins.int
+    RESTART_POLICY_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    WATCHER_STATE_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    HEALTH_REASON_FIELD_NUMBER: _builtins.int
+    WATCHER_ANSWER_TIME_FIELD_NUMBER: _builtins.int
+    WATCHER_STATE_TIME_FIELD_NUMBER: _builtins.int
+    UNHEALTHY_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `programs/{id}`."""
     id: _builtins.str
@@ -215,6 +296,17 @@ class Program(_message.Message):
     The API takes `programs/{alias}` (the caller's own program of that name) and
     `users/{user}/programs/{alias}` wherever it takes `programs/{id}`.
     """
+    watcher_state: _builtins.str
+    """The state the program's own WatcherAPI last reported (Hersh: `Ready`,
+    `Running`, `InitRun`, `WaitRecover`, `Crashed`, `Killed`, `Stopped`);
+    empty before it first answered in this run.
+    """
+    health: Global___Health.ValueType
+    """The Host's verdict on the running program, from its answers."""
+    health_reason: _builtins.str
+    """Why it is not healthy, e.g. `no answer (ClientConnectorError)` or
+    `reported "WaitRecover"`; empty when healthy.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the program was created."""
@@ -239,6 +331,36 @@ class Program(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Plain environment variables the program runs with (visible to its owner).
         Changed with `ProgramConfigService.SetProgramEnv`; the next start uses them.
+        """
+
+    @_builtins.property
+    def readiness(self) -> Global___ReadinessCheck:
+        """How the Host tells that the program is initialised and alive (as given at
+        Create, with the defaults filled in).
+        """
+
+    @_builtins.property
+    def restart_policy(self) -> Global___RestartPolicy:
+        """When the program is restarted after it ended by itself."""
+
+    @_builtins.property
+    def stop(self) -> Global___StopSettings:
+        """How the program is asked to stop."""
+
+    @_builtins.property
+    def watcher_answer_time(self) -> _timestamp_pb2.Timestamp:
+        """When it last answered, as of the last change of its view (only changes
+        are recorded).
+        """
+
+    @_builtins.property
+    def watcher_state_time(self) -> _timestamp_pb2.Timestamp:
+        """Since when it reports `watcher_state`."""
+
+    @_builtins.property
+    def unhealthy_time(self) -> _timestamp_pb2.Timestamp:
+        """Since when a READY program has not answered, or has reported a failed
+        state; past `readiness.liveness_grace` that is a crash.
         """
 
     def __init__(
@@ -267,16 +389,160 @@ class Program(_message.Message):
         status_note: _builtins.str = ...,
         alias: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        readiness: Global___ReadinessCheck | None = ...,
+        restart_policy: Global___RestartPolicy | None = ...,
+        stop: Global___StopSettings | None = ...,
+        watcher_state: _builtins.str = ...,
+        health: Global___Health.ValueType = ...,
+        health_reason: _builtins.str = ...,
+        watcher_answer_time: _timestamp_pb2.Timestamp | None = ...,
+        watcher_state_time: _timestamp_pb2.Timestamp | None = ...,
+        unhealthy_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "create_time", b"create_time", "last_exit_code", b"last_exit_code", "next_restart_time", b"next_restart_time", "ready_time", b"ready_time", "resources", b"resources", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "create_time", b"create_time", "last_exit_code", b"last_exit_code", "next_restart_time", b"next_restart_time", "readiness", b"readiness", "ready_time", b"ready_time", "resources", b"resources", "restart_policy", b"restart_policy", "stop", b"stop", "unhealthy_time", b"unhealthy_time", "update_time", b"update_time", "watcher_answer_time", b"watcher_answer_time", "watcher_state_time", b"watcher_state_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "alias", b"alias", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "env", b"env", "error_message", b"error_message", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "revision", b"revision", "run", b"run", "runtime", b"runtime", "state", b"state", "status_note", b"status_note", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "alias", b"alias", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "env", b"env", "error_message", b"error_message", "health", b"health", "health_reason", b"health_reason", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "readiness", b"readiness", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "restart_policy", b"restart_policy", "revision", b"revision", "run", b"run", "runtime", b"runtime", "state", b"state", "status_note", b"status_note", "stop", b"stop", "unhealthy_time", b"unhealthy_time", "update_time", b"update_time", "user_id", b"user_id", "watcher_answer_time", b"watcher_answer_time", "watcher_state", b"watcher_state", "watcher_state_time", b"watcher_state_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_exit_code: _TypeAlias = _typing.Literal["last_exit_code"]  # noqa: Y015
     _WhichOneofArgType__last_exit_code: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_exit_code) -> _WhichOneofReturnType__last_exit_code | None: ...
 
 Global___Program: _TypeAlias = Program  # noqa: Y015
+
+@_typing.final
+class ReadinessCheck(_message.Message):
+    """How the Host tells that a program is initialised (readiness) and stays
+    alive (liveness). Unset fields take the Hersh defaults.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    READY_VALUES_FIELD_NUMBER: _builtins.int
+    FAILED_VALUES_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    SETTLE_FIELD_NUMBER: _builtins.int
+    LIVENESS_GRACE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The WatcherAPI path asked with GET; default `/watcher/status`."""
+    field: _builtins.str
+    """The JSON field of the answer that holds the program's state; unset:
+    `state`. Set to "" to accept any 2xx answer (a program that is not Hersh).
+    """
+    @_builtins.property
+    def ready_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Values of `field` that mean ready; empty: `Ready`, `Running`."""
+
+    @_builtins.property
+    def failed_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Values of `field` that mean failed; empty: `Crashed`, `Killed`."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long a start may take to be ready; unset: the Host's `--ready-timeout`."""
+
+    @_builtins.property
+    def settle(self) -> _duration_pb2.Duration:
+        """A first ready answer counts once it held this long (unset: 1 s; a ready
+        answer after a settling one counts at once).
+        """
+
+    @_builtins.property
+    def liveness_grace(self) -> _duration_pb2.Duration:
+        """After READY, how long no answer or a failed state is tolerated before it
+        is a crash; unset: 30 s.
+        """
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        field: _builtins.str | None = ...,
+        ready_values: _abc.Iterable[_builtins.str] | None = ...,
+        failed_values: _abc.Iterable[_builtins.str] | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        settle: _duration_pb2.Duration | None = ...,
+        liveness_grace: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_field", b"_field", "_settle", b"_settle", "field", b"field", "liveness_grace", b"liveness_grace", "settle", b"settle", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_field", b"_field", "_settle", b"_settle", "failed_values", b"failed_values", "field", b"field", "liveness_grace", b"liveness_grace", "path", b"path", "ready_values", b"ready_values", "settle", b"settle", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__field: _TypeAlias = _typing.Literal["field"]  # noqa: Y015
+    _WhichOneofArgType__field: _TypeAlias = _typing.Literal["_field", b"_field"]  # noqa: Y015
+    _WhichOneofReturnType__settle: _TypeAlias = _typing.Literal["settle"]  # noqa: Y015
+    _WhichOneofArgType__settle: _TypeAlias = _typing.Literal["_settle", b"_settle"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__field) -> _WhichOneofReturnType__field | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__settle) -> _WhichOneofReturnType__settle | None: ...
+
+Global___ReadinessCheck: _TypeAlias = ReadinessCheck  # noqa: Y015
+
+@_typing.final
+class RestartPolicy(_message.Message):
+    """A program's restart policy, like Kubernetes' `restartPolicy` with Nomad's
+    `attempts` and `interval`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    MAX_RESTARTS_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    mode: Global___RestartMode.ValueType
+    """When to restart; unset: always."""
+    max_restarts: _builtins.int
+    """At most this many automatic restarts within `window`, then ERROR with the
+    reason; 0: no limit.
+    """
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """The window `max_restarts` counts in; unset: 10 minutes."""
+
+    def __init__(
+        self,
+        *,
+        mode: Global___RestartMode.ValueType = ...,
+        max_restarts: _builtins.int = ...,
+        window: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_restarts", b"max_restarts", "mode", b"mode", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
+
+@_typing.final
+class StopSettings(_message.Message):
+    """How a program is asked to stop: `signal`, `grace`, then SIGKILL."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    GRACE_FIELD_NUMBER: _builtins.int
+    signal: _builtins.str
+    """The signal's name, e.g. `SIGTERM` (the default) or `SIGINT`."""
+    @_builtins.property
+    def grace(self) -> _duration_pb2.Duration:
+        """How long the program has to exit; unset: the Host's `--stop-grace`."""
+
+    def __init__(
+        self,
+        *,
+        signal: _builtins.str = ...,
+        grace: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace", b"grace"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace", b"grace", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopSettings: _TypeAlias = StopSettings  # noqa: Y015
 
 @_typing.final
 class Resources(_message.Message):
@@ -343,6 +609,7 @@ class ProgramEvent(_message.Message):
     TORN_DOWN_FIELD_NUMBER: _builtins.int
     TEARDOWN_FAILED_FIELD_NUMBER: _builtins.int
     BUILD_QUEUED_FIELD_NUMBER: _builtins.int
+    WATCHER_PROBED_FIELD_NUMBER: _builtins.int
     HOST_RESTARTED_FIELD_NUMBER: _builtins.int
     ALIAS_CHANGED_FIELD_NUMBER: _builtins.int
     ENV_CHANGED_FIELD_NUMBER: _builtins.int
@@ -421,6 +688,10 @@ class ProgramEvent(_message.Message):
         """The build waits in the Host's build queue (or, with `ahead` 0, runs)."""
 
     @_builtins.property
+    def watcher_probed(self) -> Global___WatcherProbed:
+        """What the program's WatcherAPI answered, when that changed."""
+
+    @_builtins.property
     def host_restarted(self) -> Global___HostRestarted:
         """The Host started again with the program in its store and picks up where it was."""
 
@@ -454,15 +725,16 @@ class ProgramEvent(_message.Message):
         torn_down: Global___TornDown | None = ...,
         teardown_failed: Global___TeardownFailed | None = ...,
         build_queued: Global___BuildQueued | None = ...,
+        watcher_probed: Global___WatcherProbed | None = ...,
         host_restarted: Global___HostRestarted | None = ...,
         alias_changed: Global___AliasChanged | None = ...,
         env_changed: Global___EnvChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down", "watcher_probed", b"watcher_probed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down", "watcher_probed", b"watcher_probed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed", "build_queued", "host_restarted", "alias_changed", "env_changed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed", "build_queued", "watcher_probed", "host_restarted", "alias_changed", "env_changed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -951,6 +1223,36 @@ class TeardownFailed(_message.Message):
 Global___TeardownFailed: _TypeAlias = TeardownFailed  # noqa: Y015
 
 @_typing.final
+class WatcherProbed(_message.Message):
+    """What a program's WatcherAPI answered one probe of its readiness check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    answered: _builtins.bool
+    """Whether it answered 2xx with a readable answer."""
+    state: _builtins.str
+    """The check's field in the answer (Hersh: `state`); empty without an answer."""
+    detail: _builtins.str
+    """Why it did not answer, or what the program said beside its state."""
+    def __init__(
+        self,
+        *,
+        answered: _builtins.bool = ...,
+        state: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "detail", b"detail", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatcherProbed: _TypeAlias = WatcherProbed  # noqa: Y015
+
+@_typing.final
 class CreateProgramRequest(_message.Message):
     """Request for CreateProgram."""
 
@@ -1002,6 +1304,9 @@ class CreateProgramRequest(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    READINESS_FIELD_NUMBER: _builtins.int
+    RESTART_POLICY_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The owner: 1-63 of [a-z0-9_-], starting with a letter or digit."""
     dockerfile: _builtins.str
@@ -1026,6 +1331,18 @@ class CreateProgramRequest(_message.Message):
         at most 64, 4 KiB each, 32 KiB in all.
         """
 
+    @_builtins.property
+    def readiness(self) -> Global___ReadinessCheck:
+        """How the Host tells the program is initialised and alive; unset: Hersh's."""
+
+    @_builtins.property
+    def restart_policy(self) -> Global___RestartPolicy:
+        """When it is restarted after it ended by itself; unset: always, no limit."""
+
+    @_builtins.property
+    def stop(self) -> Global___StopSettings:
+        """How it is asked to stop; unset: SIGTERM and the Host's grace."""
+
     def __init__(
         self,
         *,
@@ -1035,10 +1352,13 @@ class CreateProgramRequest(_message.Message):
         resources: Global___Resources | None = ...,
         alias: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        readiness: Global___ReadinessCheck | None = ...,
+        restart_policy: Global___RestartPolicy | None = ...,
+        stop: Global___StopSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["readiness", b"readiness", "resources", b"resources", "restart_policy", b"restart_policy", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "dockerfile", b"dockerfile", "env", b"env", "resources", b"resources", "src_files", b"src_files", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "dockerfile", b"dockerfile", "env", b"env", "readiness", b"readiness", "resources", b"resources", "restart_policy", b"restart_policy", "src_files", b"src_files", "stop", b"stop", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
