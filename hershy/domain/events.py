@@ -48,7 +48,26 @@ class DeleteRequested:
     at: float
 
 
-UserRequest = StartRequested | StopRequested | RestartRequested | DeleteRequested
+@dataclass(frozen=True, slots=True)
+class DeployRequested:
+    """A new revision: these build inputs and this configuration, rolled out in place.
+
+    The reducer numbers the revision (`Program.latest_version + 1`); the store
+    keeps it as the program's revision record with `by` and `description`.
+    """
+
+    at: float
+    build_id: str
+    resources: Resources
+    #: Who asked (a user id), for the revision record.
+    by: str = ""
+    #: How it came about, e.g. `deploy`, `update resources`, `rollback to revision 1`.
+    description: str = ""
+    #: The builds to keep once the rollout ends (the newest revisions'); the rest go.
+    keep: frozenset[str] = frozenset()
+
+
+UserRequest = StartRequested | StopRequested | RestartRequested | DeleteRequested | DeployRequested
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +100,26 @@ class BuildQueued:
 class BuildFailed:
     at: float
     run: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateBuilt:
+    """A rollout's new revision (`version`) was built while the current one runs."""
+
+    at: float
+    run: int
+    version: int
+    image_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateBuildFailed:
+    """A rollout's new revision (`version`) did not build; the current one runs on."""
+
+    at: float
+    run: int
+    version: int
     reason: str
 
 
@@ -155,6 +194,8 @@ EffectResult = (
     BuildSucceeded
     | BuildQueued
     | BuildFailed
+    | CandidateBuilt
+    | CandidateBuildFailed
     | ContainerCreated
     | ContainerReady
     | StartFailed

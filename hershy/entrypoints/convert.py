@@ -9,7 +9,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
 from hershy.domain.errors import InvalidArgument
-from hershy.domain.model import LogLine, LogStream, Program, Resources, State
+from hershy.domain.model import (
+    LogLine,
+    LogStream,
+    Program,
+    Resources,
+    Revision,
+    Rollout,
+    State,
+)
 from hershy.domain.quotas import QUOTA_NAMES, Usage, UserQuota
 from hershy.domain.validation import cut, validate_program_id, validate_user_id
 from hershy.service.watch import Change, ChangeKind
@@ -102,7 +110,11 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
         runtime=runtime,
         resources=resources_to_pb(program.resources),
         status_note=program.note,
+        revision_number=program.version,
+        latest_revision_number=program.latest_version,
     )
+    if program.rollout is not None:
+        message.rollout.CopyFrom(rollout_to_pb(program.rollout))
     if program.last_exit_code is not None:
         message.last_exit_code = program.last_exit_code
     if program.next_restart_at is not None:
@@ -110,6 +122,53 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
     if program.ready_since is not None:
         message.ready_time.CopyFrom(timestamp(program.ready_since))
     return message
+
+
+def rollout_to_pb(rollout: Rollout) -> pb.Rollout:
+    message = pb.Rollout(
+        target_revision_number=rollout.target.number,
+        previous_revision_number=rollout.previous.number,
+        phase=pb.RolloutPhase.ValueType(rollout.phase.value),
+        reason=rollout.reason,
+        start_time=timestamp(rollout.started_at),
+        target_build_id=rollout.target.build_id,
+    )
+    if rollout.finished_at is not None:
+        message.end_time.CopyFrom(timestamp(rollout.finished_at))
+    return message
+
+
+def revision_name(program_id: str, number: int) -> str:
+    return f"{NAME_PREFIX}{program_id}/revisions/{number}"
+
+
+def revision_to_pb(revision: Revision, *, kept: bool, current: bool) -> pb.ProgramRevision:
+    return pb.ProgramRevision(
+        name=revision_name(revision.program_id, revision.number),
+        number=revision.number,
+        build_id=revision.build_id,
+        resources=resources_to_pb(revision.resources),
+        create_user=revision.created_by,
+        create_time=timestamp(revision.created_at),
+        description=revision.description,
+        kept=kept,
+        current=current,
+    )
+
+
+def revisions_to_pb(
+    program: Program, revisions: list[Revision], kept: frozenset[str]
+) -> pb.ListProgramRevisionsResponse:
+    return pb.ListProgramRevisionsResponse(
+        revisions=[
+            revision_to_pb(
+                revision,
+                kept=revision.build_id in kept,
+                current=revision.number == program.version,
+            )
+            for revision in revisions
+        ]
+    )
 
 
 def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
@@ -162,6 +221,21 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
             message.teardown_failed.reason = event.reason
         case ev.HostRestarted():
             message.host_restarted.SetInParent()
+        case ev.DeployRequested():
+            message.deploy_requested.CopyFrom(
+                pb.DeployRequested(
+                    build_id=event.build_id,
+                    resources=resources_to_pb(event.resources),
+                    requested_by=event.by,
+                    description=event.description,
+                )
+            )
+        case ev.CandidateBuilt():
+            message.candidate_built.revision_number = event.version
+            message.candidate_built.image_id = event.image_id
+        case ev.CandidateBuildFailed():
+            message.candidate_build_failed.revision_number = event.version
+            message.candidate_build_failed.reason = event.reason
         case _:
             assert_never(event)
     return message

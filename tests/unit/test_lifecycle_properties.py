@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import settings
@@ -19,7 +20,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
-from hershy.domain.model import BackoffPolicy, Program, State
+from hershy.domain.model import (
+    ROLLOUT_IN_PROGRESS,
+    BackoffPolicy,
+    Program,
+    Resources,
+    RolloutPhase,
+    State,
+)
 from hershy.domain.reducer import Ignored, Rejected, Transition, create, reduce
 
 POLICY = BackoffPolicy(initial=1, factor=2, cap=8, reset_after=30)
@@ -30,7 +38,7 @@ AT_REST = (State.CREATED, State.STOPPED, State.DELETED)
 class Job:
     """An effect the runtime is carrying out."""
 
-    effect: fx.HandledEffect
+    effect: fx.HandledEffect | fx.BuildCandidate
     container: str | None = None  # created by a StartContainer job
 
 
@@ -85,6 +93,8 @@ class Lifecycle(RuleBasedStateMachine):
                 self.stop_is_last_word = True
             if isinstance(event, ev.StartRequested | ev.RestartRequested):
                 self.stop_is_last_word = False
+            if isinstance(event, ev.DeployRequested) and before.state is State.BACKOFF:
+                self.stop_is_last_word = False  # a deploy to a crashing program starts it
         if self.deleted:
             assert isinstance(outcome, Rejected | Ignored), "a deleted program came back"
             assert not (isinstance(outcome, Ignored) and outcome.effects)
@@ -144,6 +154,15 @@ class Lifecycle(RuleBasedStateMachine):
                     self.world.inbox.append(ev.ContainerStopped(at, run))
                 else:
                     self.world.inbox.append(ev.StopFailed(at, run, "x"))
+            case fx.BuildCandidate(run=run, version=version):
+                self.world.jobs.remove(job)
+                self.world.inbox.append(
+                    ev.CandidateBuilt(at, run, version, f"img-v{version}")
+                    if succeed
+                    else ev.CandidateBuildFailed(at, run, version, "x")
+                )
+            case fx.PruneBuilds():
+                self.world.jobs.remove(job)
             case fx.AdoptContainer(run=run, container_id=container_id):
                 self.world.jobs.remove(job)
                 if container_id not in self.world.containers or container_id in self.world.dead:
@@ -158,10 +177,16 @@ class Lifecycle(RuleBasedStateMachine):
 
     # --- what hypothesis may make happen ------------------------------------------
 
+    @rule(build=st.sampled_from(["b-1", "b-2", "b-3"]), memory=st.sampled_from([256, 512]))
+    def deploy_request(self, build: str, memory: int) -> None:
+        resources = Resources(memory_bytes=memory * 1024 * 1024)
+        keep = frozenset({build, self.program.build_id})
+        self.world.inbox.append(ev.DeployRequested(self.tick(), build, resources, "u", "", keep))
+
     @rule(kind=st.sampled_from(["start", "stop", "restart", "delete"]))
     def user_request(self, kind: str) -> None:
         at = self.tick()
-        kinds: dict[str, type[ev.UserRequest]] = {
+        kinds: dict[str, Callable[[float], ev.UserRequest]] = {
             "start": ev.StartRequested,
             "stop": ev.StopRequested,
             "restart": ev.RestartRequested,
@@ -238,6 +263,25 @@ class Lifecycle(RuleBasedStateMachine):
             assert self.program.proxy_target == ""
 
     @invariant()
+    def a_rollout_is_under_way_only_while_the_program_moves(self) -> None:
+        rollout = self.program.rollout
+        if rollout is not None and rollout.phase in ROLLOUT_IN_PROGRESS:
+            assert self.program.state in (
+                State.READY,
+                State.STOPPING,
+                State.STARTING,
+                State.BUILDING,
+            ), self.program.state.name
+            if rollout.phase is RolloutPhase.BUILDING:
+                # The current revision keeps serving while the candidate builds.
+                assert self.program.state is State.READY
+                assert self.program.version == rollout.previous.number
+
+    @invariant()
+    def revision_numbers_only_grow(self) -> None:
+        assert 1 <= self.program.version <= self.program.latest_version
+
+    @invariant()
     def a_restart_is_scheduled_only_in_backoff(self) -> None:
         if self.world.timer is not None:
             assert self.program.state is State.BACKOFF
@@ -281,12 +325,21 @@ class Lifecycle(RuleBasedStateMachine):
             raise AssertionError(f"settled in {state.name}, which is not a resting state")
         if self.stop_is_last_word:
             assert state in (State.STOPPED, State.ERROR, State.DELETED), state.name
+        rollout = self.program.rollout
+        if rollout is not None:
+            assert rollout.phase not in ROLLOUT_IN_PROGRESS, "a rollout never ended"
+            if state is State.READY and rollout.phase is RolloutPhase.SUCCEEDED:
+                assert self.program.version == rollout.target.number
+                assert self.program.build_id == rollout.target.build_id
+            if state is State.READY and rollout.phase is RolloutPhase.REVERTED:
+                assert self.program.version == rollout.previous.number
+                assert self.program.build_id == rollout.previous.build_id
         if self.deleted:
             assert state is State.DELETED
 
 
 def _cancellable(job: Job) -> bool:
-    return isinstance(job.effect, fx.Build | fx.StartContainer)
+    return isinstance(job.effect, fx.Build | fx.BuildCandidate | fx.StartContainer)
 
 
 Lifecycle.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)

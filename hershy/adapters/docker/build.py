@@ -337,7 +337,7 @@ class DockerBuilder:
             note(f"reusing image {image.id} (build {effect.build_id}: same inputs)")
             outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
             return
-        source = await self._files.load(program_id)
+        source = await self._files.load_build(program_id, effect.build_id)
         await self._check_policy(source.dockerfile)
 
         waited = False
@@ -407,7 +407,7 @@ class DockerBuilder:
         dockerfile: bytes,
         note: Callable[[str], None],
     ) -> None:
-        source = await self._files.load(program_id)
+        source = await self._files.load_build(program_id, effect.build_id)
         labels = labels_for(self._host_id, program_id, effect.build_id)
         if effect.user_id:
             labels[LABEL_USER] = effect.user_id

@@ -36,6 +36,7 @@ from docker.types import LogConfig
 from hershy.adapters.docker.build import BuildLimits, DockerBuilder
 from hershy.adapters.docker.build import build_context as build_context  # re-exported
 from hershy.adapters.docker.compose import (
+    LABEL_BUILD,
     LABEL_MANAGED,
     LABEL_PROGRAM,
     LABEL_RUN,
@@ -316,6 +317,8 @@ class DockerEffectHandler:
                 outbox.emit(ev.TornDown(outbox.now(), effect.run))
             case fx.AdoptContainer():
                 await self._adopt(program_id, effect, outbox)
+            case fx.PruneBuilds():
+                await self._prune_builds(program_id, effect.keep)
 
     async def reap(self, owned: Mapping[str, int]) -> None:
         """Reconcile with Docker after a Host restart, before any supervisor runs.
@@ -575,6 +578,21 @@ class DockerEffectHandler:
         published = self._published.pop(container_id, None)
         if published is not None:
             self.ports.release(published.port)
+
+    async def _prune_builds(self, program_id: str, keep: frozenset[str]) -> None:
+        """Remove the program's images and sources of builds not in `keep` (older revisions).
+
+        Each image is tagged by its build (`image_tag`), so the running revision's
+        image and a candidate's live side by side until a rollout ends.
+        """
+        images = await self._call(
+            self._docker.api.images, filters={"label": [f"{LABEL_PROGRAM}={program_id}"]}
+        )
+        for image in images:
+            if (image.get("Labels") or {}).get(LABEL_BUILD) not in keep:
+                with contextlib.suppress(ImageNotFound, NotFound, APIError):
+                    await self._call(self._docker.images.remove, image["Id"], force=True)
+        await self._files.prune_builds(program_id, keep)
 
     async def _teardown(self, program_id: str) -> None:
         await self._stop_containers(program_id, run=2**62, container_id=None)
