@@ -12,6 +12,7 @@ import click
 from rich.status import Status
 from rich.text import Text
 
+from hershy.entrypoints.cli_commands import rollouts
 from hershy.entrypoints.cli_commands.common import (
     CliError,
     Exit,
@@ -32,6 +33,7 @@ from hershy.entrypoints.cli_commands.programs import watcher_url
 from hershy.entrypoints.cli_commands.quotas import ByteSize, Cpus
 from hershy.v1 import program_pb2 as pb
 from hershy_client import Client, HershyError, Resync
+from hershy_client import _common as client_common
 
 #: Default seconds to wait for READY: a first build can take minutes.
 DEPLOY_TIMEOUT = 600.0
@@ -226,6 +228,12 @@ def _explain_failure(settings: Settings, program: pb.Program, *, build_shown: bo
     metavar="USER",
     help="Whose program it is (default: the token's user; the admin must say).",
 )
+@click.option(
+    "--name",
+    default=None,
+    metavar="NAME",
+    help="The program to update in place (its name, or its id); made the first time.",
+)
 @click.option("--no-wait", is_flag=True, help="Start it and return at once (exit 0).")
 @click.option(
     "--timeout",
@@ -245,6 +253,7 @@ def deploy_command(
     settings: Settings,
     folder: Path,
     user_id: str | None,
+    name: str | None,
     no_wait: bool,
     timeout: float,
     memory: int | None,
@@ -261,6 +270,12 @@ def deploy_command(
     the build log and the WatcherAPI's address go to stderr. Exit 1 if the program
     ends in ERROR (with the error and the last build and stderr lines) or is not
     READY within --timeout.
+
+    With --name, a program of that name (or id) is updated in place instead: a
+    new revision on the same id and /state, built while the current one runs,
+    then switched to; if it fails to build or to become READY the Host runs the
+    previous revision again and this exits 1 with the reason. --memory and
+    --cpus change the program's limits; left out, they stay as they are.
     """
     try:
         context = read_context(folder)
@@ -277,9 +292,28 @@ def deploy_command(
         resources = pb.Resources(
             memory_bytes=memory or 0, milli_cpus=cpus or 0, state_bytes=state or 0
         )
-        program = _create_and_start(
-            client, settings, context.dockerfile, context.files, user_id, resources
-        )
+        existing = None
+        if name is not None:
+            with calls(settings):
+                existing = rollouts.find_program(client, name)
+        if existing is not None:
+            changed = memory is not None or cpus is not None or state is not None
+            program = rollouts.redeploy(
+                client,
+                settings,
+                existing,
+                context.dockerfile,
+                context.files,
+                resources if changed else None,
+            )
+            if program.rollout.phase in rollouts.IN_PROGRESS and not no_wait:
+                done = rollouts.follow_rollout(settings, program, timeout)
+                _finish(settings, done, as_json, ready=True)
+                return
+        else:
+            program = _create_and_start(
+                client, settings, context.dockerfile, context.files, user_id, resources, name
+            )
     if no_wait:
         _finish(settings, program, as_json, ready=False)
         return
@@ -294,6 +328,7 @@ def _create_and_start(
     files: dict[str, bytes],
     user_id: str | None,
     resources: pb.Resources,
+    name: str | None = None,
 ) -> pb.Program:
     with calls(settings):
         if user_id is None:
@@ -301,7 +336,18 @@ def _create_and_start(
             if me.admin:
                 usage("the admin's token deploys for a user: say which with --user USER")
             user_id = me.user_id
-        program = client.create(user_id, dockerfile, files, resources=resources)
+        if name is not None and rollouts.supports_aliases():
+            request = client_common.create_request(user_id, dockerfile, files, resources)
+            request.alias = name  # type: ignore[attr-defined,unused-ignore]
+            program = client._call(client.stub.CreateProgram, request)
+        else:
+            program = client.create(user_id, dockerfile, files, resources=resources)
+            if name is not None:
+                err.print(
+                    f"this Host has no program names yet: created {program.id}; "
+                    f"update it with --name {program.id}",
+                    style="yellow",
+                )
         err.print(
             Text.assemble(
                 "Created ",
