@@ -64,7 +64,8 @@ type ProgramServiceClient interface {
 	// Streams a snapshot of programs, then every change (list-then-watch), or
 	// every change after a revision when resuming.
 	WatchPrograms(ctx context.Context, in *WatchProgramsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchProgramsResponse], error)
-	// Returns the Dockerfile and source files the program was created from.
+	// Returns the Dockerfile and source files of the revision the program runs
+	// (at first, those it was created from).
 	GetProgramSource(ctx context.Context, in *GetProgramSourceRequest, opts ...grpc.CallOption) (*ProgramSource, error)
 	// Streams the program's logs: its builds, its containers' stdout and
 	// stderr, and the Host's notes about it; with `follow`, new lines as they
@@ -293,7 +294,8 @@ type ProgramServiceServer interface {
 	// Streams a snapshot of programs, then every change (list-then-watch), or
 	// every change after a revision when resuming.
 	WatchPrograms(*WatchProgramsRequest, grpc.ServerStreamingServer[WatchProgramsResponse]) error
-	// Returns the Dockerfile and source files the program was created from.
+	// Returns the Dockerfile and source files of the revision the program runs
+	// (at first, those it was created from).
 	GetProgramSource(context.Context, *GetProgramSourceRequest) (*ProgramSource, error)
 	// Streams the program's logs: its builds, its containers' stdout and
 	// stderr, and the Host's notes about it; with `follow`, new lines as they

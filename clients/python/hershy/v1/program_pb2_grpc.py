@@ -184,7 +184,8 @@ class ProgramServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProgramSource(self, request, context):
-        """Returns the Dockerfile and source files the program was created from.
+        """Returns the Dockerfile and source files of the revision the program runs
+        (at first, those it was created from).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,7 +60,9 @@ class ProgramServiceStub:
     every change after a revision when resuming.
     """
     GetProgramSource: _grpc.UnaryUnaryMultiCallable[_program_pb2.GetProgramSourceRequest, _program_pb2.ProgramSource]
-    """Returns the Dockerfile and source files the program was created from."""
+    """Returns the Dockerfile and source files of the revision the program runs
+    (at first, those it was created from).
+    """
     ReadProgramLogs: _grpc.UnaryStreamMultiCallable[_program_pb2.ReadProgramLogsRequest, _program_pb2.LogEntry]
     """Streams the program's logs: its builds, its containers' stdout and
     stderr, and the Host's notes about it; with `follow`, new lines as they
@@ -119,7 +121,9 @@ class ProgramServiceAsyncStub(ProgramServiceStub):
     every change after a revision when resuming.
     """
     GetProgramSource: _aio.UnaryUnaryMultiCallable[_program_pb2.GetProgramSourceRequest, _program_pb2.ProgramSource]  # type: ignore[assignment]
-    """Returns the Dockerfile and source files the program was created from."""
+    """Returns the Dockerfile and source files of the revision the program runs
+    (at first, those it was created from).
+    """
     ReadProgramLogs: _aio.UnaryStreamMultiCallable[_program_pb2.ReadProgramLogsRequest, _program_pb2.LogEntry]  # type: ignore[assignment]
     """Streams the program's logs: its builds, its containers' stdout and
     stderr, and the Host's notes about it; with `follow`, new lines as they
@@ -235,7 +239,9 @@ class ProgramServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _program_pb2.GetProgramSourceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_program_pb2.ProgramSource, _abc.Awaitable[_program_pb2.ProgramSource]]:
-        """Returns the Dockerfile and source files the program was created from."""
+        """Returns the Dockerfile and source files of the revision the program runs
+        (at first, those it was created from).
+        """
 
     @_abc_1.abstractmethod
     def ReadProgramLogs(
