@@ -183,6 +183,18 @@ class Lifecycle(RuleBasedStateMachine):
         keep = frozenset({build, self.program.build_id})
         self.world.inbox.append(ev.DeployRequested(self.tick(), build, resources, "u", "", keep))
 
+    @precondition(
+        lambda self: (
+            self.program.state is State.READY
+            and (self.program.rollout is None or not self.program.rollout.in_progress)
+        )
+    )
+    @rule(build=st.sampled_from(["b-2", "b-3"]))
+    def deploy_while_ready(self, build: str) -> None:
+        """Rollouts of a serving program, often: their every phase meets every result."""
+        keep = frozenset({build, self.program.build_id})
+        self.world.inbox.append(ev.DeployRequested(self.tick(), build, Resources(), "u", "", keep))
+
     @rule(kind=st.sampled_from(["start", "stop", "restart", "delete"]))
     def user_request(self, kind: str) -> None:
         at = self.tick()
@@ -201,6 +213,15 @@ class Lifecycle(RuleBasedStateMachine):
     def job_step(self, data: st.DataObject, succeed: bool) -> None:
         job = data.draw(st.sampled_from(self.world.jobs))
         self.complete(job, succeed)
+
+    @precondition(
+        lambda self: any(isinstance(job.effect, fx.StartContainer) for job in self.world.jobs)
+    )
+    @rule()
+    def a_start_fails(self) -> None:
+        """A start that fails (a switch's too: it must revert), as often as a build does."""
+        job = next(j for j in self.world.jobs if isinstance(j.effect, fx.StartContainer))
+        self.complete(job, succeed=False)
 
     @precondition(lambda self: bool(self.world.inbox))
     @rule()
@@ -344,3 +365,63 @@ def _cancellable(job: Job) -> bool:
 
 Lifecycle.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestLifecycle = Lifecycle.TestCase
+
+
+class Rollouts(Lifecycle):
+    """The same world and invariants, from a program that serves: deploys meet every result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        program = self.program
+        for event in (
+            ev.StartRequested(0.1),
+            ev.BuildSucceeded(0.2, 1, "img"),
+            ev.ContainerCreated(0.3, 1, "c0", "127.0.0.1:19000"),
+            ev.ContainerReady(0.4, 1),
+        ):
+            outcome = reduce(program, event, POLICY)
+            assert isinstance(outcome, Transition)
+            program = outcome.program
+        self.program = program
+        self.world.containers["c0"] = 1
+        self.world.addresses["c0"] = "127.0.0.1:19000"
+        self.now = self.last_update = 0.4
+        # A rollout in flight from the first step: its every phase meets what follows.
+        self.deliver(ev.DeployRequested(0.5, "b-2", Resources(), "u", "", frozenset({"b-2"})))
+
+    @precondition(
+        lambda self: (
+            self.program.rollout is not None
+            and self.program.rollout.phase in (RolloutPhase.SWITCHING, RolloutPhase.REVERTING)
+        )
+    )
+    @rule(data=st.data(), action=st.sampled_from(["step", "fail", "stop", "delete", "crash"]))
+    def during_a_switch(self, data: st.DataObject, action: str) -> None:
+        """Whatever can happen while the program moves between revisions."""
+        starts = [j for j in self.world.jobs if isinstance(j.effect, fx.StartContainer)]
+        match action:
+            case "fail" if starts:
+                self.complete(starts[0], succeed=False)
+            case "stop":
+                self.world.inbox.append(ev.StopRequested(self.tick()))
+            case "delete":
+                self.world.inbox.append(ev.DeleteRequested(self.tick()))
+            case "crash" if self.world.containers:
+                name = data.draw(st.sampled_from(sorted(self.world.containers)))
+                self.world.dead.add(name)
+                run = self.world.containers[name]
+                self.world.inbox.append(ev.ContainerExited(self.tick(), run, 1, False, name))
+            case _ if self.world.inbox:
+                self.deliver(self.world.inbox.popleft())
+            case _ if self.world.jobs:
+                self.complete(self.world.jobs[0], succeed=True)
+
+    @precondition(lambda self: self.program.rollout is None or not self.program.rollout.in_progress)
+    @rule()
+    def everything_in_flight_finishes(self) -> None:
+        """Only between rollouts: a rollout's steps are taken one by one, with any in between."""
+        self.run_to_rest(steps=200, fire_timers=False)
+
+
+Rollouts.TestCase.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
+TestRollouts = Rollouts.TestCase
