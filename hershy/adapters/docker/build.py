@@ -476,8 +476,10 @@ class DockerBuilder:
         """Remove the program's untagged images but `keep` (on a worker thread).
 
         A build cut off by a Host killed mid-way can still be finished by dockerd:
-        its final image carries the program's labels but no tag. A program has one
-        image: the one its last build tagged.
+        its final image carries the program's labels but no tag. A program's images
+        are tagged, one per build (`hershy/<id>:<build_id>`): the running revision's
+        and those of its kept revisions (a rollout builds beside the running one),
+        removed by `PruneBuilds` once they are no longer kept.
         """
         api = self._docker.api
         filters = {"label": [f"{LABEL_PROGRAM}={program_id}"], "dangling": True}
