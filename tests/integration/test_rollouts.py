@@ -21,14 +21,15 @@ from tests.integration.conftest import BASE_IMAGE, USER, Host, eventually, image
 
 pytestmark = pytest.mark.docker
 
-#: Counts in /state from where the last revision stopped; says which code runs.
+#: Counts in /state from where the last revision stopped; says which code runs. Each file is
+#: replaced whole (written aside, then renamed): a reader never sees one half-written.
 COUNTER = b"""trap 'exit 0' TERM
 /watcher-stub &
 n=$(cat /state/count 2>/dev/null || echo 0)
 while true; do
   n=$((n+STEP))
   echo "$n" > /state/count.new && mv /state/count.new /state/count
-  echo "$CODE" > /state/code
+  echo "$CODE" > /state/code.new && mv /state/code.new /state/code
   sleep 0.05
 done
 """
