@@ -63,7 +63,7 @@ def create(event: ev.ProgramCreated) -> Program:
 
 def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_POLICY) -> Outcome:
     """Apply one event to one program."""
-    return _rollout_settled(program, _reduce(program, event, policy))
+    return _rollout_settled(_reduce(program, event, policy))
 
 
 def _reduce(program: Program, event: ev.Event, policy: BackoffPolicy) -> Outcome:
@@ -634,7 +634,7 @@ def _on_candidate_build_failed(program: Program, event: ev.CandidateBuildFailed)
             f"{rollout.previous.number} kept running"
         ),
     )
-    return Transition(_at(program, event.at, rollout=reverted))
+    return Transition(_at(program, event.at, rollout=reverted, note=""))
 
 
 def _start_next_version(program: Program, at: float) -> Outcome:
@@ -740,7 +740,7 @@ def _failing_rollout(program: Program, outcome: Outcome, reason: str) -> Outcome
 _ROLLING_STATES = frozenset({State.READY, State.STOPPING, State.STARTING, State.BUILDING})
 
 
-def _rollout_settled(before: Program, outcome: Outcome) -> Outcome:
+def _rollout_settled(outcome: Outcome) -> Outcome:
     """No rollout stays under way once its program stopped moving (it failed or was
     stopped): it ends FAILED with the program's error, so the next deploy is taken."""
     if not isinstance(outcome, Transition):
