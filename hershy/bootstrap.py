@@ -143,6 +143,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         # looked at, output written meanwhile copied, orphans reaped; retried while Docker
         # fails), then the supervisors go. Until then /readyz answers 503 with the reason.
         await registry.recover(recovered.programs, recovered.revision, store.changes_after)
+        registry.load_revisions(store.revisions())
         if recovered.programs:
             log.info("recovered %d programs from %s", len(recovered.programs), store.path)
             stack.push_async_callback(_cancel, asyncio.create_task(_report_reconciled(registry)))

@@ -180,6 +180,8 @@ class FakeEffectHandler:
                 self._outboxes.pop(program_id, None)
             case fx.AdoptContainer():
                 self._adopt(program_id, effect, outbox)
+            case fx.PruneBuilds():
+                await self._sources.prune_builds(program_id, effect.keep)
 
     async def resolve_base_images(self, names: Sequence[str]) -> dict[str, str]:
         """Every allowlisted name "exists": an id made from its name."""

@@ -18,18 +18,23 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from hershy.domain.errors import NotFound
-from hershy.domain.validation import DOCKERFILE_PATH, PROGRAM_ID_PATTERN, ProgramSource
+from hershy.domain.validation import DOCKERFILE_PATH, PROGRAM_ID_PATTERN, ProgramSource, build_id
 from hershy.service.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete"
+#: Where the sources of later revisions go: `programs/<id>/builds/<build_id>/src/`
+#: (the Create source stays in `programs/<id>/src/`).
+BUILDS_DIR = "builds"
+BUILD_ID_PATTERN = re.compile(r"b-[0-9a-f]{24}")
 #: Threads for saving, loading and removing sources, and how many jobs may wait for one.
 SOURCE_WORKERS = 16
 SOURCE_BACKLOG = 32
@@ -152,8 +157,77 @@ class FileSourceStore:
     async def remove(self, program_id: str) -> None:
         await self._work.run(shutil.rmtree, self.program_dir(program_id), True)
 
+    # --- the sources of revisions, by build ----------------------------------------
+
+    def build_dir(self, program_id: str, build: str) -> Path:
+        if not BUILD_ID_PATTERN.fullmatch(build):
+            raise ValueError(f"not a build id: {build!r}")
+        return self.program_dir(program_id) / BUILDS_DIR / build
+
+    async def save_build(self, program_id: str, build: str, source: ProgramSource) -> bool:
+        """Keep a revision's source under its build id; False if it was kept already."""
+        return await self._work.run(self._save_build, program_id, build, source)
+
+    async def load_build(self, program_id: str, build: str) -> ProgramSource:
+        """The source of one build of the program (the Create source or a later one)."""
+        return await self._work.run(self._load_build, program_id, build)
+
+    async def remove_build(self, program_id: str, build: str) -> None:
+        await self._work.run(shutil.rmtree, self.build_dir(program_id, build), True)
+
+    async def prune_builds(self, program_id: str, keep: frozenset[str]) -> None:
+        """Remove the sources of the program's builds not in `keep`."""
+        await self._work.run(self._prune_builds, program_id, keep)
+
+    def _save_build(self, program_id: str, build: str, source: ProgramSource) -> bool:
+        if self._holds_build(program_id, build):
+            return False
+        folder = self.build_dir(program_id, build)
+        shutil.rmtree(folder, ignore_errors=True)  # a save cut off half-way
+        self._write(folder, source)
+        return True
+
+    def _holds_build(self, program_id: str, build: str) -> bool:
+        if (self.build_dir(program_id, build) / COMPLETE_MARKER).exists():
+            return True
+        try:
+            return build_id(self._load(program_id)) == build
+        except NotFound:
+            return False
+
+    def _load_build(self, program_id: str, build: str) -> ProgramSource:
+        folder = self.build_dir(program_id, build)
+        if (folder / COMPLETE_MARKER).exists():
+            return _read(folder)
+        # The Create source, if it is that build (checked: never another build's files).
+        try:
+            source = self._load(program_id)
+        except NotFound:
+            source = None
+        if source is None or build_id(source) != build:
+            raise NotFound(f"the source of build {build} of program {program_id} is not stored")
+        return source
+
+    def _prune_builds(self, program_id: str, keep: frozenset[str]) -> None:
+        builds = self.program_dir(program_id) / BUILDS_DIR
+        for folder in builds.iterdir() if builds.is_dir() else ():
+            if folder.name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+        try:
+            create_source = build_id(self._load(program_id))
+        except NotFound:
+            return
+        if create_source not in keep:
+            # Marker first: a source without its marker is never read.
+            (self.program_dir(program_id) / COMPLETE_MARKER).unlink(missing_ok=True)
+            shutil.rmtree(self.source_dir(program_id), ignore_errors=True)
+
     def _save(self, program_id: str, source: ProgramSource) -> None:
-        src = self.source_dir(program_id)
+        self._write(self.program_dir(program_id), source)
+
+    def _write(self, home: Path, source: ProgramSource) -> None:
+        """`source` in `home/src/`, then `home/.complete` once every file is durable."""
+        src = home / "src"
         src.mkdir(parents=True, exist_ok=False)
         written = []
         made: set[Path] = {src}
@@ -170,23 +244,27 @@ class FileSourceStore:
         # Every file durable first; the marker last, and durable itself. Both syncs are
         # shared with the other saves under way (each waits for one begun after it wrote).
         sync_tree(src, [*written, *made])
-        marker = self.program_dir(program_id) / COMPLETE_MARKER
+        marker = home / COMPLETE_MARKER
         marker.touch()
         if not _group_of(marker.parent).sync(marker.parent):
             _fsync(marker)
             _fsync(marker.parent)
 
     def _load(self, program_id: str) -> ProgramSource:
-        src = self.source_dir(program_id)
         if not (self.program_dir(program_id) / COMPLETE_MARKER).exists():
             raise NotFound(f"the source of program {program_id} is not stored")
-        files = {
-            path.relative_to(src).as_posix(): path.read_bytes()
-            for path in sorted(src.rglob("*"))
-            if path.is_file()
-        }
-        dockerfile = files.pop(DOCKERFILE_PATH)
-        return ProgramSource(dockerfile, files)
+        return _read(self.program_dir(program_id))
+
+
+def _read(folder: Path) -> ProgramSource:
+    src = folder / "src"
+    files = {
+        path.relative_to(src).as_posix(): path.read_bytes()
+        for path in sorted(src.rglob("*"))
+        if path.is_file()
+    }
+    dockerfile = files.pop(DOCKERFILE_PATH)
+    return ProgramSource(dockerfile, files)
 
 
 class MemorySourceStore:
@@ -194,6 +272,8 @@ class MemorySourceStore:
 
     def __init__(self) -> None:
         self.sources: dict[str, ProgramSource] = {}
+        #: Later revisions' sources, by (program, build).
+        self.builds: dict[tuple[str, str], ProgramSource] = {}
 
     async def save(self, program_id: str, source: ProgramSource) -> None:
         self.sources[program_id] = source
@@ -206,3 +286,31 @@ class MemorySourceStore:
 
     async def remove(self, program_id: str) -> None:
         self.sources.pop(program_id, None)
+        for key in [key for key in self.builds if key[0] == program_id]:
+            del self.builds[key]
+
+    async def save_build(self, program_id: str, build: str, source: ProgramSource) -> bool:
+        if (program_id, build) in self.builds or (
+            program_id in self.sources and build_id(self.sources[program_id]) == build
+        ):
+            return False
+        self.builds[program_id, build] = source
+        return True
+
+    async def load_build(self, program_id: str, build: str) -> ProgramSource:
+        if (program_id, build) in self.builds:
+            return self.builds[program_id, build]
+        source = self.sources.get(program_id)
+        if source is None or build_id(source) != build:
+            raise NotFound(f"the source of build {build} of program {program_id} is not stored")
+        return source
+
+    async def remove_build(self, program_id: str, build: str) -> None:
+        self.builds.pop((program_id, build), None)
+
+    async def prune_builds(self, program_id: str, keep: frozenset[str]) -> None:
+        for key in [key for key in self.builds if key[0] == program_id and key[1] not in keep]:
+            del self.builds[key]
+        source = self.sources.get(program_id)
+        if source is not None and build_id(source) not in keep:
+            del self.sources[program_id]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import sqlite3
@@ -31,13 +32,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from hershy.adapters.json_codec import decode_event, decode_program, encode_event, encode_program
+from hershy.adapters.json_codec import (
+    decode_event,
+    decode_program,
+    encode_event,
+    encode_program,
+    from_plain,
+    to_plain,
+)
 from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import events as ev
 from hershy.domain.auth import TokenRecord
 from hershy.domain.config import SecretInfo
-from hershy.domain.model import Program, State
+from hershy.domain.model import Program, Revision, State
 from hershy.domain.quotas import UserQuota
+from hershy.domain.revisions import revision_of
 from hershy.service.secrets import SealedSecret
 from hershy.service.watch import Change, ChangeKind
 
@@ -89,6 +98,15 @@ CREATE TABLE IF NOT EXISTS secrets (
     as_env INTEGER NOT NULL,
     sealed BLOB NOT NULL,
     PRIMARY KEY (program_id, name)
+);
+
+-- Added with rollouts, in place like user_quotas: each program's revisions (what each
+-- version ran, who made it, when), written with the event that made it.
+CREATE TABLE IF NOT EXISTS program_revisions (
+    program_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    revision TEXT NOT NULL,
+    PRIMARY KEY (program_id, number)
 );
 CREATE TABLE IF NOT EXISTS programs (
     program_id TEXT PRIMARY KEY,
@@ -374,6 +392,16 @@ class SqliteEventLog:
                 "revision = excluded.revision, program = excluded.program",
                 programs,
             )
+            made = revision_of(program, event)
+            if made is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO program_revisions (program_id, number, revision) "
+                    "VALUES (?, ?, ?)",
+                    # As text: SQLite keeps it an integer when it fits in 64 bits.
+                    (program.id, str(made.number), json.dumps(to_plain(made))),
+                )
+            if program.state is State.DELETED:
+                db.execute("DELETE FROM program_revisions WHERE program_id = ?", (program.id,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -416,6 +444,18 @@ class SqliteEventLog:
             (program_id,),
         ).fetchall()
         return [(rev, decode_event(event), decode_program(program)) for rev, event, program in rows]
+
+    # --- revisions ------------------------------------------------------------------
+
+    def revisions(self) -> dict[str, list[Revision]]:
+        """Every live program's revision records, oldest first."""
+        kept: dict[str, list[Revision]] = {}
+        for program_id, text in self._conn.execute(
+            "SELECT program_id, revision FROM program_revisions ORDER BY program_id, number"
+        ):
+            record: Revision = from_plain(Revision, json.loads(text))
+            kept.setdefault(program_id, []).append(record)
+        return kept
 
     # --- tokens ---------------------------------------------------------------------
 

@@ -28,6 +28,37 @@ class Build:
 
 
 @dataclass(frozen=True, slots=True)
+class BuildCandidate:
+    """Build a rollout's new revision while the current one keeps running.
+
+    The supervisor carries it out as a `Build` of `build_id` (an image tagged
+    per build, beside the running one) and reports `CandidateBuilt` or
+    `CandidateBuildFailed` with the revision's `version`, so the result of a
+    superseded rollout is told apart. Cancelled like any build.
+    """
+
+    run: int
+    version: int
+    build_id: str
+    user_id: str = field(default="", compare=False, repr=False)
+
+    def as_build(self) -> Build:
+        return Build(self.run, self.build_id, self.user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneBuilds:
+    """Remove the program's images and stored sources of builds not in `keep`.
+
+    Best effort, no result event: what is left is removed at the next prune or
+    with the program.
+    """
+
+    run: int
+    keep: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class StartContainer:
     """Create and start the container, then wait until its WatcherAPI answers.
 
@@ -109,6 +140,8 @@ class Teardown:
 
 Effect = (
     Build
+    | BuildCandidate
+    | PruneBuilds
     | StartContainer
     | StopContainer
     | AdoptContainer
@@ -120,14 +153,21 @@ Effect = (
 
 
 #: Effects the effect handler carries out (the others the supervisor does itself).
-HandledEffect = Build | StartContainer | StopContainer | AdoptContainer | Teardown
+HandledEffect = Build | StartContainer | StopContainer | AdoptContainer | Teardown | PruneBuilds
 
 
 def failure_of(
     effect: HandledEffect, at: float, reason: str
-) -> ev.BuildFailed | ev.StartFailed | ev.StopFailed | ev.ContainerExited | ev.TeardownFailed:
-    """The result event for an effect whose execution raised instead of reporting."""
+) -> (
+    ev.BuildFailed | ev.StartFailed | ev.StopFailed | ev.ContainerExited | ev.TeardownFailed | None
+):
+    """The result event for an effect whose execution raised instead of reporting.
+
+    None for a prune: it reports nothing (what it left is removed later).
+    """
     match effect:
+        case PruneBuilds():
+            return None
         case Build():
             return ev.BuildFailed(at, effect.run, reason)
         case StartContainer():

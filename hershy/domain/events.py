@@ -75,7 +75,27 @@ class EnvChanged:
 #: DELETING, with no effect on what runs (a start picks them up).
 ConfigChange = AliasChanged | EnvChanged
 
-UserRequest = StartRequested | StopRequested | RestartRequested | DeleteRequested
+
+@dataclass(frozen=True, slots=True)
+class DeployRequested:
+    """A new revision: these build inputs and this configuration, rolled out in place.
+
+    The reducer numbers the revision (`Program.latest_version + 1`); the store
+    keeps it as the program's revision record with `by` and `description`.
+    """
+
+    at: float
+    build_id: str
+    resources: Resources
+    #: Who asked (a user id), for the revision record.
+    by: str = ""
+    #: How it came about, e.g. `deploy`, `update resources`, `rollback to revision 1`.
+    description: str = ""
+    #: The builds to keep once the rollout ends (the newest revisions'); the rest go.
+    keep: frozenset[str] = frozenset()
+
+
+UserRequest = StartRequested | StopRequested | RestartRequested | DeleteRequested | DeployRequested
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +128,26 @@ class BuildQueued:
 class BuildFailed:
     at: float
     run: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateBuilt:
+    """A rollout's new revision (`version`) was built while the current one runs."""
+
+    at: float
+    run: int
+    version: int
+    image_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateBuildFailed:
+    """A rollout's new revision (`version`) did not build; the current one runs on."""
+
+    at: float
+    run: int
+    version: int
     reason: str
 
 
@@ -202,6 +242,8 @@ EffectResult = (
     BuildSucceeded
     | BuildQueued
     | BuildFailed
+    | CandidateBuilt
+    | CandidateBuildFailed
     | ContainerCreated
     | ContainerReady
     | StartFailed

@@ -165,6 +165,80 @@ class StopSettings:
     grace_seconds: float = 0.0
 
 
+class RolloutPhase(enum.Enum):
+    """Where a deploy of a new revision is; the values match `hershy.v1.RolloutPhase`."""
+
+    #: The candidate's image builds; the current revision keeps running (READY).
+    BUILDING = 1
+    #: Built: the current revision stops, then the candidate starts on the same `/state`.
+    SWITCHING = 2
+    #: The candidate failed after the switch: the previous revision starts again.
+    REVERTING = 3
+    #: The candidate runs and answered: it is the program's revision now.
+    SUCCEEDED = 4
+    #: The candidate failed (to build, or to become READY): the previous revision runs.
+    REVERTED = 5
+    #: A Stop, Delete or crash won over the rollout.
+    CANCELLED = 6
+    #: The candidate failed and so did starting the previous revision again.
+    FAILED = 7
+
+
+#: Phases in which a rollout is still under way (another change must wait).
+ROLLOUT_IN_PROGRESS = frozenset(
+    {RolloutPhase.BUILDING, RolloutPhase.SWITCHING, RolloutPhase.REVERTING}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """What one revision of a program runs: its build inputs and its configuration."""
+
+    number: int
+    build_id: str
+    resources: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A program's latest deploy: in progress, or how it ended (Nomad's auto_revert)."""
+
+    target: Version
+    #: The revision that ran when the deploy began: started again if the target fails.
+    previous: Version
+    phase: RolloutPhase
+    started_at: float
+    #: The image the previous revision ran (a revert starts it without building).
+    previous_image_id: str | None = None
+    #: The target's image, once built.
+    candidate_image_id: str | None = None
+    #: Why it was reverted, cancelled or failed; empty while it goes well.
+    reason: str = ""
+    finished_at: float | None = None
+    #: The builds whose images and sources stay once it ends (the newest revisions').
+    keep: frozenset[str] = frozenset()
+
+    @property
+    def in_progress(self) -> bool:
+        return self.phase in ROLLOUT_IN_PROGRESS
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """One version of a program, kept for its history and for rollbacks."""
+
+    program_id: str
+    number: int
+    #: The build inputs' content hash (`build_id`): the source the revision runs.
+    build_id: str
+    resources: Resources
+    #: Who made it (the caller's user), and when.
+    created_by: str
+    created_at: float
+    #: How it came about: `create`, `deploy`, `update resources`, `rollback to revision 1`.
+    description: str
+
+
 @dataclass(frozen=True, slots=True)
 class Program:
     """One program as the reducer sees it.
@@ -218,6 +292,12 @@ class Program:
     unhealthy_since: float | None = None
     #: When the automatic restarts counted by the restart limit happened (within its window).
     recent_restarts: tuple[float, ...] = ()
+    #: The revision the program runs (or its next start runs): 1 from Create.
+    version: int = 1
+    #: The newest revision number given out; a deploy makes the next one.
+    latest_version: int = 1
+    #: The latest deploy (in progress, or how it ended); None before the first.
+    rollout: Rollout | None = None
     # Host-wide revision of the last committed change. Stamped by the
     # registry when a change is committed; the reducer leaves it alone.
     revision: int = 0

@@ -188,3 +188,19 @@ def check_start(user_id: str, quota: UserQuota, usage: Usage, program: Program) 
         resources.state_bytes,
         "programs",
     )
+
+
+def check_resize(
+    user_id: str, quota: UserQuota, usage: Usage, program: Program, resources: Resources
+) -> None:
+    """A new revision of `program` with `resources` would fit: a running program's new
+    memory and CPU replace its old (at rest, the next start is checked as usual)."""
+    if not counts_for_compute(program.state):
+        return
+    running = "programs that run or may run"
+    for name, now, asked in (
+        ("memory_bytes", program.resources.memory_bytes, resources.memory_bytes),
+        ("milli_cpus", program.resources.milli_cpus, resources.milli_cpus),
+    ):
+        if asked > now:
+            _check(user_id, name, getattr(quota, name), getattr(usage, name) - now, asked, running)

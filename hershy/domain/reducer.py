@@ -18,12 +18,21 @@ wins over a pending automatic restart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.health import LIVE_HEALTH, Answer, classify, describe
-from hershy.domain.model import BackoffPolicy, Health, Program, RestartMode, State
+from hershy.domain.model import (
+    BackoffPolicy,
+    Health,
+    Program,
+    RestartMode,
+    Rollout,
+    RolloutPhase,
+    State,
+    Version,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +90,16 @@ def create(event: ev.ProgramCreated) -> Program:
 
 def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_POLICY) -> Outcome:
     """Apply one event to one program."""
+    return _rollout_settled(_reduce(program, event, policy))
+
+
+def _reduce(program: Program, event: ev.Event, policy: BackoffPolicy) -> Outcome:
     if program.state is State.DELETED:
         if isinstance(event, ev.EffectResult):
             return Ignored("the program is deleted")
         return _refuse(program, "change", "deleted programs are gone for good")
     if program.state is State.DELETING and isinstance(
-        event, ev.StartRequested | ev.StopRequested | ev.RestartRequested
+        event, ev.StartRequested | ev.StopRequested | ev.RestartRequested | ev.DeployRequested
     ):
         return _refuse(program, _verb(event), "it is being deleted")
     match event:
@@ -95,11 +108,19 @@ def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_PO
         case ev.StartRequested():
             return _on_start(program, event.at)
         case ev.StopRequested():
-            return _on_stop(program, event.at)
+            return _cancelling_rollout(
+                program, _on_stop(program, event.at), event.at, "a Stop won over it"
+            )
         case ev.RestartRequested():
+            if _rolling_out(program):
+                return _refuse(program, "restart", _rollout_under_way(program))
             return _on_restart(program, event.at)
         case ev.DeleteRequested():
-            return _on_delete(program, event.at)
+            return _cancelling_rollout(
+                program, _on_delete(program, event.at), event.at, "a Delete won over it"
+            )
+        case ev.DeployRequested():
+            return _on_deploy(program, event)
         case ev.AliasChanged() | ev.EnvChanged():
             return _on_config_change(program, event)
         case ev.HostRestarted():
@@ -111,7 +132,7 @@ def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_PO
         case ev.BuildSucceeded():
             return _on_build_succeeded(program, event)
         case ev.BuildQueued():
-            if program.state is State.BUILDING:
+            if program.state is State.BUILDING or _rollout_phase(program) is RolloutPhase.BUILDING:
                 note = f"build queued: {event.ahead} ahead" if event.ahead > 0 else ""
                 return Transition(_at(program, event.at, note=note))
             return Ignored(f"build queue news while {program.state.name}")
@@ -119,22 +140,25 @@ def reduce(program: Program, event: ev.Event, policy: BackoffPolicy = DEFAULT_PO
             if program.state is State.BUILDING:
                 return _fail(program, event.at, f"build failed: {event.reason}")
             return Ignored(f"build result while {program.state.name}")
+        case ev.CandidateBuilt():
+            return _on_candidate_built(program, event)
+        case ev.CandidateBuildFailed():
+            return _on_candidate_build_failed(program, event)
         case ev.ContainerCreated():
             return _on_container_created(program, event)
         case ev.ContainerReady():
             if program.state is State.STARTING:
-                return Transition(
-                    _at(
-                        program,
-                        event.at,
-                        state=State.READY,
-                        ready_since=event.at,
-                        error=None,
-                        health=Health.HEALTHY,
-                        health_reason="",
-                        unhealthy_since=None,
-                    )
+                ready = _at(
+                    program,
+                    event.at,
+                    state=State.READY,
+                    ready_since=event.at,
+                    error=None,
+                    health=Health.HEALTHY,
+                    health_reason="",
+                    unhealthy_since=None,
                 )
+                return _rollout_ready(ready, event.at)
             return Ignored(f"readiness while {program.state.name}")
         case ev.WatcherProbed():
             return _on_watcher_probed(program, event, policy)
@@ -262,7 +286,10 @@ def _on_host_restarted(program: Program, at: float) -> Outcome:
                 return Transition(_at(program, at, container_id=None), redo)
             effects = redo
         case State.READY:
-            effects = (fx.AdoptContainer(run, container, program.readiness),)
+            effects = (
+                fx.AdoptContainer(run, container, program.readiness),
+                *_candidate_build(program),
+            )
         case State.STOPPING:
             effects = (fx.StopContainer(run, container),)
         case State.BACKOFF if program.next_restart_at is not None:
@@ -314,7 +341,10 @@ def _on_container_created(program: Program, event: ev.ContainerCreated) -> Outco
 def _on_start_failed(program: Program, event: ev.StartFailed) -> Outcome:
     if program.state is not State.STARTING:
         return Ignored(f"start result while {program.state.name}")
-    return _fail(program, event.at, f"start failed: {event.reason}")
+    reason = f"start failed: {event.reason}"
+    if _rollout_phase(program) is RolloutPhase.SWITCHING:
+        return _revert(program, event.at, reason)
+    return _failing_rollout(program, _fail(program, event.at, reason), reason)
 
 
 def _on_container_exited(
@@ -325,10 +355,21 @@ def _on_container_exited(
         return Ignored(f"container exit while {program.state.name}")
     if event.container_id is not None and event.container_id != program.container_id:
         return Ignored(f"exit of container {event.container_id}, not the program's own")
+    if program.state is State.STARTING and _rollout_phase(program) is RolloutPhase.SWITCHING:
+        return _revert(program, event.at, f"exited with code {event.exit_code} before READY")
     reason = f"exited with code {event.exit_code}"
     if event.oom_killed:
         reason += " (killed: out of memory)"
-    return _crashed(program, event.at, reason, event.exit_code, policy)
+    crashed = _crashed(program, event.at, reason, event.exit_code, policy)
+    return _rollout_after_crash(program, crashed, event.at, reason)
+
+
+def _rollout_after_crash(program: Program, crashed: Transition, at: float, reason: str) -> Outcome:
+    """A run that ended by itself during a rollout: a candidate still building is
+    cancelled; a revert whose previous revision crashed has failed."""
+    if _rollout_phase(program) is RolloutPhase.BUILDING:
+        return _cancelling_rollout(program, crashed, at, f"revision {program.version} {reason}")
+    return _failing_rollout(program, crashed, reason)
 
 
 def _crashed(
@@ -340,8 +381,9 @@ def _crashed(
     `never`, or past the restart limit, ends it ERROR; the rest is a crash: BACKOFF,
     then the automatic restart.
     """
+    building_candidate = _rollout_phase(program) is RolloutPhase.BUILDING
     cleanup: tuple[fx.Effect, ...] = (
-        (fx.CancelInflight(),) if program.state is State.STARTING else ()
+        (fx.CancelInflight(),) if program.state is State.STARTING or building_candidate else ()
     )
     stop_it = (*cleanup, fx.StopContainer(program.run, program.container_id))
     code = program.last_exit_code if exit_code is None else exit_code
@@ -428,9 +470,10 @@ def _on_watcher_probed(program: Program, event: ev.WatcherProbed, policy: Backof
             f"liveness: {who}{words} for {lasted:.0f} s (grace {check.liveness_grace_seconds:g} s)"
         )
         crash = _crashed(program, event.at, why, None, policy)
-        return Transition(
+        viewed = Transition(
             _at(crash.program, event.at, **_view_fields(event), health_reason=why), crash.effects
         )
+        return _rollout_after_crash(program, viewed, event.at, why)
     return _view(program, event, health, words, unhealthy_since=since)
 
 
@@ -485,6 +528,8 @@ _NO_VIEW: dict[str, object] = {
 
 def _on_container_stopped(program: Program, event: ev.ContainerStopped) -> Outcome:
     if event.run == program.run and program.state is State.STOPPING:
+        if not program.restart_pending and _rollout_phase(program) in _SWITCH_PHASES:
+            return _start_next_version(program, event.at)
         if program.restart_pending:
             return _begin_run(_at(program, event.at, container_id=None), event.at)
         return Transition(
@@ -658,7 +703,9 @@ def _stale(program: Program, event: ev.EffectResult) -> Ignored:
     return Ignored(f"result of old run {event.run} (current run {program.run})")
 
 
-def _verb(event: ev.StartRequested | ev.StopRequested | ev.RestartRequested) -> str:
+def _verb(
+    event: ev.StartRequested | ev.StopRequested | ev.RestartRequested | ev.DeployRequested,
+) -> str:
     return type(event).__name__.removesuffix("Requested").lower()
 
 
@@ -667,3 +714,256 @@ def _refuse(program: Program, action: str, why: str) -> Rejected:
         program.state,
         f"cannot {action} program {program.id} while it is {program.state.name}: {why}",
     )
+
+
+# --- rollouts: new revisions in place, with automatic revert ---------------------
+#
+# A deploy to a READY program builds the candidate while the current revision
+# keeps serving (the program stays READY, `rollout.phase` BUILDING); once built,
+# the current container stops and the candidate starts on the same `/state` and
+# id (SWITCHING, through STOPPING and STARTING). If the candidate does not build,
+# or fails before READY (its start fails, it exits, or it misses the readiness
+# deadline), the previous revision runs again (REVERTED, with the reason).
+# Stop and Delete win over a rollout (CANCELLED); a Restart or another deploy
+# meanwhile is refused, naming the rollout. Candidate results carry their
+# revision number, so those of a superseded rollout are ignored.
+
+#: Phases in which the program's stop leads to starting the other revision.
+_SWITCH_PHASES = (RolloutPhase.SWITCHING, RolloutPhase.REVERTING)
+#: States in which a deploy just replaces the revision: nothing runs to keep serving.
+_REPLACED_AT_REST = (State.CREATED, State.STOPPED, State.ERROR)
+
+
+def _rollout_phase(program: Program) -> RolloutPhase | None:
+    return program.rollout.phase if program.rollout is not None else None
+
+
+def _rolling_out(program: Program) -> bool:
+    return program.rollout is not None and program.rollout.in_progress
+
+
+def _rollout_under_way(program: Program) -> str:
+    assert program.rollout is not None
+    rollout = program.rollout
+    return (
+        f"the rollout to revision {rollout.target.number} is {rollout.phase.name} "
+        f"(from revision {rollout.previous.number}); wait until it ends, or stop the program"
+    )
+
+
+def _on_deploy(program: Program, event: ev.DeployRequested) -> Outcome:
+    if _rolling_out(program):
+        return _refuse(program, "deploy", _rollout_under_way(program))
+    number = program.latest_version + 1
+    target = Version(number, event.build_id, event.resources)
+    rollout = Rollout(
+        target=target,
+        previous=Version(program.version, program.build_id, program.resources),
+        phase=RolloutPhase.BUILDING,
+        started_at=event.at,
+        previous_image_id=program.image_id,
+        keep=event.keep,
+    )
+    prune = fx.PruneBuilds(program.run, event.keep | {event.build_id})
+    if program.state is State.READY:
+        return Transition(
+            _at(program, event.at, latest_version=number, rollout=rollout),
+            (fx.BuildCandidate(program.run, number, event.build_id, program.user_id),),
+        )
+    if program.state in _REPLACED_AT_REST or program.state is State.BACKOFF:
+        at_rest = program.state in _REPLACED_AT_REST
+        done = replace(
+            rollout,
+            phase=RolloutPhase.SUCCEEDED,
+            finished_at=event.at,
+            reason=(
+                f"applied while {program.state.name}: the next start runs it"
+                if at_rest
+                else "applied while BACKOFF: started at once (nothing ran to keep serving)"
+            ),
+        )
+        replaced = _at(
+            program,
+            event.at,
+            latest_version=number,
+            version=number,
+            build_id=target.build_id,
+            resources=target.resources,
+            rollout=done,
+        )
+        if at_rest:
+            return Transition(replaced, (prune,))
+        # The crashing revision is replaced now: its pending restart would run the old one.
+        restart = _stop(replaced, event.at, fx.CancelTimers(), then_start=True)
+        return Transition(restart.program, (*restart.effects, prune))
+    return _refuse(
+        program,
+        "deploy",
+        "deploy while it is READY (the current revision serves until the new one is built) "
+        "or at rest",
+    )
+
+
+def _candidate_build(program: Program) -> tuple[fx.Effect, ...]:
+    """The candidate's build again, when a rollout waits for it (after a Host restart)."""
+    rollout = program.rollout
+    if rollout is None or rollout.phase is not RolloutPhase.BUILDING:
+        return ()
+    target = rollout.target
+    return (fx.BuildCandidate(program.run, target.number, target.build_id, program.user_id),)
+
+
+def _awaited_candidate(program: Program, version: int) -> Rollout | None:
+    rollout = program.rollout
+    if (
+        program.state is State.READY
+        and rollout is not None
+        and rollout.phase is RolloutPhase.BUILDING
+        and rollout.target.number == version
+    ):
+        return rollout
+    return None
+
+
+def _on_candidate_built(program: Program, event: ev.CandidateBuilt) -> Outcome:
+    rollout = _awaited_candidate(program, event.version)
+    if rollout is None:
+        return Ignored(f"build of revision {event.version}, which no rollout waits for")
+    switching = replace(rollout, phase=RolloutPhase.SWITCHING, candidate_image_id=event.image_id)
+    return Transition(
+        _at(program, event.at, state=State.STOPPING, rollout=switching, restart_pending=False),
+        (fx.StopContainer(program.run, program.container_id),),
+    )
+
+
+def _on_candidate_build_failed(program: Program, event: ev.CandidateBuildFailed) -> Outcome:
+    rollout = _awaited_candidate(program, event.version)
+    if rollout is None:
+        return Ignored(f"build of revision {event.version}, which no rollout waits for")
+    reverted = replace(
+        rollout,
+        phase=RolloutPhase.REVERTED,
+        finished_at=event.at,
+        reason=(
+            f"revision {rollout.target.number} failed to build: {event.reason}; revision "
+            f"{rollout.previous.number} kept running"
+        ),
+    )
+    return Transition(_at(program, event.at, rollout=reverted, note=""))
+
+
+def _start_next_version(program: Program, at: float) -> Outcome:
+    """The running revision stopped: start the candidate (switching) or the previous (reverting)."""
+    rollout = program.rollout
+    assert rollout is not None
+    if rollout.phase is RolloutPhase.SWITCHING:
+        version, image_id = rollout.target, rollout.candidate_image_id
+    else:
+        version, image_id = rollout.previous, rollout.previous_image_id
+    changed = _at(
+        program,
+        at,
+        version=version.number,
+        build_id=version.build_id,
+        resources=version.resources,
+        container_id=None,
+        ready_since=None,
+    )
+    if image_id is None:
+        # Never ran from an image here (an older store): build it, the usual way.
+        return _begin_run(changed, at)
+    run = program.run + 1
+    return Transition(
+        _at(
+            changed,
+            at,
+            state=State.STARTING,
+            run=run,
+            image_id=image_id,
+            error=None,
+            crash_streak=0,
+            next_restart_at=None,
+        ),
+        (_start_container(changed, run, image_id),),
+    )
+
+
+def _revert(program: Program, at: float, reason: str) -> Outcome:
+    """The candidate failed after the switch: remove it, then start the previous revision."""
+    rollout = program.rollout
+    assert rollout is not None
+    reverting = replace(
+        rollout,
+        phase=RolloutPhase.REVERTING,
+        reason=(
+            f"revision {rollout.target.number} did not become READY ({reason}); back to "
+            f"revision {rollout.previous.number}"
+        ),
+    )
+    return Transition(
+        _at(program, at, state=State.STOPPING, rollout=reverting, restart_pending=False),
+        (fx.CancelInflight(), fx.StopContainer(program.run, program.container_id)),
+    )
+
+
+def _rollout_ready(ready: Program, at: float) -> Transition:
+    """READY again: a switch succeeded, or a revert ended; keep only the newest builds."""
+    rollout = ready.rollout
+    if rollout is None or rollout.phase not in _SWITCH_PHASES:
+        return Transition(ready)
+    phase = (
+        RolloutPhase.SUCCEEDED if rollout.phase is RolloutPhase.SWITCHING else RolloutPhase.REVERTED
+    )
+    ended = replace(rollout, phase=phase, finished_at=at)
+    keep = rollout.keep | {rollout.target.build_id, rollout.previous.build_id}
+    return Transition(
+        _at(ready, at, rollout=ended, note=""),
+        (fx.PruneBuilds(ready.run, keep),),
+    )
+
+
+def _ended(program: Program, outcome: Outcome, phase: RolloutPhase, reason: str) -> Outcome:
+    """`outcome` with the rollout under way ended in `phase` for `reason`."""
+    rollout = program.rollout
+    if not isinstance(outcome, Transition) or rollout is None or not rollout.in_progress:
+        return outcome
+    changed = outcome.program
+    ended = replace(rollout, phase=phase, reason=reason, finished_at=changed.updated_at)
+    return Transition(_at(changed, changed.updated_at, rollout=ended), outcome.effects)
+
+
+def _cancelling_rollout(program: Program, outcome: Outcome, at: float, why: str) -> Outcome:
+    if isinstance(outcome, Ignored) and _rolling_out(program) and program.state is State.STOPPING:
+        # Stopping to switch or revert: the Stop wins, so the stop ends in STOPPED.
+        stopped = Transition(_at(program, at))
+        return _ended(program, stopped, RolloutPhase.CANCELLED, why)
+    return _ended(program, outcome, RolloutPhase.CANCELLED, why)
+
+
+def _failing_rollout(program: Program, outcome: Outcome, reason: str) -> Outcome:
+    """Starting the previous revision again failed too (a revert's last step)."""
+    if _rollout_phase(program) is not RolloutPhase.REVERTING:
+        return outcome
+    assert program.rollout is not None
+    why = (
+        f"{program.rollout.reason}; revision {program.rollout.previous.number} failed too: {reason}"
+    )
+    return _ended(program, outcome, RolloutPhase.FAILED, why)
+
+
+#: States a rollout can be under way in: the program is moving between revisions.
+_ROLLING_STATES = frozenset({State.READY, State.STOPPING, State.STARTING, State.BUILDING})
+
+
+def _rollout_settled(outcome: Outcome) -> Outcome:
+    """No rollout stays under way once its program stopped moving (it failed or was
+    stopped): it ends FAILED with the program's error, so the next deploy is taken."""
+    if not isinstance(outcome, Transition):
+        return outcome
+    after = outcome.program
+    rollout = after.rollout
+    if rollout is None or not rollout.in_progress or after.state in _ROLLING_STATES:
+        return outcome
+    why = after.error or f"the program went {after.state.name}"
+    ended = replace(rollout, phase=RolloutPhase.FAILED, reason=why, finished_at=after.updated_at)
+    return Transition(_at(after, after.updated_at, rollout=ended), outcome.effects)

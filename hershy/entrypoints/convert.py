@@ -21,6 +21,8 @@ from hershy.domain.model import (
     Resources,
     RestartMode,
     RestartPolicy,
+    Revision,
+    Rollout,
     State,
     StopSettings,
 )
@@ -199,6 +201,8 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
         watcher_state=program.watcher_state,
         health=health_to_pb(program.health),
         health_reason=program.health_reason,
+        revision_number=program.version,
+        latest_revision_number=program.latest_version,
     )
     for field, value in (
         ("watcher_answer_time", program.watcher_answered_at),
@@ -207,6 +211,8 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
     ):
         if value is not None:
             getattr(message, field).CopyFrom(timestamp(value))
+    if program.rollout is not None:
+        message.rollout.CopyFrom(rollout_to_pb(program.rollout))
     if program.last_exit_code is not None:
         message.last_exit_code = program.last_exit_code
     if program.next_restart_at is not None:
@@ -214,6 +220,53 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
     if program.ready_since is not None:
         message.ready_time.CopyFrom(timestamp(program.ready_since))
     return message
+
+
+def rollout_to_pb(rollout: Rollout) -> pb.Rollout:
+    message = pb.Rollout(
+        target_revision_number=rollout.target.number,
+        previous_revision_number=rollout.previous.number,
+        phase=pb.RolloutPhase.ValueType(rollout.phase.value),
+        reason=rollout.reason,
+        start_time=timestamp(rollout.started_at),
+        target_build_id=rollout.target.build_id,
+    )
+    if rollout.finished_at is not None:
+        message.end_time.CopyFrom(timestamp(rollout.finished_at))
+    return message
+
+
+def revision_name(program_id: str, number: int) -> str:
+    return f"{PROGRAM_NAME_PREFIX}{program_id}/revisions/{number}"
+
+
+def revision_to_pb(revision: Revision, *, kept: bool, current: bool) -> pb.ProgramRevision:
+    return pb.ProgramRevision(
+        name=revision_name(revision.program_id, revision.number),
+        number=revision.number,
+        build_id=revision.build_id,
+        resources=resources_to_pb(revision.resources),
+        create_user=revision.created_by,
+        create_time=timestamp(revision.created_at),
+        description=revision.description,
+        kept=kept,
+        current=current,
+    )
+
+
+def revisions_to_pb(
+    program: Program, revisions: list[Revision], kept: frozenset[str]
+) -> pb.ListProgramRevisionsResponse:
+    return pb.ListProgramRevisionsResponse(
+        revisions=[
+            revision_to_pb(
+                revision,
+                kept=revision.build_id in kept,
+                current=revision.number == program.version,
+            )
+            for revision in revisions
+        ]
+    )
 
 
 def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
@@ -277,6 +330,21 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
             message.watcher_probed.CopyFrom(
                 pb.WatcherProbed(answered=event.answered, state=event.state, detail=event.detail)
             )
+        case ev.DeployRequested():
+            message.deploy_requested.CopyFrom(
+                pb.DeployRequested(
+                    build_id=event.build_id,
+                    resources=resources_to_pb(event.resources),
+                    requested_by=event.by,
+                    description=event.description,
+                )
+            )
+        case ev.CandidateBuilt():
+            message.candidate_built.revision_number = event.version
+            message.candidate_built.image_id = event.image_id
+        case ev.CandidateBuildFailed():
+            message.candidate_build_failed.revision_number = event.version
+            message.candidate_build_failed.reason = event.reason
         case _:
             assert_never(event)
     return message

@@ -178,6 +178,53 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         return self._pb(await self._registry.restart(self._own(caller, request.name)))
 
     @_unary
+    async def DeployProgram(self, request: pb.DeployProgramRequest, context: Context) -> pb.Program:
+        caller = self._caller(context)
+        program_id = self._own(caller, request.name)
+        resources = (
+            convert.resources_from_pb(request.resources) if request.HasField("resources") else None
+        )
+        owner = self._registry.get(program_id).user_id
+        # A new source is as big as a create's: the same per-user limit.
+        with self._creates.slot(owner):
+            program = await self._registry.deploy(
+                program_id, request.dockerfile, request.src_files, resources, caller.user_id
+            )
+        return self._pb(program)
+
+    @_unary
+    async def UpdateProgram(self, request: pb.UpdateProgramRequest, context: Context) -> pb.Program:
+        caller = self._caller(context)
+        program_id = self._own(caller, request.program.name)
+        program = await self._registry.update(
+            program_id,
+            list(request.update_mask.paths),
+            convert.resources_from_pb(request.program.resources),
+            caller.user_id,
+        )
+        return self._pb(program)
+
+    @_unary
+    async def ListProgramRevisions(
+        self, request: pb.ListProgramRevisionsRequest, context: Context
+    ) -> pb.ListProgramRevisionsResponse:
+        program_id = self._own(self._caller(context), request.name)
+        return convert.revisions_to_pb(
+            self._registry.get(program_id),
+            self._registry.revisions(program_id),
+            self._registry.kept_builds(program_id),
+        )
+
+    @_unary
+    async def RollbackProgram(
+        self, request: pb.RollbackProgramRequest, context: Context
+    ) -> pb.Program:
+        caller = self._caller(context)
+        program_id = self._own(caller, request.name)
+        program = await self._registry.rollback(program_id, request.revision_number, caller.user_id)
+        return self._pb(program)
+
+    @_unary
     async def WaitProgram(self, request: pb.WaitProgramRequest, context: Context) -> pb.Program:
         program_id = self._own(self._caller(context), request.name)
         state = convert.state_from_pb(request.state)

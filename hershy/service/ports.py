@@ -209,6 +209,22 @@ class SourceStore(Protocol):
         """Remove the program's sources and its folder with all in it; gone already is fine."""
         ...
 
+    # The sources of revisions, by build id (the Create source is one of them).
+
+    async def save_build(self, program_id: str, build: str, source: ProgramSource) -> bool:
+        """Keep a revision's source; False if that build's source was kept already."""
+        ...
+
+    async def load_build(self, program_id: str, build: str) -> ProgramSource:
+        """One build's source; NotFound if it is not kept (never another build's)."""
+        ...
+
+    async def remove_build(self, program_id: str, build: str) -> None: ...
+
+    async def prune_builds(self, program_id: str, keep: frozenset[str]) -> None:
+        """Remove the sources of builds not in `keep`."""
+        ...
+
 
 class ProgramFolders(SourceStore, Protocol):
     """A source store that keeps each program in a folder of its own on the Host's disk,

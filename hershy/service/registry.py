@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 
 from hershy.domain import events as ev
-from hershy.domain import quotas, reducer
+from hershy.domain import quotas, reducer, revisions
 from hershy.domain.auth import ADMIN_USER
 from hershy.domain.build_policy import BuildPolicy, check_dockerfile
 from hershy.domain.config import SecretInfo, changed_env, validate_alias, validate_env
@@ -38,6 +38,7 @@ from hershy.domain.model import (
     ReadinessCheck,
     Resources,
     RestartPolicy,
+    Revision,
     State,
     StopSettings,
 )
@@ -140,6 +141,8 @@ class Registry:
         self._policy = policy
         self._limits = limits
         self._programs: dict[str, Program] = {}
+        #: Each live program's revisions, oldest first (the store keeps them too).
+        self._revisions: dict[str, list[Revision]] = {}
         self._supervisors: dict[str, Supervisor] = {}
         self._supervisor_tasks: dict[str, asyncio.Task[None]] = {}
         self._order: dict[str, int] = {}
@@ -451,6 +454,108 @@ class Registry:
         if after.alias and after.state is not State.DELETED:
             self._aliases[(after.user_id, after.alias)] = after.id
 
+    # --- new revisions in place ---------------------------------------------------
+
+    def load_revisions(self, stored: Mapping[str, list[Revision]]) -> None:
+        """Take the revision records a store holds (after `recover`)."""
+        for program_id, records in stored.items():
+            if program_id in self._programs:
+                self._revisions[program_id] = sorted(records, key=lambda r: r.number)
+
+    def revisions(self, program_id: str) -> list[Revision]:
+        """The program's revisions, newest first."""
+        program = self.get(program_id)
+        records = self._revisions.get(program_id) or [revisions.first_revision(program)]
+        return sorted(records, key=lambda record: record.number, reverse=True)
+
+    def kept_builds(self, program_id: str) -> frozenset[str]:
+        """The builds whose images and sources are kept (the rollback targets')."""
+        return revisions.kept_builds(self.revisions(program_id), self.get(program_id))
+
+    async def deploy(
+        self,
+        program_id: str,
+        dockerfile: str,
+        src_files: Mapping[str, bytes],
+        resources: Resources | None,
+        by: str,
+    ) -> Program:
+        """Roll out new source (and, if given, new limits: 0 takes the Host's default)."""
+        program = self.get(program_id)
+        source, inputs_id = await self._source_checks.run(
+            _checked_source, dockerfile, src_files, self._limits
+        )
+        if self._build_policy is not None:
+            check_dockerfile(source.dockerfile, self._build_policy)
+        limits = program.resources if resources is None else self._resolved(program, resources)
+        saved = await self._sources.save_build(program_id, inputs_id, source)
+        try:
+            return await self._new_revision(program_id, inputs_id, limits, by, "deploy")
+        except BaseException:
+            if saved and inputs_id not in self.kept_builds(program_id):
+                await self._sources.remove_build(program_id, inputs_id)
+            raise
+
+    async def update(self, program_id: str, paths: list[str], asked: Resources, by: str) -> Program:
+        """AIP-134: the masked fields changed, as a new revision of the same source."""
+        program = self.get(program_id)
+        wanted = revisions.apply_mask(paths, program.resources, asked)
+        limits = self._resolved(program, wanted)
+        return await self._new_revision(
+            program_id, program.build_id, limits, by, "update " + ", ".join(paths)
+        )
+
+    async def rollback(self, program_id: str, number: int, by: str) -> Program:
+        """Roll out a kept revision again (0: the one before the current), as a new revision."""
+        program = self.get(program_id)
+        records = self.revisions(program_id)
+        if number < 0:
+            raise InvalidArgument("revision_number", "must not be negative")
+        if number == 0:
+            older = [r for r in records if r.number < program.version]
+            if not older:
+                raise FailedPrecondition(
+                    f"program {program_id} runs revision {program.version}: no revision "
+                    "before it to roll back to",
+                    program.state.name,
+                )
+            number = older[0].number
+        chosen = next((r for r in records if r.number == number), None)
+        if chosen is None:
+            raise NotFound(f"revision {number} of program {program_id} not found")
+        if chosen.build_id not in self.kept_builds(program_id):
+            raise FailedPrecondition(
+                f"revision {number} of program {program_id} is no longer kept (only the "
+                f"{revisions.KEPT_REVISIONS} newest revisions keep their image and source)",
+                program.state.name,
+            )
+        return await self._new_revision(
+            program_id, chosen.build_id, chosen.resources, by, f"rollback to revision {number}"
+        )
+
+    def _resolved(self, program: Program, asked: Resources) -> Resources:
+        revisions.check_state_size(program.resources, asked)
+        return resolve_resources(
+            asked.memory_bytes,
+            asked.milli_cpus,
+            asked.pids,
+            self._resource_policy,
+            state_bytes=program.resources.state_bytes,
+        )
+
+    async def _new_revision(
+        self, program_id: str, build: str, limits: Resources, by: str, description: str
+    ) -> Program:
+        program = self.get(program_id)
+        keep = revisions.keep_after(self.revisions(program_id), build)
+        event = ev.DeployRequested(self._clock.now(), build, limits, by, description, keep)
+        # More memory or CPU for a running program: checked and committed as one.
+        async with self.quotas.held(program.user_id):
+            program = self.get(program_id)
+            owner = program.user_id
+            quotas.check_resize(owner, self.quotas.get(owner), self.usage(owner), program, limits)
+            return await self._supervisors[program_id].request(event)
+
     # --- queries -----------------------------------------------------------------
 
     def get(self, program_id: str) -> Program:
@@ -465,8 +570,9 @@ class Registry:
         return quotas.usage_of(user_id, self._programs.values())
 
     async def source(self, program_id: str) -> ProgramSource:
-        self.get(program_id)
-        return await self._sources.load(program_id)
+        """The source of the revision the program runs."""
+        program = self.get(program_id)
+        return await self._sources.load_build(program_id, program.build_id)
 
     def logs(
         self, program_id: str, tail: int | None, streams: frozenset[LogStream], follow: bool
@@ -625,6 +731,9 @@ class Registry:
             else:
                 self._programs[committed.id] = committed
                 self._note(committed, event)
+                made = revisions.revision_of(committed, event)
+                if made is not None:
+                    self._revisions.setdefault(committed.id, []).append(made)
             self.hub.publish(Change(kind, committed, event))
             return committed
         finally:
@@ -645,6 +754,7 @@ class Registry:
         await self.secrets.forget(program.id)
         await self._logs.remove(program.id)
         self._programs.pop(program.id, None)
+        self._revisions.pop(program.id, None)
         self._supervisors.pop(program.id, None)
         self._order.pop(program.id, None)
 

@@ -164,24 +164,37 @@ class Supervisor:
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
                     started.append((effect, task))
-                case fx.StopContainer() | fx.AdoptContainer() | fx.Teardown():
+                case fx.BuildCandidate():
+                    # A build like any other (cancelled by a Stop), reported as the candidate's.
+                    outbox = _CandidateOutbox(self, effect.version)
+                    work = self._execute(effect.as_build(), tuple(cancelled), outbox)
+                    task = self._tasks.create_task(work)
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+                case fx.StopContainer() | fx.AdoptContainer() | fx.Teardown() | fx.PruneBuilds():
                     task = self._tasks.create_task(self._execute(effect, tuple(cancelled)))
                     started.append((effect, task))
         return started
 
     async def _execute(
-        self, effect: fx.HandledEffect, after: tuple[asyncio.Task[None], ...]
+        self,
+        effect: fx.HandledEffect,
+        after: tuple[asyncio.Task[None], ...],
+        outbox: _CandidateOutbox | None = None,
     ) -> None:
         if after:
             # Cancelled tasks undo what they started; wait until they have.
             await asyncio.wait(after)
+        reports = outbox or self
         try:
-            await self._handler.execute(self.program.id, effect, self)
+            await self._handler.execute(self.program.id, effect, reports)
         except asyncio.CancelledError:
             raise
         except Exception as error:
             log.warning("program %s: %s failed: %s", self.program.id, type(effect).__name__, error)
-            self.emit(fx.failure_of(effect, self.now(), str(error) or type(error).__name__))
+            failure = fx.failure_of(effect, self.now(), str(error) or type(error).__name__)
+            if failure is not None:
+                reports.emit(failure)
 
     async def _fire_restart(self, run: int, at: float) -> None:
         await self._timers.sleep(at - self._clock.now())
@@ -198,6 +211,26 @@ class Supervisor:
                     self.program.state.name,
                 ),
             )
+
+
+class _CandidateOutbox:
+    """The outbox of a rollout's build: its results are the candidate's, numbered by revision."""
+
+    def __init__(self, supervisor: Supervisor, version: int) -> None:
+        self._supervisor = supervisor
+        self._version = version
+
+    def now(self) -> float:
+        return self._supervisor.now()
+
+    def emit(self, event: ev.EffectResult) -> None:
+        match event:
+            case ev.BuildSucceeded(at=at, run=run, image_id=image_id):
+                self._supervisor.emit(ev.CandidateBuilt(at, run, self._version, image_id))
+            case ev.BuildFailed(at=at, run=run, reason=reason):
+                self._supervisor.emit(ev.CandidateBuildFailed(at, run, self._version, reason))
+            case _:
+                self._supervisor.emit(event)
 
 
 def _reply(

@@ -114,7 +114,9 @@ async def execute(
     try:
         await runtime.execute(program_id, effect, outbox)
     except Exception as error:
-        outbox.emit(fx.failure_of(effect, outbox.now(), str(error) or type(error).__name__))
+        failure = fx.failure_of(effect, outbox.now(), str(error) or type(error).__name__)
+        if failure is not None:
+            outbox.emit(failure)
 
 
 class Subject(abc.ABC):

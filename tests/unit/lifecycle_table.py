@@ -13,7 +13,18 @@ from dataclasses import fields, replace
 
 from hershy.domain import events as ev
 from hershy.domain.effects import Effect
-from hershy.domain.model import Health, Program, ReadinessCheck, RestartMode, RestartPolicy, State
+from hershy.domain.model import (
+    Health,
+    Program,
+    ReadinessCheck,
+    Resources,
+    RestartMode,
+    RestartPolicy,
+    Rollout,
+    RolloutPhase,
+    State,
+    Version,
+)
 from hershy.domain.reducer import Ignored, Outcome, Rejected, Transition, reduce
 
 T0 = 1000.0
@@ -82,7 +93,43 @@ def events_for(run: int) -> list[ev.Event]:
         ev.WatcherProbed(NOW, run, True, "InitRun"),
         ev.WatcherProbed(NOW, run, True, "Crashed", "nil message"),
         ev.WatcherProbed(NOW, run, False, "", "ConnectionRefused"),
+        ev.DeployRequested(NOW, "b-2", Resources(), "alice", "deploy", frozenset({"b-1", "b-2"})),
+        ev.CandidateBuilt(NOW, run, 2, "img-2"),
+        ev.CandidateBuildFailed(NOW, run, 2, "syntax error"),
     ]
+
+
+def rolling_out(phase: RolloutPhase, state: State) -> Program:
+    """A program moving from revision 1 to 2: `phase` of the rollout, in `state`."""
+    program = program_in(state)
+    rollout = Rollout(
+        target=Version(2, "b-2", Resources()),
+        previous=Version(1, "b-1", Resources()),
+        phase=phase,
+        started_at=T0,
+        previous_image_id="img-1",
+        candidate_image_id=None if phase is RolloutPhase.BUILDING else "img-2",
+        keep=frozenset({"b-1", "b-2"}),
+    )
+    if phase is RolloutPhase.REVERTING:
+        rollout = replace(rollout, reason="revision 2 did not become READY (start failed)")
+    if (phase, state) in (
+        (RolloutPhase.SWITCHING, State.STARTING),
+        (RolloutPhase.REVERTING, State.STOPPING),
+    ):
+        # The candidate started: the program runs (or ran) revision 2 from then on.
+        program = replace(program, version=2, build_id="b-2", image_id="img-2")
+    return replace(program, latest_version=2, rollout=rollout)
+
+
+#: The situations of a rollout, beside the plain states.
+ROLLOUTS = (
+    (RolloutPhase.BUILDING, State.READY),
+    (RolloutPhase.SWITCHING, State.STOPPING),
+    (RolloutPhase.SWITCHING, State.STARTING),
+    (RolloutPhase.REVERTING, State.STOPPING),
+    (RolloutPhase.REVERTING, State.STARTING),
+)
 
 
 def describe_event(event: ev.Event) -> str:
@@ -95,9 +142,18 @@ def describe_event(event: ev.Event) -> str:
 
 def describe_effect(effect: Effect) -> str:
     args = ", ".join(
-        f"{field.name}={getattr(effect, field.name)!r}" for field in fields(effect) if field.repr
+        f"{field.name}={_stable(getattr(effect, field.name))}"
+        for field in fields(effect)
+        if field.repr
     )
     return f"{type(effect).__name__}({args})"
+
+
+def _stable(value: object) -> str:
+    """`repr`, but a set's members in sorted order (their order changes with the hash seed)."""
+    if isinstance(value, frozenset | set):
+        return "{" + ", ".join(repr(item) for item in sorted(value)) + "}"
+    return repr(value)
 
 
 def describe(before: Program, outcome: Outcome) -> str:
@@ -108,7 +164,7 @@ def describe(before: Program, outcome: Outcome) -> str:
             text = f"ignored ({reason})"
         case Transition(program=after, effects=effects):
             changes = [
-                f"{field.name}={getattr(after, field.name)!r}"
+                f"{field.name}={_shown(getattr(after, field.name))}"
                 for field in fields(after)
                 if field.name not in ("state", "updated_at")
                 and getattr(after, field.name) != getattr(before, field.name)
@@ -119,18 +175,29 @@ def describe(before: Program, outcome: Outcome) -> str:
     return text
 
 
+def _shown(value: object) -> str:
+    """A field's new value; a rollout in short: `2<-1 PHASE (reason)`."""
+    if isinstance(value, Rollout):
+        text = f"{value.target.number}<-{value.previous.number} {value.phase.name}"
+        if value.candidate_image_id:
+            text += f" image {value.candidate_image_id}"
+        return text + (f" ({value.reason})" if value.reason else "")
+    return repr(value)
+
+
 def table() -> str:
     lines = []
-    for state in State:
-        program = program_in(state)
+    situations = [(state.name, program_in(state)) for state in State] + [
+        (f"{state.name}/rollout {phase.name}", rolling_out(phase, state))
+        for phase, state in ROLLOUTS
+    ]
+    for name, program in situations:
         for run in (1, 0):
             for event in events_for(run):
                 if run == 0 and not hasattr(event, "run"):
                     continue  # user requests carry no run: listed once
                 outcome = reduce(program, event)
-                lines.append(
-                    f"{state.name} + {describe_event(event)}: {describe(program, outcome)}"
-                )
+                lines.append(f"{name} + {describe_event(event)}: {describe(program, outcome)}")
         lines.append("")
     lines.extend(policy_lines())
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import settings
@@ -26,12 +27,15 @@ from hypothesis.stateful import (
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.model import (
+    ROLLOUT_IN_PROGRESS,
     BackoffPolicy,
     Health,
     Program,
     ReadinessCheck,
+    Resources,
     RestartMode,
     RestartPolicy,
+    RolloutPhase,
     State,
 )
 from hershy.domain.reducer import Ignored, Rejected, Transition, create, reduce
@@ -63,7 +67,7 @@ POLICIES = [
 class Job:
     """An effect the runtime is carrying out."""
 
-    effect: fx.HandledEffect
+    effect: fx.HandledEffect | fx.BuildCandidate
     container: str | None = None  # created by a StartContainer job
 
 
@@ -128,6 +132,8 @@ class Lifecycle(RuleBasedStateMachine):
                 self.stop_is_last_word = True
             if isinstance(event, ev.StartRequested | ev.RestartRequested):
                 self.stop_is_last_word = False
+            if isinstance(event, ev.DeployRequested) and before.state is State.BACKOFF:
+                self.stop_is_last_word = False  # a deploy to a crashing program starts it
         if self.deleted:
             assert isinstance(outcome, Rejected | Ignored), "a deleted program came back"
             assert not (isinstance(outcome, Ignored) and outcome.effects)
@@ -195,6 +201,15 @@ class Lifecycle(RuleBasedStateMachine):
                     self.world.inbox.append(ev.ContainerStopped(at, run))
                 else:
                     self.world.inbox.append(ev.StopFailed(at, run, "x"))
+            case fx.BuildCandidate(run=run, version=version):
+                self.world.jobs.remove(job)
+                self.world.inbox.append(
+                    ev.CandidateBuilt(at, run, version, f"img-v{version}")
+                    if succeed
+                    else ev.CandidateBuildFailed(at, run, version, "x")
+                )
+            case fx.PruneBuilds():
+                self.world.jobs.remove(job)
             case fx.AdoptContainer(run=run, container_id=container_id):
                 self.world.jobs.remove(job)
                 if container_id not in self.world.containers or container_id in self.world.dead:
@@ -209,10 +224,28 @@ class Lifecycle(RuleBasedStateMachine):
 
     # --- what hypothesis may make happen ------------------------------------------
 
+    @rule(build=st.sampled_from(["b-1", "b-2", "b-3"]), memory=st.sampled_from([256, 512]))
+    def deploy_request(self, build: str, memory: int) -> None:
+        resources = Resources(memory_bytes=memory * 1024 * 1024)
+        keep = frozenset({build, self.program.build_id})
+        self.world.inbox.append(ev.DeployRequested(self.tick(), build, resources, "u", "", keep))
+
+    @precondition(
+        lambda self: (
+            self.program.state is State.READY
+            and (self.program.rollout is None or not self.program.rollout.in_progress)
+        )
+    )
+    @rule(build=st.sampled_from(["b-2", "b-3"]))
+    def deploy_while_ready(self, build: str) -> None:
+        """Rollouts of a serving program, often: their every phase meets every result."""
+        keep = frozenset({build, self.program.build_id})
+        self.world.inbox.append(ev.DeployRequested(self.tick(), build, Resources(), "u", "", keep))
+
     @rule(kind=st.sampled_from(["start", "stop", "restart", "delete"]))
     def user_request(self, kind: str) -> None:
         at = self.tick()
-        kinds: dict[str, type[ev.UserRequest]] = {
+        kinds: dict[str, Callable[[float], ev.UserRequest]] = {
             "start": ev.StartRequested,
             "stop": ev.StopRequested,
             "restart": ev.RestartRequested,
@@ -234,6 +267,15 @@ class Lifecycle(RuleBasedStateMachine):
     def job_step(self, data: st.DataObject, succeed: bool) -> None:
         job = data.draw(st.sampled_from(self.world.jobs))
         self.complete(job, succeed)
+
+    @precondition(
+        lambda self: any(isinstance(job.effect, fx.StartContainer) for job in self.world.jobs)
+    )
+    @rule()
+    def a_start_fails(self) -> None:
+        """A start that fails (a switch's too: it must revert), as often as a build does."""
+        job = next(j for j in self.world.jobs if isinstance(j.effect, fx.StartContainer))
+        self.complete(job, succeed=False)
 
     @precondition(lambda self: bool(self.world.inbox))
     @rule()
@@ -327,6 +369,25 @@ class Lifecycle(RuleBasedStateMachine):
             assert self.program.error is None
 
     @invariant()
+    def a_rollout_is_under_way_only_while_the_program_moves(self) -> None:
+        rollout = self.program.rollout
+        if rollout is not None and rollout.phase in ROLLOUT_IN_PROGRESS:
+            assert self.program.state in (
+                State.READY,
+                State.STOPPING,
+                State.STARTING,
+                State.BUILDING,
+            ), self.program.state.name
+            if rollout.phase is RolloutPhase.BUILDING:
+                # The current revision keeps serving while the candidate builds.
+                assert self.program.state is State.READY
+                assert self.program.version == rollout.previous.number
+
+    @invariant()
+    def revision_numbers_only_grow(self) -> None:
+        assert 1 <= self.program.version <= self.program.latest_version
+
+    @invariant()
     def a_restart_is_scheduled_only_in_backoff(self) -> None:
         if self.world.timer is not None:
             assert self.program.state is State.BACKOFF
@@ -370,13 +431,84 @@ class Lifecycle(RuleBasedStateMachine):
             raise AssertionError(f"settled in {state.name}, which is not a resting state")
         if self.stop_is_last_word:
             assert state in (State.STOPPED, State.ERROR, State.DELETED), state.name
+        rollout = self.program.rollout
+        if rollout is not None:
+            assert rollout.phase not in ROLLOUT_IN_PROGRESS, "a rollout never ended"
+            if state is State.READY and rollout.phase is RolloutPhase.SUCCEEDED:
+                assert self.program.version == rollout.target.number
+                assert self.program.build_id == rollout.target.build_id
+            if state is State.READY and rollout.phase is RolloutPhase.REVERTED:
+                assert self.program.version == rollout.previous.number
+                assert self.program.build_id == rollout.previous.build_id
         if self.deleted:
             assert state is State.DELETED
 
 
 def _cancellable(job: Job) -> bool:
-    return isinstance(job.effect, fx.Build | fx.StartContainer)
+    return isinstance(job.effect, fx.Build | fx.BuildCandidate | fx.StartContainer)
 
 
 Lifecycle.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestLifecycle = Lifecycle.TestCase
+
+
+class Rollouts(Lifecycle):
+    """The same world and invariants, from a program that serves: deploys meet every result."""
+
+    @initialize(restart_policy=st.sampled_from(POLICIES))
+    def created_with(self, restart_policy: RestartPolicy) -> None:
+        """Created with the policy, then serving (READY on c0) with a rollout in flight."""
+        super().created_with(restart_policy)
+        program = self.program
+        for event in (
+            ev.StartRequested(0.1),
+            ev.BuildSucceeded(0.2, 1, "img"),
+            ev.ContainerCreated(0.3, 1, "c0", "127.0.0.1:19000"),
+            ev.ContainerReady(0.4, 1),
+        ):
+            outcome = reduce(program, event, POLICY)
+            assert isinstance(outcome, Transition)
+            program = outcome.program
+        self.program = program
+        self.world.containers["c0"] = 1
+        self.world.addresses["c0"] = "127.0.0.1:19000"
+        self.now = self.last_update = 0.4
+        # A rollout in flight from the first step: its every phase meets what follows.
+        self.deliver(ev.DeployRequested(0.5, "b-2", Resources(), "u", "", frozenset({"b-2"})))
+
+    @precondition(
+        lambda self: (
+            self.program.rollout is not None
+            and self.program.rollout.phase in (RolloutPhase.SWITCHING, RolloutPhase.REVERTING)
+        )
+    )
+    @rule(data=st.data(), action=st.sampled_from(["step", "fail", "stop", "delete", "crash"]))
+    def during_a_switch(self, data: st.DataObject, action: str) -> None:
+        """Whatever can happen while the program moves between revisions."""
+        starts = [j for j in self.world.jobs if isinstance(j.effect, fx.StartContainer)]
+        match action:
+            case "fail" if starts:
+                self.complete(starts[0], succeed=False)
+            case "stop":
+                self.world.inbox.append(ev.StopRequested(self.tick()))
+            case "delete":
+                self.world.inbox.append(ev.DeleteRequested(self.tick()))
+            case "crash" if self.world.containers:
+                name = data.draw(st.sampled_from(sorted(self.world.containers)))
+                self.world.dead.add(name)
+                run = self.world.containers[name]
+                self.world.inbox.append(ev.ContainerExited(self.tick(), run, 1, False, name))
+            case _ if self.world.inbox:
+                self.deliver(self.world.inbox.popleft())
+            case _ if self.world.jobs:
+                self.complete(self.world.jobs[0], succeed=True)
+
+    @precondition(lambda self: self.program.rollout is None or not self.program.rollout.in_progress)
+    @rule()
+    def everything_in_flight_finishes(self) -> None:
+        """Only between rollouts: a rollout's steps are taken one by one, with any in between."""
+        self.run_to_rest(steps=200, fire_timers=False)
+
+
+Rollouts.TestCase.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
+TestRollouts = Rollouts.TestCase

@@ -37,6 +37,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/hershy/hershy/clients/go/hershyv1"
 )
@@ -422,6 +423,59 @@ func (c *Client) Wait(ctx context.Context, id string, state State, timeout time.
 func (c *Client) Source(ctx context.Context, id string) (*ProgramSource, error) {
 	source, err := c.rpc.GetProgramSource(ctx, &hershyv1.GetProgramSourceRequest{Name: Name(id)})
 	return source, wrap(ctx, err)
+}
+
+// DeployRequest describes a new revision of a program: new source and, if
+// set, new limits.
+type DeployRequest struct {
+	// Dockerfile is the new Dockerfile's content. Required.
+	Dockerfile string
+	// Files is the new build context, as in [CreateRequest].
+	Files map[string][]byte
+	// Resources: nil keeps the program's limits; zero fields take the Host's defaults.
+	Resources *Resources
+}
+
+// Deploy rolls out a new revision in place (same id, same /state). On a READY
+// program the new image builds while the current revision keeps running; once
+// built the Host switches, and if the new revision fails to build or to become
+// READY the previous one runs again by itself (Program.Rollout says why).
+func (c *Client) Deploy(ctx context.Context, id string, req DeployRequest) (*Program, error) {
+	program, err := c.rpc.DeployProgram(ctx, &hershyv1.DeployProgramRequest{
+		Name:       Name(id),
+		Dockerfile: req.Dockerfile,
+		SrcFiles:   req.Files,
+		Resources:  req.Resources,
+	})
+	return program, wrap(ctx, err)
+}
+
+// UpdateResources changes the named resource fields (paths such as
+// "resources.memory_bytes", or "resources" for all) as a new revision.
+func (c *Client) UpdateResources(ctx context.Context, id string, resources *Resources, paths ...string) (*Program, error) {
+	program, err := c.rpc.UpdateProgram(ctx, &hershyv1.UpdateProgramRequest{
+		Program:    &hershyv1.Program{Name: Name(id), Resources: resources},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: paths},
+	})
+	return program, wrap(ctx, err)
+}
+
+// Revisions returns the program's revisions, newest first.
+func (c *Client) Revisions(ctx context.Context, id string) ([]*hershyv1.ProgramRevision, error) {
+	answer, err := c.rpc.ListProgramRevisions(ctx, &hershyv1.ListProgramRevisionsRequest{Name: Name(id)})
+	if err != nil {
+		return nil, wrap(ctx, err)
+	}
+	return answer.GetRevisions(), nil
+}
+
+// Rollback rolls out a kept revision again as a new revision (0: the one
+// before the current), with the same revert rules as [Client.Deploy].
+func (c *Client) Rollback(ctx context.Context, id string, revision int64) (*Program, error) {
+	program, err := c.rpc.RollbackProgram(ctx, &hershyv1.RollbackProgramRequest{
+		Name: Name(id), RevisionNumber: revision,
+	})
+	return program, wrap(ctx, err)
 }
 
 // LogOptions select the lines [Client.Logs] returns.

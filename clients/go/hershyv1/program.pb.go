@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -238,6 +239,81 @@ func (RestartMode) EnumDescriptor() ([]byte, []int) {
 	return file_hershy_v1_program_proto_rawDescGZIP(), []int{2}
 }
 
+// Where a deploy of a new program revision is.
+type RolloutPhase int32
+
+const (
+	// Never used by the server.
+	RolloutPhase_ROLLOUT_PHASE_UNSPECIFIED RolloutPhase = 0
+	// The new revision builds; the current one keeps running (READY).
+	RolloutPhase_ROLLOUT_PHASE_BUILDING RolloutPhase = 1
+	// Built: the current revision stops and the new one starts on the same
+	// `/state` and id.
+	RolloutPhase_ROLLOUT_PHASE_SWITCHING RolloutPhase = 2
+	// The new revision failed after the switch; the previous one starts again.
+	RolloutPhase_ROLLOUT_PHASE_REVERTING RolloutPhase = 3
+	// The new revision runs and answered: the program runs it now.
+	RolloutPhase_ROLLOUT_PHASE_SUCCEEDED RolloutPhase = 4
+	// The new revision failed to build or to become READY; the previous one
+	// runs. `reason` says why.
+	RolloutPhase_ROLLOUT_PHASE_REVERTED RolloutPhase = 5
+	// A Stop, a Delete or a crash won over the rollout.
+	RolloutPhase_ROLLOUT_PHASE_CANCELLED RolloutPhase = 6
+	// The new revision failed, and so did starting the previous one again.
+	RolloutPhase_ROLLOUT_PHASE_FAILED RolloutPhase = 7
+)
+
+// Enum value maps for RolloutPhase.
+var (
+	RolloutPhase_name = map[int32]string{
+		0: "ROLLOUT_PHASE_UNSPECIFIED",
+		1: "ROLLOUT_PHASE_BUILDING",
+		2: "ROLLOUT_PHASE_SWITCHING",
+		3: "ROLLOUT_PHASE_REVERTING",
+		4: "ROLLOUT_PHASE_SUCCEEDED",
+		5: "ROLLOUT_PHASE_REVERTED",
+		6: "ROLLOUT_PHASE_CANCELLED",
+		7: "ROLLOUT_PHASE_FAILED",
+	}
+	RolloutPhase_value = map[string]int32{
+		"ROLLOUT_PHASE_UNSPECIFIED": 0,
+		"ROLLOUT_PHASE_BUILDING":    1,
+		"ROLLOUT_PHASE_SWITCHING":   2,
+		"ROLLOUT_PHASE_REVERTING":   3,
+		"ROLLOUT_PHASE_SUCCEEDED":   4,
+		"ROLLOUT_PHASE_REVERTED":    5,
+		"ROLLOUT_PHASE_CANCELLED":   6,
+		"ROLLOUT_PHASE_FAILED":      7,
+	}
+)
+
+func (x RolloutPhase) Enum() *RolloutPhase {
+	p := new(RolloutPhase)
+	*p = x
+	return p
+}
+
+func (x RolloutPhase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RolloutPhase) Descriptor() protoreflect.EnumDescriptor {
+	return file_hershy_v1_program_proto_enumTypes[3].Descriptor()
+}
+
+func (RolloutPhase) Type() protoreflect.EnumType {
+	return &file_hershy_v1_program_proto_enumTypes[3]
+}
+
+func (x RolloutPhase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RolloutPhase.Descriptor instead.
+func (RolloutPhase) EnumDescriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{3}
+}
+
 // Where a log line came from.
 type LogStream int32
 
@@ -283,11 +359,11 @@ func (x LogStream) String() string {
 }
 
 func (LogStream) Descriptor() protoreflect.EnumDescriptor {
-	return file_hershy_v1_program_proto_enumTypes[3].Descriptor()
+	return file_hershy_v1_program_proto_enumTypes[4].Descriptor()
 }
 
 func (LogStream) Type() protoreflect.EnumType {
-	return &file_hershy_v1_program_proto_enumTypes[3]
+	return &file_hershy_v1_program_proto_enumTypes[4]
 }
 
 func (x LogStream) Number() protoreflect.EnumNumber {
@@ -296,7 +372,7 @@ func (x LogStream) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LogStream.Descriptor instead.
 func (LogStream) EnumDescriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{3}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{4}
 }
 
 // What the message means.
@@ -353,11 +429,11 @@ func (x WatchProgramsResponse_Type) String() string {
 }
 
 func (WatchProgramsResponse_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_hershy_v1_program_proto_enumTypes[4].Descriptor()
+	return file_hershy_v1_program_proto_enumTypes[5].Descriptor()
 }
 
 func (WatchProgramsResponse_Type) Type() protoreflect.EnumType {
-	return &file_hershy_v1_program_proto_enumTypes[4]
+	return &file_hershy_v1_program_proto_enumTypes[5]
 }
 
 func (x WatchProgramsResponse_Type) Number() protoreflect.EnumNumber {
@@ -366,7 +442,7 @@ func (x WatchProgramsResponse_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchProgramsResponse_Type.Descriptor instead.
 func (WatchProgramsResponse_Type) EnumDescriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{37, 0}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{47, 0}
 }
 
 // A program: a user's long-running container and its lifecycle.
@@ -451,6 +527,14 @@ type Program struct {
 	// Since when a READY program has not answered, or has reported a failed
 	// state; past `readiness.liveness_grace` that is a crash.
 	UnhealthyTime *timestamppb.Timestamp `protobuf:"bytes,38,opt,name=unhealthy_time,json=unhealthyTime,proto3" json:"unhealthy_time,omitempty"`
+	// The program revision it runs (or its next start runs): 1 from Create,
+	// one more for each deploy. Not `revision`, the Host-wide change number.
+	RevisionNumber int64 `protobuf:"varint,50,opt,name=revision_number,json=revisionNumber,proto3" json:"revision_number,omitempty"`
+	// The newest program revision, which may still be rolling out or have
+	// been reverted.
+	LatestRevisionNumber int64 `protobuf:"varint,51,opt,name=latest_revision_number,json=latestRevisionNumber,proto3" json:"latest_revision_number,omitempty"`
+	// The latest deploy: in progress, or how it ended. Unset before the first.
+	Rollout       *Rollout `protobuf:"bytes,52,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -709,6 +793,27 @@ func (x *Program) GetUnhealthyTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Program) GetRevisionNumber() int64 {
+	if x != nil {
+		return x.RevisionNumber
+	}
+	return 0
+}
+
+func (x *Program) GetLatestRevisionNumber() int64 {
+	if x != nil {
+		return x.LatestRevisionNumber
+	}
+	return 0
+}
+
+func (x *Program) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
 // How the Host tells that a program is initialised (readiness) and stays
 // alive (liveness). Unset fields take the Hersh defaults.
 type ReadinessCheck struct {
@@ -934,6 +1039,226 @@ func (x *StopSettings) GetGrace() *durationpb.Duration {
 	return nil
 }
 
+// A program's latest deploy (Nomad's `auto_revert`, Kubernetes' rollout).
+type Rollout struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision being rolled out.
+	TargetRevisionNumber int64 `protobuf:"varint,1,opt,name=target_revision_number,json=targetRevisionNumber,proto3" json:"target_revision_number,omitempty"`
+	// The revision that ran when it began, started again if the target fails.
+	PreviousRevisionNumber int64 `protobuf:"varint,2,opt,name=previous_revision_number,json=previousRevisionNumber,proto3" json:"previous_revision_number,omitempty"`
+	// Where it is.
+	Phase RolloutPhase `protobuf:"varint,3,opt,name=phase,proto3,enum=hershy.v1.RolloutPhase" json:"phase,omitempty"`
+	// Why it was reverted, cancelled or failed; empty while it goes well.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When it began.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// When it ended; unset while it is in progress.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// The target's build id.
+	TargetBuildId string `protobuf:"bytes,7,opt,name=target_build_id,json=targetBuildId,proto3" json:"target_build_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rollout) Reset() {
+	*x = Rollout{}
+	mi := &file_hershy_v1_program_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rollout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rollout) ProtoMessage() {}
+
+func (x *Rollout) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
+func (*Rollout) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Rollout) GetTargetRevisionNumber() int64 {
+	if x != nil {
+		return x.TargetRevisionNumber
+	}
+	return 0
+}
+
+func (x *Rollout) GetPreviousRevisionNumber() int64 {
+	if x != nil {
+		return x.PreviousRevisionNumber
+	}
+	return 0
+}
+
+func (x *Rollout) GetPhase() RolloutPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return RolloutPhase_ROLLOUT_PHASE_UNSPECIFIED
+}
+
+func (x *Rollout) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Rollout) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *Rollout) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *Rollout) GetTargetBuildId() string {
+	if x != nil {
+		return x.TargetBuildId
+	}
+	return ""
+}
+
+// One version of a program: its source and configuration, kept for its
+// history and for rollbacks.
+type ProgramRevision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resource name, `programs/{id}/revisions/{number}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// 1 for Create, one more for each deploy (rollbacks too).
+	Number int64 `protobuf:"varint,2,opt,name=number,proto3" json:"number,omitempty"`
+	// The content hash of its Dockerfile and source files.
+	BuildId string `protobuf:"bytes,3,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// The limits it runs with.
+	Resources *Resources `protobuf:"bytes,4,opt,name=resources,proto3" json:"resources,omitempty"`
+	// The user who made it.
+	CreateUser string `protobuf:"bytes,5,opt,name=create_user,json=createUser,proto3" json:"create_user,omitempty"`
+	// When it was made.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// How it came about: `create`, `deploy`, `update resources`,
+	// `rollback to revision 1`.
+	Description string `protobuf:"bytes,7,opt,name=description,proto3" json:"description,omitempty"`
+	// True while its image and source are kept: RollbackProgram may go to it.
+	Kept bool `protobuf:"varint,8,opt,name=kept,proto3" json:"kept,omitempty"`
+	// True for the revision the program runs now.
+	Current       bool `protobuf:"varint,9,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProgramRevision) Reset() {
+	*x = ProgramRevision{}
+	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProgramRevision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProgramRevision) ProtoMessage() {}
+
+func (x *ProgramRevision) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProgramRevision.ProtoReflect.Descriptor instead.
+func (*ProgramRevision) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ProgramRevision) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ProgramRevision) GetNumber() int64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *ProgramRevision) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *ProgramRevision) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *ProgramRevision) GetCreateUser() string {
+	if x != nil {
+		return x.CreateUser
+	}
+	return ""
+}
+
+func (x *ProgramRevision) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ProgramRevision) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ProgramRevision) GetKept() bool {
+	if x != nil {
+		return x.Kept
+	}
+	return false
+}
+
+func (x *ProgramRevision) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
 // Limits on a program's container. Zero means the Host's default; a value
 // above the Host's maximum is refused.
 type Resources struct {
@@ -953,7 +1278,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_hershy_v1_program_proto_msgTypes[4]
+	mi := &file_hershy_v1_program_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1290,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[4]
+	mi := &file_hershy_v1_program_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1303,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{4}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Resources) GetMemoryBytes() int64 {
@@ -1039,6 +1364,9 @@ type ProgramEvent struct {
 	//	*ProgramEvent_TeardownFailed
 	//	*ProgramEvent_BuildQueued
 	//	*ProgramEvent_WatcherProbed
+	//	*ProgramEvent_DeployRequested
+	//	*ProgramEvent_CandidateBuilt
+	//	*ProgramEvent_CandidateBuildFailed
 	//	*ProgramEvent_HostRestarted
 	//	*ProgramEvent_AliasChanged
 	//	*ProgramEvent_EnvChanged
@@ -1049,7 +1377,7 @@ type ProgramEvent struct {
 
 func (x *ProgramEvent) Reset() {
 	*x = ProgramEvent{}
-	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	mi := &file_hershy_v1_program_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1389,7 @@ func (x *ProgramEvent) String() string {
 func (*ProgramEvent) ProtoMessage() {}
 
 func (x *ProgramEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[5]
+	mi := &file_hershy_v1_program_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1402,7 @@ func (x *ProgramEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgramEvent.ProtoReflect.Descriptor instead.
 func (*ProgramEvent) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{5}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ProgramEvent) GetTime() *timestamppb.Timestamp {
@@ -1260,6 +1588,33 @@ func (x *ProgramEvent) GetWatcherProbed() *WatcherProbed {
 	return nil
 }
 
+func (x *ProgramEvent) GetDeployRequested() *DeployRequested {
+	if x != nil {
+		if x, ok := x.Kind.(*ProgramEvent_DeployRequested); ok {
+			return x.DeployRequested
+		}
+	}
+	return nil
+}
+
+func (x *ProgramEvent) GetCandidateBuilt() *CandidateBuilt {
+	if x != nil {
+		if x, ok := x.Kind.(*ProgramEvent_CandidateBuilt); ok {
+			return x.CandidateBuilt
+		}
+	}
+	return nil
+}
+
+func (x *ProgramEvent) GetCandidateBuildFailed() *CandidateBuildFailed {
+	if x != nil {
+		if x, ok := x.Kind.(*ProgramEvent_CandidateBuildFailed); ok {
+			return x.CandidateBuildFailed
+		}
+	}
+	return nil
+}
+
 func (x *ProgramEvent) GetHostRestarted() *HostRestarted {
 	if x != nil {
 		if x, ok := x.Kind.(*ProgramEvent_HostRestarted); ok {
@@ -1381,6 +1736,21 @@ type ProgramEvent_WatcherProbed struct {
 	WatcherProbed *WatcherProbed `protobuf:"bytes,36,opt,name=watcher_probed,json=watcherProbed,proto3,oneof"`
 }
 
+type ProgramEvent_DeployRequested struct {
+	// A user asked for a new revision (a deploy, an update or a rollback).
+	DeployRequested *DeployRequested `protobuf:"bytes,46,opt,name=deploy_requested,json=deployRequested,proto3,oneof"`
+}
+
+type ProgramEvent_CandidateBuilt struct {
+	// A rollout's new revision was built while the current one runs.
+	CandidateBuilt *CandidateBuilt `protobuf:"bytes,47,opt,name=candidate_built,json=candidateBuilt,proto3,oneof"`
+}
+
+type ProgramEvent_CandidateBuildFailed struct {
+	// A rollout's new revision did not build; the current one runs on.
+	CandidateBuildFailed *CandidateBuildFailed `protobuf:"bytes,48,opt,name=candidate_build_failed,json=candidateBuildFailed,proto3,oneof"`
+}
+
 type ProgramEvent_HostRestarted struct {
 	// The Host started again with the program in its store and picks up where it was.
 	HostRestarted *HostRestarted `protobuf:"bytes,55,opt,name=host_restarted,json=hostRestarted,proto3,oneof"`
@@ -1432,6 +1802,12 @@ func (*ProgramEvent_BuildQueued) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_WatcherProbed) isProgramEvent_Kind() {}
 
+func (*ProgramEvent_DeployRequested) isProgramEvent_Kind() {}
+
+func (*ProgramEvent_CandidateBuilt) isProgramEvent_Kind() {}
+
+func (*ProgramEvent_CandidateBuildFailed) isProgramEvent_Kind() {}
+
 func (*ProgramEvent_HostRestarted) isProgramEvent_Kind() {}
 
 func (*ProgramEvent_AliasChanged) isProgramEvent_Kind() {}
@@ -1447,7 +1823,7 @@ type HostRestarted struct {
 
 func (x *HostRestarted) Reset() {
 	*x = HostRestarted{}
-	mi := &file_hershy_v1_program_proto_msgTypes[6]
+	mi := &file_hershy_v1_program_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1835,7 @@ func (x *HostRestarted) String() string {
 func (*HostRestarted) ProtoMessage() {}
 
 func (x *HostRestarted) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[6]
+	mi := &file_hershy_v1_program_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1848,190 @@ func (x *HostRestarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostRestarted.ProtoReflect.Descriptor instead.
 func (*HostRestarted) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{6}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{8}
+}
+
+// A user asked for a new revision.
+type DeployRequested struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new revision's build id.
+	BuildId string `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// The new revision's limits.
+	Resources *Resources `protobuf:"bytes,2,opt,name=resources,proto3" json:"resources,omitempty"`
+	// The user who asked.
+	RequestedBy string `protobuf:"bytes,3,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	// How it came about, e.g. `deploy` or `rollback to revision 1`.
+	Description   string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeployRequested) Reset() {
+	*x = DeployRequested{}
+	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeployRequested) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeployRequested) ProtoMessage() {}
+
+func (x *DeployRequested) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeployRequested.ProtoReflect.Descriptor instead.
+func (*DeployRequested) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DeployRequested) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *DeployRequested) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *DeployRequested) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
+func (x *DeployRequested) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+// A rollout's new revision was built.
+type CandidateBuilt struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision built.
+	RevisionNumber int64 `protobuf:"varint,1,opt,name=revision_number,json=revisionNumber,proto3" json:"revision_number,omitempty"`
+	// Its image.
+	ImageId       string `protobuf:"bytes,2,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CandidateBuilt) Reset() {
+	*x = CandidateBuilt{}
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CandidateBuilt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CandidateBuilt) ProtoMessage() {}
+
+func (x *CandidateBuilt) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CandidateBuilt.ProtoReflect.Descriptor instead.
+func (*CandidateBuilt) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CandidateBuilt) GetRevisionNumber() int64 {
+	if x != nil {
+		return x.RevisionNumber
+	}
+	return 0
+}
+
+func (x *CandidateBuilt) GetImageId() string {
+	if x != nil {
+		return x.ImageId
+	}
+	return ""
+}
+
+// A rollout's new revision did not build.
+type CandidateBuildFailed struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision that failed.
+	RevisionNumber int64 `protobuf:"varint,1,opt,name=revision_number,json=revisionNumber,proto3" json:"revision_number,omitempty"`
+	// Why.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CandidateBuildFailed) Reset() {
+	*x = CandidateBuildFailed{}
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CandidateBuildFailed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CandidateBuildFailed) ProtoMessage() {}
+
+func (x *CandidateBuildFailed) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CandidateBuildFailed.ProtoReflect.Descriptor instead.
+func (*CandidateBuildFailed) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CandidateBuildFailed) GetRevisionNumber() int64 {
+	if x != nil {
+		return x.RevisionNumber
+	}
+	return 0
+}
+
+func (x *CandidateBuildFailed) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // The program was registered.
@@ -1500,7 +2059,7 @@ type ProgramCreated struct {
 
 func (x *ProgramCreated) Reset() {
 	*x = ProgramCreated{}
-	mi := &file_hershy_v1_program_proto_msgTypes[7]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +2071,7 @@ func (x *ProgramCreated) String() string {
 func (*ProgramCreated) ProtoMessage() {}
 
 func (x *ProgramCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[7]
+	mi := &file_hershy_v1_program_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +2084,7 @@ func (x *ProgramCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgramCreated.ProtoReflect.Descriptor instead.
 func (*ProgramCreated) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{7}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ProgramCreated) GetProgramId() string {
@@ -1588,7 +2147,7 @@ type AliasChanged struct {
 
 func (x *AliasChanged) Reset() {
 	*x = AliasChanged{}
-	mi := &file_hershy_v1_program_proto_msgTypes[8]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +2159,7 @@ func (x *AliasChanged) String() string {
 func (*AliasChanged) ProtoMessage() {}
 
 func (x *AliasChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[8]
+	mi := &file_hershy_v1_program_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +2172,7 @@ func (x *AliasChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AliasChanged.ProtoReflect.Descriptor instead.
 func (*AliasChanged) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{8}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AliasChanged) GetAlias() string {
@@ -1634,7 +2193,7 @@ type EnvChanged struct {
 
 func (x *EnvChanged) Reset() {
 	*x = EnvChanged{}
-	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +2205,7 @@ func (x *EnvChanged) String() string {
 func (*EnvChanged) ProtoMessage() {}
 
 func (x *EnvChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[9]
+	mi := &file_hershy_v1_program_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +2218,7 @@ func (x *EnvChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvChanged.ProtoReflect.Descriptor instead.
 func (*EnvChanged) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{9}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EnvChanged) GetEnv() map[string]string {
@@ -1678,7 +2237,7 @@ type StartRequested struct {
 
 func (x *StartRequested) Reset() {
 	*x = StartRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +2249,7 @@ func (x *StartRequested) String() string {
 func (*StartRequested) ProtoMessage() {}
 
 func (x *StartRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[10]
+	mi := &file_hershy_v1_program_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +2262,7 @@ func (x *StartRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequested.ProtoReflect.Descriptor instead.
 func (*StartRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{10}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
 }
 
 // A user asked to stop the program.
@@ -1715,7 +2274,7 @@ type StopRequested struct {
 
 func (x *StopRequested) Reset() {
 	*x = StopRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +2286,7 @@ func (x *StopRequested) String() string {
 func (*StopRequested) ProtoMessage() {}
 
 func (x *StopRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[11]
+	mi := &file_hershy_v1_program_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +2299,7 @@ func (x *StopRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequested.ProtoReflect.Descriptor instead.
 func (*StopRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{11}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
 }
 
 // A user asked to restart the program.
@@ -1752,7 +2311,7 @@ type RestartRequested struct {
 
 func (x *RestartRequested) Reset() {
 	*x = RestartRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1764,7 +2323,7 @@ func (x *RestartRequested) String() string {
 func (*RestartRequested) ProtoMessage() {}
 
 func (x *RestartRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[12]
+	mi := &file_hershy_v1_program_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1777,7 +2336,7 @@ func (x *RestartRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequested.ProtoReflect.Descriptor instead.
 func (*RestartRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{12}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
 }
 
 // A user asked to delete the program.
@@ -1789,7 +2348,7 @@ type DeleteRequested struct {
 
 func (x *DeleteRequested) Reset() {
 	*x = DeleteRequested{}
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1801,7 +2360,7 @@ func (x *DeleteRequested) String() string {
 func (*DeleteRequested) ProtoMessage() {}
 
 func (x *DeleteRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[13]
+	mi := &file_hershy_v1_program_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1814,7 +2373,7 @@ func (x *DeleteRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequested.ProtoReflect.Descriptor instead.
 func (*DeleteRequested) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{13}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
 }
 
 // The image was built (or reused).
@@ -1828,7 +2387,7 @@ type BuildSucceeded struct {
 
 func (x *BuildSucceeded) Reset() {
 	*x = BuildSucceeded{}
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +2399,7 @@ func (x *BuildSucceeded) String() string {
 func (*BuildSucceeded) ProtoMessage() {}
 
 func (x *BuildSucceeded) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[14]
+	mi := &file_hershy_v1_program_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +2412,7 @@ func (x *BuildSucceeded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildSucceeded.ProtoReflect.Descriptor instead.
 func (*BuildSucceeded) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{14}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BuildSucceeded) GetImageId() string {
@@ -1874,7 +2433,7 @@ type BuildQueued struct {
 
 func (x *BuildQueued) Reset() {
 	*x = BuildQueued{}
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1886,7 +2445,7 @@ func (x *BuildQueued) String() string {
 func (*BuildQueued) ProtoMessage() {}
 
 func (x *BuildQueued) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[15]
+	mi := &file_hershy_v1_program_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1899,7 +2458,7 @@ func (x *BuildQueued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildQueued.ProtoReflect.Descriptor instead.
 func (*BuildQueued) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{15}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BuildQueued) GetAhead() int32 {
@@ -1920,7 +2479,7 @@ type BuildFailed struct {
 
 func (x *BuildFailed) Reset() {
 	*x = BuildFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2491,7 @@ func (x *BuildFailed) String() string {
 func (*BuildFailed) ProtoMessage() {}
 
 func (x *BuildFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[16]
+	mi := &file_hershy_v1_program_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2504,7 @@ func (x *BuildFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFailed.ProtoReflect.Descriptor instead.
 func (*BuildFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{16}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BuildFailed) GetReason() string {
@@ -1969,7 +2528,7 @@ type ContainerCreated struct {
 
 func (x *ContainerCreated) Reset() {
 	*x = ContainerCreated{}
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2540,7 @@ func (x *ContainerCreated) String() string {
 func (*ContainerCreated) ProtoMessage() {}
 
 func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[17]
+	mi := &file_hershy_v1_program_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2553,7 @@ func (x *ContainerCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerCreated.ProtoReflect.Descriptor instead.
 func (*ContainerCreated) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{17}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ContainerCreated) GetContainerId() string {
@@ -2020,7 +2579,7 @@ type ContainerReady struct {
 
 func (x *ContainerReady) Reset() {
 	*x = ContainerReady{}
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2591,7 @@ func (x *ContainerReady) String() string {
 func (*ContainerReady) ProtoMessage() {}
 
 func (x *ContainerReady) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[18]
+	mi := &file_hershy_v1_program_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2604,7 @@ func (x *ContainerReady) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerReady.ProtoReflect.Descriptor instead.
 func (*ContainerReady) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{18}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
 }
 
 // The container could not be started or never became ready.
@@ -2059,7 +2618,7 @@ type StartFailed struct {
 
 func (x *StartFailed) Reset() {
 	*x = StartFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2630,7 @@ func (x *StartFailed) String() string {
 func (*StartFailed) ProtoMessage() {}
 
 func (x *StartFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[19]
+	mi := &file_hershy_v1_program_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2643,7 @@ func (x *StartFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartFailed.ProtoReflect.Descriptor instead.
 func (*StartFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{19}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StartFailed) GetReason() string {
@@ -2109,7 +2668,7 @@ type ContainerExited struct {
 
 func (x *ContainerExited) Reset() {
 	*x = ContainerExited{}
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2680,7 @@ func (x *ContainerExited) String() string {
 func (*ContainerExited) ProtoMessage() {}
 
 func (x *ContainerExited) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[20]
+	mi := &file_hershy_v1_program_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2693,7 @@ func (x *ContainerExited) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerExited.ProtoReflect.Descriptor instead.
 func (*ContainerExited) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{20}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ContainerExited) GetExitCode() int32 {
@@ -2167,7 +2726,7 @@ type ContainerStopped struct {
 
 func (x *ContainerStopped) Reset() {
 	*x = ContainerStopped{}
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2738,7 @@ func (x *ContainerStopped) String() string {
 func (*ContainerStopped) ProtoMessage() {}
 
 func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[21]
+	mi := &file_hershy_v1_program_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2751,7 @@ func (x *ContainerStopped) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStopped.ProtoReflect.Descriptor instead.
 func (*ContainerStopped) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{21}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
 }
 
 // The container could not be stopped or removed.
@@ -2206,7 +2765,7 @@ type StopFailed struct {
 
 func (x *StopFailed) Reset() {
 	*x = StopFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2218,7 +2777,7 @@ func (x *StopFailed) String() string {
 func (*StopFailed) ProtoMessage() {}
 
 func (x *StopFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[22]
+	mi := &file_hershy_v1_program_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2231,7 +2790,7 @@ func (x *StopFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopFailed.ProtoReflect.Descriptor instead.
 func (*StopFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{22}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StopFailed) GetReason() string {
@@ -2250,7 +2809,7 @@ type RestartTimerFired struct {
 
 func (x *RestartTimerFired) Reset() {
 	*x = RestartTimerFired{}
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2821,7 @@ func (x *RestartTimerFired) String() string {
 func (*RestartTimerFired) ProtoMessage() {}
 
 func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[23]
+	mi := &file_hershy_v1_program_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2834,7 @@ func (x *RestartTimerFired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartTimerFired.ProtoReflect.Descriptor instead.
 func (*RestartTimerFired) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{23}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
 }
 
 // Everything the program owned was removed.
@@ -2287,7 +2846,7 @@ type TornDown struct {
 
 func (x *TornDown) Reset() {
 	*x = TornDown{}
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2858,7 @@ func (x *TornDown) String() string {
 func (*TornDown) ProtoMessage() {}
 
 func (x *TornDown) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[24]
+	mi := &file_hershy_v1_program_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2871,7 @@ func (x *TornDown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TornDown.ProtoReflect.Descriptor instead.
 func (*TornDown) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{24}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
 }
 
 // Removing what the program owned failed.
@@ -2326,7 +2885,7 @@ type TeardownFailed struct {
 
 func (x *TeardownFailed) Reset() {
 	*x = TeardownFailed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2897,7 @@ func (x *TeardownFailed) String() string {
 func (*TeardownFailed) ProtoMessage() {}
 
 func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[25]
+	mi := &file_hershy_v1_program_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2910,7 @@ func (x *TeardownFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeardownFailed.ProtoReflect.Descriptor instead.
 func (*TeardownFailed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{25}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TeardownFailed) GetReason() string {
@@ -2359,6 +2918,282 @@ func (x *TeardownFailed) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+// Request for DeployProgram.
+type DeployProgramRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The program, `programs/{id}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The new Dockerfile's content. Required.
+	Dockerfile string `protobuf:"bytes,2,opt,name=dockerfile,proto3" json:"dockerfile,omitempty"`
+	// The new build context, as in CreateProgram.
+	SrcFiles map[string][]byte `protobuf:"bytes,3,rep,name=src_files,json=srcFiles,proto3" json:"src_files,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// New limits; unset keeps the current ones (a field at 0 takes the Host's
+	// default).
+	Resources     *Resources `protobuf:"bytes,4,opt,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeployProgramRequest) Reset() {
+	*x = DeployProgramRequest{}
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeployProgramRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeployProgramRequest) ProtoMessage() {}
+
+func (x *DeployProgramRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeployProgramRequest.ProtoReflect.Descriptor instead.
+func (*DeployProgramRequest) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DeployProgramRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeployProgramRequest) GetDockerfile() string {
+	if x != nil {
+		return x.Dockerfile
+	}
+	return ""
+}
+
+func (x *DeployProgramRequest) GetSrcFiles() map[string][]byte {
+	if x != nil {
+		return x.SrcFiles
+	}
+	return nil
+}
+
+func (x *DeployProgramRequest) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// Request for UpdateProgram.
+type UpdateProgramRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The program with its `name` and the fields to change.
+	Program *Program `protobuf:"bytes,1,opt,name=program,proto3" json:"program,omitempty"`
+	// The fields to change. Required.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateProgramRequest) Reset() {
+	*x = UpdateProgramRequest{}
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProgramRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProgramRequest) ProtoMessage() {}
+
+func (x *UpdateProgramRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProgramRequest.ProtoReflect.Descriptor instead.
+func (*UpdateProgramRequest) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *UpdateProgramRequest) GetProgram() *Program {
+	if x != nil {
+		return x.Program
+	}
+	return nil
+}
+
+func (x *UpdateProgramRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// Request for ListProgramRevisions.
+type ListProgramRevisionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The program, `programs/{id}`.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProgramRevisionsRequest) Reset() {
+	*x = ListProgramRevisionsRequest{}
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProgramRevisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProgramRevisionsRequest) ProtoMessage() {}
+
+func (x *ListProgramRevisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProgramRevisionsRequest.ProtoReflect.Descriptor instead.
+func (*ListProgramRevisionsRequest) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListProgramRevisionsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// Response of ListProgramRevisions.
+type ListProgramRevisionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every revision, newest first.
+	Revisions     []*ProgramRevision `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProgramRevisionsResponse) Reset() {
+	*x = ListProgramRevisionsResponse{}
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProgramRevisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProgramRevisionsResponse) ProtoMessage() {}
+
+func (x *ListProgramRevisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProgramRevisionsResponse.ProtoReflect.Descriptor instead.
+func (*ListProgramRevisionsResponse) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListProgramRevisionsResponse) GetRevisions() []*ProgramRevision {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+// Request for RollbackProgram.
+type RollbackProgramRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The program, `programs/{id}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The kept revision to go back to; 0: the one before the current revision.
+	RevisionNumber int64 `protobuf:"varint,2,opt,name=revision_number,json=revisionNumber,proto3" json:"revision_number,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RollbackProgramRequest) Reset() {
+	*x = RollbackProgramRequest{}
+	mi := &file_hershy_v1_program_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackProgramRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackProgramRequest) ProtoMessage() {}
+
+func (x *RollbackProgramRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hershy_v1_program_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackProgramRequest.ProtoReflect.Descriptor instead.
+func (*RollbackProgramRequest) Descriptor() ([]byte, []int) {
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RollbackProgramRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RollbackProgramRequest) GetRevisionNumber() int64 {
+	if x != nil {
+		return x.RevisionNumber
+	}
+	return 0
 }
 
 // What a program's WatcherAPI answered one probe of its readiness check.
@@ -2376,7 +3211,7 @@ type WatcherProbed struct {
 
 func (x *WatcherProbed) Reset() {
 	*x = WatcherProbed{}
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +3223,7 @@ func (x *WatcherProbed) String() string {
 func (*WatcherProbed) ProtoMessage() {}
 
 func (x *WatcherProbed) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[26]
+	mi := &file_hershy_v1_program_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +3236,7 @@ func (x *WatcherProbed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatcherProbed.ProtoReflect.Descriptor instead.
 func (*WatcherProbed) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{26}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WatcherProbed) GetAnswered() bool {
@@ -2455,7 +3290,7 @@ type CreateProgramRequest struct {
 
 func (x *CreateProgramRequest) Reset() {
 	*x = CreateProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2467,7 +3302,7 @@ func (x *CreateProgramRequest) String() string {
 func (*CreateProgramRequest) ProtoMessage() {}
 
 func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[27]
+	mi := &file_hershy_v1_program_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2480,7 +3315,7 @@ func (x *CreateProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProgramRequest.ProtoReflect.Descriptor instead.
 func (*CreateProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{27}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateProgramRequest) GetUserId() string {
@@ -2557,7 +3392,7 @@ type GetProgramRequest struct {
 
 func (x *GetProgramRequest) Reset() {
 	*x = GetProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2569,7 +3404,7 @@ func (x *GetProgramRequest) String() string {
 func (*GetProgramRequest) ProtoMessage() {}
 
 func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[28]
+	mi := &file_hershy_v1_program_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2582,7 +3417,7 @@ func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{28}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetProgramRequest) GetName() string {
@@ -2607,7 +3442,7 @@ type ListProgramsRequest struct {
 
 func (x *ListProgramsRequest) Reset() {
 	*x = ListProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2619,7 +3454,7 @@ func (x *ListProgramsRequest) String() string {
 func (*ListProgramsRequest) ProtoMessage() {}
 
 func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[29]
+	mi := &file_hershy_v1_program_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2632,7 +3467,7 @@ func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsRequest.ProtoReflect.Descriptor instead.
 func (*ListProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{29}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListProgramsRequest) GetPageSize() int32 {
@@ -2671,7 +3506,7 @@ type ListProgramsResponse struct {
 
 func (x *ListProgramsResponse) Reset() {
 	*x = ListProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2683,7 +3518,7 @@ func (x *ListProgramsResponse) String() string {
 func (*ListProgramsResponse) ProtoMessage() {}
 
 func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[30]
+	mi := &file_hershy_v1_program_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2696,7 +3531,7 @@ func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProgramsResponse.ProtoReflect.Descriptor instead.
 func (*ListProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{30}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListProgramsResponse) GetPrograms() []*Program {
@@ -2731,7 +3566,7 @@ type DeleteProgramRequest struct {
 
 func (x *DeleteProgramRequest) Reset() {
 	*x = DeleteProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2743,7 +3578,7 @@ func (x *DeleteProgramRequest) String() string {
 func (*DeleteProgramRequest) ProtoMessage() {}
 
 func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[31]
+	mi := &file_hershy_v1_program_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2756,7 +3591,7 @@ func (x *DeleteProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProgramRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{31}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteProgramRequest) GetName() string {
@@ -2777,7 +3612,7 @@ type StartProgramRequest struct {
 
 func (x *StartProgramRequest) Reset() {
 	*x = StartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +3624,7 @@ func (x *StartProgramRequest) String() string {
 func (*StartProgramRequest) ProtoMessage() {}
 
 func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[32]
+	mi := &file_hershy_v1_program_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +3637,7 @@ func (x *StartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProgramRequest.ProtoReflect.Descriptor instead.
 func (*StartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{32}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *StartProgramRequest) GetName() string {
@@ -2823,7 +3658,7 @@ type StopProgramRequest struct {
 
 func (x *StopProgramRequest) Reset() {
 	*x = StopProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2835,7 +3670,7 @@ func (x *StopProgramRequest) String() string {
 func (*StopProgramRequest) ProtoMessage() {}
 
 func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[33]
+	mi := &file_hershy_v1_program_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2848,7 +3683,7 @@ func (x *StopProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopProgramRequest.ProtoReflect.Descriptor instead.
 func (*StopProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{33}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *StopProgramRequest) GetName() string {
@@ -2869,7 +3704,7 @@ type RestartProgramRequest struct {
 
 func (x *RestartProgramRequest) Reset() {
 	*x = RestartProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	mi := &file_hershy_v1_program_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2881,7 +3716,7 @@ func (x *RestartProgramRequest) String() string {
 func (*RestartProgramRequest) ProtoMessage() {}
 
 func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[34]
+	mi := &file_hershy_v1_program_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2894,7 +3729,7 @@ func (x *RestartProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartProgramRequest.ProtoReflect.Descriptor instead.
 func (*RestartProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{34}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RestartProgramRequest) GetName() string {
@@ -2920,7 +3755,7 @@ type WaitProgramRequest struct {
 
 func (x *WaitProgramRequest) Reset() {
 	*x = WaitProgramRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[35]
+	mi := &file_hershy_v1_program_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2932,7 +3767,7 @@ func (x *WaitProgramRequest) String() string {
 func (*WaitProgramRequest) ProtoMessage() {}
 
 func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[35]
+	mi := &file_hershy_v1_program_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2945,7 +3780,7 @@ func (x *WaitProgramRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProgramRequest.ProtoReflect.Descriptor instead.
 func (*WaitProgramRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{35}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WaitProgramRequest) GetName() string {
@@ -2984,7 +3819,7 @@ type WatchProgramsRequest struct {
 
 func (x *WatchProgramsRequest) Reset() {
 	*x = WatchProgramsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[36]
+	mi := &file_hershy_v1_program_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3831,7 @@ func (x *WatchProgramsRequest) String() string {
 func (*WatchProgramsRequest) ProtoMessage() {}
 
 func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[36]
+	mi := &file_hershy_v1_program_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3844,7 @@ func (x *WatchProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsRequest.ProtoReflect.Descriptor instead.
 func (*WatchProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{36}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *WatchProgramsRequest) GetName() string {
@@ -3043,7 +3878,7 @@ type WatchProgramsResponse struct {
 
 func (x *WatchProgramsResponse) Reset() {
 	*x = WatchProgramsResponse{}
-	mi := &file_hershy_v1_program_proto_msgTypes[37]
+	mi := &file_hershy_v1_program_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3055,7 +3890,7 @@ func (x *WatchProgramsResponse) String() string {
 func (*WatchProgramsResponse) ProtoMessage() {}
 
 func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[37]
+	mi := &file_hershy_v1_program_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3068,7 +3903,7 @@ func (x *WatchProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgramsResponse.ProtoReflect.Descriptor instead.
 func (*WatchProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{37}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *WatchProgramsResponse) GetType() WatchProgramsResponse_Type {
@@ -3110,7 +3945,7 @@ type GetProgramSourceRequest struct {
 
 func (x *GetProgramSourceRequest) Reset() {
 	*x = GetProgramSourceRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[38]
+	mi := &file_hershy_v1_program_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3122,7 +3957,7 @@ func (x *GetProgramSourceRequest) String() string {
 func (*GetProgramSourceRequest) ProtoMessage() {}
 
 func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[38]
+	mi := &file_hershy_v1_program_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3135,7 +3970,7 @@ func (x *GetProgramSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProgramSourceRequest.ProtoReflect.Descriptor instead.
 func (*GetProgramSourceRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{38}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetProgramSourceRequest) GetName() string {
@@ -3162,7 +3997,7 @@ type ProgramSource struct {
 
 func (x *ProgramSource) Reset() {
 	*x = ProgramSource{}
-	mi := &file_hershy_v1_program_proto_msgTypes[39]
+	mi := &file_hershy_v1_program_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3174,7 +4009,7 @@ func (x *ProgramSource) String() string {
 func (*ProgramSource) ProtoMessage() {}
 
 func (x *ProgramSource) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[39]
+	mi := &file_hershy_v1_program_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3187,7 +4022,7 @@ func (x *ProgramSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgramSource.ProtoReflect.Descriptor instead.
 func (*ProgramSource) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{39}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ProgramSource) GetName() string {
@@ -3235,7 +4070,7 @@ type ReadProgramLogsRequest struct {
 
 func (x *ReadProgramLogsRequest) Reset() {
 	*x = ReadProgramLogsRequest{}
-	mi := &file_hershy_v1_program_proto_msgTypes[40]
+	mi := &file_hershy_v1_program_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3247,7 +4082,7 @@ func (x *ReadProgramLogsRequest) String() string {
 func (*ReadProgramLogsRequest) ProtoMessage() {}
 
 func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[40]
+	mi := &file_hershy_v1_program_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3260,7 +4095,7 @@ func (x *ReadProgramLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadProgramLogsRequest.ProtoReflect.Descriptor instead.
 func (*ReadProgramLogsRequest) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{40}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ReadProgramLogsRequest) GetName() string {
@@ -3308,7 +4143,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_hershy_v1_program_proto_msgTypes[41]
+	mi := &file_hershy_v1_program_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3320,7 +4155,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hershy_v1_program_proto_msgTypes[41]
+	mi := &file_hershy_v1_program_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3333,7 +4168,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_hershy_v1_program_proto_rawDescGZIP(), []int{41}
+	return file_hershy_v1_program_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *LogEntry) GetTime() *timestamppb.Timestamp {
@@ -3368,7 +4203,7 @@ var File_hershy_v1_program_proto protoreflect.FileDescriptor
 
 const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
-	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\v\n" +
+	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\f\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
@@ -3406,7 +4241,10 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\rhealth_reason\x18# \x01(\tR\fhealthReason\x12J\n" +
 	"\x13watcher_answer_time\x18$ \x01(\v2\x1a.google.protobuf.TimestampR\x11watcherAnswerTime\x12H\n" +
 	"\x12watcher_state_time\x18% \x01(\v2\x1a.google.protobuf.TimestampR\x10watcherStateTime\x12A\n" +
-	"\x0eunhealthy_time\x18& \x01(\v2\x1a.google.protobuf.TimestampR\runhealthyTime\x1a6\n" +
+	"\x0eunhealthy_time\x18& \x01(\v2\x1a.google.protobuf.TimestampR\runhealthyTime\x12'\n" +
+	"\x0frevision_number\x182 \x01(\x03R\x0erevisionNumber\x124\n" +
+	"\x16latest_revision_number\x183 \x01(\x03R\x14latestRevisionNumber\x12,\n" +
+	"\arollout\x184 \x01(\v2\x12.hershy.v1.RolloutR\arollout\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x11\n" +
@@ -3427,14 +4265,35 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\x06window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06window\"W\n" +
 	"\fStopSettings\x12\x16\n" +
 	"\x06signal\x18\x01 \x01(\tR\x06signal\x12/\n" +
-	"\x05grace\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"\x82\x01\n" +
+	"\x05grace\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"\xda\x02\n" +
+	"\aRollout\x124\n" +
+	"\x16target_revision_number\x18\x01 \x01(\x03R\x14targetRevisionNumber\x128\n" +
+	"\x18previous_revision_number\x18\x02 \x01(\x03R\x16previousRevisionNumber\x12-\n" +
+	"\x05phase\x18\x03 \x01(\x0e2\x17.hershy.v1.RolloutPhaseR\x05phase\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"start_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12&\n" +
+	"\x0ftarget_build_id\x18\a \x01(\tR\rtargetBuildId\"\xba\x02\n" +
+	"\x0fProgramRevision\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06number\x18\x02 \x01(\x03R\x06number\x12\x19\n" +
+	"\bbuild_id\x18\x03 \x01(\tR\abuildId\x122\n" +
+	"\tresources\x18\x04 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12\x1f\n" +
+	"\vcreate_user\x18\x05 \x01(\tR\n" +
+	"createUser\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12 \n" +
+	"\vdescription\x18\a \x01(\tR\vdescription\x12\x12\n" +
+	"\x04kept\x18\b \x01(\bR\x04kept\x12\x18\n" +
+	"\acurrent\x18\t \x01(\bR\acurrent\"\x82\x01\n" +
 	"\tResources\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
 	"milli_cpus\x18\x02 \x01(\x03R\tmilliCpus\x12\x12\n" +
 	"\x04pids\x18\x03 \x01(\x03R\x04pids\x12\x1f\n" +
 	"\vstate_bytes\x18\x04 \x01(\x03R\n" +
-	"stateBytes\"\xd5\v\n" +
+	"stateBytes\"\xbd\r\n" +
 	"\fProgramEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x10\n" +
 	"\x03run\x18\x02 \x01(\x03R\x03run\x125\n" +
@@ -3457,13 +4316,27 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\ttorn_down\x18\x1d \x01(\v2\x13.hershy.v1.TornDownH\x00R\btornDown\x12D\n" +
 	"\x0fteardown_failed\x18\x1e \x01(\v2\x19.hershy.v1.TeardownFailedH\x00R\x0eteardownFailed\x12;\n" +
 	"\fbuild_queued\x18# \x01(\v2\x16.hershy.v1.BuildQueuedH\x00R\vbuildQueued\x12A\n" +
-	"\x0ewatcher_probed\x18$ \x01(\v2\x18.hershy.v1.WatcherProbedH\x00R\rwatcherProbed\x12A\n" +
+	"\x0ewatcher_probed\x18$ \x01(\v2\x18.hershy.v1.WatcherProbedH\x00R\rwatcherProbed\x12G\n" +
+	"\x10deploy_requested\x18. \x01(\v2\x1a.hershy.v1.DeployRequestedH\x00R\x0fdeployRequested\x12D\n" +
+	"\x0fcandidate_built\x18/ \x01(\v2\x19.hershy.v1.CandidateBuiltH\x00R\x0ecandidateBuilt\x12W\n" +
+	"\x16candidate_build_failed\x180 \x01(\v2\x1f.hershy.v1.CandidateBuildFailedH\x00R\x14candidateBuildFailed\x12A\n" +
 	"\x0ehost_restarted\x187 \x01(\v2\x18.hershy.v1.HostRestartedH\x00R\rhostRestarted\x12>\n" +
 	"\ralias_changed\x18) \x01(\v2\x17.hershy.v1.AliasChangedH\x00R\faliasChanged\x128\n" +
 	"\venv_changed\x18* \x01(\v2\x15.hershy.v1.EnvChangedH\x00R\n" +
 	"envChangedB\x06\n" +
 	"\x04kind\"\x0f\n" +
-	"\rHostRestarted\"\xbe\x02\n" +
+	"\rHostRestarted\"\xa5\x01\n" +
+	"\x0fDeployRequested\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x122\n" +
+	"\tresources\x18\x02 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12!\n" +
+	"\frequested_by\x18\x03 \x01(\tR\vrequestedBy\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\"T\n" +
+	"\x0eCandidateBuilt\x12'\n" +
+	"\x0frevision_number\x18\x01 \x01(\x03R\x0erevisionNumber\x12\x19\n" +
+	"\bimage_id\x18\x02 \x01(\tR\aimageId\"W\n" +
+	"\x14CandidateBuildFailed\x12'\n" +
+	"\x0frevision_number\x18\x01 \x01(\x03R\x0erevisionNumber\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xbe\x02\n" +
 	"\x0eProgramCreated\x12\x1d\n" +
 	"\n" +
 	"program_id\x18\x01 \x01(\tR\tprogramId\x12\x17\n" +
@@ -3513,7 +4386,28 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
 	"\bTornDown\"(\n" +
 	"\x0eTeardownFailed\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"Y\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x87\x02\n" +
+	"\x14DeployProgramRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"dockerfile\x18\x02 \x01(\tR\n" +
+	"dockerfile\x12J\n" +
+	"\tsrc_files\x18\x03 \x03(\v2-.hershy.v1.DeployProgramRequest.SrcFilesEntryR\bsrcFiles\x122\n" +
+	"\tresources\x18\x04 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x1a;\n" +
+	"\rSrcFilesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\x81\x01\n" +
+	"\x14UpdateProgramRequest\x12,\n" +
+	"\aprogram\x18\x01 \x01(\v2\x12.hershy.v1.ProgramR\aprogram\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"1\n" +
+	"\x1bListProgramRevisionsRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"X\n" +
+	"\x1cListProgramRevisionsResponse\x128\n" +
+	"\trevisions\x18\x01 \x03(\v2\x1a.hershy.v1.ProgramRevisionR\trevisions\"U\n" +
+	"\x16RollbackProgramRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
+	"\x0frevision_number\x18\x02 \x01(\x03R\x0erevisionNumber\"Y\n" +
 	"\rWatcherProbed\x12\x1a\n" +
 	"\banswered\x18\x01 \x01(\bR\banswered\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
@@ -3625,13 +4519,22 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\x18RESTART_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13RESTART_MODE_ALWAYS\x10\x01\x12\x1b\n" +
 	"\x17RESTART_MODE_ON_FAILURE\x10\x02\x12\x16\n" +
-	"\x12RESTART_MODE_NEVER\x10\x03*\x80\x01\n" +
+	"\x12RESTART_MODE_NEVER\x10\x03*\xf3\x01\n" +
+	"\fRolloutPhase\x12\x1d\n" +
+	"\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16ROLLOUT_PHASE_BUILDING\x10\x01\x12\x1b\n" +
+	"\x17ROLLOUT_PHASE_SWITCHING\x10\x02\x12\x1b\n" +
+	"\x17ROLLOUT_PHASE_REVERTING\x10\x03\x12\x1b\n" +
+	"\x17ROLLOUT_PHASE_SUCCEEDED\x10\x04\x12\x1a\n" +
+	"\x16ROLLOUT_PHASE_REVERTED\x10\x05\x12\x1b\n" +
+	"\x17ROLLOUT_PHASE_CANCELLED\x10\x06\x12\x18\n" +
+	"\x14ROLLOUT_PHASE_FAILED\x10\a*\x80\x01\n" +
 	"\tLogStream\x12\x1a\n" +
 	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LOG_STREAM_BUILD\x10\x01\x12\x15\n" +
 	"\x11LOG_STREAM_STDOUT\x10\x02\x12\x15\n" +
 	"\x11LOG_STREAM_STDERR\x10\x03\x12\x13\n" +
-	"\x0fLOG_STREAM_HOST\x10\x042\xb2\x06\n" +
+	"\x0fLOG_STREAM_HOST\x10\x042\xf1\b\n" +
 	"\x0eProgramService\x12D\n" +
 	"\rCreateProgram\x12\x1f.hershy.v1.CreateProgramRequest\x1a\x12.hershy.v1.Program\x12>\n" +
 	"\n" +
@@ -3644,7 +4547,11 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\vWaitProgram\x12\x1d.hershy.v1.WaitProgramRequest\x1a\x12.hershy.v1.Program\x12T\n" +
 	"\rWatchPrograms\x12\x1f.hershy.v1.WatchProgramsRequest\x1a .hershy.v1.WatchProgramsResponse0\x01\x12P\n" +
 	"\x10GetProgramSource\x12\".hershy.v1.GetProgramSourceRequest\x1a\x18.hershy.v1.ProgramSource\x12K\n" +
-	"\x0fReadProgramLogs\x12!.hershy.v1.ReadProgramLogsRequest\x1a\x13.hershy.v1.LogEntry0\x01B7Z5github.com/hershy/hershy/clients/go/hershyv1;hershyv1b\x06proto3"
+	"\x0fReadProgramLogs\x12!.hershy.v1.ReadProgramLogsRequest\x1a\x13.hershy.v1.LogEntry0\x01\x12D\n" +
+	"\rDeployProgram\x12\x1f.hershy.v1.DeployProgramRequest\x1a\x12.hershy.v1.Program\x12D\n" +
+	"\rUpdateProgram\x12\x1f.hershy.v1.UpdateProgramRequest\x1a\x12.hershy.v1.Program\x12g\n" +
+	"\x14ListProgramRevisions\x12&.hershy.v1.ListProgramRevisionsRequest\x1a'.hershy.v1.ListProgramRevisionsResponse\x12H\n" +
+	"\x0fRollbackProgram\x12!.hershy.v1.RollbackProgramRequest\x1a\x12.hershy.v1.ProgramB7Z5github.com/hershy/hershy/clients/go/hershyv1;hershyv1b\x06proto3"
 
 var (
 	file_hershy_v1_program_proto_rawDescOnce sync.Once
@@ -3658,154 +4565,190 @@ func file_hershy_v1_program_proto_rawDescGZIP() []byte {
 	return file_hershy_v1_program_proto_rawDescData
 }
 
-var file_hershy_v1_program_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_hershy_v1_program_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_hershy_v1_program_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_hershy_v1_program_proto_goTypes = []any{
-	(State)(0),                      // 0: hershy.v1.State
-	(Health)(0),                     // 1: hershy.v1.Health
-	(RestartMode)(0),                // 2: hershy.v1.RestartMode
-	(LogStream)(0),                  // 3: hershy.v1.LogStream
-	(WatchProgramsResponse_Type)(0), // 4: hershy.v1.WatchProgramsResponse.Type
-	(*Program)(nil),                 // 5: hershy.v1.Program
-	(*ReadinessCheck)(nil),          // 6: hershy.v1.ReadinessCheck
-	(*RestartPolicy)(nil),           // 7: hershy.v1.RestartPolicy
-	(*StopSettings)(nil),            // 8: hershy.v1.StopSettings
-	(*Resources)(nil),               // 9: hershy.v1.Resources
-	(*ProgramEvent)(nil),            // 10: hershy.v1.ProgramEvent
-	(*HostRestarted)(nil),           // 11: hershy.v1.HostRestarted
-	(*ProgramCreated)(nil),          // 12: hershy.v1.ProgramCreated
-	(*AliasChanged)(nil),            // 13: hershy.v1.AliasChanged
-	(*EnvChanged)(nil),              // 14: hershy.v1.EnvChanged
-	(*StartRequested)(nil),          // 15: hershy.v1.StartRequested
-	(*StopRequested)(nil),           // 16: hershy.v1.StopRequested
-	(*RestartRequested)(nil),        // 17: hershy.v1.RestartRequested
-	(*DeleteRequested)(nil),         // 18: hershy.v1.DeleteRequested
-	(*BuildSucceeded)(nil),          // 19: hershy.v1.BuildSucceeded
-	(*BuildQueued)(nil),             // 20: hershy.v1.BuildQueued
-	(*BuildFailed)(nil),             // 21: hershy.v1.BuildFailed
-	(*ContainerCreated)(nil),        // 22: hershy.v1.ContainerCreated
-	(*ContainerReady)(nil),          // 23: hershy.v1.ContainerReady
-	(*StartFailed)(nil),             // 24: hershy.v1.StartFailed
-	(*ContainerExited)(nil),         // 25: hershy.v1.ContainerExited
-	(*ContainerStopped)(nil),        // 26: hershy.v1.ContainerStopped
-	(*StopFailed)(nil),              // 27: hershy.v1.StopFailed
-	(*RestartTimerFired)(nil),       // 28: hershy.v1.RestartTimerFired
-	(*TornDown)(nil),                // 29: hershy.v1.TornDown
-	(*TeardownFailed)(nil),          // 30: hershy.v1.TeardownFailed
-	(*WatcherProbed)(nil),           // 31: hershy.v1.WatcherProbed
-	(*CreateProgramRequest)(nil),    // 32: hershy.v1.CreateProgramRequest
-	(*GetProgramRequest)(nil),       // 33: hershy.v1.GetProgramRequest
-	(*ListProgramsRequest)(nil),     // 34: hershy.v1.ListProgramsRequest
-	(*ListProgramsResponse)(nil),    // 35: hershy.v1.ListProgramsResponse
-	(*DeleteProgramRequest)(nil),    // 36: hershy.v1.DeleteProgramRequest
-	(*StartProgramRequest)(nil),     // 37: hershy.v1.StartProgramRequest
-	(*StopProgramRequest)(nil),      // 38: hershy.v1.StopProgramRequest
-	(*RestartProgramRequest)(nil),   // 39: hershy.v1.RestartProgramRequest
-	(*WaitProgramRequest)(nil),      // 40: hershy.v1.WaitProgramRequest
-	(*WatchProgramsRequest)(nil),    // 41: hershy.v1.WatchProgramsRequest
-	(*WatchProgramsResponse)(nil),   // 42: hershy.v1.WatchProgramsResponse
-	(*GetProgramSourceRequest)(nil), // 43: hershy.v1.GetProgramSourceRequest
-	(*ProgramSource)(nil),           // 44: hershy.v1.ProgramSource
-	(*ReadProgramLogsRequest)(nil),  // 45: hershy.v1.ReadProgramLogsRequest
-	(*LogEntry)(nil),                // 46: hershy.v1.LogEntry
-	nil,                             // 47: hershy.v1.Program.EnvEntry
-	nil,                             // 48: hershy.v1.ProgramCreated.EnvEntry
-	nil,                             // 49: hershy.v1.EnvChanged.EnvEntry
-	nil,                             // 50: hershy.v1.CreateProgramRequest.SrcFilesEntry
-	nil,                             // 51: hershy.v1.CreateProgramRequest.EnvEntry
-	nil,                             // 52: hershy.v1.ProgramSource.SrcFilesEntry
-	(*timestamppb.Timestamp)(nil),   // 53: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 54: google.protobuf.Duration
+	(State)(0),                           // 0: hershy.v1.State
+	(Health)(0),                          // 1: hershy.v1.Health
+	(RestartMode)(0),                     // 2: hershy.v1.RestartMode
+	(RolloutPhase)(0),                    // 3: hershy.v1.RolloutPhase
+	(LogStream)(0),                       // 4: hershy.v1.LogStream
+	(WatchProgramsResponse_Type)(0),      // 5: hershy.v1.WatchProgramsResponse.Type
+	(*Program)(nil),                      // 6: hershy.v1.Program
+	(*ReadinessCheck)(nil),               // 7: hershy.v1.ReadinessCheck
+	(*RestartPolicy)(nil),                // 8: hershy.v1.RestartPolicy
+	(*StopSettings)(nil),                 // 9: hershy.v1.StopSettings
+	(*Rollout)(nil),                      // 10: hershy.v1.Rollout
+	(*ProgramRevision)(nil),              // 11: hershy.v1.ProgramRevision
+	(*Resources)(nil),                    // 12: hershy.v1.Resources
+	(*ProgramEvent)(nil),                 // 13: hershy.v1.ProgramEvent
+	(*HostRestarted)(nil),                // 14: hershy.v1.HostRestarted
+	(*DeployRequested)(nil),              // 15: hershy.v1.DeployRequested
+	(*CandidateBuilt)(nil),               // 16: hershy.v1.CandidateBuilt
+	(*CandidateBuildFailed)(nil),         // 17: hershy.v1.CandidateBuildFailed
+	(*ProgramCreated)(nil),               // 18: hershy.v1.ProgramCreated
+	(*AliasChanged)(nil),                 // 19: hershy.v1.AliasChanged
+	(*EnvChanged)(nil),                   // 20: hershy.v1.EnvChanged
+	(*StartRequested)(nil),               // 21: hershy.v1.StartRequested
+	(*StopRequested)(nil),                // 22: hershy.v1.StopRequested
+	(*RestartRequested)(nil),             // 23: hershy.v1.RestartRequested
+	(*DeleteRequested)(nil),              // 24: hershy.v1.DeleteRequested
+	(*BuildSucceeded)(nil),               // 25: hershy.v1.BuildSucceeded
+	(*BuildQueued)(nil),                  // 26: hershy.v1.BuildQueued
+	(*BuildFailed)(nil),                  // 27: hershy.v1.BuildFailed
+	(*ContainerCreated)(nil),             // 28: hershy.v1.ContainerCreated
+	(*ContainerReady)(nil),               // 29: hershy.v1.ContainerReady
+	(*StartFailed)(nil),                  // 30: hershy.v1.StartFailed
+	(*ContainerExited)(nil),              // 31: hershy.v1.ContainerExited
+	(*ContainerStopped)(nil),             // 32: hershy.v1.ContainerStopped
+	(*StopFailed)(nil),                   // 33: hershy.v1.StopFailed
+	(*RestartTimerFired)(nil),            // 34: hershy.v1.RestartTimerFired
+	(*TornDown)(nil),                     // 35: hershy.v1.TornDown
+	(*TeardownFailed)(nil),               // 36: hershy.v1.TeardownFailed
+	(*DeployProgramRequest)(nil),         // 37: hershy.v1.DeployProgramRequest
+	(*UpdateProgramRequest)(nil),         // 38: hershy.v1.UpdateProgramRequest
+	(*ListProgramRevisionsRequest)(nil),  // 39: hershy.v1.ListProgramRevisionsRequest
+	(*ListProgramRevisionsResponse)(nil), // 40: hershy.v1.ListProgramRevisionsResponse
+	(*RollbackProgramRequest)(nil),       // 41: hershy.v1.RollbackProgramRequest
+	(*WatcherProbed)(nil),                // 42: hershy.v1.WatcherProbed
+	(*CreateProgramRequest)(nil),         // 43: hershy.v1.CreateProgramRequest
+	(*GetProgramRequest)(nil),            // 44: hershy.v1.GetProgramRequest
+	(*ListProgramsRequest)(nil),          // 45: hershy.v1.ListProgramsRequest
+	(*ListProgramsResponse)(nil),         // 46: hershy.v1.ListProgramsResponse
+	(*DeleteProgramRequest)(nil),         // 47: hershy.v1.DeleteProgramRequest
+	(*StartProgramRequest)(nil),          // 48: hershy.v1.StartProgramRequest
+	(*StopProgramRequest)(nil),           // 49: hershy.v1.StopProgramRequest
+	(*RestartProgramRequest)(nil),        // 50: hershy.v1.RestartProgramRequest
+	(*WaitProgramRequest)(nil),           // 51: hershy.v1.WaitProgramRequest
+	(*WatchProgramsRequest)(nil),         // 52: hershy.v1.WatchProgramsRequest
+	(*WatchProgramsResponse)(nil),        // 53: hershy.v1.WatchProgramsResponse
+	(*GetProgramSourceRequest)(nil),      // 54: hershy.v1.GetProgramSourceRequest
+	(*ProgramSource)(nil),                // 55: hershy.v1.ProgramSource
+	(*ReadProgramLogsRequest)(nil),       // 56: hershy.v1.ReadProgramLogsRequest
+	(*LogEntry)(nil),                     // 57: hershy.v1.LogEntry
+	nil,                                  // 58: hershy.v1.Program.EnvEntry
+	nil,                                  // 59: hershy.v1.ProgramCreated.EnvEntry
+	nil,                                  // 60: hershy.v1.EnvChanged.EnvEntry
+	nil,                                  // 61: hershy.v1.DeployProgramRequest.SrcFilesEntry
+	nil,                                  // 62: hershy.v1.CreateProgramRequest.SrcFilesEntry
+	nil,                                  // 63: hershy.v1.CreateProgramRequest.EnvEntry
+	nil,                                  // 64: hershy.v1.ProgramSource.SrcFilesEntry
+	(*timestamppb.Timestamp)(nil),        // 65: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 66: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 67: google.protobuf.FieldMask
 }
 var file_hershy_v1_program_proto_depIdxs = []int32{
 	0,  // 0: hershy.v1.Program.state:type_name -> hershy.v1.State
-	53, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
-	53, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
-	53, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
-	53, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
-	9,  // 5: hershy.v1.Program.resources:type_name -> hershy.v1.Resources
-	47, // 6: hershy.v1.Program.env:type_name -> hershy.v1.Program.EnvEntry
-	6,  // 7: hershy.v1.Program.readiness:type_name -> hershy.v1.ReadinessCheck
-	7,  // 8: hershy.v1.Program.restart_policy:type_name -> hershy.v1.RestartPolicy
-	8,  // 9: hershy.v1.Program.stop:type_name -> hershy.v1.StopSettings
+	65, // 1: hershy.v1.Program.create_time:type_name -> google.protobuf.Timestamp
+	65, // 2: hershy.v1.Program.update_time:type_name -> google.protobuf.Timestamp
+	65, // 3: hershy.v1.Program.next_restart_time:type_name -> google.protobuf.Timestamp
+	65, // 4: hershy.v1.Program.ready_time:type_name -> google.protobuf.Timestamp
+	12, // 5: hershy.v1.Program.resources:type_name -> hershy.v1.Resources
+	58, // 6: hershy.v1.Program.env:type_name -> hershy.v1.Program.EnvEntry
+	7,  // 7: hershy.v1.Program.readiness:type_name -> hershy.v1.ReadinessCheck
+	8,  // 8: hershy.v1.Program.restart_policy:type_name -> hershy.v1.RestartPolicy
+	9,  // 9: hershy.v1.Program.stop:type_name -> hershy.v1.StopSettings
 	1,  // 10: hershy.v1.Program.health:type_name -> hershy.v1.Health
-	53, // 11: hershy.v1.Program.watcher_answer_time:type_name -> google.protobuf.Timestamp
-	53, // 12: hershy.v1.Program.watcher_state_time:type_name -> google.protobuf.Timestamp
-	53, // 13: hershy.v1.Program.unhealthy_time:type_name -> google.protobuf.Timestamp
-	54, // 14: hershy.v1.ReadinessCheck.timeout:type_name -> google.protobuf.Duration
-	54, // 15: hershy.v1.ReadinessCheck.settle:type_name -> google.protobuf.Duration
-	54, // 16: hershy.v1.ReadinessCheck.liveness_grace:type_name -> google.protobuf.Duration
-	2,  // 17: hershy.v1.RestartPolicy.mode:type_name -> hershy.v1.RestartMode
-	54, // 18: hershy.v1.RestartPolicy.window:type_name -> google.protobuf.Duration
-	54, // 19: hershy.v1.StopSettings.grace:type_name -> google.protobuf.Duration
-	53, // 20: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
-	12, // 21: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
-	15, // 22: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
-	16, // 23: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
-	17, // 24: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
-	18, // 25: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
-	19, // 26: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
-	21, // 27: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
-	22, // 28: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
-	23, // 29: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
-	24, // 30: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
-	25, // 31: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
-	26, // 32: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
-	27, // 33: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
-	28, // 34: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
-	29, // 35: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
-	30, // 36: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
-	20, // 37: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
-	31, // 38: hershy.v1.ProgramEvent.watcher_probed:type_name -> hershy.v1.WatcherProbed
-	11, // 39: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
-	13, // 40: hershy.v1.ProgramEvent.alias_changed:type_name -> hershy.v1.AliasChanged
-	14, // 41: hershy.v1.ProgramEvent.env_changed:type_name -> hershy.v1.EnvChanged
-	9,  // 42: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
-	48, // 43: hershy.v1.ProgramCreated.env:type_name -> hershy.v1.ProgramCreated.EnvEntry
-	49, // 44: hershy.v1.EnvChanged.env:type_name -> hershy.v1.EnvChanged.EnvEntry
-	50, // 45: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
-	9,  // 46: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
-	51, // 47: hershy.v1.CreateProgramRequest.env:type_name -> hershy.v1.CreateProgramRequest.EnvEntry
-	6,  // 48: hershy.v1.CreateProgramRequest.readiness:type_name -> hershy.v1.ReadinessCheck
-	7,  // 49: hershy.v1.CreateProgramRequest.restart_policy:type_name -> hershy.v1.RestartPolicy
-	8,  // 50: hershy.v1.CreateProgramRequest.stop:type_name -> hershy.v1.StopSettings
-	5,  // 51: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
-	0,  // 52: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
-	54, // 53: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
-	4,  // 54: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
-	5,  // 55: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
-	10, // 56: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
-	52, // 57: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
-	3,  // 58: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
-	53, // 59: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
-	3,  // 60: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
-	32, // 61: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
-	33, // 62: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
-	34, // 63: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
-	36, // 64: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
-	37, // 65: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
-	38, // 66: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
-	39, // 67: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
-	40, // 68: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
-	41, // 69: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
-	43, // 70: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
-	45, // 71: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
-	5,  // 72: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
-	5,  // 73: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
-	35, // 74: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
-	5,  // 75: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
-	5,  // 76: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
-	5,  // 77: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
-	5,  // 78: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
-	5,  // 79: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
-	42, // 80: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
-	44, // 81: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
-	46, // 82: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
-	72, // [72:83] is the sub-list for method output_type
-	61, // [61:72] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	65, // 11: hershy.v1.Program.watcher_answer_time:type_name -> google.protobuf.Timestamp
+	65, // 12: hershy.v1.Program.watcher_state_time:type_name -> google.protobuf.Timestamp
+	65, // 13: hershy.v1.Program.unhealthy_time:type_name -> google.protobuf.Timestamp
+	10, // 14: hershy.v1.Program.rollout:type_name -> hershy.v1.Rollout
+	66, // 15: hershy.v1.ReadinessCheck.timeout:type_name -> google.protobuf.Duration
+	66, // 16: hershy.v1.ReadinessCheck.settle:type_name -> google.protobuf.Duration
+	66, // 17: hershy.v1.ReadinessCheck.liveness_grace:type_name -> google.protobuf.Duration
+	2,  // 18: hershy.v1.RestartPolicy.mode:type_name -> hershy.v1.RestartMode
+	66, // 19: hershy.v1.RestartPolicy.window:type_name -> google.protobuf.Duration
+	66, // 20: hershy.v1.StopSettings.grace:type_name -> google.protobuf.Duration
+	3,  // 21: hershy.v1.Rollout.phase:type_name -> hershy.v1.RolloutPhase
+	65, // 22: hershy.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	65, // 23: hershy.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	12, // 24: hershy.v1.ProgramRevision.resources:type_name -> hershy.v1.Resources
+	65, // 25: hershy.v1.ProgramRevision.create_time:type_name -> google.protobuf.Timestamp
+	65, // 26: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
+	18, // 27: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
+	21, // 28: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
+	22, // 29: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
+	23, // 30: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
+	24, // 31: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
+	25, // 32: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
+	27, // 33: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
+	28, // 34: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
+	29, // 35: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
+	30, // 36: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
+	31, // 37: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
+	32, // 38: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
+	33, // 39: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
+	34, // 40: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
+	35, // 41: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
+	36, // 42: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
+	26, // 43: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
+	42, // 44: hershy.v1.ProgramEvent.watcher_probed:type_name -> hershy.v1.WatcherProbed
+	15, // 45: hershy.v1.ProgramEvent.deploy_requested:type_name -> hershy.v1.DeployRequested
+	16, // 46: hershy.v1.ProgramEvent.candidate_built:type_name -> hershy.v1.CandidateBuilt
+	17, // 47: hershy.v1.ProgramEvent.candidate_build_failed:type_name -> hershy.v1.CandidateBuildFailed
+	14, // 48: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
+	19, // 49: hershy.v1.ProgramEvent.alias_changed:type_name -> hershy.v1.AliasChanged
+	20, // 50: hershy.v1.ProgramEvent.env_changed:type_name -> hershy.v1.EnvChanged
+	12, // 51: hershy.v1.DeployRequested.resources:type_name -> hershy.v1.Resources
+	12, // 52: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
+	59, // 53: hershy.v1.ProgramCreated.env:type_name -> hershy.v1.ProgramCreated.EnvEntry
+	60, // 54: hershy.v1.EnvChanged.env:type_name -> hershy.v1.EnvChanged.EnvEntry
+	61, // 55: hershy.v1.DeployProgramRequest.src_files:type_name -> hershy.v1.DeployProgramRequest.SrcFilesEntry
+	12, // 56: hershy.v1.DeployProgramRequest.resources:type_name -> hershy.v1.Resources
+	6,  // 57: hershy.v1.UpdateProgramRequest.program:type_name -> hershy.v1.Program
+	67, // 58: hershy.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
+	11, // 59: hershy.v1.ListProgramRevisionsResponse.revisions:type_name -> hershy.v1.ProgramRevision
+	62, // 60: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
+	12, // 61: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
+	63, // 62: hershy.v1.CreateProgramRequest.env:type_name -> hershy.v1.CreateProgramRequest.EnvEntry
+	7,  // 63: hershy.v1.CreateProgramRequest.readiness:type_name -> hershy.v1.ReadinessCheck
+	8,  // 64: hershy.v1.CreateProgramRequest.restart_policy:type_name -> hershy.v1.RestartPolicy
+	9,  // 65: hershy.v1.CreateProgramRequest.stop:type_name -> hershy.v1.StopSettings
+	6,  // 66: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
+	0,  // 67: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
+	66, // 68: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
+	5,  // 69: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
+	6,  // 70: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
+	13, // 71: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
+	64, // 72: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
+	4,  // 73: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
+	65, // 74: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	4,  // 75: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
+	43, // 76: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
+	44, // 77: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
+	45, // 78: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
+	47, // 79: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
+	48, // 80: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
+	49, // 81: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
+	50, // 82: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
+	51, // 83: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
+	52, // 84: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
+	54, // 85: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
+	56, // 86: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
+	37, // 87: hershy.v1.ProgramService.DeployProgram:input_type -> hershy.v1.DeployProgramRequest
+	38, // 88: hershy.v1.ProgramService.UpdateProgram:input_type -> hershy.v1.UpdateProgramRequest
+	39, // 89: hershy.v1.ProgramService.ListProgramRevisions:input_type -> hershy.v1.ListProgramRevisionsRequest
+	41, // 90: hershy.v1.ProgramService.RollbackProgram:input_type -> hershy.v1.RollbackProgramRequest
+	6,  // 91: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
+	6,  // 92: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
+	46, // 93: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
+	6,  // 94: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
+	6,  // 95: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
+	6,  // 96: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
+	6,  // 97: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
+	6,  // 98: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
+	53, // 99: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
+	55, // 100: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
+	57, // 101: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
+	6,  // 102: hershy.v1.ProgramService.DeployProgram:output_type -> hershy.v1.Program
+	6,  // 103: hershy.v1.ProgramService.UpdateProgram:output_type -> hershy.v1.Program
+	40, // 104: hershy.v1.ProgramService.ListProgramRevisions:output_type -> hershy.v1.ListProgramRevisionsResponse
+	6,  // 105: hershy.v1.ProgramService.RollbackProgram:output_type -> hershy.v1.Program
+	91, // [91:106] is the sub-list for method output_type
+	76, // [76:91] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_hershy_v1_program_proto_init() }
@@ -3815,7 +4758,7 @@ func file_hershy_v1_program_proto_init() {
 	}
 	file_hershy_v1_program_proto_msgTypes[0].OneofWrappers = []any{}
 	file_hershy_v1_program_proto_msgTypes[1].OneofWrappers = []any{}
-	file_hershy_v1_program_proto_msgTypes[5].OneofWrappers = []any{
+	file_hershy_v1_program_proto_msgTypes[7].OneofWrappers = []any{
 		(*ProgramEvent_Created)(nil),
 		(*ProgramEvent_StartRequested)(nil),
 		(*ProgramEvent_StopRequested)(nil),
@@ -3834,19 +4777,22 @@ func file_hershy_v1_program_proto_init() {
 		(*ProgramEvent_TeardownFailed)(nil),
 		(*ProgramEvent_BuildQueued)(nil),
 		(*ProgramEvent_WatcherProbed)(nil),
+		(*ProgramEvent_DeployRequested)(nil),
+		(*ProgramEvent_CandidateBuilt)(nil),
+		(*ProgramEvent_CandidateBuildFailed)(nil),
 		(*ProgramEvent_HostRestarted)(nil),
 		(*ProgramEvent_AliasChanged)(nil),
 		(*ProgramEvent_EnvChanged)(nil),
 	}
-	file_hershy_v1_program_proto_msgTypes[36].OneofWrappers = []any{}
-	file_hershy_v1_program_proto_msgTypes[40].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[46].OneofWrappers = []any{}
+	file_hershy_v1_program_proto_msgTypes[50].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hershy_v1_program_proto_rawDesc), len(file_hershy_v1_program_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   48,
+			NumEnums:      6,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

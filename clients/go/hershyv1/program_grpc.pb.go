@@ -19,17 +19,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ProgramService_CreateProgram_FullMethodName    = "/hershy.v1.ProgramService/CreateProgram"
-	ProgramService_GetProgram_FullMethodName       = "/hershy.v1.ProgramService/GetProgram"
-	ProgramService_ListPrograms_FullMethodName     = "/hershy.v1.ProgramService/ListPrograms"
-	ProgramService_DeleteProgram_FullMethodName    = "/hershy.v1.ProgramService/DeleteProgram"
-	ProgramService_StartProgram_FullMethodName     = "/hershy.v1.ProgramService/StartProgram"
-	ProgramService_StopProgram_FullMethodName      = "/hershy.v1.ProgramService/StopProgram"
-	ProgramService_RestartProgram_FullMethodName   = "/hershy.v1.ProgramService/RestartProgram"
-	ProgramService_WaitProgram_FullMethodName      = "/hershy.v1.ProgramService/WaitProgram"
-	ProgramService_WatchPrograms_FullMethodName    = "/hershy.v1.ProgramService/WatchPrograms"
-	ProgramService_GetProgramSource_FullMethodName = "/hershy.v1.ProgramService/GetProgramSource"
-	ProgramService_ReadProgramLogs_FullMethodName  = "/hershy.v1.ProgramService/ReadProgramLogs"
+	ProgramService_CreateProgram_FullMethodName        = "/hershy.v1.ProgramService/CreateProgram"
+	ProgramService_GetProgram_FullMethodName           = "/hershy.v1.ProgramService/GetProgram"
+	ProgramService_ListPrograms_FullMethodName         = "/hershy.v1.ProgramService/ListPrograms"
+	ProgramService_DeleteProgram_FullMethodName        = "/hershy.v1.ProgramService/DeleteProgram"
+	ProgramService_StartProgram_FullMethodName         = "/hershy.v1.ProgramService/StartProgram"
+	ProgramService_StopProgram_FullMethodName          = "/hershy.v1.ProgramService/StopProgram"
+	ProgramService_RestartProgram_FullMethodName       = "/hershy.v1.ProgramService/RestartProgram"
+	ProgramService_WaitProgram_FullMethodName          = "/hershy.v1.ProgramService/WaitProgram"
+	ProgramService_WatchPrograms_FullMethodName        = "/hershy.v1.ProgramService/WatchPrograms"
+	ProgramService_GetProgramSource_FullMethodName     = "/hershy.v1.ProgramService/GetProgramSource"
+	ProgramService_ReadProgramLogs_FullMethodName      = "/hershy.v1.ProgramService/ReadProgramLogs"
+	ProgramService_DeployProgram_FullMethodName        = "/hershy.v1.ProgramService/DeployProgram"
+	ProgramService_UpdateProgram_FullMethodName        = "/hershy.v1.ProgramService/UpdateProgram"
+	ProgramService_ListProgramRevisions_FullMethodName = "/hershy.v1.ProgramService/ListProgramRevisions"
+	ProgramService_RollbackProgram_FullMethodName      = "/hershy.v1.ProgramService/RollbackProgram"
 )
 
 // ProgramServiceClient is the client API for ProgramService service.
@@ -60,12 +64,30 @@ type ProgramServiceClient interface {
 	// Streams a snapshot of programs, then every change (list-then-watch), or
 	// every change after a revision when resuming.
 	WatchPrograms(ctx context.Context, in *WatchProgramsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchProgramsResponse], error)
-	// Returns the Dockerfile and source files the program was created from.
+	// Returns the Dockerfile and source files of the revision the program runs
+	// (at first, those it was created from).
 	GetProgramSource(ctx context.Context, in *GetProgramSourceRequest, opts ...grpc.CallOption) (*ProgramSource, error)
 	// Streams the program's logs: its builds, its containers' stdout and
 	// stderr, and the Host's notes about it; with `follow`, new lines as they
 	// come.
 	ReadProgramLogs(ctx context.Context, in *ReadProgramLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogEntry], error)
+	// Rolls out a new revision from new source (and optionally new limits) in
+	// place: same id, same `/state`. On a READY program the new image builds
+	// while the current revision keeps running; once built the Host switches;
+	// if the new revision fails to build or to become READY the previous one
+	// runs again by itself (`rollout.reason` says why). At rest (CREATED,
+	// STOPPED, ERROR) the next start runs it; in BACKOFF it starts at once.
+	// FAILED_PRECONDITION while another rollout is under way.
+	DeployProgram(ctx context.Context, in *DeployProgramRequest, opts ...grpc.CallOption) (*Program, error)
+	// AIP-134: changes the fields in `update_mask` (today `resources`, or one
+	// of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
+	// `resources.state_bytes`) as a new revision, rolled out like a deploy.
+	UpdateProgram(ctx context.Context, in *UpdateProgramRequest, opts ...grpc.CallOption) (*Program, error)
+	// Lists the program's revisions, newest first.
+	ListProgramRevisions(ctx context.Context, in *ListProgramRevisionsRequest, opts ...grpc.CallOption) (*ListProgramRevisionsResponse, error)
+	// Rolls out a kept revision's source and configuration again, as a new
+	// revision, with the same revert rules as a deploy.
+	RollbackProgram(ctx context.Context, in *RollbackProgramRequest, opts ...grpc.CallOption) (*Program, error)
 }
 
 type programServiceClient struct {
@@ -204,6 +226,46 @@ func (c *programServiceClient) ReadProgramLogs(ctx context.Context, in *ReadProg
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ProgramService_ReadProgramLogsClient = grpc.ServerStreamingClient[LogEntry]
 
+func (c *programServiceClient) DeployProgram(ctx context.Context, in *DeployProgramRequest, opts ...grpc.CallOption) (*Program, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Program)
+	err := c.cc.Invoke(ctx, ProgramService_DeployProgram_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *programServiceClient) UpdateProgram(ctx context.Context, in *UpdateProgramRequest, opts ...grpc.CallOption) (*Program, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Program)
+	err := c.cc.Invoke(ctx, ProgramService_UpdateProgram_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *programServiceClient) ListProgramRevisions(ctx context.Context, in *ListProgramRevisionsRequest, opts ...grpc.CallOption) (*ListProgramRevisionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListProgramRevisionsResponse)
+	err := c.cc.Invoke(ctx, ProgramService_ListProgramRevisions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *programServiceClient) RollbackProgram(ctx context.Context, in *RollbackProgramRequest, opts ...grpc.CallOption) (*Program, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Program)
+	err := c.cc.Invoke(ctx, ProgramService_RollbackProgram_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProgramServiceServer is the server API for ProgramService service.
 // All implementations must embed UnimplementedProgramServiceServer
 // for forward compatibility.
@@ -232,12 +294,30 @@ type ProgramServiceServer interface {
 	// Streams a snapshot of programs, then every change (list-then-watch), or
 	// every change after a revision when resuming.
 	WatchPrograms(*WatchProgramsRequest, grpc.ServerStreamingServer[WatchProgramsResponse]) error
-	// Returns the Dockerfile and source files the program was created from.
+	// Returns the Dockerfile and source files of the revision the program runs
+	// (at first, those it was created from).
 	GetProgramSource(context.Context, *GetProgramSourceRequest) (*ProgramSource, error)
 	// Streams the program's logs: its builds, its containers' stdout and
 	// stderr, and the Host's notes about it; with `follow`, new lines as they
 	// come.
 	ReadProgramLogs(*ReadProgramLogsRequest, grpc.ServerStreamingServer[LogEntry]) error
+	// Rolls out a new revision from new source (and optionally new limits) in
+	// place: same id, same `/state`. On a READY program the new image builds
+	// while the current revision keeps running; once built the Host switches;
+	// if the new revision fails to build or to become READY the previous one
+	// runs again by itself (`rollout.reason` says why). At rest (CREATED,
+	// STOPPED, ERROR) the next start runs it; in BACKOFF it starts at once.
+	// FAILED_PRECONDITION while another rollout is under way.
+	DeployProgram(context.Context, *DeployProgramRequest) (*Program, error)
+	// AIP-134: changes the fields in `update_mask` (today `resources`, or one
+	// of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
+	// `resources.state_bytes`) as a new revision, rolled out like a deploy.
+	UpdateProgram(context.Context, *UpdateProgramRequest) (*Program, error)
+	// Lists the program's revisions, newest first.
+	ListProgramRevisions(context.Context, *ListProgramRevisionsRequest) (*ListProgramRevisionsResponse, error)
+	// Rolls out a kept revision's source and configuration again, as a new
+	// revision, with the same revert rules as a deploy.
+	RollbackProgram(context.Context, *RollbackProgramRequest) (*Program, error)
 	mustEmbedUnimplementedProgramServiceServer()
 }
 
@@ -280,6 +360,18 @@ func (UnimplementedProgramServiceServer) GetProgramSource(context.Context, *GetP
 }
 func (UnimplementedProgramServiceServer) ReadProgramLogs(*ReadProgramLogsRequest, grpc.ServerStreamingServer[LogEntry]) error {
 	return status.Error(codes.Unimplemented, "method ReadProgramLogs not implemented")
+}
+func (UnimplementedProgramServiceServer) DeployProgram(context.Context, *DeployProgramRequest) (*Program, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeployProgram not implemented")
+}
+func (UnimplementedProgramServiceServer) UpdateProgram(context.Context, *UpdateProgramRequest) (*Program, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateProgram not implemented")
+}
+func (UnimplementedProgramServiceServer) ListProgramRevisions(context.Context, *ListProgramRevisionsRequest) (*ListProgramRevisionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListProgramRevisions not implemented")
+}
+func (UnimplementedProgramServiceServer) RollbackProgram(context.Context, *RollbackProgramRequest) (*Program, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackProgram not implemented")
 }
 func (UnimplementedProgramServiceServer) mustEmbedUnimplementedProgramServiceServer() {}
 func (UnimplementedProgramServiceServer) testEmbeddedByValue()                        {}
@@ -486,6 +578,78 @@ func _ProgramService_ReadProgramLogs_Handler(srv interface{}, stream grpc.Server
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ProgramService_ReadProgramLogsServer = grpc.ServerStreamingServer[LogEntry]
 
+func _ProgramService_DeployProgram_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeployProgramRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProgramServiceServer).DeployProgram(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProgramService_DeployProgram_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProgramServiceServer).DeployProgram(ctx, req.(*DeployProgramRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProgramService_UpdateProgram_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateProgramRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProgramServiceServer).UpdateProgram(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProgramService_UpdateProgram_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProgramServiceServer).UpdateProgram(ctx, req.(*UpdateProgramRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProgramService_ListProgramRevisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListProgramRevisionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProgramServiceServer).ListProgramRevisions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProgramService_ListProgramRevisions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProgramServiceServer).ListProgramRevisions(ctx, req.(*ListProgramRevisionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProgramService_RollbackProgram_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackProgramRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProgramServiceServer).RollbackProgram(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProgramService_RollbackProgram_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProgramServiceServer).RollbackProgram(ctx, req.(*RollbackProgramRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ProgramService_ServiceDesc is the grpc.ServiceDesc for ProgramService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -528,6 +692,22 @@ var ProgramService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetProgramSource",
 			Handler:    _ProgramService_GetProgramSource_Handler,
+		},
+		{
+			MethodName: "DeployProgram",
+			Handler:    _ProgramService_DeployProgram_Handler,
+		},
+		{
+			MethodName: "UpdateProgram",
+			Handler:    _ProgramService_UpdateProgram_Handler,
+		},
+		{
+			MethodName: "ListProgramRevisions",
+			Handler:    _ProgramService_ListProgramRevisions_Handler,
+		},
+		{
+			MethodName: "RollbackProgram",
+			Handler:    _ProgramService_RollbackProgram_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -156,6 +156,33 @@ def create_request(
     return request
 
 
+def deploy_request(
+    program: ProgramRef,
+    dockerfile: str,
+    files: Mapping[str, bytes | str] | None,
+    resources: pb.Resources | Mapping[str, int] | None,
+) -> pb.DeployProgramRequest:
+    """As `create_request`; resources None keeps the program's."""
+    made = create_request("", dockerfile, files, resources)
+    request = pb.DeployProgramRequest(
+        name=program_name(program), dockerfile=dockerfile, src_files=made.src_files
+    )
+    if resources is not None:
+        request.resources.CopyFrom(made.resources)
+    return request
+
+
+def update_resources_request(
+    program: ProgramRef, resources: Mapping[str, int]
+) -> pb.UpdateProgramRequest:
+    """UpdateProgram of the given resource fields only (`{"memory_bytes": ...}`)."""
+    request = pb.UpdateProgramRequest(
+        program=pb.Program(name=program_name(program), resources=pb.Resources(**resources))
+    )
+    request.update_mask.paths.extend(f"resources.{field}" for field in resources)
+    return request
+
+
 def list_request(
     user_id: str | None, page_size: int | None, page_token: str
 ) -> pb.ListProgramsRequest:

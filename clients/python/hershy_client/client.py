@@ -144,6 +144,39 @@ class Client:
         )
         return self._call(self.stub.CreateProgram, request)
 
+    def deploy(
+        self,
+        program: ProgramRef,
+        dockerfile: str,
+        files: Mapping[str, bytes | str] | None = None,
+        resources: pb.Resources | Mapping[str, int] | None = None,
+    ) -> pb.Program:
+        """Roll out a new revision from new source in place (same id, same `/state`).
+
+        On a READY program it builds while the current revision runs, then
+        switches; a failure reverts by itself (`program.rollout` says why).
+        `resources` None keeps the program's.
+        """
+        request = common.deploy_request(program, dockerfile, files, resources)
+        return self._call(self.stub.DeployProgram, request)
+
+    def update_resources(self, program: ProgramRef, **resources: int) -> pb.Program:
+        """UpdateProgram of the named resource fields (e.g. `memory_bytes=...`), as a rollout."""
+        request = common.update_resources_request(program, resources)
+        return self._call(self.stub.UpdateProgram, request)
+
+    def revisions(self, program: ProgramRef) -> list[pb.ProgramRevision]:
+        """The program's revisions, newest first."""
+        request = pb.ListProgramRevisionsRequest(name=common.program_name(program))
+        return list((self._call(self.stub.ListProgramRevisions, request)).revisions)
+
+    def rollback(self, program: ProgramRef, revision: int = 0) -> pb.Program:
+        """Roll out a kept revision again (0: the one before the current)."""
+        request = pb.RollbackProgramRequest(
+            name=common.program_name(program), revision_number=revision
+        )
+        return self._call(self.stub.RollbackProgram, request)
+
     def get(self, program: ProgramRef) -> pb.Program:
         return self._call(
             self.stub.GetProgram, pb.GetProgramRequest(name=common.program_name(program))

@@ -354,7 +354,7 @@ class DockerBuilder:
             note(f"reusing image {image.id} (build {effect.build_id}: same inputs)")
             outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
             return
-        source = await self._files.load(program_id)
+        source = await self._files.load_build(program_id, effect.build_id)
         await self._check_policy(source.dockerfile)
 
         waited = False
@@ -424,7 +424,7 @@ class DockerBuilder:
         dockerfile: bytes,
         note: Callable[[str], None],
     ) -> None:
-        source = await self._files.load(program_id)
+        source = await self._files.load_build(program_id, effect.build_id)
         labels = image_labels(self._host_id, program_id, effect.user_id)
         limits = self.limits
         params = {
@@ -491,8 +491,10 @@ class DockerBuilder:
         """Remove the program's untagged images but `keep` (on a worker thread).
 
         A build cut off by a Host killed mid-way can still be finished by dockerd:
-        its final image carries the program's labels but no tag. A program has one
-        image: the one its last build tagged.
+        its final image carries the program's labels but no tag. A program's images
+        are tagged, one per build (`hershy/<id>:<build_id>`): the running revision's
+        and those of its kept revisions (a rollout builds beside the running one),
+        removed by `PruneBuilds` once they are no longer kept.
         """
         api = self._docker.api
         filters = {"label": [f"{LABEL_PROGRAM}={program_id}"], "dangling": True}

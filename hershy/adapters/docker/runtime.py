@@ -318,6 +318,8 @@ class DockerEffectHandler:
                 outbox.emit(ev.TornDown(outbox.now(), effect.run))
             case fx.AdoptContainer():
                 await self.reconciler.adopt(program_id, effect, outbox)
+            case fx.PruneBuilds():
+                await self._prune_builds(program_id, effect.keep)
 
     async def reap(self, owned: Mapping[str, int]) -> None:
         """After a Host restart, before any supervisor runs (see `reconcile`)."""
@@ -570,6 +572,22 @@ class DockerEffectHandler:
         published = self._published.pop(container_id, None)
         if published is not None:
             self.ports.release(published.port)
+
+    async def _prune_builds(self, program_id: str, keep: frozenset[str]) -> None:
+        """Remove the program's images and sources of builds not in `keep` (older revisions).
+
+        Each image is tagged by its build (`image_tag`), so the running revision's
+        image and a candidate's live side by side until a rollout ends.
+        """
+        images = await self._call(
+            self._docker.api.images, filters={"label": [f"{LABEL_PROGRAM}={program_id}"]}
+        )
+        kept = {image_tag(program_id, build_id) for build_id in keep}
+        for image in images:
+            if not kept.intersection(image.get("RepoTags") or []):
+                with contextlib.suppress(ImageNotFound, NotFound, APIError):
+                    await self._call(self._docker.images.remove, image["Id"], force=True)
+        await self._files.prune_builds(program_id, keep)
 
     async def _teardown(self, program_id: str) -> None:
         await self._stop_containers(program_id, run=2**62, container_id=None)

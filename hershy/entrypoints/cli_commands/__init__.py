@@ -28,6 +28,11 @@ from hershy.entrypoints.cli_commands.programs import (
     watch_command,
 )
 from hershy.entrypoints.cli_commands.quotas import quota_group
+from hershy.entrypoints.cli_commands.rollouts import (
+    history_command,
+    rollback_command,
+    rollout_group,
+)
 from hershy.entrypoints.cli_commands.tokens import token_group, whoami_command
 
 COMMANDS: tuple[click.Command, ...] = (
@@ -46,6 +51,9 @@ COMMANDS: tuple[click.Command, ...] = (
     quota_group,
     env_group,
     secret_group,
+    rollout_group,
+    history_command,
+    rollback_command,
 )
 
 

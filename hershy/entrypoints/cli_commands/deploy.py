@@ -13,6 +13,7 @@ import click
 from rich.status import Status
 from rich.text import Text
 
+from hershy.entrypoints.cli_commands import rollouts
 from hershy.entrypoints.cli_commands.build_context import DOCKERIGNORE, ContextError, read_context
 from hershy.entrypoints.cli_commands.common import (
     CliError,
@@ -242,6 +243,13 @@ def _explain_failure(settings: Settings, program: pb.Program, *, build_shown: bo
     metavar="USER",
     help="Whose program it is (default: the token's user; the admin must say).",
 )
+@click.option(
+    "--name",
+    default=None,
+    metavar="NAME",
+    help="The program's name (unique among yours; `programs/NAME` then finds it): made with "
+    "that name the first time, updated in place after (an id updates that program).",
+)
 @click.option("--no-wait", is_flag=True, help="Start it and return at once (exit 0).")
 @click.option(
     "--timeout",
@@ -255,12 +263,6 @@ def _explain_failure(settings: Settings, program: pb.Program, *, build_shown: bo
 @click.option(
     "--state", type=ByteSize(), help="Size of the /state volume, e.g. 1GiB (default: the Host's)."
 )
-@click.option(
-    "--name",
-    "alias",
-    default="",
-    help="Name the program (unique among yours; `programs/NAME` then finds it).",
-)
 @health_options
 @click.option("--json", "as_json", is_flag=True, help="Print the Program as JSON at the end.")
 @command_options
@@ -268,13 +270,13 @@ def deploy_command(
     settings: Settings,
     folder: Path,
     user_id: str | None,
+    name: str | None,
     no_wait: bool,
     timeout: float,
     memory: int | None,
     cpus: int | None,
     state: int | None,
     as_json: bool,
-    alias: str,
     **health: Any,
 ) -> None:
     """Deploy a folder as a program and wait until it is READY.
@@ -286,6 +288,12 @@ def deploy_command(
     the build log and the WatcherAPI's address go to stderr. Exit 1 if the program
     ends in ERROR (with the error and the last build and stderr lines) or is not
     READY within --timeout.
+
+    With --name, a program of that name (or id) is updated in place instead: a
+    new revision on the same id and /state, built while the current one runs,
+    then switched to; if it fails to build or to become READY the Host runs the
+    previous revision again and this exits 1 with the reason. --memory and
+    --cpus change the program's limits; left out, they stay as they are.
     """
     try:
         context = read_context(folder)
@@ -302,16 +310,35 @@ def deploy_command(
         resources = pb.Resources(
             memory_bytes=memory or 0, milli_cpus=cpus or 0, state_bytes=state or 0
         )
-        program = _create_and_start(
-            client,
-            settings,
-            context.dockerfile,
-            context.files,
-            user_id,
-            resources,
-            alias,
-            health_settings(**health),
-        )
+        existing = None
+        if name is not None:
+            with calls(settings):
+                existing = rollouts.find_program(client, name)
+        if existing is not None:
+            changed = memory is not None or cpus is not None or state is not None
+            program = rollouts.redeploy(
+                client,
+                settings,
+                existing,
+                context.dockerfile,
+                context.files,
+                resources if changed else None,
+            )
+            if program.rollout.phase in rollouts.IN_PROGRESS and not no_wait:
+                done = rollouts.follow_rollout(settings, program, timeout)
+                _finish(settings, done, as_json, ready=True)
+                return
+        else:
+            program = _create_and_start(
+                client,
+                settings,
+                context.dockerfile,
+                context.files,
+                user_id,
+                resources,
+                name or "",
+                health_settings(**health),
+            )
     if no_wait:
         _finish(settings, program, as_json, ready=False)
         return

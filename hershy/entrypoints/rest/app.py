@@ -164,6 +164,10 @@ class RestApi:
         add("POST", "/programs/{program_id}/stop", self.stop)
         add("POST", "/programs/{program_id}/restart", self.restart)
         add("GET", "/programs/{program_id}/wait", self.wait)
+        add("POST", "/programs/{program_id}/deploy", self.deploy)
+        add("PATCH", "/programs/{program_id}", self.update)
+        add("GET", "/programs/{program_id}/revisions", self.revisions)
+        add("POST", "/programs/{program_id}/rollback", self.rollback)
         add("GET", "/programs/{program_id}/logs", self.logs)
         add("GET", "/programs/{program_id}/source", self.source)
         add("GET", "/programs/{program_id}/events", self.events)
@@ -382,6 +386,50 @@ class RestApi:
             message, metadata=credentials(request), timeout=CALL_TIMEOUT
         )
         return self._lifecycle(request, answer, "program restarting")
+
+    # --- new revisions in place ------------------------------------------------------
+
+    async def deploy(self, request: web.Request) -> web.Response:
+        """A new revision from new source: the body of POST /programs (its user_id is ignored)."""
+        body = await self.uploads.create_request(request)
+        create = body.request
+        message = pb.DeployProgramRequest(
+            name=self._name(request), dockerfile=create.dockerfile, src_files=create.src_files
+        )
+        if create.HasField("resources"):
+            message.resources.CopyFrom(create.resources)
+        answer = await self._stub.DeployProgram(
+            message, metadata=credentials(request), timeout=CALL_TIMEOUT * 2
+        )
+        return self._lifecycle(request, answer, "new revision rolling out", status=202)
+
+    async def update(self, request: web.Request) -> web.Response:
+        body = await uploads.read_body(request)
+        message = uploads.update_request(
+            self._name(request), body, request.query.get("update_mask", "")
+        )
+        answer = await self._stub.UpdateProgram(
+            message, metadata=credentials(request), timeout=CALL_TIMEOUT
+        )
+        return self._lifecycle(request, answer, "new revision rolling out", status=202)
+
+    async def revisions(self, request: web.Request) -> web.Response:
+        answer = await self._stub.ListProgramRevisions(
+            pb.ListProgramRevisionsRequest(name=self._name(request)),
+            metadata=credentials(request),
+            timeout=CALL_TIMEOUT,
+        )
+        return json_response({"revisions": [shapes.revision_json(r) for r in answer.revisions]})
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        """`?revision=N` (default: the one before the current)."""
+        number = shapes.parse_int(request, "revision", 0, 0, 2**62)
+        answer = await self._stub.RollbackProgram(
+            pb.RollbackProgramRequest(name=self._name(request), revision_number=number or 0),
+            metadata=credentials(request),
+            timeout=CALL_TIMEOUT,
+        )
+        return self._lifecycle(request, answer, "rollback rolling out", status=202)
 
     async def wait(self, request: web.Request) -> web.Response:
         name = self._name(request)

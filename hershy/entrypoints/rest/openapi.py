@@ -291,7 +291,62 @@ SCHEMAS: dict[str, Any] = {
             "readiness": _ref("ReadinessCheck"),
             "restart_policy": _ref("RestartPolicy"),
             "stop": _ref("StopSettings"),
+            "revision_number": {
+                "type": "integer",
+                "format": "int64",
+                "description": "The program revision it runs (1 from create; not `revision`).",
+            },
+            "latest_revision_number": {"type": "integer", "format": "int64"},
+            "rollout": {**_ref("Rollout"), "nullable": True},
         },
+    },
+    "Rollout": {
+        "type": "object",
+        "description": "The latest deploy: in progress (BUILDING, SWITCHING, REVERTING) or how "
+        "it ended (SUCCEEDED, REVERTED, CANCELLED, FAILED); `reason` says why.",
+        "properties": {
+            "target_revision_number": {"type": "integer", "format": "int64"},
+            "previous_revision_number": {"type": "integer", "format": "int64"},
+            "phase": {
+                "type": "string",
+                "enum": [
+                    "BUILDING",
+                    "SWITCHING",
+                    "REVERTING",
+                    "SUCCEEDED",
+                    "REVERTED",
+                    "CANCELLED",
+                    "FAILED",
+                ],
+            },
+            "reason": {"type": "string"},
+            "target_build_id": {"type": "string"},
+            "started_at": _TIME,
+            "ended_at": _NULLABLE_TIME,
+        },
+    },
+    "Revision": {
+        "type": "object",
+        "properties": {
+            "number": {"type": "integer", "format": "int64"},
+            "build_id": {"type": "string", "description": "The source's content hash."},
+            "resources": _ref("Resources"),
+            "created_by": {"type": "string"},
+            "created_at": _TIME,
+            "description": {"type": "string"},
+            "kept": {"type": "boolean", "description": "Image and source kept: rollback works."},
+            "current": {"type": "boolean"},
+        },
+    },
+    "RevisionList": {
+        "type": "object",
+        "required": ["revisions"],
+        "properties": {"revisions": {"type": "array", "items": _ref("Revision")}},
+    },
+    "UpdateProgram": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"resources": _ref("Resources")},
     },
     "LifecycleAnswer": {
         "allOf": [
@@ -579,6 +634,26 @@ PATHS: dict[str, Any] = {
     },
     "/programs/{program_id}": {
         "get": _program_op("One program.", "400", "404"),
+        "patch": {
+            "summary": "AIP-134 update: the masked resources change as a new revision (a rollout).",
+            "parameters": [
+                _PROGRAM_ID,
+                {
+                    "name": "update_mask",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": (
+                        "Comma-separated: resources, resources.memory_bytes, "
+                        "resources.milli_cpus, resources.pids; default: the fields the body names."
+                    ),
+                },
+            ],
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("UpdateProgram")}}},
+            "responses": {
+                "202": _json(_ref("LifecycleAnswer"), "The rollout began."),
+                **_errors("400", "404", "409", "429"),
+            },
+        },
         "delete": {
             "summary": "Stop and remove everything the program owns; waits until it is gone.",
             "parameters": [_PROGRAM_ID],
@@ -610,6 +685,52 @@ PATHS: dict[str, Any] = {
         "post": _program_op(
             "Stop if running, then start.", "400", "404", "409", "429", schema="LifecycleAnswer"
         ),
+    },
+    "/programs/{program_id}/deploy": {
+        "post": {
+            "summary": "Roll out a new revision from new source, in place (same id, same /state).",
+            "description": (
+                "The body of POST /programs (JSON or a tar; its user_id is ignored). A Ready "
+                "program keeps running while the new image builds, then switches; if the new "
+                "revision fails to build or to become Ready, the previous one runs again by "
+                "itself and `rollout.reason` says why. Resources left out stay as they are."
+            ),
+            "parameters": [_PROGRAM_ID],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {"schema": _ref("CreateProgram")},
+                    "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            "responses": {
+                "202": _json(_ref("LifecycleAnswer"), "The rollout began (or, at rest, applied)."),
+                **_errors("400", "404", "409", "413", "429"),
+            },
+        },
+    },
+    "/programs/{program_id}/revisions": {
+        "get": _program_op(
+            "The program's revisions, newest first.", "400", "404", schema="RevisionList"
+        ),
+    },
+    "/programs/{program_id}/rollback": {
+        "post": {
+            "summary": "Roll out a kept revision again, as a new revision.",
+            "parameters": [
+                _PROGRAM_ID,
+                {
+                    "name": "revision",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "The revision number; default: the one before the current.",
+                },
+            ],
+            "responses": {
+                "202": _json(_ref("LifecycleAnswer"), "The rollout began."),
+                **_errors("400", "404", "409", "429"),
+            },
+        },
     },
     "/programs/{program_id}/wait": {
         "get": {

@@ -129,6 +129,39 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
             "signal": program.stop.signal,
             "grace_seconds": seconds(program.stop.grace),
         },
+        "revision_number": program.revision_number,
+        "latest_revision_number": program.latest_revision_number,
+        "rollout": rollout_json(program.rollout) if program.HasField("rollout") else None,
+    }
+
+
+def rollout_json(rollout: pb.Rollout) -> dict[str, Any]:
+    return {
+        "target_revision_number": rollout.target_revision_number,
+        "previous_revision_number": rollout.previous_revision_number,
+        "phase": pb.RolloutPhase.Name(rollout.phase).removeprefix("ROLLOUT_PHASE_"),
+        "reason": rollout.reason,
+        "target_build_id": rollout.target_build_id,
+        "started_at": rfc3339(rollout.start_time),
+        "ended_at": optional_time(rollout, "end_time"),
+    }
+
+
+def revision_json(revision: pb.ProgramRevision) -> dict[str, Any]:
+    return {
+        "number": revision.number,
+        "build_id": revision.build_id,
+        "resources": {
+            "memory_bytes": revision.resources.memory_bytes,
+            "milli_cpus": revision.resources.milli_cpus,
+            "pids": revision.resources.pids,
+            "state_bytes": revision.resources.state_bytes,
+        },
+        "created_by": revision.create_user,
+        "created_at": rfc3339(revision.create_time),
+        "description": revision.description,
+        "kept": revision.kept,
+        "current": revision.current,
     }
 
 

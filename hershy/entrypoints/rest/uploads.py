@@ -416,3 +416,27 @@ def _stop(value: Any) -> pb.StopSettings:
     if "grace_seconds" in data:
         stop.grace.CopyFrom(_seconds(data["grace_seconds"], "stop.grace_seconds"))
     return stop
+
+
+def update_request(name: str, body: bytes, mask: str) -> pb.UpdateProgramRequest:
+    """PATCH /programs/{id}: `{"resources": {...}}`; the mask is `update_mask` (comma-separated)
+    or, without it, the resource fields the body names."""
+    if not body.strip():
+        raise bad_request("body", 'is empty: send a JSON object such as {"resources": {...}}')
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise bad_request("body", "is not a JSON object") from None
+    if not isinstance(data, dict):
+        raise bad_request("body", f"must be a JSON object, not {_json_type(data)}")
+    unknown = [key for key in data if key != "resources"]
+    if unknown:
+        raise bad_request(cut(unknown[0]), "cannot be updated: use resources")
+    given = data.get("resources")
+    resources = _resources(given if given is not None else {})
+    paths = [path for path in mask.split(",") if path] if mask else []
+    if not paths and isinstance(given, dict):
+        paths = [f"resources.{key}" for key in given]
+    request = pb.UpdateProgramRequest(program=pb.Program(name=name, resources=resources))
+    request.update_mask.paths.extend(paths)
+    return request

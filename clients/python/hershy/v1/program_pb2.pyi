@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -159,6 +160,58 @@ RESTART_MODE_NEVER: RestartMode.ValueType  # 3
 """Never restarted: exit code 0 ends it STOPPED, any other end ERROR."""
 Global___RestartMode: _TypeAlias = RestartMode  # noqa: Y015
 
+class _RolloutPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_PHASE_UNSPECIFIED: _RolloutPhase.ValueType  # 0
+    """Never used by the server."""
+    ROLLOUT_PHASE_BUILDING: _RolloutPhase.ValueType  # 1
+    """The new revision builds; the current one keeps running (READY)."""
+    ROLLOUT_PHASE_SWITCHING: _RolloutPhase.ValueType  # 2
+    """Built: the current revision stops and the new one starts on the same
+    `/state` and id.
+    """
+    ROLLOUT_PHASE_REVERTING: _RolloutPhase.ValueType  # 3
+    """The new revision failed after the switch; the previous one starts again."""
+    ROLLOUT_PHASE_SUCCEEDED: _RolloutPhase.ValueType  # 4
+    """The new revision runs and answered: the program runs it now."""
+    ROLLOUT_PHASE_REVERTED: _RolloutPhase.ValueType  # 5
+    """The new revision failed to build or to become READY; the previous one
+    runs. `reason` says why.
+    """
+    ROLLOUT_PHASE_CANCELLED: _RolloutPhase.ValueType  # 6
+    """A Stop, a Delete or a crash won over the rollout."""
+    ROLLOUT_PHASE_FAILED: _RolloutPhase.ValueType  # 7
+    """The new revision failed, and so did starting the previous one again."""
+
+class RolloutPhase(_RolloutPhase, metaclass=_RolloutPhaseEnumTypeWrapper):
+    """Where a deploy of a new program revision is."""
+
+ROLLOUT_PHASE_UNSPECIFIED: RolloutPhase.ValueType  # 0
+"""Never used by the server."""
+ROLLOUT_PHASE_BUILDING: RolloutPhase.ValueType  # 1
+"""The new revision builds; the current one keeps running (READY)."""
+ROLLOUT_PHASE_SWITCHING: RolloutPhase.ValueType  # 2
+"""Built: the current revision stops and the new one starts on the same
+`/state` and id.
+"""
+ROLLOUT_PHASE_REVERTING: RolloutPhase.ValueType  # 3
+"""The new revision failed after the switch; the previous one starts again."""
+ROLLOUT_PHASE_SUCCEEDED: RolloutPhase.ValueType  # 4
+"""The new revision runs and answered: the program runs it now."""
+ROLLOUT_PHASE_REVERTED: RolloutPhase.ValueType  # 5
+"""The new revision failed to build or to become READY; the previous one
+runs. `reason` says why.
+"""
+ROLLOUT_PHASE_CANCELLED: RolloutPhase.ValueType  # 6
+"""A Stop, a Delete or a crash won over the rollout."""
+ROLLOUT_PHASE_FAILED: RolloutPhase.ValueType  # 7
+"""The new revision failed, and so did starting the previous one again."""
+Global___RolloutPhase: _TypeAlias = RolloutPhase  # noqa: Y015
+
 class _LogStream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -249,6 +302,9 @@ class Program(_message.Message):
     WATCHER_ANSWER_TIME_FIELD_NUMBER: _builtins.int
     WATCHER_STATE_TIME_FIELD_NUMBER: _builtins.int
     UNHEALTHY_TIME_FIELD_NUMBER: _builtins.int
+    REVISION_NUMBER_FIELD_NUMBER: _builtins.int
+    LATEST_REVISION_NUMBER_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `programs/{id}`."""
     id: _builtins.str
@@ -307,6 +363,14 @@ class Program(_message.Message):
     """Why it is not healthy, e.g. `no answer (ClientConnectorError)` or
     `reported "WaitRecover"`; empty when healthy.
     """
+    revision_number: _builtins.int
+    """The program revision it runs (or its next start runs): 1 from Create,
+    one more for each deploy. Not `revision`, the Host-wide change number.
+    """
+    latest_revision_number: _builtins.int
+    """The newest program revision, which may still be rolling out or have
+    been reverted.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the program was created."""
@@ -363,6 +427,10 @@ class Program(_message.Message):
         state; past `readiness.liveness_grace` that is a crash.
         """
 
+    @_builtins.property
+    def rollout(self) -> Global___Rollout:
+        """The latest deploy: in progress, or how it ended. Unset before the first."""
+
     def __init__(
         self,
         *,
@@ -398,10 +466,13 @@ class Program(_message.Message):
         watcher_answer_time: _timestamp_pb2.Timestamp | None = ...,
         watcher_state_time: _timestamp_pb2.Timestamp | None = ...,
         unhealthy_time: _timestamp_pb2.Timestamp | None = ...,
+        revision_number: _builtins.int = ...,
+        latest_revision_number: _builtins.int = ...,
+        rollout: Global___Rollout | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "create_time", b"create_time", "last_exit_code", b"last_exit_code", "next_restart_time", b"next_restart_time", "readiness", b"readiness", "ready_time", b"ready_time", "resources", b"resources", "restart_policy", b"restart_policy", "stop", b"stop", "unhealthy_time", b"unhealthy_time", "update_time", b"update_time", "watcher_answer_time", b"watcher_answer_time", "watcher_state_time", b"watcher_state_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "create_time", b"create_time", "last_exit_code", b"last_exit_code", "next_restart_time", b"next_restart_time", "readiness", b"readiness", "ready_time", b"ready_time", "resources", b"resources", "restart_policy", b"restart_policy", "rollout", b"rollout", "stop", b"stop", "unhealthy_time", b"unhealthy_time", "update_time", b"update_time", "watcher_answer_time", b"watcher_answer_time", "watcher_state_time", b"watcher_state_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "alias", b"alias", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "env", b"env", "error_message", b"error_message", "health", b"health", "health_reason", b"health_reason", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "readiness", b"readiness", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "restart_policy", b"restart_policy", "revision", b"revision", "run", b"run", "runtime", b"runtime", "state", b"state", "status_note", b"status_note", "stop", b"stop", "unhealthy_time", b"unhealthy_time", "update_time", b"update_time", "user_id", b"user_id", "watcher_answer_time", b"watcher_answer_time", "watcher_state", b"watcher_state", "watcher_state_time", b"watcher_state_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "alias", b"alias", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "env", b"env", "error_message", b"error_message", "health", b"health", "health_reason", b"health_reason", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "latest_revision_number", b"latest_revision_number", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "readiness", b"readiness", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "restart_policy", b"restart_policy", "revision", b"revision", "revision_number", b"revision_number", "rollout", b"rollout", "run", b"run", "runtime", b"runtime", "state", b"state", "status_note", b"status_note", "stop", b"stop", "unhealthy_time", b"unhealthy_time", "update_time", b"update_time", "user_id", b"user_id", "watcher_answer_time", b"watcher_answer_time", "watcher_state", b"watcher_state", "watcher_state_time", b"watcher_state_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_exit_code: _TypeAlias = _typing.Literal["last_exit_code"]  # noqa: Y015
     _WhichOneofArgType__last_exit_code: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code"]  # noqa: Y015
@@ -545,6 +616,118 @@ class StopSettings(_message.Message):
 Global___StopSettings: _TypeAlias = StopSettings  # noqa: Y015
 
 @_typing.final
+class Rollout(_message.Message):
+    """A program's latest deploy (Nomad's `auto_revert`, Kubernetes' rollout)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_REVISION_NUMBER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_REVISION_NUMBER_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    TARGET_BUILD_ID_FIELD_NUMBER: _builtins.int
+    target_revision_number: _builtins.int
+    """The revision being rolled out."""
+    previous_revision_number: _builtins.int
+    """The revision that ran when it began, started again if the target fails."""
+    phase: Global___RolloutPhase.ValueType
+    """Where it is."""
+    reason: _builtins.str
+    """Why it was reverted, cancelled or failed; empty while it goes well."""
+    target_build_id: _builtins.str
+    """The target's build id."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it began."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended; unset while it is in progress."""
+
+    def __init__(
+        self,
+        *,
+        target_revision_number: _builtins.int = ...,
+        previous_revision_number: _builtins.int = ...,
+        phase: Global___RolloutPhase.ValueType = ...,
+        reason: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        target_build_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "phase", b"phase", "previous_revision_number", b"previous_revision_number", "reason", b"reason", "start_time", b"start_time", "target_build_id", b"target_build_id", "target_revision_number", b"target_revision_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rollout: _TypeAlias = Rollout  # noqa: Y015
+
+@_typing.final
+class ProgramRevision(_message.Message):
+    """One version of a program: its source and configuration, kept for its
+    history and for rollbacks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    CREATE_USER_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `programs/{id}/revisions/{number}`."""
+    number: _builtins.int
+    """1 for Create, one more for each deploy (rollbacks too)."""
+    build_id: _builtins.str
+    """The content hash of its Dockerfile and source files."""
+    create_user: _builtins.str
+    """The user who made it."""
+    description: _builtins.str
+    """How it came about: `create`, `deploy`, `update resources`,
+    `rollback to revision 1`.
+    """
+    kept: _builtins.bool
+    """True while its image and source are kept: RollbackProgram may go to it."""
+    current: _builtins.bool
+    """True for the revision the program runs now."""
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """The limits it runs with."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        number: _builtins.int = ...,
+        build_id: _builtins.str = ...,
+        resources: Global___Resources | None = ...,
+        create_user: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        description: _builtins.str = ...,
+        kept: _builtins.bool = ...,
+        current: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "create_time", b"create_time", "create_user", b"create_user", "current", b"current", "description", b"description", "kept", b"kept", "name", b"name", "number", b"number", "resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgramRevision: _TypeAlias = ProgramRevision  # noqa: Y015
+
+@_typing.final
 class Resources(_message.Message):
     """Limits on a program's container. Zero means the Host's default; a value
     above the Host's maximum is refused.
@@ -610,6 +793,9 @@ class ProgramEvent(_message.Message):
     TEARDOWN_FAILED_FIELD_NUMBER: _builtins.int
     BUILD_QUEUED_FIELD_NUMBER: _builtins.int
     WATCHER_PROBED_FIELD_NUMBER: _builtins.int
+    DEPLOY_REQUESTED_FIELD_NUMBER: _builtins.int
+    CANDIDATE_BUILT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_BUILD_FAILED_FIELD_NUMBER: _builtins.int
     HOST_RESTARTED_FIELD_NUMBER: _builtins.int
     ALIAS_CHANGED_FIELD_NUMBER: _builtins.int
     ENV_CHANGED_FIELD_NUMBER: _builtins.int
@@ -692,6 +878,18 @@ class ProgramEvent(_message.Message):
         """What the program's WatcherAPI answered, when that changed."""
 
     @_builtins.property
+    def deploy_requested(self) -> Global___DeployRequested:
+        """A user asked for a new revision (a deploy, an update or a rollback)."""
+
+    @_builtins.property
+    def candidate_built(self) -> Global___CandidateBuilt:
+        """A rollout's new revision was built while the current one runs."""
+
+    @_builtins.property
+    def candidate_build_failed(self) -> Global___CandidateBuildFailed:
+        """A rollout's new revision did not build; the current one runs on."""
+
+    @_builtins.property
     def host_restarted(self) -> Global___HostRestarted:
         """The Host started again with the program in its store and picks up where it was."""
 
@@ -726,15 +924,18 @@ class ProgramEvent(_message.Message):
         teardown_failed: Global___TeardownFailed | None = ...,
         build_queued: Global___BuildQueued | None = ...,
         watcher_probed: Global___WatcherProbed | None = ...,
+        deploy_requested: Global___DeployRequested | None = ...,
+        candidate_built: Global___CandidateBuilt | None = ...,
+        candidate_build_failed: Global___CandidateBuildFailed | None = ...,
         host_restarted: Global___HostRestarted | None = ...,
         alias_changed: Global___AliasChanged | None = ...,
         env_changed: Global___EnvChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down", "watcher_probed", b"watcher_probed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "candidate_build_failed", b"candidate_build_failed", "candidate_built", b"candidate_built", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "deploy_requested", b"deploy_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down", "watcher_probed", b"watcher_probed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down", "watcher_probed", b"watcher_probed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_changed", b"alias_changed", "build_failed", b"build_failed", "build_queued", b"build_queued", "build_succeeded", b"build_succeeded", "candidate_build_failed", b"candidate_build_failed", "candidate_built", b"candidate_built", "container_created", b"container_created", "container_exited", b"container_exited", "container_ready", b"container_ready", "container_stopped", b"container_stopped", "created", b"created", "delete_requested", b"delete_requested", "deploy_requested", b"deploy_requested", "env_changed", b"env_changed", "host_restarted", b"host_restarted", "kind", b"kind", "restart_requested", b"restart_requested", "restart_timer_fired", b"restart_timer_fired", "run", b"run", "start_failed", b"start_failed", "start_requested", b"start_requested", "stop_failed", b"stop_failed", "stop_requested", b"stop_requested", "teardown_failed", b"teardown_failed", "time", b"time", "torn_down", b"torn_down", "watcher_probed", b"watcher_probed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed", "build_queued", "watcher_probed", "host_restarted", "alias_changed", "env_changed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "start_requested", "stop_requested", "restart_requested", "delete_requested", "build_succeeded", "build_failed", "container_created", "container_ready", "start_failed", "container_exited", "container_stopped", "stop_failed", "restart_timer_fired", "torn_down", "teardown_failed", "build_queued", "watcher_probed", "deploy_requested", "candidate_built", "candidate_build_failed", "host_restarted", "alias_changed", "env_changed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -756,6 +957,94 @@ class HostRestarted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HostRestarted: _TypeAlias = HostRestarted  # noqa: Y015
+
+@_typing.final
+class DeployRequested(_message.Message):
+    """A user asked for a new revision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    build_id: _builtins.str
+    """The new revision's build id."""
+    requested_by: _builtins.str
+    """The user who asked."""
+    description: _builtins.str
+    """How it came about, e.g. `deploy` or `rollback to revision 1`."""
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """The new revision's limits."""
+
+    def __init__(
+        self,
+        *,
+        build_id: _builtins.str = ...,
+        resources: Global___Resources | None = ...,
+        requested_by: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "description", b"description", "requested_by", b"requested_by", "resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeployRequested: _TypeAlias = DeployRequested  # noqa: Y015
+
+@_typing.final
+class CandidateBuilt(_message.Message):
+    """A rollout's new revision was built."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_NUMBER_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    revision_number: _builtins.int
+    """The revision built."""
+    image_id: _builtins.str
+    """Its image."""
+    def __init__(
+        self,
+        *,
+        revision_number: _builtins.int = ...,
+        image_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "revision_number", b"revision_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandidateBuilt: _TypeAlias = CandidateBuilt  # noqa: Y015
+
+@_typing.final
+class CandidateBuildFailed(_message.Message):
+    """A rollout's new revision did not build."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_NUMBER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    revision_number: _builtins.int
+    """The revision that failed."""
+    reason: _builtins.str
+    """Why."""
+    def __init__(
+        self,
+        *,
+        revision_number: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "revision_number", b"revision_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandidateBuildFailed: _TypeAlias = CandidateBuildFailed  # noqa: Y015
 
 @_typing.final
 class ProgramCreated(_message.Message):
@@ -1221,6 +1510,168 @@ class TeardownFailed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TeardownFailed: _TypeAlias = TeardownFailed  # noqa: Y015
+
+@_typing.final
+class DeployProgramRequest(_message.Message):
+    """Request for DeployProgram."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SrcFilesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DOCKERFILE_FIELD_NUMBER: _builtins.int
+    SRC_FILES_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The program, `programs/{id}`."""
+    dockerfile: _builtins.str
+    """The new Dockerfile's content. Required."""
+    @_builtins.property
+    def src_files(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """The new build context, as in CreateProgram."""
+
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """New limits; unset keeps the current ones (a field at 0 takes the Host's
+        default).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dockerfile: _builtins.str = ...,
+        src_files: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+        resources: Global___Resources | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dockerfile", b"dockerfile", "name", b"name", "resources", b"resources", "src_files", b"src_files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeployProgramRequest: _TypeAlias = DeployProgramRequest  # noqa: Y015
+
+@_typing.final
+class UpdateProgramRequest(_message.Message):
+    """Request for UpdateProgram."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def program(self) -> Global___Program:
+        """The program with its `name` and the fields to change."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change. Required."""
+
+    def __init__(
+        self,
+        *,
+        program: Global___Program | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["program", b"program", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["program", b"program", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateProgramRequest: _TypeAlias = UpdateProgramRequest  # noqa: Y015
+
+@_typing.final
+class ListProgramRevisionsRequest(_message.Message):
+    """Request for ListProgramRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The program, `programs/{id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProgramRevisionsRequest: _TypeAlias = ListProgramRevisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListProgramRevisionsResponse(_message.Message):
+    """Response of ListProgramRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProgramRevision]:
+        """Every revision, newest first."""
+
+    def __init__(
+        self,
+        *,
+        revisions: _abc.Iterable[Global___ProgramRevision] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revisions", b"revisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProgramRevisionsResponse: _TypeAlias = ListProgramRevisionsResponse  # noqa: Y015
+
+@_typing.final
+class RollbackProgramRequest(_message.Message):
+    """Request for RollbackProgram."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REVISION_NUMBER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The program, `programs/{id}`."""
+    revision_number: _builtins.int
+    """The kept revision to go back to; 0: the one before the current revision."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        revision_number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "revision_number", b"revision_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackProgramRequest: _TypeAlias = RollbackProgramRequest  # noqa: Y015
 
 @_typing.final
 class WatcherProbed(_message.Message):

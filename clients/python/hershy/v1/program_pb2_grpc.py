@@ -90,6 +90,26 @@ class ProgramServiceStub:
                 request_serializer=hershy_dot_v1_dot_program__pb2.ReadProgramLogsRequest.SerializeToString,
                 response_deserializer=hershy_dot_v1_dot_program__pb2.LogEntry.FromString,
                 _registered_method=True)
+        self.DeployProgram = channel.unary_unary(
+                '/hershy.v1.ProgramService/DeployProgram',
+                request_serializer=hershy_dot_v1_dot_program__pb2.DeployProgramRequest.SerializeToString,
+                response_deserializer=hershy_dot_v1_dot_program__pb2.Program.FromString,
+                _registered_method=True)
+        self.UpdateProgram = channel.unary_unary(
+                '/hershy.v1.ProgramService/UpdateProgram',
+                request_serializer=hershy_dot_v1_dot_program__pb2.UpdateProgramRequest.SerializeToString,
+                response_deserializer=hershy_dot_v1_dot_program__pb2.Program.FromString,
+                _registered_method=True)
+        self.ListProgramRevisions = channel.unary_unary(
+                '/hershy.v1.ProgramService/ListProgramRevisions',
+                request_serializer=hershy_dot_v1_dot_program__pb2.ListProgramRevisionsRequest.SerializeToString,
+                response_deserializer=hershy_dot_v1_dot_program__pb2.ListProgramRevisionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackProgram = channel.unary_unary(
+                '/hershy.v1.ProgramService/RollbackProgram',
+                request_serializer=hershy_dot_v1_dot_program__pb2.RollbackProgramRequest.SerializeToString,
+                response_deserializer=hershy_dot_v1_dot_program__pb2.Program.FromString,
+                _registered_method=True)
 
 
 class ProgramServiceServicer:
@@ -164,7 +184,8 @@ class ProgramServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProgramSource(self, request, context):
-        """Returns the Dockerfile and source files the program was created from.
+        """Returns the Dockerfile and source files of the revision the program runs
+        (at first, those it was created from).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +195,43 @@ class ProgramServiceServicer:
         """Streams the program's logs: its builds, its containers' stdout and
         stderr, and the Host's notes about it; with `follow`, new lines as they
         come.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeployProgram(self, request, context):
+        """Rolls out a new revision from new source (and optionally new limits) in
+        place: same id, same `/state`. On a READY program the new image builds
+        while the current revision keeps running; once built the Host switches;
+        if the new revision fails to build or to become READY the previous one
+        runs again by itself (`rollout.reason` says why). At rest (CREATED,
+        STOPPED, ERROR) the next start runs it; in BACKOFF it starts at once.
+        FAILED_PRECONDITION while another rollout is under way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProgram(self, request, context):
+        """AIP-134: changes the fields in `update_mask` (today `resources`, or one
+        of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
+        `resources.state_bytes`) as a new revision, rolled out like a deploy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProgramRevisions(self, request, context):
+        """Lists the program's revisions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackProgram(self, request, context):
+        """Rolls out a kept revision's source and configuration again, as a new
+        revision, with the same revert rules as a deploy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,6 +294,26 @@ def add_ProgramServiceServicer_to_server(servicer, server):
                     servicer.ReadProgramLogs,
                     request_deserializer=hershy_dot_v1_dot_program__pb2.ReadProgramLogsRequest.FromString,
                     response_serializer=hershy_dot_v1_dot_program__pb2.LogEntry.SerializeToString,
+            ),
+            'DeployProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeployProgram,
+                    request_deserializer=hershy_dot_v1_dot_program__pb2.DeployProgramRequest.FromString,
+                    response_serializer=hershy_dot_v1_dot_program__pb2.Program.SerializeToString,
+            ),
+            'UpdateProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProgram,
+                    request_deserializer=hershy_dot_v1_dot_program__pb2.UpdateProgramRequest.FromString,
+                    response_serializer=hershy_dot_v1_dot_program__pb2.Program.SerializeToString,
+            ),
+            'ListProgramRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProgramRevisions,
+                    request_deserializer=hershy_dot_v1_dot_program__pb2.ListProgramRevisionsRequest.FromString,
+                    response_serializer=hershy_dot_v1_dot_program__pb2.ListProgramRevisionsResponse.SerializeToString,
+            ),
+            'RollbackProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackProgram,
+                    request_deserializer=hershy_dot_v1_dot_program__pb2.RollbackProgramRequest.FromString,
+                    response_serializer=hershy_dot_v1_dot_program__pb2.Program.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -536,6 +614,114 @@ class ProgramService:
             '/hershy.v1.ProgramService/ReadProgramLogs',
             hershy_dot_v1_dot_program__pb2.ReadProgramLogsRequest.SerializeToString,
             hershy_dot_v1_dot_program__pb2.LogEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeployProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hershy.v1.ProgramService/DeployProgram',
+            hershy_dot_v1_dot_program__pb2.DeployProgramRequest.SerializeToString,
+            hershy_dot_v1_dot_program__pb2.Program.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hershy.v1.ProgramService/UpdateProgram',
+            hershy_dot_v1_dot_program__pb2.UpdateProgramRequest.SerializeToString,
+            hershy_dot_v1_dot_program__pb2.Program.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProgramRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hershy.v1.ProgramService/ListProgramRevisions',
+            hershy_dot_v1_dot_program__pb2.ListProgramRevisionsRequest.SerializeToString,
+            hershy_dot_v1_dot_program__pb2.ListProgramRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hershy.v1.ProgramService/RollbackProgram',
+            hershy_dot_v1_dot_program__pb2.RollbackProgramRequest.SerializeToString,
+            hershy_dot_v1_dot_program__pb2.Program.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,11 +60,33 @@ class ProgramServiceStub:
     every change after a revision when resuming.
     """
     GetProgramSource: _grpc.UnaryUnaryMultiCallable[_program_pb2.GetProgramSourceRequest, _program_pb2.ProgramSource]
-    """Returns the Dockerfile and source files the program was created from."""
+    """Returns the Dockerfile and source files of the revision the program runs
+    (at first, those it was created from).
+    """
     ReadProgramLogs: _grpc.UnaryStreamMultiCallable[_program_pb2.ReadProgramLogsRequest, _program_pb2.LogEntry]
     """Streams the program's logs: its builds, its containers' stdout and
     stderr, and the Host's notes about it; with `follow`, new lines as they
     come.
+    """
+    DeployProgram: _grpc.UnaryUnaryMultiCallable[_program_pb2.DeployProgramRequest, _program_pb2.Program]
+    """Rolls out a new revision from new source (and optionally new limits) in
+    place: same id, same `/state`. On a READY program the new image builds
+    while the current revision keeps running; once built the Host switches;
+    if the new revision fails to build or to become READY the previous one
+    runs again by itself (`rollout.reason` says why). At rest (CREATED,
+    STOPPED, ERROR) the next start runs it; in BACKOFF it starts at once.
+    FAILED_PRECONDITION while another rollout is under way.
+    """
+    UpdateProgram: _grpc.UnaryUnaryMultiCallable[_program_pb2.UpdateProgramRequest, _program_pb2.Program]
+    """AIP-134: changes the fields in `update_mask` (today `resources`, or one
+    of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
+    `resources.state_bytes`) as a new revision, rolled out like a deploy.
+    """
+    ListProgramRevisions: _grpc.UnaryUnaryMultiCallable[_program_pb2.ListProgramRevisionsRequest, _program_pb2.ListProgramRevisionsResponse]
+    """Lists the program's revisions, newest first."""
+    RollbackProgram: _grpc.UnaryUnaryMultiCallable[_program_pb2.RollbackProgramRequest, _program_pb2.Program]
+    """Rolls out a kept revision's source and configuration again, as a new
+    revision, with the same revert rules as a deploy.
     """
 
 @_typing.type_check_only
@@ -99,11 +121,33 @@ class ProgramServiceAsyncStub(ProgramServiceStub):
     every change after a revision when resuming.
     """
     GetProgramSource: _aio.UnaryUnaryMultiCallable[_program_pb2.GetProgramSourceRequest, _program_pb2.ProgramSource]  # type: ignore[assignment]
-    """Returns the Dockerfile and source files the program was created from."""
+    """Returns the Dockerfile and source files of the revision the program runs
+    (at first, those it was created from).
+    """
     ReadProgramLogs: _aio.UnaryStreamMultiCallable[_program_pb2.ReadProgramLogsRequest, _program_pb2.LogEntry]  # type: ignore[assignment]
     """Streams the program's logs: its builds, its containers' stdout and
     stderr, and the Host's notes about it; with `follow`, new lines as they
     come.
+    """
+    DeployProgram: _aio.UnaryUnaryMultiCallable[_program_pb2.DeployProgramRequest, _program_pb2.Program]  # type: ignore[assignment]
+    """Rolls out a new revision from new source (and optionally new limits) in
+    place: same id, same `/state`. On a READY program the new image builds
+    while the current revision keeps running; once built the Host switches;
+    if the new revision fails to build or to become READY the previous one
+    runs again by itself (`rollout.reason` says why). At rest (CREATED,
+    STOPPED, ERROR) the next start runs it; in BACKOFF it starts at once.
+    FAILED_PRECONDITION while another rollout is under way.
+    """
+    UpdateProgram: _aio.UnaryUnaryMultiCallable[_program_pb2.UpdateProgramRequest, _program_pb2.Program]  # type: ignore[assignment]
+    """AIP-134: changes the fields in `update_mask` (today `resources`, or one
+    of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
+    `resources.state_bytes`) as a new revision, rolled out like a deploy.
+    """
+    ListProgramRevisions: _aio.UnaryUnaryMultiCallable[_program_pb2.ListProgramRevisionsRequest, _program_pb2.ListProgramRevisionsResponse]  # type: ignore[assignment]
+    """Lists the program's revisions, newest first."""
+    RollbackProgram: _aio.UnaryUnaryMultiCallable[_program_pb2.RollbackProgramRequest, _program_pb2.Program]  # type: ignore[assignment]
+    """Rolls out a kept revision's source and configuration again, as a new
+    revision, with the same revert rules as a deploy.
     """
 
 class ProgramServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -195,7 +239,9 @@ class ProgramServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _program_pb2.GetProgramSourceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_program_pb2.ProgramSource, _abc.Awaitable[_program_pb2.ProgramSource]]:
-        """Returns the Dockerfile and source files the program was created from."""
+        """Returns the Dockerfile and source files of the revision the program runs
+        (at first, those it was created from).
+        """
 
     @_abc_1.abstractmethod
     def ReadProgramLogs(
@@ -206,6 +252,50 @@ class ProgramServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the program's logs: its builds, its containers' stdout and
         stderr, and the Host's notes about it; with `follow`, new lines as they
         come.
+        """
+
+    @_abc_1.abstractmethod
+    def DeployProgram(
+        self,
+        request: _program_pb2.DeployProgramRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_program_pb2.Program, _abc.Awaitable[_program_pb2.Program]]:
+        """Rolls out a new revision from new source (and optionally new limits) in
+        place: same id, same `/state`. On a READY program the new image builds
+        while the current revision keeps running; once built the Host switches;
+        if the new revision fails to build or to become READY the previous one
+        runs again by itself (`rollout.reason` says why). At rest (CREATED,
+        STOPPED, ERROR) the next start runs it; in BACKOFF it starts at once.
+        FAILED_PRECONDITION while another rollout is under way.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateProgram(
+        self,
+        request: _program_pb2.UpdateProgramRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_program_pb2.Program, _abc.Awaitable[_program_pb2.Program]]:
+        """AIP-134: changes the fields in `update_mask` (today `resources`, or one
+        of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
+        `resources.state_bytes`) as a new revision, rolled out like a deploy.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProgramRevisions(
+        self,
+        request: _program_pb2.ListProgramRevisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_program_pb2.ListProgramRevisionsResponse, _abc.Awaitable[_program_pb2.ListProgramRevisionsResponse]]:
+        """Lists the program's revisions, newest first."""
+
+    @_abc_1.abstractmethod
+    def RollbackProgram(
+        self,
+        request: _program_pb2.RollbackProgramRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_program_pb2.Program, _abc.Awaitable[_program_pb2.Program]]:
+        """Rolls out a kept revision's source and configuration again, as a new
+        revision, with the same revert rules as a deploy.
         """
 
 def add_ProgramServiceServicer_to_server(servicer: ProgramServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,106 @@
+"""`hershy deploy --name` (update in place), `rollout status`, `history`, `rollback`: the real
+console script against `hershy serve --runtime fake` with tokens on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import (
+    NOT_FOUND,
+    OK,
+    USAGE,
+    CliHost,
+    cli,
+    get_json,
+    new_token,
+    one_line_error,
+    running_host,
+    source_files,
+)
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliHost]:
+    with running_host(tmp_path_factory.mktemp("hershy-deploy-cli")) as running:
+        yield running
+
+
+def version_folder(base: Path, text: str) -> Path:
+    folder = base / text
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("FROM scratch\nCOPY . /app\n")
+    (folder / "version.txt").write_text(text + "\n")
+    return folder
+
+
+def test_deploy_by_name_updates_in_place_and_rolls_back(host: CliHost, tmp_path: Path) -> None:
+    token = new_token(host, "carol")
+    first = cli(host, token, "deploy", str(version_folder(tmp_path, "v1")), "--timeout", "20")
+    program_id = first.stdout.strip()
+    assert get_json(host, token, program_id)["state"] == "STATE_READY"
+
+    # The same program, a new revision: same id, the new source.
+    second = cli(
+        host,
+        token,
+        "deploy",
+        str(version_folder(tmp_path, "v2")),
+        "--name",
+        program_id,
+        "--memory",
+        "256MiB",
+        "--timeout",
+        "20",
+    )
+    assert second.stdout.strip() == program_id, second
+    assert "revision 1 → 2" in second.stderr, second
+    now = get_json(host, token, program_id)
+    assert now["revision_number"] == "2"
+    assert now["rollout"]["phase"] == "ROLLOUT_PHASE_SUCCEEDED"
+    assert now["resources"]["memory_bytes"] == str(256 * 1024 * 1024)
+    assert source_files(host, program_id).src_files["version.txt"] == b"v2\n"
+
+    status = cli(host, token, "rollout", "status", program_id)
+    assert "revision 1 → 2 SUCCEEDED" in status.stdout, status
+
+    history = cli(host, token, "history", program_id)
+    lines = [line for line in history.stdout.splitlines() if line.strip()]
+    assert lines[0].split()[:2] == ["REV", "BUILD"], history
+    assert lines[1].lstrip().startswith("*2"), history
+    assert "deploy" in lines[1]
+    assert "carol" in lines[1]
+    assert lines[2].lstrip().startswith("1")
+    assert "create" in lines[2]
+
+    back = cli(host, token, "rollback", program_id, "--timeout", "20")
+    assert back.stdout.split()[0] == program_id, back
+    rolled = get_json(host, token, program_id)
+    assert rolled["revision_number"] == "3"
+    assert source_files(host, program_id).src_files["version.txt"] == b"v1\n"
+    as_json = cli(host, token, "history", program_id, "--json").json()
+    assert next(r["description"] for r in as_json["revisions"]) == "rollback to revision 1"
+
+    missing = cli(host, token, "rollback", program_id, "42", expect=NOT_FOUND)
+    assert "revision 42" in one_line_error(missing)
+    cli(host, token, "rollback", program_id, "0", expect=USAGE)
+
+
+def test_another_users_program_is_not_found_by_name(host: CliHost, tmp_path: Path) -> None:
+    owner, other = new_token(host, "dave"), new_token(host, "erin")
+    program_id = cli(host, owner, "deploy", str(version_folder(tmp_path, "mine"))).stdout.strip()
+    for args in (
+        ("history", program_id),
+        ("rollout", "status", program_id),
+        ("rollback", program_id),
+    ):
+        cli(host, other, *args, expect=NOT_FOUND)
+    # By name, another user's program is not there: a deploy makes erin's own.
+    theirs = cli(
+        host, other, "deploy", str(version_folder(tmp_path, "theirs")), "--name", program_id
+    )
+    assert theirs.code == OK
+    assert theirs.stdout.strip() != program_id
+    assert get_json(host, owner, program_id)["revision_number"] == "1"
