@@ -286,6 +286,14 @@ def print_json(message: Message | dict[str, Any], *, lines: bool = False) -> Non
     click.echo(text)
 
 
+def report_program(program: pb.Program, as_json: bool) -> None:
+    """A lifecycle call's answer: the Program as JSON, or its id and state."""
+    if as_json:
+        print_json(program)
+    else:
+        out.print(Text.assemble(program.id, "  ", state_text(program.state)))
+
+
 def when(stamp: Timestamp) -> datetime | None:
     if not stamp.seconds and not stamp.nanos:
         return None

@@ -28,6 +28,7 @@ from hershy.entrypoints.cli_commands.common import (
     fail,
     out,
     print_json,
+    report_program,
     state_name,
     state_text,
     timestamp_text,
@@ -213,13 +214,6 @@ def get_command(settings: Settings, program: str, as_json: bool) -> None:
 # --- lifecycle --------------------------------------------------------------------------------
 
 
-def _report(program: pb.Program, as_json: bool) -> None:
-    if as_json:
-        print_json(program)
-    else:
-        out.print(Text.assemble(program.id, "  ", state_text(program.state)))
-
-
 def wait_for(
     client: Client,
     settings: Settings,
@@ -270,7 +264,7 @@ def _lifecycle(
             if not as_json:
                 err.print(f"{changed.id}: {state_name(changed.state)}, waiting for {target_state}")
             changed = wait_for(client, settings, changed, target_state, timeout)
-    _report(changed, as_json)
+    report_program(changed, as_json)
 
 
 def _wait_options(state: str) -> Callable[[F], F]:
@@ -350,7 +344,7 @@ def rm_command(
             if not as_json:
                 err.print(f"{deleted.id}: {state_name(deleted.state)}, waiting until it is gone")
             deleted = wait_for(client, settings, deleted, "DELETED", timeout, gone_is_deleted=True)
-    _report(deleted, as_json)
+    report_program(deleted, as_json)
 
 
 # --- logs, watch ------------------------------------------------------------------------------

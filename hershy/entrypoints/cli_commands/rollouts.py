@@ -18,6 +18,7 @@ from hershy.entrypoints.cli_commands.common import (
     err,
     out,
     print_json,
+    report_program,
     state_name,
     state_text,
 )
@@ -199,10 +200,7 @@ def rollback_command(
         f"{revision or 'before ' + str(found.revision_number)})"
     )
     done = started if no_wait else follow_rollout(settings, started, timeout)
-    if as_json:
-        print_json(done)
-    else:
-        out.print(Text.assemble(done.id, "  ", state_text(done.state)))
+    report_program(done, as_json)
 
 
 def redeploy(
