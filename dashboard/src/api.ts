@@ -119,6 +119,14 @@ export interface Program {
   alias: string;
   /** Plain environment variables. */
   env: Record<string, string>;
+  /** What the program's own WatcherAPI last reported (Hersh: Ready, InitRun, ...). */
+  watcherState: string;
+  /** The Host's verdict: unknown, initialising, healthy, degraded, unhealthy. */
+  health: string;
+  healthReason: string;
+  watcherAnsweredAt: string | null;
+  restartPolicy: string;
+  stopSignal: string;
 }
 
 /** A secret as the API shows it: never its value. */
@@ -143,14 +151,6 @@ function stringMap(value: unknown): Record<string, string> {
   if (!isRecord(value)) return map;
   for (const [key, item] of Object.entries(value)) if (typeof item === "string") map[key] = item;
   return map;
-  /** What the program's own WatcherAPI last reported (Hersh: Ready, InitRun, ...). */
-  watcherState: string;
-  /** The Host's verdict: unknown, initialising, healthy, degraded, unhealthy. */
-  health: string;
-  healthReason: string;
-  watcherAnsweredAt: string | null;
-  restartPolicy: string;
-  stopSignal: string;
 }
 
 function str(value: unknown, fallback = ""): string {

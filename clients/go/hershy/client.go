@@ -309,16 +309,12 @@ type CreateRequest struct {
 // Create registers a program; it starts in CREATED.
 func (c *Client) Create(ctx context.Context, req CreateRequest) (*Program, error) {
 	program, err := c.rpc.CreateProgram(ctx, &hershyv1.CreateProgramRequest{
-		UserId:     req.UserID,
-		Dockerfile: req.Dockerfile,
-		SrcFiles:   req.Files,
-		Resources:  req.Resources,
-		Alias:      req.Alias,
-		Env:        req.Env,
 		UserId:        req.UserID,
 		Dockerfile:    req.Dockerfile,
 		SrcFiles:      req.Files,
 		Resources:     req.Resources,
+		Alias:         req.Alias,
+		Env:           req.Env,
 		Readiness:     req.Readiness,
 		RestartPolicy: req.RestartPolicy,
 		Stop:          req.Stop,
