@@ -189,8 +189,11 @@ class LivenessProber:
                     return
             else:
                 wait = None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that meets its own timeout, and this loop would then never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _probe(self, key: str, target: _Target, limit: asyncio.Semaphore) -> None:
         self.in_flight += 1
