@@ -299,6 +299,10 @@ def _on_host_restarted(program: Program, at: float) -> Outcome:
             )
         case State.DELETING:
             effects = (fx.Teardown(run, container),)
+        case State.STOPPED | State.ERROR if run > 0:
+            # At rest after it ran: the removal of its last container (an exit under
+            # `on-failure` or `never`, a failed start) may have been cut off by the kill.
+            effects = (fx.StopContainer(run, container),)
         case _:
             effects = ()
     return Ignored(f"resuming in {program.state.name}", effects)

@@ -90,17 +90,19 @@ def test_deploy_by_name_updates_in_place_and_rolls_back(host: CliHost, tmp_path:
 
 def test_another_users_program_is_not_found_by_name(host: CliHost, tmp_path: Path) -> None:
     owner, other = new_token(host, "dave"), new_token(host, "erin")
-    program_id = cli(host, owner, "deploy", str(version_folder(tmp_path, "mine"))).stdout.strip()
+    mine = str(version_folder(tmp_path, "mine"))
+    program_id = cli(host, owner, "deploy", mine, "--name", "bot").stdout.strip()
     for args in (
         ("history", program_id),
         ("rollout", "status", program_id),
         ("rollback", program_id),
     ):
         cli(host, other, *args, expect=NOT_FOUND)
-    # By name, another user's program is not there: a deploy makes erin's own.
-    theirs = cli(
-        host, other, "deploy", str(version_folder(tmp_path, "theirs")), "--name", program_id
-    )
+    # By name, another user's program is not there: a deploy makes erin's own (names
+    # are unique per user); by id, it is not there either, and an id names nothing new.
+    theirs_folder = str(version_folder(tmp_path, "theirs"))
+    theirs = cli(host, other, "deploy", theirs_folder, "--name", "bot")
     assert theirs.code == OK
     assert theirs.stdout.strip() != program_id
+    cli(host, other, "deploy", theirs_folder, "--name", program_id, expect=USAGE)
     assert get_json(host, owner, program_id)["revision_number"] == "1"
