@@ -366,6 +366,8 @@ class SqliteEventLog:
     def _write(self, batch: list[tuple[int, Program, ev.Event]]) -> None:
         events = []
         programs = []
+        made_revisions = []
+        deleted = []
         for revision, program, event in batch:
             stored = encode_program(dataclasses.replace(program, revision=revision))
             kind = (
@@ -377,6 +379,13 @@ class SqliteEventLog:
             )
             events.append((revision, program.id, kind.value, encode_event(event), stored))
             programs.append((program.id, revision, revision, stored))
+            # Each event of the batch, not only its last: one transaction holds many programs'.
+            made = revision_of(program, event)
+            if made is not None:
+                # As text: SQLite keeps it an integer when it fits in 64 bits.
+                made_revisions.append((program.id, str(made.number), json.dumps(to_plain(made))))
+            if program.state is State.DELETED:
+                deleted.append((program.id,))
         db = self._conn
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -392,16 +401,12 @@ class SqliteEventLog:
                 "revision = excluded.revision, program = excluded.program",
                 programs,
             )
-            made = revision_of(program, event)
-            if made is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO program_revisions (program_id, number, revision) "
-                    "VALUES (?, ?, ?)",
-                    # As text: SQLite keeps it an integer when it fits in 64 bits.
-                    (program.id, str(made.number), json.dumps(to_plain(made))),
-                )
-            if program.state is State.DELETED:
-                db.execute("DELETE FROM program_revisions WHERE program_id = ?", (program.id,))
+            db.executemany(
+                "INSERT OR REPLACE INTO program_revisions (program_id, number, revision) "
+                "VALUES (?, ?, ?)",
+                made_revisions,
+            )
+            db.executemany("DELETE FROM program_revisions WHERE program_id = ?", deleted)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

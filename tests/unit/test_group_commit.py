@@ -210,3 +210,25 @@ async def test_a_commit_that_waits_in_its_own_step_still_publishes_before_later_
             published.append((change.program.id, change.program.revision))
         assert [program_id for program_id, _ in published] == [first.id, second.id]
         assert published[0][1] < published[1][1]
+
+
+async def test_every_event_of_a_batch_keeps_its_revision_record(tmp_path: Path) -> None:
+    """A transaction of many creates stores each program's first revision, not only the
+    last one's (the record was once written for the batch's last event alone)."""
+    store = CountingStore(tmp_path)
+    store.open()
+    store.gate = threading.Event()
+    try:
+        held = asyncio.ensure_future(store.append(*created(1)))
+        await asyncio.sleep(0.05)
+        batch = [asyncio.ensure_future(store.append(*created(n))) for n in range(2, 6)]
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        await asyncio.gather(held, *batch)
+        assert store.transactions == [1, 4]
+        kept = store.revisions()
+        assert sorted(kept) == [f"prog-{n}" for n in range(1, 6)]
+        assert all([record.number for record in records] == [1] for records in kept.values())
+    finally:
+        store.gate.set()
+        store.close()
