@@ -168,6 +168,8 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
                 revocations=auth.on_revoke,
                 # The runtime says where a program's address leads, and which it hands out.
                 watcher_endpoint=handler.watcher_endpoint,
+                # The proxy's first view read here, not streamed through gRPC.
+                seed=registry.current,
             )
         )
         try:

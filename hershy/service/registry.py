@@ -670,6 +670,10 @@ class Registry:
             return program.user_id
         return self._log.owner(program_id) if resumed else None
 
+    def current(self) -> tuple[list[Program], int]:
+        """Every live program and the revision they are at, in one step (nothing between)."""
+        return list(self._programs.values()), self.hub.revision
+
     def snapshot(self, subscription: Subscription) -> list[Program]:
         """The programs a subscription covers, now; drops what it had buffered."""
         subscription.drop_buffered()

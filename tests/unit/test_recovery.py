@@ -171,6 +171,45 @@ async def test_a_program_created_while_recovering_is_not_taken_for_an_orphan() -
         await asyncio.wait_for(registry.reconciled(), 5)
 
 
+async def test_only_programs_with_something_to_do_get_a_supervisor_at_recovery() -> None:
+    """Programs at rest (CREATED, never run) get no supervisor until a request comes: a
+    restart with 10,000 of them spent 5 s starting 10,000 supervisors that did nothing."""
+    running = await programs_left_running(1)
+    logs = FileLogStore(Path(tempfile.mkdtemp(prefix="hershy-logs-")))
+    handler = FakeEffectHandler(MemorySourceStore(), logs)
+    async with registry_on(handler, logs) as registry:
+        at_rest = [(await registry.create("carol", DOCKERFILE, {})) for _ in range(50)]
+    logs = FileLogStore(Path(tempfile.mkdtemp(prefix="hershy-logs-")))
+    handler = FlakyReaper(logs, failures=0)
+    docker_answers = asyncio.Event()
+    original = handler.reap
+
+    async def slow_reap(owned: Mapping[str, int]) -> None:
+        await docker_answers.wait()
+        await original(owned)
+
+    handler.reap = slow_reap  # type: ignore[method-assign]
+    async with registry_on(handler, logs) as registry:
+        await registry.recover([*running, *at_rest], 0, lambda r: (r, []))
+        assert set(registry._supervisors) == {running[0].id}
+        # A request to one at rest while the runtime is not reconciled yet waits for it,
+        # as a recovered program's does (its supervisor is made now, behind the gate).
+        starting = asyncio.ensure_future(registry.start(at_rest[0].id))
+        await settle()
+        assert not starting.done()
+        assert handler.executed_before_reaped == []
+        docker_answers.set()
+        assert (await asyncio.wait_for(starting, 5)).state is State.BUILDING
+        await asyncio.wait_for(registry.reconciled(), 5)
+        assert registry.not_ready_reason() is None
+        assert (await registry.wait(at_rest[0].id, State.READY, 5)).state is State.READY
+        # One never asked anything still answers every request, deleted as well.
+        deleted = await registry.delete(at_rest[1].id)
+        assert deleted.state in (State.DELETING, State.DELETED)
+        assert set(registry._supervisors) <= {running[0].id, at_rest[0].id, at_rest[1].id}
+    assert handler.executed_before_reaped == []
+
+
 # --- the Docker adapter's reaping, with a Docker client that races ----------------------------
 
 

@@ -24,7 +24,7 @@ from hershy.domain import limits
 from hershy.domain.validation import cut
 from hershy.entrypoints.rest import openapi, shapes, uploads
 from hershy.entrypoints.rest.auth import Metadata, Principals, bearer, credentials
-from hershy.entrypoints.rest.cache import ProgramCache
+from hershy.entrypoints.rest.cache import ProgramCache, Seed
 from hershy.entrypoints.rest.config import ConfigRoutes
 from hershy.entrypoints.rest.errors import (
     ApiError,
@@ -110,6 +110,9 @@ class RestConfig:
     #: given by the composition root. The default, for a shim wired up on its own, is
     #: the rule of the runtimes that publish WatcherAPIs on loopback ports (Docker, fake).
     watcher_endpoint: EndpointOf = loopback_endpoint
+    #: The core's programs, read in its process (`cache.Seed`): the proxy's first view
+    #: without a Watch snapshot of every program (a restart with 10,000 spent 2.8 s on it).
+    seed: Seed | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -124,7 +127,7 @@ class RestApi:
         self.config = config
         self._stub: pb_grpc.ProgramServiceAsyncStub = pb_grpc.ProgramServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
-        self.cache = ProgramCache(self._stub, bearer(config.service_token))
+        self.cache = ProgramCache(self._stub, bearer(config.service_token), config.seed)
         principals = None
         self.tokens: token_grpc.TokenServiceAsyncStub | None = None
         if config.auth_enabled:

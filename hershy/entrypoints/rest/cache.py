@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
 
+from hershy.domain.model import Program
+from hershy.entrypoints.convert import state_to_pb
 from hershy.entrypoints.rest.auth import Metadata
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
@@ -50,12 +53,40 @@ class Target:
             program.id,
         )
 
+    @classmethod
+    def of_program(cls, program: Program) -> Target:
+        """The same, from the core's own record (the shim in the Host's process)."""
+        return cls(
+            state_to_pb(program.state),
+            program.proxy_target,
+            program.revision,
+            program.user_id,
+            program.alias,
+            program.id,
+        )
+
+
+#: Every live program the core holds and the revision they are at, read in one step:
+#: a shim in the Host's process starts from it instead of a Watch snapshot of them all.
+Seed = Callable[[], tuple[Iterable[Program], int]]
+
 
 class ProgramCache:
-    def __init__(self, stub: pb_grpc.ProgramServiceAsyncStub, metadata: Metadata = ()) -> None:
-        """`metadata`: the shim's own credentials (it watches every program)."""
+    def __init__(
+        self,
+        stub: pb_grpc.ProgramServiceAsyncStub,
+        metadata: Metadata = (),
+        seed: Seed | None = None,
+    ) -> None:
+        """`metadata`: the shim's own credentials (it watches every program).
+
+        `seed`: where the first view comes from, if not from a Watch snapshot; the
+        stream then resumes after the seed's revision (so nothing falls between).
+        Used once: after a break, a fresh snapshot replaces what was known, as always.
+        """
         self._stub = stub
         self._metadata = metadata
+        self._seed = seed
         self._targets: dict[str, Target] = {}
         #: (owner, alias) -> program id, for the programs in `_targets` that have a name.
         self._aliases: dict[tuple[str, str], str] = {}
@@ -116,6 +147,22 @@ class ProgramCache:
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP)
 
+    def _take_seed(self) -> int | None:
+        """The seed's programs as the view (synced at once); the revision to resume after."""
+        if self._seed is None:
+            return None
+        programs, revision = self._seed()
+        self._seed = None
+        self._targets = {program.id: Target.of_program(program) for program in programs}
+        self._aliases = {
+            (target.user_id, target.alias): target.program_id
+            for target in self._targets.values()
+            if target.alias
+        }
+        self.synced = True
+        self._synced_event.set()
+        return revision
+
     def _unsync(self) -> None:
         self.synced = False
         self._synced_event.clear()
@@ -124,7 +171,9 @@ class ProgramCache:
 
     async def _follow(self) -> None:
         pending: dict[str, Target] = {}
-        call = self._stub.WatchPrograms(pb.WatchProgramsRequest(), metadata=self._metadata)
+        resume = self._take_seed()
+        request = pb.WatchProgramsRequest(resume_revision=resume)
+        call = self._stub.WatchPrograms(request, metadata=self._metadata)
         async for message in call:
             program = message.program
             match message.type:
