@@ -86,6 +86,11 @@ def _unary(method: Method) -> Method:
 
 #: SNAPSHOT messages kept past twice the programs of the last snapshot (see `_snapshot`).
 SNAPSHOT_CACHE_SLACK = 1024
+#: The Watch method, served with messages serialised once (see `WatchSerialisedOnce`).
+WATCH_METHOD = f"/{SERVICE_NAME}/WatchPrograms"
+
+#: A Watch message as it goes on the wire: serialised once, whoever it is sent to.
+Encoded = bytes
 
 
 class ProgramService(pb_grpc.ProgramServiceServicer):
@@ -94,9 +99,10 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         self._auth = auth
         self._rpcs = registry.metrics.rpcs
         # Changes are encoded once, however many subscribers there are.
-        self._encoded: OrderedDict[int, pb.WatchProgramsResponse] = OrderedDict()
+        # Serialised too: 1,000 watchers of one change cost one SerializeToString.
+        self._encoded: OrderedDict[int, Encoded] = OrderedDict()
         #: Each program's SNAPSHOT message at its revision (dropped when it is deleted).
-        self._snapshot_messages: dict[str, tuple[int, pb.WatchProgramsResponse]] = {}
+        self._snapshot_messages: dict[str, tuple[int, Encoded]] = {}
         #: One user's creates (big sources to write) cannot crowd out everyone else's work.
         self._creates = PerUserLimit(MAX_CREATES_IN_PROGRESS_PER_USER, "creates")
 
@@ -236,6 +242,13 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
     async def WatchPrograms(
         self, request: pb.WatchProgramsRequest, context: Context
     ) -> AsyncIterator[pb.WatchProgramsResponse]:
+        """The stream as messages (the server sends `watch_encoded`'s bytes as they are)."""
+        async for data in self.watch_encoded(request, context):
+            yield pb.WatchProgramsResponse.FromString(data)
+
+    async def watch_encoded(
+        self, request: pb.WatchProgramsRequest, context: Context
+    ) -> AsyncIterator[Encoded]:
         """Ownership is checked at the start (resumed or not) and on every change sent;
         revoking the token ends the stream with UNAUTHENTICATED, at once."""
         grant: StreamGrant | None = None
@@ -270,7 +283,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
                     if caller.sees(item.program.user_id):
                         yield self._encode(item)
                 elif item is Resync.RESYNC:
-                    yield pb.WatchProgramsResponse(type=pb.WatchProgramsResponse.TYPE_RESYNC)
+                    yield _RESYNC
                     programs = [
                         p for p in self._registry.snapshot(subscription) if caller.sees(p.user_id)
                     ]
@@ -300,7 +313,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
 
     def _watch_messages(
         self, start: WatchStart, subscription: Subscription, caller: Principal
-    ) -> Iterator[pb.WatchProgramsResponse]:
+    ) -> Iterator[Encoded]:
         """What a Watch sends before it goes live: the snapshot, or the replay; only
         what the caller may see (the registry filtered it already: this is the second lock)."""
         if start.snapshot is not None:
@@ -357,7 +370,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         if grant.revoked:
             await self._end_revoked(context, "ReadProgramLogs")
 
-    def _snapshot(self, programs: list[Program], revision: int) -> list[pb.WatchProgramsResponse]:
+    def _snapshot(self, programs: list[Program], revision: int) -> list[Encoded]:
         if len(self._snapshot_messages) > 2 * len(programs) + SNAPSHOT_CACHE_SLACK:
             # Programs deleted while no one watched: keep what this snapshot holds.
             kept = {program.id for program in programs}
@@ -365,12 +378,13 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
                 key: value for key, value in self._snapshot_messages.items() if key in kept
             }
         messages = [self._snapshot_message(program) for program in programs]
-        messages.append(
-            pb.WatchProgramsResponse(type=pb.WatchProgramsResponse.TYPE_SYNCED, revision=revision)
-        )
+        synced = pb.WatchProgramsResponse(
+            type=pb.WatchProgramsResponse.TYPE_SYNCED, revision=revision
+        ).SerializeToString()
+        messages.append(synced)
         return messages
 
-    def _snapshot_message(self, program: Program) -> pb.WatchProgramsResponse:
+    def _snapshot_message(self, program: Program) -> Encoded:
         """A program's SNAPSHOT message, made once per revision of it (a snapshot of
         10,000 programs spent 0.5 s converting them, every time one was taken)."""
         cached = self._snapshot_messages.get(program.id)
@@ -380,20 +394,68 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             type=pb.WatchProgramsResponse.TYPE_SNAPSHOT,
             program=self._pb(program),
             revision=program.revision,
-        )
+        ).SerializeToString()
         self._snapshot_messages[program.id] = (program.revision, message)
         return message
 
-    def _encode(self, change: Change) -> pb.WatchProgramsResponse:
+    def _encode(self, change: Change) -> Encoded:
         if change.kind is ChangeKind.DELETED:
             self._snapshot_messages.pop(change.program.id, None)  # never in a snapshot again
         message = self._encoded.get(change.revision)
         if message is None:
-            message = convert.change_to_pb(change, self._registry.runtime)
+            message = convert.change_to_pb(change, self._registry.runtime).SerializeToString()
             self._encoded[change.revision] = message
             if len(self._encoded) > 4096:
                 self._encoded.popitem(last=False)
         return message
+
+
+_RESYNC: Encoded = pb.WatchProgramsResponse(
+    type=pb.WatchProgramsResponse.TYPE_RESYNC
+).SerializeToString()
+
+
+def _as_sent(message: Encoded) -> bytes:
+    """The Watch stream's serialiser: its messages are serialised already."""
+    return message
+
+
+class WatchSerialisedOnce(grpc.GenericRpcHandler):
+    """Serves WatchPrograms with messages serialised once for every stream sending
+    them (the generated handler would serialise each change again per watcher)."""
+
+    def __init__(self, service: ProgramService) -> None:
+        self.handler = grpc.unary_stream_rpc_method_handler(
+            service.watch_encoded,
+            request_deserializer=pb.WatchProgramsRequest.FromString,
+            response_serializer=_as_sent,
+        )
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if handler_call_details.method == WATCH_METHOD:
+            return self.handler
+        return None
+
+
+class _WithWatchSerialisedOnce:
+    """The server as the generated registration sees it: its WatchPrograms handler is
+    swapped for `WatchSerialisedOnce`'s, both where it registers the method by name
+    (looked up first) and among the generic handlers (ours first: the first wins)."""
+
+    def __init__(self, server: grpc.aio.Server, watch: WatchSerialisedOnce) -> None:
+        self._server = server
+        self._watch = watch
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers((self._watch, *handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        swapped = {**handlers, "WatchPrograms": self._watch.handler}
+        self._server.add_registered_method_handlers(service, swapped)
 
 
 class _Ended(enum.Enum):
@@ -605,7 +667,9 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_ProgramServiceServicer_to_server(ProgramService(registry, auth), self.server)
+        programs = ProgramService(registry, auth)
+        registering = _WithWatchSerialisedOnce(self.server, WatchSerialisedOnce(programs))
+        pb_grpc.add_ProgramServiceServicer_to_server(programs, cast(grpc.aio.Server, registering))
         token_pb_grpc.add_TokenServiceServicer_to_server(
             TokenService(auth, registry.metrics), self.server
         )

@@ -418,9 +418,7 @@ class Registry:
         # Under the owner's lock: two changes at once are applied one after the other.
         async with self.quotas.held(owner):
             env = changed_env(self.get(program_id).env, set_, unset)
-            return await self._supervisor(program_id).request(
-                ev.EnvChanged(self._clock.now(), env)
-            )
+            return await self._supervisor(program_id).request(ev.EnvChanged(self._clock.now(), env))
 
     async def set_secret(
         self, program_id: str, name: str, value: bytes, *, as_env: bool = False

@@ -32,7 +32,7 @@ class Stub:
         self.requests: list[pb.WatchProgramsRequest] = []
         self.done = asyncio.Event()
 
-    def WatchPrograms(self, request: pb.WatchProgramsRequest, metadata: Any = ()) -> Any:
+    def WatchPrograms(self, request: pb.WatchProgramsRequest, metadata: Any = ()) -> Any:  # noqa: N802
         self.requests.append(request)
         script = self.scripts.pop(0) if self.scripts else []
         return self._stream(script)
@@ -59,7 +59,9 @@ async def test_a_seeded_cache_is_synced_at_once_and_resumes_after_the_seed() -> 
         assert stub.requests[0].HasField("resume_revision")
         assert stub.requests[0].resume_revision == 5
         first = cache.get("prog-000000000001")
-        assert first is not None and first.revision == 3 and first.state == pb.STATE_CREATED
+        assert first is not None
+        assert first.revision == 3
+        assert first.state == pb.STATE_CREATED
         assert cache.named("alice", "web") == first
         assert cache.get("prog-000000000003") is not None  # what came after the seed
     finally:

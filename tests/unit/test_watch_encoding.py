@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from hershy.adapters.sqlite_store import SqliteEventLog
-from hershy.entrypoints import convert
+from hershy.entrypoints import convert, grpc_server
 from hershy.entrypoints.grpc_server import GrpcServer
 from hershy.service.auth import Authenticator
 from hershy.service.watch import Change
@@ -99,3 +99,36 @@ async def test_each_change_is_encoded_once_for_all_subscribers_and_resumes(
     assert all([m.revision for m in messages] == changes for messages in seen)
     assert all(messages == seen[0] for messages in seen)
     assert encoded == dict.fromkeys(changes, 1)
+
+
+async def test_each_change_is_serialised_once_and_sent_as_is_to_every_subscriber(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server sends the same bytes to every watcher (no SerializeToString per stream):
+    what goes on the wire is the one object made for that change."""
+    sent: dict[bytes, set[int]] = {}
+
+    def as_sent(message: bytes) -> bytes:
+        assert isinstance(message, bytes)  # serialised before, never here
+        sent.setdefault(message, set()).add(id(message))
+        return message
+
+    monkeypatch.setattr(grpc_server, "_as_sent", as_sent)
+    async with serving(tmp_path) as stub:
+        live = [stub.WatchPrograms(pb.WatchProgramsRequest()) for _ in range(SUBSCRIBERS)]
+        for stream in live:
+            await until_synced(stream)
+        program = await stub.CreateProgram(
+            pb.CreateProgramRequest(user_id="alice", dockerfile="FROM scratch\n")
+        )
+        seen = [await changes_until(stream, program.revision) for stream in live]
+        for stream in live:
+            stream.cancel()
+    created = [
+        m for messages in seen for m in messages if m.type == pb.WatchProgramsResponse.TYPE_CREATED
+    ]
+    assert len(created) == SUBSCRIBERS
+    assert all(m.program.id == program.id for m in created)
+    wire = created[0].SerializeToString()
+    assert wire in sent
+    assert len(sent[wire]) == 1

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hershy.adapters.docker.port_pool import loopback_endpoint
 from hershy.domain import limits
 from hershy.domain.validation import cut
-from hershy.entrypoints.rest import openapi, shapes, uploads
+from hershy.entrypoints.rest import shapes, uploads
 from hershy.entrypoints.rest.auth import Metadata, Principals, bearer, credentials
 from hershy.entrypoints.rest.cache import ProgramCache, Seed
 from hershy.entrypoints.rest.config import ConfigRoutes
@@ -257,6 +257,9 @@ class RestApi:
         return json_response({"status": "ready"})
 
     async def openapi(self, request: web.Request) -> web.Response:
+        # Imported on the first request: an idle Host need not hold the document.
+        from hershy.entrypoints.rest import openapi
+
         return json_response(openapi.DOCUMENT)
 
     # --- programs ------------------------------------------------------------------
