@@ -214,7 +214,8 @@ async def measure(
                 for base in bases.values():
                     await until_answers(client, base + ROUTES["small GET"])
                 if profile_hershy:
-                    await profile(client, bases["Hershy"], host.process.pid, profile_hershy, scratch)
+                    hershy_pid = host.process.pid
+                    await profile(client, bases["Hershy"], hershy_pid, profile_hershy, scratch)
                 return await interleaved(client, bases, pids, rounds, seconds)
         finally:
             if nginx is not None:
@@ -295,7 +296,8 @@ def print_profile(collapsed: str, top: int = 25) -> None:
     print(f"py-spy, {all_samples} samples of the Host under small GETs through the proxy")
     print("  own %   total %  function")
     for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
-        print(f"  {100 * count / all_samples:5.1f}   {100 * total[frame] / all_samples:6.1f}   {frame}")
+        share, within = 100 * count / all_samples, 100 * total[frame] / all_samples
+        print(f"  {share:5.1f}   {within:6.1f}   {frame}")
 
 
 def report(samples: dict[tuple[str, str], Samples], rounds: int, seconds: float) -> bool:
