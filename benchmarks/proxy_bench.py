@@ -185,6 +185,7 @@ async def measure(
     binary = await asyncio.to_thread(build_stub, scratch)
     host = HostProcess(scratch / "data", scratch / "host.log")
     nginx: Nginx | None = None
+    raw: subprocess.Popen[bytes] | None = None
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
     ) as http:
@@ -194,16 +195,24 @@ async def measure(
             program = await rest.deploy_stub("bench-proxy", binary)
             backend_port = int(str(program["proxy_target"]).rsplit(":", 1)[1])
             nginx = Nginx(scratch, backend_port)
+            raw_port = free_port()
+            raw = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("raw_forwarder.py"))]
+                + [str(raw_port), str(backend_port)],
+                stdin=subprocess.DEVNULL,
+            )
             bases = {
                 "direct": f"http://127.0.0.1:{backend_port}",
                 "Hershy": f"http://{host.http}/programs/{program['program_id']}",
                 "nginx": f"http://127.0.0.1:{nginx.port}",
+                "raw": f"http://127.0.0.1:{raw_port}",
             }
             nginx_pid = nginx.process.pid
             pids: dict[str, Callable[[], list[int]]] = {
                 "direct": lambda: [],
                 "Hershy": lambda: [host.process.pid],
                 "nginx": lambda: process_tree(nginx_pid),
+                "raw": lambda: [raw.pid],
             }
             async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
@@ -220,6 +229,9 @@ async def measure(
         finally:
             if nginx is not None:
                 nginx.stop()
+            if raw is not None:
+                raw.terminate()
+                raw.wait(10)
             await rest.delete_all()
             host.stop()
 
@@ -267,6 +279,8 @@ async def profile(
         f"{seconds:g}",
         "--format",
         "raw",
+        "--gil",  # only what holds the GIL: the CPU the proxy spends, not idle threads
+        "--nonblocking",
         "--output",
         str(output),
         stdout=asyncio.subprocess.DEVNULL,
@@ -318,7 +332,7 @@ def report(samples: dict[tuple[str, str], Samples], rounds: int, seconds: float)
         )
         ratios = {}
         cpus = {}
-        for path in ("Hershy", "nginx"):
+        for path in ("Hershy", "nginx", "raw"):
             sample = samples[(workload, path)]
             rate = statistics.median(sample.rates)
             ratios[path] = rate / direct_rate
