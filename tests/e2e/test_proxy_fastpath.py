@@ -89,6 +89,8 @@ async def test_plain_gets_are_served_by_the_fast_path_on_kept_alive_connections(
                 assert response.status == 200
                 assert await response.read() == b""
         assert served(server) == 6
+        assert server._api is not None
+        assert server._api.fast.pool.opened == 1  # one connection to the program, kept alive
         assert [seen.method for seen in watcher.seen] == ["GET"] * 5 + ["HEAD"]
         # What the program was sent is what the aiohttp path sends (test_proxy.py).
         headers = watcher.seen[0].headers

@@ -398,6 +398,8 @@ class UpstreamPool:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[tuple[float, ResponseHandler]]] = {}
         self._idle_count = 0
+        #: Connections made so far (the rest of the requests reused one).
+        self.opened = 0
 
     async def acquire(self, endpoint: WatcherEndpoint) -> tuple[ResponseHandler, bool]:
         """A connection to the program, and whether it was kept alive from before."""
@@ -411,6 +413,7 @@ class UpstreamPool:
                 return protocol, True
             protocol.close()
         loop = asyncio.get_running_loop()
+        self.opened += 1
         async with asyncio.timeout(CONNECT_SECONDS):
             _, protocol = await loop.create_connection(
                 lambda: ResponseHandler(loop), endpoint.host, endpoint.port
