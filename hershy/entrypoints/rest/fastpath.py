@@ -45,7 +45,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -456,11 +456,11 @@ class FrontProtocol(asyncio.Protocol):
         fronts.add(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's are not asyncio.Transport instances, but are ones).
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else ""
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._arm_idle_timer()
 
     def data_received(self, data: bytes) -> None:
