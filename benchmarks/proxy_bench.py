@@ -122,6 +122,13 @@ http {{
                 self.process.wait(5)
 
 
+def start_raw_forwarder(port: int, backend_port: int) -> subprocess.Popen[bytes]:
+    """benchmarks/raw_forwarder.py: the floor of a Python forwarder, in a process of its own."""
+    script = str(Path(__file__).with_name("raw_forwarder.py"))
+    command = [sys.executable, script, str(port), str(backend_port)]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL)
+
+
 @dataclass
 class Samples:
     rates: list[float] = field(default_factory=list)
@@ -196,11 +203,7 @@ async def measure(
             backend_port = int(str(program["proxy_target"]).rsplit(":", 1)[1])
             nginx = Nginx(scratch, backend_port)
             raw_port = free_port()
-            raw = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("raw_forwarder.py"))]
-                + [str(raw_port), str(backend_port)],
-                stdin=subprocess.DEVNULL,
-            )
+            raw = start_raw_forwarder(raw_port, backend_port)
             bases = {
                 "direct": f"http://127.0.0.1:{backend_port}",
                 "Hershy": f"http://{host.http}/programs/{program['program_id']}",

@@ -99,6 +99,7 @@ class Downstream(asyncio.Protocol):
         self.upstream: Upstream | None = None
         self.queue: list[bytes] = []
         self.busy = False
+        self.connecting: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -128,7 +129,7 @@ class Downstream(asyncio.Protocol):
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.write(request)
             return
-        asyncio.ensure_future(self.connect(request))
+        self.connecting = asyncio.ensure_future(self.connect(request))
 
     async def connect(self, request: bytes) -> None:
         loop = asyncio.get_running_loop()

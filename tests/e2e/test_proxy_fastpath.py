@@ -17,6 +17,7 @@ import pytest
 from hershy.entrypoints.rest import RestConfig, RestServer
 from hershy.entrypoints.rest.fastpath import IDLE_PER_PROGRAM, UpstreamPool
 from hershy.service.ports import WatcherEndpoint
+from hershy.v1 import program_pb2 as pb
 from tests.e2e.conftest import free_port
 from tests.e2e.rest_support import (
     RestHost,
@@ -51,6 +52,18 @@ async def shim(host: RestHost) -> AsyncIterator[RestServer]:
         await server.stop()
 
 
+async def known_ready(server: RestServer, program_id: str) -> None:
+    """Until the shim's cache has seen the program Ready (it trails the core a moment)."""
+    assert server._api is not None
+    cache = server._api.cache
+    async with asyncio.timeout(10):
+        while True:  # the cache has no per-program event to wait on
+            target = cache.get(program_id)
+            if target is not None and target.state == pb.STATE_READY:
+                return
+            await asyncio.sleep(0.01)
+
+
 def served(server: RestServer) -> int:
     assert server._api is not None
     return server._api.fast.served
@@ -79,6 +92,7 @@ async def test_plain_gets_are_served_by_the_fast_path_on_kept_alive_connections(
         shim(rest_host) as server,
         program_with_watcher(http, rest_host) as (program, watcher),
     ):
+        await known_ready(server, program["program_id"])
         base = f"http://{server.address}/programs/{program['program_id']}/watcher"
         async with client_session() as client:
             for _ in range(5):
@@ -107,6 +121,7 @@ async def test_a_request_it_does_not_take_hands_the_connection_to_aiohttp_in_ord
         shim(rest_host) as server,
         program_with_watcher(http, rest_host) as (program, watcher),
     ):
+        await known_ready(server, program["program_id"])
         prefix = f"/programs/{program['program_id']}/watcher"
         host, _, port = server.address.rpartition(":")
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -149,6 +164,7 @@ async def test_a_body_or_an_odd_head_is_never_read_as_a_request_of_its_own(
         program_with_watcher(http, rest_host) as (program, watcher),
     ):
         prefix = f"/programs/{program['program_id']}/watcher"
+        await known_ready(server, program["program_id"])
         inner = f"GET {prefix}/smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
         body = inner if "chunked" not in smuggled else f"{len(inner):x}\r\n{inner}\r\n0\r\n\r\n"
         head = smuggled.format(n=len(body))
@@ -168,6 +184,7 @@ async def test_502_and_504_from_the_fast_path_are_the_proxys_errors(
     rest_host: RestHost, http: aiohttp.ClientSession
 ) -> None:
     async with shim(rest_host) as server, program_with_watcher(http, rest_host) as (program, w):
+        await known_ready(server, program["program_id"])
         base = f"http://{server.address}/programs/{program['program_id']}/watcher"
         await w.stop()  # nothing answers on the program's port any more
         async with client_session() as client, client.get(f"{base}/status") as response:
@@ -201,6 +218,7 @@ async def test_a_stopped_host_closes_the_fast_paths_connections(
 ) -> None:
     async with program_with_watcher(http, rest_host) as (program, _watcher):
         async with shim(rest_host) as server:
+            await known_ready(server, program["program_id"])
             prefix = f"/programs/{program['program_id']}/watcher"
             host, _, port = server.address.rpartition(":")
             reader, writer = await asyncio.open_connection(host, int(port))
