@@ -646,10 +646,23 @@ class RestServer:
         """Streams end, running requests get a short grace, then everything closes."""
         if self._listener is not None:
             self._listener.close()
-        for front in list(self._fronts):  # those not handed to aiohttp: its shutdown misses them
+        # The fast path's connections (aiohttp's shutdown knows only those handed to it):
+        # idle ones close now; running requests get the same grace as aiohttp's.
+        running = [front.busy for front in self._fronts if front.busy is not None]
+        for front in [front for front in self._fronts if front.busy is None]:
             front.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+
+        async def fast_requests_finish() -> None:
+            if running:
+                await asyncio.wait(running, timeout=self.config.shutdown_timeout)
+
+        async def aiohttp_finishes() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        await asyncio.gather(aiohttp_finishes(), fast_requests_finish())
+        for front in list(self._fronts):
+            front.close()
         if self._api is not None:
             self._api.fast.pool.close()
         for task in (self._cache_task, self._recheck_task):

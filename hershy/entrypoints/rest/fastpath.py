@@ -93,8 +93,10 @@ WRITE_HIGH_WATER = 2 * READ_BUFFER_BYTES
 
 #: A header line in strict form: a token, a colon, a value of visible chars, spaces, tabs.
 _HEADER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*")
-#: The request line the fast path takes: GET or HEAD of an origin-form target, HTTP/1.1.
-_REQUEST_LINE = re.compile(rb"(GET|HEAD) (/programs/[\x21-\x7e]*) HTTP/1\.1")
+#: The request line the fast path takes: GET or HEAD of an origin-form target made only of
+#: RFC 3986's path and query characters (no fragment, nothing a parser might read otherwise),
+#: HTTP/1.1.
+_REQUEST_LINE = re.compile(rb"(GET|HEAD) (/programs/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) HTTP/1\.1")
 #: Headers that mean the request is not one the fast path takes.
 _HAND_OVER_HEADERS = frozenset({"content-length", "transfer-encoding", "upgrade", "expect"})
 
@@ -561,6 +563,11 @@ class FrontProtocol(asyncio.Protocol):
             self.close()
         else:
             self._idle_timer = asyncio.get_running_loop().call_later(left, self._idle_check)
+
+    @property
+    def busy(self) -> asyncio.Task[None] | None:
+        """The request being answered, if any."""
+        return self._task
 
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
