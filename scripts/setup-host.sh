@@ -6,7 +6,8 @@
 # with the Go module proxy. Nothing is downloaded from anywhere else.
 #
 # What it does:
-#   1. apt-get install docker.io runsc busybox-static iproute2 (apt-get update only if missing)
+#   1. apt-get install docker.io runsc busybox-static iproute2 nginx-light (nginx: the peer
+#      benchmarks/proxy_bench.py runs on loopback; apt-get update only if missing)
 #   2. network mode "netstack": builds a current runsc from the Go module proxy (pinned below)
 #      into /usr/local/lib/hershy/bin/runsc (about 1.5 min on 2 cores, once); mode "host":
 #      uses Debian's /usr/bin/runsc with --network=host (Debian's 2022 runsc cannot use its own
@@ -46,7 +47,7 @@ DAEMON_JSON=/etc/docker/daemon.json
 MODE_FILE=/etc/hershy/runsc-network-mode
 DOCKERD_LOG=/var/log/dockerd.log
 BASE_IMAGE=hershy-busybox:latest
-APT_PACKAGES=(docker.io runsc busybox-static iproute2 python3 curl ca-certificates)
+APT_PACKAGES=(docker.io runsc busybox-static iproute2 python3 curl ca-certificates nginx-light)
 MODE_REQUEST="${HERSHY_RUNSC_NETWORK:-auto}"
 DOCKER_WAIT_SECONDS=60
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ import asyncio
 import collections
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -36,6 +38,7 @@ from hershy.entrypoints.rest.errors import (
     json_response,
     state_label,
 )
+from hershy.entrypoints.rest.fastpath import FastPath, FrontProtocol
 from hershy.entrypoints.rest.proxy import (
     READ_BUFFER_BYTES,
     RECHECK_SECONDS,
@@ -137,7 +140,17 @@ class RestApi:
         self._tokens = TokenRoutes(token_grpc.TokenServiceStub(channel))
         self._dashboard = Dashboard(auth_enabled=config.auth_enabled)
         self._metrics = config.metrics
+        self._proxy_series: dict[int, tuple[Any, Any]] = {}
         self.proxy = WatcherProxy(self.cache, self._stub, principals, config.watcher_endpoint)
+        #: The proxy's hot path, in front of aiohttp (fastpath.py).
+        self.fast = FastPath(
+            self.proxy,
+            self.cache,
+            principals,
+            config.watcher_endpoint,
+            config.proxy_read_timeout,
+            self._record_proxied,
+        )
         self._quotas = QuotaRoutes(channel)
         self._config = ConfigRoutes(channel)
         self.uploads = uploads.Uploads()
@@ -216,10 +229,20 @@ class RestApi:
             status = error.status
             raise
         finally:
-            if self._metrics is not None:
+            self._record_proxied(status, time.perf_counter() - started)
+
+    def _record_proxied(self, status: int, seconds: float) -> None:
+        if self._metrics is not None:
+            series = self._proxy_series.get(status)
+            if series is None:  # a label lookup per request costs; a status's pair, once
                 label = str(status)
-                self._metrics.proxy_requests.labels(label).inc()
-                self._metrics.proxy_seconds.labels(label).observe(time.perf_counter() - started)
+                series = (
+                    self._metrics.proxy_requests.labels(label),
+                    (self._metrics.proxy_seconds.labels(label)),
+                )
+                self._proxy_series[status] = series
+            series[0].inc()
+            series[1].observe(seconds)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus' text format; the admin's token (the figures cover every user)."""
@@ -579,6 +602,8 @@ class RestServer:
         self._api: RestApi | None = None
         self._cache_task: asyncio.Task[None] | None = None
         self._recheck_task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Server | None = None
+        self._fronts: weakref.WeakSet[FrontProtocol] = weakref.WeakSet()
 
     async def start(self, sync_timeout: float = 5.0) -> None:
         """Listen, and give the proxy's cache a moment to sync before serving."""
@@ -607,19 +632,45 @@ class RestServer:
         try:
             await self._runner.setup()
             host, port = split_address(self.config.http_address)
-            await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+            server = self._runner.server
+            assert server is not None
+            fronts = self._fronts
+            # Every connection starts with the proxy's fast path, which hands it to
+            # aiohttp's handler (`server`) at the first request it does not serve itself.
+            self._listener = await asyncio.get_running_loop().create_server(
+                lambda: FrontProtocol(api.fast, server, fronts), host, port, reuse_address=True
+            )
         except BaseException:
             await self.stop()
             raise
-        bound = self._runner.addresses[0]
+        bound = self._listener.sockets[0].getsockname()
         self.address = api.address = f"{self.config.http_address.rpartition(':')[0]}:{bound[1]}"
         if not await api.cache.wait_synced(sync_timeout):
             log.warning("the proxy's program cache did not sync within %s s", sync_timeout)
 
     async def stop(self) -> None:
         """Streams end, running requests get a short grace, then everything closes."""
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._listener is not None:
+            self._listener.close()
+        # The fast path's connections (aiohttp's shutdown knows only those handed to it):
+        # idle ones close now; running requests get the same grace as aiohttp's.
+        running = [front.busy for front in self._fronts if front.busy is not None]
+        for front in [front for front in self._fronts if front.busy is None]:
+            front.close()
+
+        async def fast_requests_finish() -> None:
+            if running:
+                await asyncio.wait(running, timeout=self.config.shutdown_timeout)
+
+        async def aiohttp_finishes() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        await asyncio.gather(aiohttp_finishes(), fast_requests_finish())
+        for front in list(self._fronts):
+            front.close()
+        if self._api is not None:
+            self._api.fast.pool.close()
         for task in (self._cache_task, self._recheck_task):
             if task is not None:
                 task.cancel()

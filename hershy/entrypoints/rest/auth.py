@@ -66,10 +66,19 @@ class Principals:
         """The token was revoked: ask the core again next time (it will refuse)."""
         self._known.pop(key, None)
 
+    def cached(self, key: str) -> Principal | None:
+        """Who the token with this key (auth.token_key) stands for, if known and fresh."""
+        known = self._known.get(key)
+        return known[1] if known is not None and known[0] > time.monotonic() else None
+
     async def resolve(self, request: web.Request) -> Principal:
         metadata = credentials(request)
         if not metadata:
             raise unauthenticated("a token is required: send `Authorization: Bearer <token>`")
+        return await self.resolve_metadata(metadata)
+
+    async def resolve_metadata(self, metadata: Metadata) -> Principal:
+        """As `resolve`, for credentials already taken from a request."""
         key = token_key(metadata)
         now = time.monotonic()
         known = self._known.get(key)

@@ -224,12 +224,28 @@ class WatcherProxy:
     def open_streams(self) -> int:
         return sum(map(len, self._open.values()))
 
+    @property
+    def request_drop(self) -> frozenset[str]:
+        """The request headers never forwarded (lower case)."""
+        return self._drop
+
     def _opened(self, request: web.Request, cut: Callable[[], None]) -> OpenStream:
         metadata = credentials(request) if self._principals is not None else ()
+        return self._register(metadata, cut)
+
+    def opened_with(self, authorization: str, cut: Callable[[], None]) -> OpenStream:
+        """A stream opened with this Authorization value ("": none, or no tokens)."""
+        metadata = (("authorization", authorization),) if self._principals and authorization else ()
+        return self._register(metadata, cut)
+
+    def _register(self, metadata: Metadata, cut: Callable[[], None]) -> OpenStream:
         stream = OpenStream(metadata, token_key(metadata) if metadata else "", cut)
         if metadata:
             self._open.setdefault(stream.key, set()).add(stream)
         return stream
+
+    def closed(self, stream: OpenStream) -> None:
+        self._closed(stream)
 
     def _closed(self, stream: OpenStream) -> None:
         streams = self._open.get(stream.key)
