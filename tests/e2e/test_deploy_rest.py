@@ -10,9 +10,11 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from google.protobuf.duration_pb2 import Duration
 
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy_client import AsyncClient
 from tests.e2e.rest_support import RestHost, client_session, running_rest_server
 from tests.e2e.test_rest_auth import Session, User, call, make_user, ready_program_of
 
@@ -297,3 +299,28 @@ async def test_update_through_grpc_with_no_mask_takes_the_fields_set(rest_host: 
             )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "'id'" in (refused.value.details() or "")
+
+
+async def test_python_client_update_and_revisions(rest_host: RestHost) -> None:
+    owner = await make_user(rest_host, "pyc")
+    async with AsyncClient(rest_host.grpc_address, token=owner.token, timeout=10) as hershy:
+        program = await hershy.create(owner.user_id, DOCKERFILE, {})
+        await hershy.start(program)
+        await hershy.wait(program, "ready", timeout=10)
+        grace = Duration(seconds=3)
+        await hershy.update(
+            program,
+            stop=pb.StopSettings(signal="SIGQUIT", grace=grace),
+            update_mask=["stop.grace"],
+        )
+        async with asyncio.timeout(10):
+            while True:
+                now = await hershy.get(program)
+                if now.rollout.phase == pb.ROLLOUT_PHASE_SUCCEEDED and now.state == pb.STATE_READY:
+                    break
+                await asyncio.sleep(0.05)
+        assert now.stop.grace.seconds == 3
+        assert now.stop.signal == "SIGTERM"  # not in the mask
+        newest = (await hershy.revisions(program))[0]
+        assert list(newest.changed_fields) == ["stop.grace"]
+        assert newest.description == "update stop.grace"
