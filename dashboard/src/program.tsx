@@ -398,6 +398,7 @@ function Revisions(props: { program: Program }) {
         </p>
       )}
       {problem !== "" && <p class="answer failed" role="alert">{problem}</p>}
+      <div class="table-wrap">
       <table class="revisions" id="revisions">
         <thead>
           <tr>
@@ -446,6 +447,7 @@ function Revisions(props: { program: Program }) {
           ))}
         </tbody>
       </table>
+      </div>
       <AnswerNote answer={answer} id="rollback-answer" />
     </section>
   );

@@ -153,6 +153,12 @@ def test_update_changes_only_what_it_is_given_as_a_revision(host: CliHost, tmp_p
     assert "restart_policy.mode" in history.stdout, history
 
     cli(host, token, "update", program_id, expect=USAGE)  # nothing to change
+    # A redeploy carries source; settings given to it are refused, naming `hershy update`.
+    redeploy = cli(
+        host, token, "deploy", folder, "--name", "upd", "--restart", "never", expect=USAGE
+    )
+    assert "hershy update upd" in redeploy.stderr, redeploy
+    assert get_json(host, token, program_id)["latest_revision_number"] == "2"
     refused = cli(host, token, "update", program_id, "--stop-signal", "SIGSEGV", expect=USAGE)
     assert "stop.signal" in one_line_error(refused)
     cli(host, new_token(host, "gus"), "update", program_id, "--cpus", "1", expect=NOT_FOUND)
