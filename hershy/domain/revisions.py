@@ -154,13 +154,17 @@ def _refused(path: str) -> InvalidArgument:
     )
 
 
-def _part(configuration: Configuration, part: str) -> object:
+_Part = Resources | ReadinessCheck | RestartPolicy | StopSettings
+
+
+def _part(configuration: Configuration, part: str) -> _Part:
     if part == "resources":
         return configuration.resources
-    return getattr(configuration.settings, part)
+    found: _Part = getattr(configuration.settings, part)
+    return found
 
 
-def _with_part(configuration: Configuration, part: str, value: object) -> Configuration:
+def _with_part(configuration: Configuration, part: str, value: _Part) -> Configuration:
     settings = configuration.settings
     match value:
         case Resources():
@@ -192,7 +196,7 @@ def apply_mask(paths: Sequence[str], current: Configuration, asked: Configuratio
         part, attribute = where
         wanted = _part(asked, part)
         if attribute:
-            wanted = replace(_part(changed, part), **{attribute: getattr(wanted, attribute)})  # type: ignore[type-var]
+            wanted = replace(_part(changed, part), **{attribute: getattr(wanted, attribute)})
         changed = _with_part(changed, part, wanted)
     return changed
 
