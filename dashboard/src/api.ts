@@ -127,6 +127,64 @@ export interface Program {
   watcherAnsweredAt: string | null;
   restartPolicy: string;
   stopSignal: string;
+  /** The revision it runs, and the newest one (which may still be rolling out). */
+  revisionNumber: number;
+  latestRevisionNumber: number;
+  /** The latest deploy, update or rollback; null before the first. */
+  rollout: Rollout | null;
+}
+
+export interface Rollout {
+  target: number;
+  previous: number;
+  /** BUILDING, SWITCHING, REVERTING (under way); SUCCEEDED, REVERTED, CANCELLED, FAILED. */
+  phase: string;
+  reason: string;
+}
+
+export const ROLLOUT_UNDER_WAY = ["BUILDING", "SWITCHING", "REVERTING"];
+
+function toRollout(raw: unknown): Rollout | null {
+  if (!isRecord(raw)) return null;
+  return {
+    target: num(raw.target_revision_number),
+    previous: num(raw.previous_revision_number),
+    phase: str(raw.phase, "UNKNOWN"),
+    reason: str(raw.reason),
+  };
+}
+
+/** One revision as `GET /programs/{id}/revisions` lists it. */
+export interface Revision {
+  number: number;
+  buildId: string;
+  createdBy: string;
+  createdAt: string | null;
+  description: string;
+  changedFields: string[];
+  kept: boolean;
+  current: boolean;
+}
+
+export function toRevisions(raw: unknown): Revision[] {
+  if (!isRecord(raw) || !Array.isArray(raw.revisions)) return [];
+  const found: Revision[] = [];
+  for (const item of raw.revisions) {
+    if (!isRecord(item) || typeof item.number !== "number") continue;
+    found.push({
+      number: item.number,
+      buildId: str(item.build_id),
+      createdBy: str(item.created_by),
+      createdAt: optionalString(item.created_at),
+      description: str(item.description),
+      changedFields: Array.isArray(item.changed_fields)
+        ? item.changed_fields.filter((field): field is string => typeof field === "string")
+        : [],
+      kept: item.kept === true,
+      current: item.current === true,
+    });
+  }
+  return found;
 }
 
 /** A secret as the API shows it: never its value. */
@@ -196,6 +254,9 @@ export function toProgram(raw: unknown): Program | null {
     watcherAnsweredAt: optionalString(raw.watcher_answered_at),
     restartPolicy: isRecord(raw.restart_policy) ? str(raw.restart_policy.mode, "always") : "always",
     stopSignal: isRecord(raw.stop) ? str(raw.stop.signal, "SIGTERM") : "SIGTERM",
+    revisionNumber: num(raw.revision_number, 1),
+    latestRevisionNumber: num(raw.latest_revision_number, 1),
+    rollout: toRollout(raw.rollout),
   };
 }
 

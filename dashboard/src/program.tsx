@@ -2,7 +2,19 @@
 // the state timeline from the events, logs (follow, stream filter), source.
 
 import { useEffect, useState } from "preact/hooks";
-import { callJson, isRecord, type LogEntry, type Program, readLogs, type Secret, toProgram, toSecrets } from "./api";
+import {
+  callJson,
+  isRecord,
+  type LogEntry,
+  type Program,
+  ROLLOUT_UNDER_WAY,
+  readLogs,
+  type Revision,
+  type Secret,
+  toProgram,
+  toRevisions,
+  toSecrets,
+} from "./api";
 import { type Answer, AnswerNote, age, describeError, Link, localTime, navigate, StateBadge, useNow } from "./common";
 import { useStore } from "./store";
 
@@ -327,6 +339,120 @@ function Configuration(props: { program: Program }) {
   );
 }
 
+// The revisions (newest first), the latest rollout live from the event stream, and a
+// rollback to a kept revision (asked twice: it restarts the program).
+function Revisions(props: { program: Program }) {
+  const p = props.program;
+  const path = `/programs/${encodeURIComponent(p.id)}`;
+  const now = useNow();
+  const [revisions, setRevisions] = useState<Revision[]>([]);
+  const [problem, setProblem] = useState("");
+  const [answer, setAnswer] = useState<Answer>(null);
+  const [confirming, setConfirming] = useState<number | null>(null);
+  const [busy, setBusy] = useState(false);
+  const rollout = p.rollout;
+  const phase = rollout?.phase ?? "";
+  // The stream says when something changed: read the list again then.
+  useEffect(() => {
+    const abort = new AbortController();
+    callJson("GET", `${path}/revisions`)
+      .then((body) => {
+        if (abort.signal.aborted) return;
+        setRevisions(toRevisions(body));
+        setProblem("");
+      })
+      .catch((error: unknown) => {
+        if (!abort.signal.aborted) setProblem(describeError(error));
+      });
+    return () => abort.abort();
+  }, [p.id, p.revisionNumber, p.latestRevisionNumber, phase]);
+
+  async function rollback(number: number): Promise<void> {
+    setBusy(true);
+    setAnswer(null);
+    try {
+      const body = await callJson("POST", `${path}/rollback?revision=${number}`);
+      const program = toProgram(body);
+      setAnswer({ ok: true, text: `rollback to revision ${number}: rolling out revision ${program?.latestRevisionNumber ?? "?"}.` });
+    } catch (error) {
+      setAnswer({ ok: false, text: `rollback to revision ${number}: ${describeError(error)}` });
+    } finally {
+      setBusy(false);
+      setConfirming(null);
+    }
+  }
+
+  const underWay = rollout !== null && ROLLOUT_UNDER_WAY.includes(rollout.phase);
+  return (
+    <section aria-labelledby="revisions-title">
+      <h2 id="revisions-title">Revisions</h2>
+      {rollout === null ? (
+        <p class="muted" id="rollout">
+          Revision {p.revisionNumber}; never redeployed.
+        </p>
+      ) : (
+        <p id="rollout" class={underWay ? "rollout under-way" : `rollout phase-${rollout.phase.toLowerCase()}`} role="status">
+          Rollout revision {rollout.previous} → {rollout.target}: <strong data-phase={rollout.phase}>{rollout.phase}</strong>; runs revision{" "}
+          {p.revisionNumber}
+          {rollout.reason !== "" && <span class={rollout.phase === "SUCCEEDED" ? "muted" : "error-text"}>: {rollout.reason}</span>}
+        </p>
+      )}
+      {problem !== "" && <p class="answer failed" role="alert">{problem}</p>}
+      <div class="table-wrap">
+      <table class="revisions" id="revisions">
+        <thead>
+          <tr>
+            <th>Rev</th>
+            <th>Build</th>
+            <th>When</th>
+            <th>Who</th>
+            <th>What</th>
+            <th>Changed</th>
+            <th></th>
+          </tr>
+        </thead>
+        <tbody>
+          {revisions.map((revision) => (
+            <tr data-revision={revision.number} class={revision.current ? "current" : ""}>
+              <td>
+                {revision.number}
+                {revision.current && <span class="badge current-mark"> current</span>}
+              </td>
+              <td>
+                <code>{revision.buildId.slice(0, 14)}</code>
+              </td>
+              <td title={localTime(revision.createdAt)}>{age(revision.createdAt, now)} ago</td>
+              <td>{revision.createdBy}</td>
+              <td>{revision.description}</td>
+              <td>{revision.number === 1 ? "—" : revision.changedFields.map((f) => (f === "build_id" ? "source" : f)).join(", ") || "nothing"}</td>
+              <td>
+                {revision.current ? null : !revision.kept ? (
+                  <span class="muted">not kept</span>
+                ) : confirming === revision.number ? (
+                  <>
+                    <button type="button" name={`confirm-rollback-${revision.number}`} class="danger" disabled={busy} onClick={() => void rollback(revision.number)}>
+                      Really roll back to {revision.number}
+                    </button>
+                    <button type="button" name="cancel-rollback" onClick={() => setConfirming(null)}>
+                      Keep
+                    </button>
+                  </>
+                ) : (
+                  <button type="button" name={`rollback-${revision.number}`} disabled={busy || underWay} onClick={() => setConfirming(revision.number)}>
+                    Roll back
+                  </button>
+                )}
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      </div>
+      <AnswerNote answer={answer} id="rollback-answer" />
+    </section>
+  );
+}
+
 interface Source {
   dockerfile: string;
   files: [string, string][];
@@ -417,6 +543,7 @@ export function ProgramPage(props: { id: string }) {
           <Timeline id={program.id} />
         </section>
       </div>
+      <Revisions program={program} />
       <Configuration program={program} />
       <Logs id={program.id} />
       <section aria-labelledby="source-title">

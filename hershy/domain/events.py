@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hershy.domain.model import ReadinessCheck, Resources, RestartPolicy, StopSettings
+from hershy.domain.model import ReadinessCheck, Resources, RestartPolicy, RunSettings, StopSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,9 @@ class DeployRequested:
     description: str = ""
     #: The builds to keep once the rollout ends (the newest revisions'); the rest go.
     keep: frozenset[str] = frozenset()
+    #: The new revision's readiness check, restart policy and stop settings; None keeps
+    #: the program's (a deploy of new source).
+    settings: RunSettings | None = None
 
 
 UserRequest = StartRequested | StopRequested | RestartRequested | DeleteRequested | DeployRequested

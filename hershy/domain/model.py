@@ -191,12 +191,33 @@ ROLLOUT_IN_PROGRESS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class RunSettings:
+    """How a revision is judged and handled while it runs (besides its `resources`).
+
+    Part of each revision, like its source and limits: an update makes a new revision
+    of them, a rollback restores them. Environment variables and secrets are not:
+    they are the program's own settings, taken by whichever revision starts next.
+    """
+
+    readiness: ReadinessCheck = ReadinessCheck()
+    restart_policy: RestartPolicy = RestartPolicy()
+    stop: StopSettings = StopSettings()
+
+
+def settings_of(program: Program) -> RunSettings:
+    """The run settings `program` has now."""
+    return RunSettings(program.readiness, program.restart_policy, program.stop)
+
+
+@dataclass(frozen=True, slots=True)
 class Version:
     """What one revision of a program runs: its build inputs and its configuration."""
 
     number: int
     build_id: str
     resources: Resources
+    #: None in records stored before revisions carried them: the program's own stay.
+    settings: RunSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +258,9 @@ class Revision:
     created_at: float
     #: How it came about: `create`, `deploy`, `update resources`, `rollback to revision 1`.
     description: str
+    #: Its readiness check, restart policy and stop settings; None in records stored
+    #: before revisions carried them (a rollback to one keeps the program's).
+    settings: RunSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)

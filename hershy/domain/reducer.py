@@ -32,6 +32,7 @@ from hershy.domain.model import (
     RolloutPhase,
     State,
     Version,
+    settings_of,
 )
 
 
@@ -269,6 +270,9 @@ def _on_config_change(program: Program, event: ev.ConfigChange) -> Outcome:
         case ev.EnvChanged(env=env):
             if env == program.env:
                 return Ignored("the same variables")
+            if _rolling_out(program):
+                # The candidate (or the revert) would start with variables nobody rolled out.
+                return _refuse(program, "change the variables of", _rollout_under_way(program))
             return Transition(_at(program, event.at, env=env))
 
 
@@ -759,10 +763,11 @@ def _on_deploy(program: Program, event: ev.DeployRequested) -> Outcome:
     if _rolling_out(program):
         return _refuse(program, "deploy", _rollout_under_way(program))
     number = program.latest_version + 1
-    target = Version(number, event.build_id, event.resources)
+    current = settings_of(program)
+    target = Version(number, event.build_id, event.resources, event.settings or current)
     rollout = Rollout(
         target=target,
-        previous=Version(program.version, program.build_id, program.resources),
+        previous=Version(program.version, program.build_id, program.resources, current),
         phase=RolloutPhase.BUILDING,
         started_at=event.at,
         previous_image_id=program.image_id,
@@ -794,6 +799,7 @@ def _on_deploy(program: Program, event: ev.DeployRequested) -> Outcome:
             build_id=target.build_id,
             resources=target.resources,
             rollout=done,
+            **_settings_fields(target),
         )
         if at_rest:
             return Transition(replaced, (prune,))
@@ -806,6 +812,18 @@ def _on_deploy(program: Program, event: ev.DeployRequested) -> Outcome:
         "deploy while it is READY (the current revision serves until the new one is built) "
         "or at rest",
     )
+
+
+def _settings_fields(version: Version) -> dict[str, object]:
+    """The program fields a revision's run settings set (none for an older record)."""
+    settings = version.settings
+    if settings is None:
+        return {}
+    return {
+        "readiness": settings.readiness,
+        "restart_policy": settings.restart_policy,
+        "stop": settings.stop,
+    }
 
 
 def _candidate_build(program: Program) -> tuple[fx.Effect, ...]:
@@ -872,6 +890,7 @@ def _start_next_version(program: Program, at: float) -> Outcome:
         resources=version.resources,
         container_id=None,
         ready_since=None,
+        **_settings_fields(version),
     )
     if image_id is None:
         # Never ran from an image here (an older store): build it, the usual way.

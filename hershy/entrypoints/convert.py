@@ -9,6 +9,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hershy.domain import events as ev
+from hershy.domain import revisions
 from hershy.domain.auth import TokenRecord
 from hershy.domain.config import SecretInfo
 from hershy.domain.errors import InvalidArgument
@@ -23,6 +24,7 @@ from hershy.domain.model import (
     RestartPolicy,
     Revision,
     Rollout,
+    RunSettings,
     State,
     StopSettings,
 )
@@ -240,8 +242,28 @@ def revision_name(program_id: str, number: int) -> str:
     return f"{PROGRAM_NAME_PREFIX}{program_id}/revisions/{number}"
 
 
-def revision_to_pb(revision: Revision, *, kept: bool, current: bool) -> pb.ProgramRevision:
-    return pb.ProgramRevision(
+def _settings_into(message: pb.ProgramRevision | pb.DeployRequested, settings: RunSettings) -> None:
+    message.readiness.CopyFrom(readiness_to_pb(settings.readiness))
+    message.restart_policy.CopyFrom(restart_policy_to_pb(settings.restart_policy))
+    message.stop.CopyFrom(stop_to_pb(settings.stop))
+
+
+def configuration_from_pb(program: pb.Program) -> revisions.Configuration:
+    """What an UpdateProgram request asks for, unset fields at their defaults."""
+    return revisions.Configuration(
+        resources_from_pb(program.resources),
+        RunSettings(
+            readiness_from_pb(program.readiness),
+            restart_policy_from_pb(program.restart_policy),
+            stop_from_pb(program.stop),
+        ),
+    )
+
+
+def revision_to_pb(
+    revision: Revision, *, kept: bool, current: bool, before: Revision | None = None
+) -> pb.ProgramRevision:
+    message = pb.ProgramRevision(
         name=revision_name(revision.program_id, revision.number),
         number=revision.number,
         build_id=revision.build_id,
@@ -251,20 +273,27 @@ def revision_to_pb(revision: Revision, *, kept: bool, current: bool) -> pb.Progr
         description=revision.description,
         kept=kept,
         current=current,
+        changed_fields=revisions.changes(before, revision),
     )
+    if revision.settings is not None:
+        _settings_into(message, revision.settings)
+    return message
 
 
 def revisions_to_pb(
-    program: Program, revisions: list[Revision], kept: frozenset[str]
+    program: Program, records: list[Revision], kept: frozenset[str]
 ) -> pb.ListProgramRevisionsResponse:
+    """`records` newest first, each with what it changed from the one before it."""
+    by_number = {record.number: record for record in records}
     return pb.ListProgramRevisionsResponse(
         revisions=[
             revision_to_pb(
                 revision,
                 kept=revision.build_id in kept,
                 current=revision.number == program.version,
+                before=by_number.get(revision.number - 1),
             )
-            for revision in revisions
+            for revision in records
         ]
     )
 
@@ -339,6 +368,8 @@ def event_to_pb(event: ev.Event) -> pb.ProgramEvent:
                     description=event.description,
                 )
             )
+            if event.settings is not None:
+                _settings_into(message.deploy_requested, event.settings)
         case ev.CandidateBuilt():
             message.candidate_built.revision_number = event.version
             message.candidate_built.image_id = event.image_id

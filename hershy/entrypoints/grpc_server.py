@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hershy.domain import revisions
 from hershy.domain.errors import HershyError, NotFound, Unauthenticated
 from hershy.domain.limits import DEFAULT_WAIT_SECONDS, MAX_MESSAGE_BYTES
 from hershy.domain.model import ACTIVE_STATES, Program
@@ -202,11 +203,14 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
     async def UpdateProgram(self, request: pb.UpdateProgramRequest, context: Context) -> pb.Program:
         caller = self._caller(context)
         program_id = self._own(caller, request.program.name)
+        paths = list(request.update_mask.paths) or [
+            # AIP-134: no mask means the fields that are set.
+            field
+            for field in revisions.UPDATE_FIELDS
+            if request.program.HasField(field)
+        ]
         program = await self._registry.update(
-            program_id,
-            list(request.update_mask.paths),
-            convert.resources_from_pb(request.program.resources),
-            caller.user_id,
+            program_id, paths, convert.configuration_from_pb(request.program), caller.user_id
         )
         return self._pb(program)
 

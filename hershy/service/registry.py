@@ -39,9 +39,11 @@ from hershy.domain.model import (
     Resources,
     RestartPolicy,
     Revision,
+    RunSettings,
     State,
     StopSettings,
 )
+from hershy.domain.revisions import Configuration
 from hershy.domain.validation import (
     ProgramSource,
     ResourcePolicy,
@@ -393,11 +395,6 @@ class Registry:
             raise NotFound(f"program {key} not found")
         return found
 
-    def find_alias(self, user_id: str, alias: str) -> Program | None:
-        """The user's program of that name, if there is one (for `deploy --name`)."""
-        found = self._aliases.get((user_id, alias))
-        return self._programs.get(found) if found is not None else None
-
     async def rename(self, program_id: str, alias: str) -> Program:
         """Give the program a new name (`""`: none). Unique per user: a name another of
         the user's programs has is refused (ALREADY_EXISTS); the old name is free at once."""
@@ -500,13 +497,20 @@ class Registry:
                 await self._sources.remove_build(program_id, inputs_id)
             raise
 
-    async def update(self, program_id: str, paths: list[str], asked: Resources, by: str) -> Program:
+    async def update(
+        self, program_id: str, paths: list[str], asked: Configuration, by: str
+    ) -> Program:
         """AIP-134: the masked fields changed, as a new revision of the same source."""
         program = self.get(program_id)
-        wanted = revisions.apply_mask(paths, program.resources, asked)
-        limits = self._resolved(program, wanted)
+        wanted = revisions.apply_mask(paths, revisions.configuration_of(program), asked)
+        settings = RunSettings(
+            validate_readiness(wanted.settings.readiness),
+            validate_restart_policy(wanted.settings.restart_policy),
+            validate_stop(wanted.settings.stop),
+        )
+        limits = self._resolved(program, wanted.resources)
         return await self._new_revision(
-            program_id, program.build_id, limits, by, "update " + ", ".join(paths)
+            program_id, program.build_id, limits, by, revisions.describe_update(paths), settings
         )
 
     async def rollback(self, program_id: str, number: int, by: str) -> Program:
@@ -534,7 +538,12 @@ class Registry:
                 program.state.name,
             )
         return await self._new_revision(
-            program_id, chosen.build_id, chosen.resources, by, f"rollback to revision {number}"
+            program_id,
+            chosen.build_id,
+            chosen.resources,
+            by,
+            f"rollback to revision {number}",
+            chosen.settings,
         )
 
     def _resolved(self, program: Program, asked: Resources) -> Resources:
@@ -548,11 +557,19 @@ class Registry:
         )
 
     async def _new_revision(
-        self, program_id: str, build: str, limits: Resources, by: str, description: str
+        self,
+        program_id: str,
+        build: str,
+        limits: Resources,
+        by: str,
+        description: str,
+        settings: RunSettings | None = None,
     ) -> Program:
         program = self.get(program_id)
         keep = revisions.keep_after(self.revisions(program_id), build)
-        event = ev.DeployRequested(self._clock.now(), build, limits, by, description, keep)
+        event = ev.DeployRequested(
+            self._clock.now(), build, limits, by, description, keep, settings
+        )
         # More memory or CPU for a running program: checked and committed as one.
         async with self.quotas.held(program.user_id):
             program = self.get(program_id)

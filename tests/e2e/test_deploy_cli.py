@@ -106,3 +106,64 @@ def test_another_users_program_is_not_found_by_name(host: CliHost, tmp_path: Pat
     assert theirs.stdout.strip() != program_id
     cli(host, other, "deploy", theirs_folder, "--name", program_id, expect=USAGE)
     assert get_json(host, owner, program_id)["revision_number"] == "1"
+
+
+def test_update_changes_only_what_it_is_given_as_a_revision(host: CliHost, tmp_path: Path) -> None:
+    token = new_token(host, "fay")
+    folder = str(version_folder(tmp_path, "u1"))
+    program_id = cli(host, token, "deploy", folder, "--name", "upd", "--timeout", "20").stdout
+    program_id = program_id.strip()
+    before = get_json(host, token, program_id)
+    updated = cli(
+        host,
+        token,
+        "update",
+        "programs/upd",
+        "--restart",
+        "on-failure",
+        "--memory",
+        "256MiB",
+        "--ready-timeout",
+        "30",
+        "--stop-signal",
+        "sigint",
+        "--timeout",
+        "20",
+    )
+    assert updated.stdout.split()[0] == program_id, updated
+    assert "revision 1 → 2 SUCCEEDED" in updated.stderr, updated
+    now = get_json(host, token, program_id)
+    assert now["revision_number"] == "2"
+    assert now["restart_policy"]["mode"] == "RESTART_MODE_ON_FAILURE"
+    assert now["resources"]["memory_bytes"] == str(256 * 1024 * 1024)
+    assert now["readiness"]["timeout"] == "30s"
+    assert now["stop"]["signal"] == "SIGINT"
+    assert now["readiness"]["path"] == before["readiness"]["path"]  # not given: kept
+    assert now["resources"]["milli_cpus"] == before["resources"]["milli_cpus"]
+
+    as_json = cli(host, token, "history", program_id, "--json").json()
+    newest = as_json["revisions"][0]
+    assert set(newest["changed_fields"]) == {
+        "readiness.timeout",
+        "restart_policy.mode",
+        "stop.signal",
+        "resources.memory_bytes",
+    }
+    history = cli(host, token, "history", program_id)
+    assert "restart_policy.mode" in history.stdout, history
+
+    cli(host, token, "update", program_id, expect=USAGE)  # nothing to change
+    # A redeploy carries source; settings given to it are refused, naming `hershy update`.
+    redeploy = cli(
+        host, token, "deploy", folder, "--name", "upd", "--restart", "never", expect=USAGE
+    )
+    assert "hershy update upd" in redeploy.stderr, redeploy
+    assert get_json(host, token, program_id)["latest_revision_number"] == "2"
+    refused = cli(host, token, "update", program_id, "--stop-signal", "SIGSEGV", expect=USAGE)
+    assert "stop.signal" in one_line_error(refused)
+    cli(host, new_token(host, "gus"), "update", program_id, "--cpus", "1", expect=NOT_FOUND)
+
+    cli(host, token, "rollback", program_id, "1", "--timeout", "20")
+    back = get_json(host, token, program_id)
+    for field in ("restart_policy", "resources", "readiness", "stop"):
+        assert back.get(field) == before.get(field), field

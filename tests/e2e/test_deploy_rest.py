@@ -9,9 +9,12 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
+from google.protobuf.duration_pb2 import Duration
 
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
+from hershy_client import AsyncClient
 from tests.e2e.rest_support import RestHost, client_session, running_rest_server
 from tests.e2e.test_rest_auth import Session, User, call, make_user, ready_program_of
 
@@ -177,3 +180,147 @@ async def test_deploy_and_rollback_through_grpc(rest_host: RestHost) -> None:
             pb.RollbackProgramRequest(name=program.name), metadata=metadata
         )
         assert back.rollout.target_revision_number == 3
+
+
+async def test_patch_readiness_restart_policy_and_stop_as_revisions(
+    rest_host: RestHost, http: Session
+) -> None:
+    owner = await make_user(rest_host, "upd")
+    program = await ready_program_of(http, rest_host, owner)
+    url = f"{rest_host.url}/programs/{program['program_id']}"
+    patch = {
+        "restart_policy": {"mode": "on-failure", "max_restarts": 3},
+        "stop": {"signal": "SIGINT", "grace_seconds": 4},
+        "readiness": {"timeout_seconds": 20},
+    }
+    status, answer, _ = await call(http, "PATCH", url, owner.headers, json=patch)
+    assert status == 202, answer
+    v2 = await settled(http, url, owner, 2)
+    assert v2["rollout"]["phase"] == "SUCCEEDED"
+    assert v2["restart_policy"] == {"mode": "on-failure", "max_restarts": 3, "window_seconds": 600}
+    assert v2["stop"] == {"signal": "SIGINT", "grace_seconds": 4}
+    assert v2["readiness"]["timeout_seconds"] == 20
+    assert v2["readiness"]["path"] == program["readiness"]["path"]  # not in the mask: kept
+    assert v2["build_id"] == program["build_id"]
+    assert v2["run"] > program["run"]
+
+    # Only what the mask names changes; a field of an object left out takes its default.
+    status, answer, _ = await call(
+        http,
+        "PATCH",
+        f"{url}?update_mask=restart_policy",
+        owner.headers,
+        json={"restart_policy": {"mode": "never"}, "stop": {"signal": "SIGKILL"}},
+    )
+    assert status == 202, answer
+    v3 = await settled(http, url, owner, 3)
+    assert v3["restart_policy"] == {"mode": "never", "max_restarts": 0, "window_seconds": 600}
+    assert v3["stop"] == v2["stop"]
+
+    status, history, _ = await call(http, "GET", f"{url}/revisions", owner.headers)
+    assert status == 200
+    newest, middle = history["revisions"][0], history["revisions"][1]
+    assert newest["description"] == "update restart_policy"
+    assert newest["changed_fields"] == ["restart_policy.mode", "restart_policy.max_restarts"]
+    assert newest["restart_policy"]["mode"] == "never"
+    assert set(middle["changed_fields"]) == {
+        "readiness.timeout_seconds",
+        "restart_policy.mode",
+        "restart_policy.max_restarts",
+        "stop.signal",
+        "stop.grace_seconds",
+    }
+    assert history["revisions"][-1]["changed_fields"] == []
+
+    # Refused, naming the path: unknown, output only, set elsewhere; and bad values.
+    refused: list[tuple[str, dict[str, Any]]] = [
+        ("state", {"resources": {}}),
+        ("restart_count", {"resources": {}}),
+        ("env", {"resources": {}}),
+        ("stop.nope", {"stop": {}}),
+    ]
+    for mask, body in refused:
+        status, bad, _ = await call(
+            http, "PATCH", f"{url}?update_mask={mask}", owner.headers, json=body
+        )
+        assert status == 400, bad
+        assert repr(mask) in bad["message"], bad
+    status, bad, _ = await call(http, "PATCH", url, owner.headers, json={"env": {"A": "b"}})
+    assert status == 400, bad
+    status, bad, _ = await call(
+        http, "PATCH", url, owner.headers, json={"stop": {"signal": "SIGSEGV"}}
+    )
+    assert status == 400, bad
+    assert "stop.signal" in bad["message"], bad
+
+    # Rollback restores that revision's whole configuration.
+    status, answer, _ = await call(http, "POST", f"{url}/rollback?revision=1", owner.headers)
+    assert status == 202, answer
+    back = await settled(http, url, owner, 4)
+    for field in ("readiness", "restart_policy", "stop", "resources", "build_id"):
+        assert back[field] == program[field], field
+
+
+async def test_update_through_grpc_with_no_mask_takes_the_fields_set(rest_host: RestHost) -> None:
+    owner = await make_user(rest_host, "upg")
+    async with client_session() as http:
+        program = await ready_program_of(http, rest_host, owner)
+    metadata = (("authorization", f"Bearer {owner.token}"),)
+    name = f"programs/{program['program_id']}"
+    async with grpc.aio.insecure_channel(rest_host.grpc_address) as channel:
+        stub: pb_grpc.ProgramServiceAsyncStub = pb_grpc.ProgramServiceStub(channel)
+        asked = pb.Program(
+            name=name, restart_policy=pb.RestartPolicy(mode=pb.RESTART_MODE_ON_FAILURE)
+        )
+        updated = await stub.UpdateProgram(
+            pb.UpdateProgramRequest(program=asked), metadata=metadata
+        )
+        assert updated.latest_revision_number == 2
+        async with asyncio.timeout(10):
+            while True:
+                now = await stub.GetProgram(pb.GetProgramRequest(name=name), metadata=metadata)
+                if now.rollout.phase == pb.ROLLOUT_PHASE_SUCCEEDED and now.state == pb.STATE_READY:
+                    break
+                await asyncio.sleep(0.05)
+        assert now.restart_policy.mode == pb.RESTART_MODE_ON_FAILURE
+        revisions = await stub.ListProgramRevisions(
+            pb.ListProgramRevisionsRequest(name=name), metadata=metadata
+        )
+        assert revisions.revisions[0].description == "update restart_policy"
+        assert revisions.revisions[0].restart_policy.mode == pb.RESTART_MODE_ON_FAILURE
+        assert list(revisions.revisions[0].changed_fields) == ["restart_policy.mode"]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.UpdateProgram(
+                pb.UpdateProgramRequest(
+                    program=pb.Program(name=name),
+                    update_mask=field_mask_pb2.FieldMask(paths=["id"]),
+                ),
+                metadata=metadata,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'id'" in (refused.value.details() or "")
+
+
+async def test_python_client_update_and_revisions(rest_host: RestHost) -> None:
+    owner = await make_user(rest_host, "pyc")
+    async with AsyncClient(rest_host.grpc_address, token=owner.token, timeout=10) as hershy:
+        program = await hershy.create(owner.user_id, DOCKERFILE, {})
+        await hershy.start(program)
+        await hershy.wait(program, "ready", timeout=10)
+        grace = Duration(seconds=3)
+        await hershy.update(
+            program,
+            stop=pb.StopSettings(signal="SIGQUIT", grace=grace),
+            update_mask=["stop.grace"],
+        )
+        async with asyncio.timeout(10):
+            while True:
+                now = await hershy.get(program)
+                if now.rollout.phase == pb.ROLLOUT_PHASE_SUCCEEDED and now.state == pb.STATE_READY:
+                    break
+                await asyncio.sleep(0.05)
+        assert now.stop.grace.seconds == 3
+        assert now.stop.signal == "SIGTERM"  # not in the mask
+        newest = (await hershy.revisions(program))[0]
+        assert list(newest.changed_fields) == ["stop.grace"]
+        assert newest.description == "update stop.grace"

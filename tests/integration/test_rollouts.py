@@ -11,12 +11,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
-from hershy.domain.model import Program, RolloutPhase, State
+from hershy.domain.model import (
+    Program,
+    RestartMode,
+    RestartPolicy,
+    RolloutPhase,
+    RunSettings,
+    State,
+    StopSettings,
+)
+from hershy.domain.revisions import Configuration
 from tests.integration.conftest import BASE_IMAGE, USER, Host, eventually, images_of, open_host
 
 pytestmark = pytest.mark.docker
@@ -175,3 +186,92 @@ async def test_deploys_in_place_revert_by_themselves_and_roll_back(host: Host) -
     tags = sorted(tag for image in images_of(host.docker, v1.id) for tag in image.tags)
     built = {v1.build_id, v2.build_id, v4.rollout.target.build_id}
     assert tags == sorted(f"hershy/{v1.id}:{build}" for build in built)
+
+
+def program_container(host: Host, program_id: str) -> Any:
+    owned = {"label": f"dev.hershy.program={program_id}"}
+    (container,) = host.docker.containers.list(filters=owned)
+    return container
+
+
+async def test_updates_of_settings_roll_out_revert_and_roll_back(host: Host) -> None:
+    """UpdateProgram beyond resources: readiness, restart policy and stop are revisions."""
+    registry = host.registry
+    files = {"watcher-stub": host.stub, "counter.sh": COUNTER}
+    v1 = await registry.create(USER, dockerfile("v1"), files)
+    host.created.append(v1.id)
+    await registry.start(v1.id)
+    v1 = await registry.wait(v1.id, State.READY, 60)
+    await eventually(lambda: count(host, v1.id), lambda n: n >= 5, within=30, what="v1 counts")
+
+    # The restart policy, the readiness deadline and the stop settings: a new revision, the
+    # program restarted with them (the new container carries them) and READY.
+    settings = RunSettings(
+        readiness=replace(v1.readiness, timeout_seconds=20.0),
+        restart_policy=RestartPolicy(RestartMode.ON_FAILURE, max_restarts=5),
+        stop=StopSettings("SIGINT", 3.0),
+    )
+    await registry.update(
+        v1.id,
+        ["restart_policy", "readiness.timeout", "stop"],
+        Configuration(v1.resources, settings),
+        "alice",
+    )
+    v2 = await rollout_ended(host, v1.id, 2, within=120)
+    assert v2.rollout is not None
+    assert v2.rollout.phase is RolloutPhase.SUCCEEDED, v2.rollout.reason
+    assert (v2.state, v2.version, v2.build_id) == (State.READY, 2, v1.build_id)
+    assert v2.container_id != v1.container_id
+    assert (v2.readiness, v2.restart_policy, v2.stop) == (
+        settings.readiness,
+        settings.restart_policy,
+        settings.stop,
+    )
+    container = program_container(host, v1.id)
+    assert container.id == v2.container_id
+    assert container.attrs["Config"]["StopSignal"] == "SIGINT"
+    assert container.labels["dev.hershy.stop-grace"] == "3"
+    at_switch = count(host, v1.id)
+    await eventually(
+        lambda: count(host, v1.id), lambda n: n > at_switch, within=20, what="v2 counts on"
+    )
+
+    # A readiness check that can never be met: past its deadline, back to revision 2 by
+    # itself, with the reason shown, and revision 2's settings in force again.
+    never = RunSettings(
+        readiness=replace(v2.readiness, path="/watcher/never", timeout_seconds=5.0),
+        restart_policy=v2.restart_policy,
+        stop=v2.stop,
+    )
+    started = time.monotonic()
+    await registry.update(v1.id, ["readiness"], Configuration(v2.resources, never), "alice")
+    v3 = await rollout_ended(host, v1.id, 3, within=120)
+    assert v3.rollout is not None
+    assert v3.rollout.phase is RolloutPhase.REVERTED, v3.rollout.reason
+    assert "revision 3 did not become READY" in v3.rollout.reason
+    assert "back to revision 2" in v3.rollout.reason
+    assert time.monotonic() - started >= 5  # it was given its own readiness deadline
+    assert (v3.state, v3.version, v3.readiness) == (State.READY, 2, v2.readiness)
+    assert program_container(host, v1.id).attrs["Config"]["StopSignal"] == "SIGINT"
+
+    # Rollback to revision 1 restores its whole configuration, read back from the Host.
+    await registry.rollback(v1.id, 1, "alice")
+    back = await rollout_ended(host, v1.id, 4, within=120)
+    assert back.rollout is not None
+    assert back.rollout.phase is RolloutPhase.SUCCEEDED, back.rollout.reason
+    got = registry.get(v1.id)
+    assert (got.state, got.version) == (State.READY, 4)
+    assert (got.readiness, got.restart_policy, got.stop, got.resources) == (
+        v1.readiness,
+        v1.restart_policy,
+        v1.stop,
+        v1.resources,
+    )
+    assert program_container(host, v1.id).attrs["Config"]["StopSignal"] == "SIGTERM"
+    listed = [(r.number, r.description) for r in registry.revisions(v1.id)]
+    assert listed == [
+        (4, "rollback to revision 1"),
+        (3, "update readiness"),
+        (2, "update restart_policy, readiness.timeout, stop"),
+        (1, "create"),
+    ]

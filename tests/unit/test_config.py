@@ -250,10 +250,11 @@ async def test_the_resolver(tmp_path: Path) -> None:
         assert renamed.alias == "bot-2"
         with pytest.raises(NotFound):
             registry.resolve("programs/bot", "alice")
-        assert registry.find_alias("alice", "bot-2") == registry.get(alices.id)
+        assert registry.resolve("programs/bot-2", "alice") == alices.id
         await registry.delete(alices.id)
         await registry.wait(alices.id, registry.get(alices.id).state.DELETED, 10)
-        assert registry.find_alias("alice", "bot-2") is None
+        with pytest.raises(NotFound):
+            registry.resolve("programs/bot-2", "alice")
         again = await registry.create("alice", "FROM scratch\n", {}, alias="bot-2")
         assert registry.resolve("programs/bot-2", "alice") == again.id
 

@@ -10,8 +10,18 @@ from hershy.adapters.fake_runtime import FakeBehaviour
 from hershy.adapters.source_files import MemorySourceStore
 from hershy.domain import events as ev
 from hershy.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from hershy.domain.model import Program, Resources, RolloutPhase, State
-from hershy.domain.revisions import KEPT_REVISIONS
+from hershy.domain.model import (
+    Program,
+    ReadinessCheck,
+    Resources,
+    RestartMode,
+    RestartPolicy,
+    RolloutPhase,
+    RunSettings,
+    State,
+    StopSettings,
+)
+from hershy.domain.revisions import KEPT_REVISIONS, Configuration
 from hershy.domain.validation import ProgramSource, build_id
 from hershy.service.registry import Registry
 from hershy.service.watch import Change
@@ -24,6 +34,15 @@ def sources_of(registry: Registry) -> MemorySourceStore:
     store = registry._sources
     assert isinstance(store, MemorySourceStore)
     return store
+
+
+UNSET = Resources(0, 0, 0, 0)
+DEFAULTS = RunSettings()
+
+
+def asked(resources: Resources = UNSET, settings: RunSettings = DEFAULTS) -> Configuration:
+    """An UpdateProgram request's fields (unset ones at their defaults)."""
+    return Configuration(resources, settings)
 
 
 async def rollout_ended(registry: Registry, program_id: str) -> Program:
@@ -123,7 +142,9 @@ async def test_a_change_while_a_rollout_runs_is_refused_naming_it() -> None:
         with pytest.raises(FailedPrecondition, match="rollout to revision 2 is BUILDING"):
             await registry.restart(program_id)
         with pytest.raises(FailedPrecondition, match="rollout"):
-            await registry.update(program_id, ["resources.memory_bytes"], Resources(256 * MiB), "a")
+            await registry.update(
+                program_id, ["resources.memory_bytes"], asked(Resources(256 * MiB)), "a"
+            )
         # The refused deploy's source was not kept.
         v3 = build_id(ProgramSource(DOCKERFILE.encode(), {"main.txt": b"v3"}))
         assert (program_id, v3) not in sources_of(registry).builds
@@ -209,7 +230,9 @@ async def test_update_changes_masked_resources_as_a_new_revision() -> None:
     async with registry:
         program_id = await ready_program(registry)
         before = registry.get(program_id)
-        await registry.update(program_id, ["resources.memory_bytes"], Resources(256 * MiB), "al")
+        await registry.update(
+            program_id, ["resources.memory_bytes"], asked(Resources(256 * MiB)), "al"
+        )
         done = await rollout_ended(registry, program_id)
         assert done.resources.memory_bytes == 256 * MiB
         assert done.resources.milli_cpus == before.resources.milli_cpus
@@ -217,12 +240,12 @@ async def test_update_changes_masked_resources_as_a_new_revision() -> None:
         assert done.version == 2
         assert registry.revisions(program_id)[0].description == "update resources.memory_bytes"
         with pytest.raises(InvalidArgument, match="cannot be updated"):
-            await registry.update(program_id, ["user_id"], Resources(), "al")
+            await registry.update(program_id, ["user_id"], asked(Resources()), "al")
         with pytest.raises(InvalidArgument, match="is required"):
-            await registry.update(program_id, [], Resources(), "al")
+            await registry.update(program_id, [], asked(Resources()), "al")
         with pytest.raises(InvalidArgument, match="keeps its size"):
             await registry.update(
-                program_id, ["resources.state_bytes"], Resources(state_bytes=64 * MiB), "al"
+                program_id, ["resources.state_bytes"], asked(Resources(state_bytes=64 * MiB)), "al"
             )
         assert registry.get(program_id).latest_version == 2
 
@@ -256,3 +279,138 @@ async def test_a_late_candidate_of_a_superseded_rollout_is_ignored() -> None:
         await asyncio.sleep(0.1)
         now = registry.get(program_id)
         assert (now.state, now.container_id, now.version) == (State.READY, ready.container_id, 1)
+
+
+# --- updates beyond resources: readiness, restart policy, stop ---------------------------
+
+
+async def test_update_of_restart_policy_and_stop_is_a_revision_the_new_run_uses() -> None:
+    registry, _handler = make_registry(FakeBehaviour(ready_delay=0.01))
+    async with registry:
+        program_id = await ready_program(registry)
+        before = registry.get(program_id)
+        wanted = RunSettings(
+            restart_policy=RestartPolicy(RestartMode.ON_FAILURE, max_restarts=3),
+            stop=StopSettings("SIGINT", 5.0),
+        )
+        await registry.update(
+            program_id, ["restart_policy.mode", "stop"], asked(settings=wanted), "al"
+        )
+        done = await rollout_ended(registry, program_id)
+        assert done.rollout is not None
+        assert done.rollout.phase is RolloutPhase.SUCCEEDED
+        assert (done.version, done.state) == (2, State.READY)
+        assert done.run > before.run  # restarted on the new configuration
+        # Only the masked field of restart_policy changed; stop as a whole.
+        assert done.restart_policy == RestartPolicy(RestartMode.ON_FAILURE)
+        assert done.stop == StopSettings("SIGINT", 5.0)
+        assert done.resources == before.resources
+        assert done.build_id == before.build_id
+        newest = registry.revisions(program_id)[0]
+        assert newest.description == "update restart_policy.mode, stop"
+        assert newest.settings == RunSettings(done.readiness, done.restart_policy, done.stop)
+
+
+async def test_rollback_restores_the_whole_configuration_of_a_revision() -> None:
+    registry, _handler = make_registry(FakeBehaviour(ready_delay=0.01))
+    async with registry:
+        program_id = await ready_program(registry)
+        v1 = registry.get(program_id)
+        slow = RunSettings(
+            readiness=ReadinessCheck(timeout_seconds=30.0),
+            restart_policy=RestartPolicy(RestartMode.NEVER),
+            stop=StopSettings("SIGQUIT", 2.0),
+        )
+        await registry.update(
+            program_id,
+            ["readiness.timeout", "restart_policy", "stop", "resources.memory_bytes"],
+            asked(Resources(256 * MiB), slow),
+            "al",
+        )
+        v2 = await rollout_ended(registry, program_id)
+        assert (v2.readiness.timeout_seconds, v2.restart_policy.mode) == (30.0, RestartMode.NEVER)
+        await registry.rollback(program_id, 1, "al")
+        back = await rollout_ended(registry, program_id)
+        assert back.version == 3
+        assert (back.readiness, back.restart_policy, back.stop, back.resources) == (
+            v1.readiness,
+            v1.restart_policy,
+            v1.stop,
+            v1.resources,
+        )
+
+
+async def test_an_update_whose_readiness_is_never_met_reverts_to_the_previous_config() -> None:
+    registry, handler = make_registry(FakeBehaviour(ready_delay=0.01))
+    async with registry:
+        program_id = await ready_program(registry)
+        v1 = registry.get(program_id)
+        handler.behaviour.failing_starts = 1
+        handler.behaviour.failure_reason = "no answer on /never within 2 s"
+        await registry.update(
+            program_id,
+            ["readiness.path"],
+            asked(settings=RunSettings(readiness=ReadinessCheck(path="/never"))),
+            "al",
+        )
+        done = await rollout_ended(registry, program_id)
+        assert done.rollout is not None
+        assert done.rollout.phase is RolloutPhase.REVERTED
+        assert "revision 2 did not become READY (start failed: no answer on /never" in (
+            done.rollout.reason
+        )
+        assert (done.state, done.version, done.readiness) == (State.READY, 1, v1.readiness)
+
+
+async def test_update_refuses_bad_paths_and_values_naming_them() -> None:
+    registry, _handler = make_registry(FakeBehaviour(ready_delay=0.01))
+    async with registry:
+        program_id = await ready_program(registry)
+        for path, hint in (
+            ("state", "output only"),
+            ("restart_count", "output only"),
+            ("env", "SetProgramEnv"),
+            ("alias", "RenameProgram"),
+            ("readiness.nope", "output only"),
+            ("stop.grace_seconds", "output only"),
+        ):
+            with pytest.raises(InvalidArgument, match=hint) as caught:
+                await registry.update(program_id, [path], asked(), "al")
+            assert caught.value.field == "update_mask"
+            assert repr(path) in caught.value.message
+        with pytest.raises(InvalidArgument) as bad:
+            await registry.update(
+                program_id,
+                ["stop.signal"],
+                asked(settings=RunSettings(stop=StopSettings("KILL"))),
+                "al",
+            )
+        assert bad.value.field == "stop.signal"
+        window = RunSettings(restart_policy=RestartPolicy(window_seconds=0.001))
+        with pytest.raises(InvalidArgument) as bad:
+            await registry.update(
+                program_id, ["restart_policy.window"], asked(settings=window), "al"
+            )
+        assert bad.value.field == "restart_policy.window"
+        # Nothing was made of the refused updates.
+        assert registry.get(program_id).latest_version == 1
+
+
+async def test_every_change_while_a_rollout_runs_is_refused_naming_it() -> None:
+    registry, handler = make_registry(FakeBehaviour(ready_delay=0.01))
+    async with registry:
+        program_id = await ready_program(registry)
+        handler.behaviour.build_delay = 5
+        await registry.deploy(program_id, DOCKERFILE, {"main.txt": b"v2"}, None, "alice")
+        never = asked(settings=RunSettings(restart_policy=RestartPolicy(RestartMode.NEVER)))
+        for change in (
+            registry.update(program_id, ["restart_policy"], never, "a"),
+            registry.rollback(program_id, 1, "a"),
+            registry.set_env(program_id, {"MODE": "fast"}, []),
+        ):
+            with pytest.raises(FailedPrecondition, match="rollout to revision 2 is BUILDING"):
+                await change
+        program = registry.get(program_id)
+        assert program.env == ()
+        assert program.restart_policy == RestartPolicy()
+        assert program.latest_version == 2

@@ -456,6 +456,36 @@ func (c *Client) UpdateResources(ctx context.Context, id string, resources *Reso
 	return program, wrap(ctx, err)
 }
 
+// UpdateRequest is what [Client.Update] changes: the fields set (nil: left
+// alone), or, with Paths, only those field paths ("restart_policy.mode",
+// "stop.grace", "readiness", ...; a path whose field is unset takes its
+// default).
+type UpdateRequest struct {
+	Resources     *Resources
+	Readiness     *hershyv1.ReadinessCheck
+	RestartPolicy *hershyv1.RestartPolicy
+	Stop          *hershyv1.StopSettings
+	Paths         []string
+}
+
+// Update changes the program's resources, readiness check, restart policy or
+// stop settings as a new revision of the same source, rolled out like
+// [Client.Deploy] (reverted if it never becomes READY). With no Paths the
+// fields set are changed (AIP-134).
+func (c *Client) Update(ctx context.Context, id string, req UpdateRequest) (*Program, error) {
+	program, err := c.rpc.UpdateProgram(ctx, &hershyv1.UpdateProgramRequest{
+		Program: &hershyv1.Program{
+			Name:          Name(id),
+			Resources:     req.Resources,
+			Readiness:     req.Readiness,
+			RestartPolicy: req.RestartPolicy,
+			Stop:          req.Stop,
+		},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: req.Paths},
+	})
+	return program, wrap(ctx, err)
+}
+
 // Revisions returns the program's revisions, newest first.
 func (c *Client) Revisions(ctx context.Context, id string) ([]*hershyv1.ProgramRevision, error) {
 	answer, err := c.rpc.ListProgramRevisions(ctx, &hershyv1.ListProgramRevisionsRequest{Name: Name(id)})

@@ -1161,7 +1161,19 @@ type ProgramRevision struct {
 	// True while its image and source are kept: RollbackProgram may go to it.
 	Kept bool `protobuf:"varint,8,opt,name=kept,proto3" json:"kept,omitempty"`
 	// True for the revision the program runs now.
-	Current       bool `protobuf:"varint,9,opt,name=current,proto3" json:"current,omitempty"`
+	Current bool `protobuf:"varint,9,opt,name=current,proto3" json:"current,omitempty"`
+	// Its readiness check (unset in revisions recorded before revisions
+	// carried it: a rollback to one keeps the program's).
+	Readiness *ReadinessCheck `protobuf:"bytes,10,opt,name=readiness,proto3" json:"readiness,omitempty"`
+	// Its restart policy (unset as for `readiness`).
+	RestartPolicy *RestartPolicy `protobuf:"bytes,11,opt,name=restart_policy,json=restartPolicy,proto3" json:"restart_policy,omitempty"`
+	// How it is stopped (unset as for `readiness`).
+	Stop *StopSettings `protobuf:"bytes,12,opt,name=stop,proto3" json:"stop,omitempty"`
+	// What it changed from the revision before it, as field paths
+	// (`build_id`, `resources.memory_bytes`, `restart_policy.mode`,
+	// `readiness.timeout`); empty for the first revision. Environment
+	// variables and secrets are not part of a revision.
+	ChangedFields []string `protobuf:"bytes,13,rep,name=changed_fields,json=changedFields,proto3" json:"changed_fields,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1257,6 +1269,34 @@ func (x *ProgramRevision) GetCurrent() bool {
 		return x.Current
 	}
 	return false
+}
+
+func (x *ProgramRevision) GetReadiness() *ReadinessCheck {
+	if x != nil {
+		return x.Readiness
+	}
+	return nil
+}
+
+func (x *ProgramRevision) GetRestartPolicy() *RestartPolicy {
+	if x != nil {
+		return x.RestartPolicy
+	}
+	return nil
+}
+
+func (x *ProgramRevision) GetStop() *StopSettings {
+	if x != nil {
+		return x.Stop
+	}
+	return nil
+}
+
+func (x *ProgramRevision) GetChangedFields() []string {
+	if x != nil {
+		return x.ChangedFields
+	}
+	return nil
 }
 
 // Limits on a program's container. Zero means the Host's default; a value
@@ -1861,7 +1901,14 @@ type DeployRequested struct {
 	// The user who asked.
 	RequestedBy string `protobuf:"bytes,3,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
 	// How it came about, e.g. `deploy` or `rollback to revision 1`.
-	Description   string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	Description string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	// The new revision's readiness check, restart policy and stop settings;
+	// unset: the program's stay (a deploy of new source).
+	Readiness *ReadinessCheck `protobuf:"bytes,5,opt,name=readiness,proto3" json:"readiness,omitempty"`
+	// See `readiness`.
+	RestartPolicy *RestartPolicy `protobuf:"bytes,6,opt,name=restart_policy,json=restartPolicy,proto3" json:"restart_policy,omitempty"`
+	// See `readiness`.
+	Stop          *StopSettings `protobuf:"bytes,7,opt,name=stop,proto3" json:"stop,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1922,6 +1969,27 @@ func (x *DeployRequested) GetDescription() string {
 		return x.Description
 	}
 	return ""
+}
+
+func (x *DeployRequested) GetReadiness() *ReadinessCheck {
+	if x != nil {
+		return x.Readiness
+	}
+	return nil
+}
+
+func (x *DeployRequested) GetRestartPolicy() *RestartPolicy {
+	if x != nil {
+		return x.RestartPolicy
+	}
+	return nil
+}
+
+func (x *DeployRequested) GetStop() *StopSettings {
+	if x != nil {
+		return x.Stop
+	}
+	return nil
 }
 
 // A rollout's new revision was built.
@@ -2999,7 +3067,11 @@ type UpdateProgramRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The program with its `name` and the fields to change.
 	Program *Program `protobuf:"bytes,1,opt,name=program,proto3" json:"program,omitempty"`
-	// The fields to change. Required.
+	// The fields to change: `resources`, `readiness`, `restart_policy`,
+	// `stop`, or one field of them (`resources.memory_bytes`,
+	// `restart_policy.mode`, `stop.grace`, `readiness.timeout`, ...); a field
+	// left unset takes its default. Empty: the fields of `program` that are set
+	// (AIP-134). Any other path is refused with INVALID_ARGUMENT naming it.
 	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4274,7 +4346,7 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12&\n" +
-	"\x0ftarget_build_id\x18\a \x01(\tR\rtargetBuildId\"\xba\x02\n" +
+	"\x0ftarget_build_id\x18\a \x01(\tR\rtargetBuildId\"\x88\x04\n" +
 	"\x0fProgramRevision\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\x03R\x06number\x12\x19\n" +
@@ -4286,7 +4358,12 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"createTime\x12 \n" +
 	"\vdescription\x18\a \x01(\tR\vdescription\x12\x12\n" +
 	"\x04kept\x18\b \x01(\bR\x04kept\x12\x18\n" +
-	"\acurrent\x18\t \x01(\bR\acurrent\"\x82\x01\n" +
+	"\acurrent\x18\t \x01(\bR\acurrent\x127\n" +
+	"\treadiness\x18\n" +
+	" \x01(\v2\x19.hershy.v1.ReadinessCheckR\treadiness\x12?\n" +
+	"\x0erestart_policy\x18\v \x01(\v2\x18.hershy.v1.RestartPolicyR\rrestartPolicy\x12+\n" +
+	"\x04stop\x18\f \x01(\v2\x17.hershy.v1.StopSettingsR\x04stop\x12%\n" +
+	"\x0echanged_fields\x18\r \x03(\tR\rchangedFields\"\x82\x01\n" +
 	"\tResources\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
@@ -4325,12 +4402,15 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\venv_changed\x18* \x01(\v2\x15.hershy.v1.EnvChangedH\x00R\n" +
 	"envChangedB\x06\n" +
 	"\x04kind\"\x0f\n" +
-	"\rHostRestarted\"\xa5\x01\n" +
+	"\rHostRestarted\"\xcc\x02\n" +
 	"\x0fDeployRequested\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x122\n" +
 	"\tresources\x18\x02 \x01(\v2\x14.hershy.v1.ResourcesR\tresources\x12!\n" +
 	"\frequested_by\x18\x03 \x01(\tR\vrequestedBy\x12 \n" +
-	"\vdescription\x18\x04 \x01(\tR\vdescription\"T\n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x127\n" +
+	"\treadiness\x18\x05 \x01(\v2\x19.hershy.v1.ReadinessCheckR\treadiness\x12?\n" +
+	"\x0erestart_policy\x18\x06 \x01(\v2\x18.hershy.v1.RestartPolicyR\rrestartPolicy\x12+\n" +
+	"\x04stop\x18\a \x01(\v2\x17.hershy.v1.StopSettingsR\x04stop\"T\n" +
 	"\x0eCandidateBuilt\x12'\n" +
 	"\x0frevision_number\x18\x01 \x01(\x03R\x0erevisionNumber\x12\x19\n" +
 	"\bimage_id\x18\x02 \x01(\tR\aimageId\"W\n" +
@@ -4664,91 +4744,97 @@ var file_hershy_v1_program_proto_depIdxs = []int32{
 	65, // 23: hershy.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
 	12, // 24: hershy.v1.ProgramRevision.resources:type_name -> hershy.v1.Resources
 	65, // 25: hershy.v1.ProgramRevision.create_time:type_name -> google.protobuf.Timestamp
-	65, // 26: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
-	18, // 27: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
-	21, // 28: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
-	22, // 29: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
-	23, // 30: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
-	24, // 31: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
-	25, // 32: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
-	27, // 33: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
-	28, // 34: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
-	29, // 35: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
-	30, // 36: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
-	31, // 37: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
-	32, // 38: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
-	33, // 39: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
-	34, // 40: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
-	35, // 41: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
-	36, // 42: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
-	26, // 43: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
-	42, // 44: hershy.v1.ProgramEvent.watcher_probed:type_name -> hershy.v1.WatcherProbed
-	15, // 45: hershy.v1.ProgramEvent.deploy_requested:type_name -> hershy.v1.DeployRequested
-	16, // 46: hershy.v1.ProgramEvent.candidate_built:type_name -> hershy.v1.CandidateBuilt
-	17, // 47: hershy.v1.ProgramEvent.candidate_build_failed:type_name -> hershy.v1.CandidateBuildFailed
-	14, // 48: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
-	19, // 49: hershy.v1.ProgramEvent.alias_changed:type_name -> hershy.v1.AliasChanged
-	20, // 50: hershy.v1.ProgramEvent.env_changed:type_name -> hershy.v1.EnvChanged
-	12, // 51: hershy.v1.DeployRequested.resources:type_name -> hershy.v1.Resources
-	12, // 52: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
-	59, // 53: hershy.v1.ProgramCreated.env:type_name -> hershy.v1.ProgramCreated.EnvEntry
-	60, // 54: hershy.v1.EnvChanged.env:type_name -> hershy.v1.EnvChanged.EnvEntry
-	61, // 55: hershy.v1.DeployProgramRequest.src_files:type_name -> hershy.v1.DeployProgramRequest.SrcFilesEntry
-	12, // 56: hershy.v1.DeployProgramRequest.resources:type_name -> hershy.v1.Resources
-	6,  // 57: hershy.v1.UpdateProgramRequest.program:type_name -> hershy.v1.Program
-	67, // 58: hershy.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
-	11, // 59: hershy.v1.ListProgramRevisionsResponse.revisions:type_name -> hershy.v1.ProgramRevision
-	62, // 60: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
-	12, // 61: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
-	63, // 62: hershy.v1.CreateProgramRequest.env:type_name -> hershy.v1.CreateProgramRequest.EnvEntry
-	7,  // 63: hershy.v1.CreateProgramRequest.readiness:type_name -> hershy.v1.ReadinessCheck
-	8,  // 64: hershy.v1.CreateProgramRequest.restart_policy:type_name -> hershy.v1.RestartPolicy
-	9,  // 65: hershy.v1.CreateProgramRequest.stop:type_name -> hershy.v1.StopSettings
-	6,  // 66: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
-	0,  // 67: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
-	66, // 68: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
-	5,  // 69: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
-	6,  // 70: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
-	13, // 71: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
-	64, // 72: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
-	4,  // 73: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
-	65, // 74: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
-	4,  // 75: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
-	43, // 76: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
-	44, // 77: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
-	45, // 78: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
-	47, // 79: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
-	48, // 80: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
-	49, // 81: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
-	50, // 82: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
-	51, // 83: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
-	52, // 84: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
-	54, // 85: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
-	56, // 86: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
-	37, // 87: hershy.v1.ProgramService.DeployProgram:input_type -> hershy.v1.DeployProgramRequest
-	38, // 88: hershy.v1.ProgramService.UpdateProgram:input_type -> hershy.v1.UpdateProgramRequest
-	39, // 89: hershy.v1.ProgramService.ListProgramRevisions:input_type -> hershy.v1.ListProgramRevisionsRequest
-	41, // 90: hershy.v1.ProgramService.RollbackProgram:input_type -> hershy.v1.RollbackProgramRequest
-	6,  // 91: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
-	6,  // 92: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
-	46, // 93: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
-	6,  // 94: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
-	6,  // 95: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
-	6,  // 96: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
-	6,  // 97: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
-	6,  // 98: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
-	53, // 99: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
-	55, // 100: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
-	57, // 101: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
-	6,  // 102: hershy.v1.ProgramService.DeployProgram:output_type -> hershy.v1.Program
-	6,  // 103: hershy.v1.ProgramService.UpdateProgram:output_type -> hershy.v1.Program
-	40, // 104: hershy.v1.ProgramService.ListProgramRevisions:output_type -> hershy.v1.ListProgramRevisionsResponse
-	6,  // 105: hershy.v1.ProgramService.RollbackProgram:output_type -> hershy.v1.Program
-	91, // [91:106] is the sub-list for method output_type
-	76, // [76:91] is the sub-list for method input_type
-	76, // [76:76] is the sub-list for extension type_name
-	76, // [76:76] is the sub-list for extension extendee
-	0,  // [0:76] is the sub-list for field type_name
+	7,  // 26: hershy.v1.ProgramRevision.readiness:type_name -> hershy.v1.ReadinessCheck
+	8,  // 27: hershy.v1.ProgramRevision.restart_policy:type_name -> hershy.v1.RestartPolicy
+	9,  // 28: hershy.v1.ProgramRevision.stop:type_name -> hershy.v1.StopSettings
+	65, // 29: hershy.v1.ProgramEvent.time:type_name -> google.protobuf.Timestamp
+	18, // 30: hershy.v1.ProgramEvent.created:type_name -> hershy.v1.ProgramCreated
+	21, // 31: hershy.v1.ProgramEvent.start_requested:type_name -> hershy.v1.StartRequested
+	22, // 32: hershy.v1.ProgramEvent.stop_requested:type_name -> hershy.v1.StopRequested
+	23, // 33: hershy.v1.ProgramEvent.restart_requested:type_name -> hershy.v1.RestartRequested
+	24, // 34: hershy.v1.ProgramEvent.delete_requested:type_name -> hershy.v1.DeleteRequested
+	25, // 35: hershy.v1.ProgramEvent.build_succeeded:type_name -> hershy.v1.BuildSucceeded
+	27, // 36: hershy.v1.ProgramEvent.build_failed:type_name -> hershy.v1.BuildFailed
+	28, // 37: hershy.v1.ProgramEvent.container_created:type_name -> hershy.v1.ContainerCreated
+	29, // 38: hershy.v1.ProgramEvent.container_ready:type_name -> hershy.v1.ContainerReady
+	30, // 39: hershy.v1.ProgramEvent.start_failed:type_name -> hershy.v1.StartFailed
+	31, // 40: hershy.v1.ProgramEvent.container_exited:type_name -> hershy.v1.ContainerExited
+	32, // 41: hershy.v1.ProgramEvent.container_stopped:type_name -> hershy.v1.ContainerStopped
+	33, // 42: hershy.v1.ProgramEvent.stop_failed:type_name -> hershy.v1.StopFailed
+	34, // 43: hershy.v1.ProgramEvent.restart_timer_fired:type_name -> hershy.v1.RestartTimerFired
+	35, // 44: hershy.v1.ProgramEvent.torn_down:type_name -> hershy.v1.TornDown
+	36, // 45: hershy.v1.ProgramEvent.teardown_failed:type_name -> hershy.v1.TeardownFailed
+	26, // 46: hershy.v1.ProgramEvent.build_queued:type_name -> hershy.v1.BuildQueued
+	42, // 47: hershy.v1.ProgramEvent.watcher_probed:type_name -> hershy.v1.WatcherProbed
+	15, // 48: hershy.v1.ProgramEvent.deploy_requested:type_name -> hershy.v1.DeployRequested
+	16, // 49: hershy.v1.ProgramEvent.candidate_built:type_name -> hershy.v1.CandidateBuilt
+	17, // 50: hershy.v1.ProgramEvent.candidate_build_failed:type_name -> hershy.v1.CandidateBuildFailed
+	14, // 51: hershy.v1.ProgramEvent.host_restarted:type_name -> hershy.v1.HostRestarted
+	19, // 52: hershy.v1.ProgramEvent.alias_changed:type_name -> hershy.v1.AliasChanged
+	20, // 53: hershy.v1.ProgramEvent.env_changed:type_name -> hershy.v1.EnvChanged
+	12, // 54: hershy.v1.DeployRequested.resources:type_name -> hershy.v1.Resources
+	7,  // 55: hershy.v1.DeployRequested.readiness:type_name -> hershy.v1.ReadinessCheck
+	8,  // 56: hershy.v1.DeployRequested.restart_policy:type_name -> hershy.v1.RestartPolicy
+	9,  // 57: hershy.v1.DeployRequested.stop:type_name -> hershy.v1.StopSettings
+	12, // 58: hershy.v1.ProgramCreated.resources:type_name -> hershy.v1.Resources
+	59, // 59: hershy.v1.ProgramCreated.env:type_name -> hershy.v1.ProgramCreated.EnvEntry
+	60, // 60: hershy.v1.EnvChanged.env:type_name -> hershy.v1.EnvChanged.EnvEntry
+	61, // 61: hershy.v1.DeployProgramRequest.src_files:type_name -> hershy.v1.DeployProgramRequest.SrcFilesEntry
+	12, // 62: hershy.v1.DeployProgramRequest.resources:type_name -> hershy.v1.Resources
+	6,  // 63: hershy.v1.UpdateProgramRequest.program:type_name -> hershy.v1.Program
+	67, // 64: hershy.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
+	11, // 65: hershy.v1.ListProgramRevisionsResponse.revisions:type_name -> hershy.v1.ProgramRevision
+	62, // 66: hershy.v1.CreateProgramRequest.src_files:type_name -> hershy.v1.CreateProgramRequest.SrcFilesEntry
+	12, // 67: hershy.v1.CreateProgramRequest.resources:type_name -> hershy.v1.Resources
+	63, // 68: hershy.v1.CreateProgramRequest.env:type_name -> hershy.v1.CreateProgramRequest.EnvEntry
+	7,  // 69: hershy.v1.CreateProgramRequest.readiness:type_name -> hershy.v1.ReadinessCheck
+	8,  // 70: hershy.v1.CreateProgramRequest.restart_policy:type_name -> hershy.v1.RestartPolicy
+	9,  // 71: hershy.v1.CreateProgramRequest.stop:type_name -> hershy.v1.StopSettings
+	6,  // 72: hershy.v1.ListProgramsResponse.programs:type_name -> hershy.v1.Program
+	0,  // 73: hershy.v1.WaitProgramRequest.state:type_name -> hershy.v1.State
+	66, // 74: hershy.v1.WaitProgramRequest.timeout:type_name -> google.protobuf.Duration
+	5,  // 75: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
+	6,  // 76: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
+	13, // 77: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
+	64, // 78: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
+	4,  // 79: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
+	65, // 80: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	4,  // 81: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
+	43, // 82: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
+	44, // 83: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
+	45, // 84: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
+	47, // 85: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
+	48, // 86: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
+	49, // 87: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
+	50, // 88: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
+	51, // 89: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
+	52, // 90: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
+	54, // 91: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
+	56, // 92: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
+	37, // 93: hershy.v1.ProgramService.DeployProgram:input_type -> hershy.v1.DeployProgramRequest
+	38, // 94: hershy.v1.ProgramService.UpdateProgram:input_type -> hershy.v1.UpdateProgramRequest
+	39, // 95: hershy.v1.ProgramService.ListProgramRevisions:input_type -> hershy.v1.ListProgramRevisionsRequest
+	41, // 96: hershy.v1.ProgramService.RollbackProgram:input_type -> hershy.v1.RollbackProgramRequest
+	6,  // 97: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
+	6,  // 98: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
+	46, // 99: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
+	6,  // 100: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
+	6,  // 101: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
+	6,  // 102: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
+	6,  // 103: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
+	6,  // 104: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
+	53, // 105: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
+	55, // 106: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
+	57, // 107: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
+	6,  // 108: hershy.v1.ProgramService.DeployProgram:output_type -> hershy.v1.Program
+	6,  // 109: hershy.v1.ProgramService.UpdateProgram:output_type -> hershy.v1.Program
+	40, // 110: hershy.v1.ProgramService.ListProgramRevisions:output_type -> hershy.v1.ListProgramRevisionsResponse
+	6,  // 111: hershy.v1.ProgramService.RollbackProgram:output_type -> hershy.v1.Program
+	97, // [97:112] is the sub-list for method output_type
+	82, // [82:97] is the sub-list for method input_type
+	82, // [82:82] is the sub-list for extension type_name
+	82, // [82:82] is the sub-list for extension extendee
+	0,  // [0:82] is the sub-list for field type_name
 }
 
 func init() { file_hershy_v1_program_proto_init() }

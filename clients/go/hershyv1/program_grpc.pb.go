@@ -79,9 +79,11 @@ type ProgramServiceClient interface {
 	// STOPPED, ERROR) the next start runs it; in BACKOFF it starts at once.
 	// FAILED_PRECONDITION while another rollout is under way.
 	DeployProgram(ctx context.Context, in *DeployProgramRequest, opts ...grpc.CallOption) (*Program, error)
-	// AIP-134: changes the fields in `update_mask` (today `resources`, or one
-	// of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
-	// `resources.state_bytes`) as a new revision, rolled out like a deploy.
+	// AIP-134: changes the fields in `update_mask` (`resources`, `readiness`,
+	// `restart_policy`, `stop`, or fields of them) as a new revision of the
+	// same source, rolled out like a deploy: the program restarts on the new
+	// configuration and goes back to the previous revision if it never becomes
+	// READY. FAILED_PRECONDITION while another rollout is under way.
 	UpdateProgram(ctx context.Context, in *UpdateProgramRequest, opts ...grpc.CallOption) (*Program, error)
 	// Lists the program's revisions, newest first.
 	ListProgramRevisions(ctx context.Context, in *ListProgramRevisionsRequest, opts ...grpc.CallOption) (*ListProgramRevisionsResponse, error)
@@ -309,9 +311,11 @@ type ProgramServiceServer interface {
 	// STOPPED, ERROR) the next start runs it; in BACKOFF it starts at once.
 	// FAILED_PRECONDITION while another rollout is under way.
 	DeployProgram(context.Context, *DeployProgramRequest) (*Program, error)
-	// AIP-134: changes the fields in `update_mask` (today `resources`, or one
-	// of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
-	// `resources.state_bytes`) as a new revision, rolled out like a deploy.
+	// AIP-134: changes the fields in `update_mask` (`resources`, `readiness`,
+	// `restart_policy`, `stop`, or fields of them) as a new revision of the
+	// same source, rolled out like a deploy: the program restarts on the new
+	// configuration and goes back to the previous revision if it never becomes
+	// READY. FAILED_PRECONDITION while another rollout is under way.
 	UpdateProgram(context.Context, *UpdateProgramRequest) (*Program, error)
 	// Lists the program's revisions, newest first.
 	ListProgramRevisions(context.Context, *ListProgramRevisionsRequest) (*ListProgramRevisionsResponse, error)

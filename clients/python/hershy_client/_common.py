@@ -183,6 +183,31 @@ def update_resources_request(
     return request
 
 
+def update_request(
+    program: ProgramRef,
+    *,
+    resources: pb.Resources | Mapping[str, int] | None = None,
+    readiness: pb.ReadinessCheck | None = None,
+    restart_policy: pb.RestartPolicy | None = None,
+    stop: pb.StopSettings | None = None,
+    update_mask: Iterable[str] | None = None,
+) -> pb.UpdateProgramRequest:
+    """UpdateProgram: the fields given; `update_mask` None means those fields (AIP-134)."""
+    message = pb.Program(name=program_name(program))
+    if resources is not None:
+        given = resources if isinstance(resources, pb.Resources) else pb.Resources(**resources)
+        message.resources.CopyFrom(given)
+    if readiness is not None:
+        message.readiness.CopyFrom(readiness)
+    if restart_policy is not None:
+        message.restart_policy.CopyFrom(restart_policy)
+    if stop is not None:
+        message.stop.CopyFrom(stop)
+    request = pb.UpdateProgramRequest(program=message)
+    request.update_mask.paths.extend(update_mask or ())
+    return request
+
+
 def list_request(
     user_id: str | None, page_size: int | None, page_token: str
 ) -> pb.ListProgramsRequest:

@@ -177,6 +177,31 @@ class AsyncClient:
         request = common.update_resources_request(program, resources)
         return await self._call(self.stub.UpdateProgram, request)
 
+    async def update(
+        self,
+        program: ProgramRef,
+        *,
+        resources: pb.Resources | Mapping[str, int] | None = None,
+        readiness: pb.ReadinessCheck | None = None,
+        restart_policy: pb.RestartPolicy | None = None,
+        stop: pb.StopSettings | None = None,
+        update_mask: Iterable[str] | None = None,
+    ) -> pb.Program:
+        """UpdateProgram: a new revision with these fields, rolled out like a deploy.
+
+        `update_mask` None changes the fields given; with a mask (`["stop.grace"]`) only
+        its paths change, a field it names but left unset taking its default.
+        """
+        request = common.update_request(
+            program,
+            resources=resources,
+            readiness=readiness,
+            restart_policy=restart_policy,
+            stop=stop,
+            update_mask=update_mask,
+        )
+        return await self._call(self.stub.UpdateProgram, request)
+
     async def revisions(self, program: ProgramRef) -> list[pb.ProgramRevision]:
         """The program's revisions, newest first."""
         request = pb.ListProgramRevisionsRequest(name=common.program_name(program))

@@ -32,6 +32,7 @@ from hershy.entrypoints.cli_commands.rollouts import (
     history_command,
     rollback_command,
     rollout_group,
+    update_command,
 )
 from hershy.entrypoints.cli_commands.tokens import token_group, whoami_command
 
@@ -52,6 +53,7 @@ COMMANDS: tuple[click.Command, ...] = (
     env_group,
     secret_group,
     rollout_group,
+    update_command,
     history_command,
     rollback_command,
 )

@@ -30,7 +30,7 @@ from hershy.entrypoints.cli_commands.common import (
     state_text,
     usage,
 )
-from hershy.entrypoints.cli_commands.health import health_options, health_settings
+from hershy.entrypoints.cli_commands.health import health_options, health_settings, update_mask
 from hershy.entrypoints.cli_commands.programs import watcher_url
 from hershy.entrypoints.cli_commands.quotas import ByteSize, Cpus
 from hershy.v1 import program_pb2 as pb
@@ -315,6 +315,13 @@ def deploy_command(
             with calls(settings):
                 existing = rollouts.find_program(client, name)
         if existing is not None:
+            given = update_mask(health)
+            if given:
+                # A deploy carries new source (and limits); settings are `hershy update`'s.
+                usage(
+                    f"{existing.id} exists: deploy changes its source; change "
+                    f"{', '.join(given)} with `hershy update {name} ...`"
+                )
             changed = memory is not None or cpus is not None or state is not None
             program = rollouts.redeploy(
                 client,

@@ -1,4 +1,5 @@
-"""`hershy deploy`'s options for a program's readiness check, restart policy and stop."""
+"""`hershy deploy`'s and `hershy update`'s options for a program's readiness check,
+restart policy and stop."""
 
 from __future__ import annotations
 
@@ -142,3 +143,24 @@ def health_settings(
             stop.grace.CopyFrom(_seconds(stop_grace))
         settings["stop"] = stop
     return settings
+
+
+#: Each option's field path in UpdateProgram's mask: `hershy update` changes what it is given.
+UPDATE_MASK_PATHS = {
+    "ready_path": "readiness.path",
+    "ready_field": "readiness.field",
+    "ready_values": "readiness.ready_values",
+    "failed_values": "readiness.failed_values",
+    "ready_timeout": "readiness.timeout",
+    "liveness_grace": "readiness.liveness_grace",
+    "restart_mode": "restart_policy.mode",
+    "max_restarts": "restart_policy.max_restarts",
+    "restart_window": "restart_policy.window",
+    "stop_signal": "stop.signal",
+    "stop_grace": "stop.grace",
+}
+
+
+def update_mask(given: dict[str, Any]) -> list[str]:
+    """The mask paths of the options given (not None), in the options' order."""
+    return [path for option, path in UPDATE_MASK_PATHS.items() if given.get(option) is not None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import click
 from rich.table import Table
@@ -21,7 +22,10 @@ from hershy.entrypoints.cli_commands.common import (
     report_program,
     state_name,
     state_text,
+    usage,
 )
+from hershy.entrypoints.cli_commands.health import health_options, health_settings, update_mask
+from hershy.entrypoints.cli_commands.quotas import ByteSize, Cpus
 from hershy.v1 import program_pb2 as pb
 from hershy_client import Client, NotFound, Resync
 
@@ -148,7 +152,7 @@ def history_command(settings: Settings, program: str, as_json: bool) -> None:
         print_json(pb.ListProgramRevisionsResponse(revisions=revisions))
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("REV", "BUILD", "MEMORY", "CPUS", "BY", "AGE", "KEPT", "WHAT"):
+    for column in ("REV", "BUILD", "MEMORY", "CPUS", "BY", "AGE", "KEPT", "WHAT", "CHANGED"):
         table.add_column(column)
     for revision in revisions:
         mark = "*" if revision.current else " "
@@ -161,8 +165,80 @@ def history_command(settings: Settings, program: str, as_json: bool) -> None:
             ago(revision.create_time),
             "yes" if revision.kept else "no",
             revision.description,
+            changed_text(revision),
         )
     out.print(table)
+
+
+def changed_text(revision: pb.ProgramRevision) -> str:
+    """What a revision changed from the one before it, for a person."""
+    if revision.number == 1:
+        return "-"
+    changed = list(revision.changed_fields)
+    if not changed:
+        return "nothing"
+    return ", ".join("source" if path == "build_id" else path for path in changed)
+
+
+@click.command("update")
+@click.argument("program")
+@click.option("--memory", type=ByteSize(), help="Memory limit, e.g. 256MiB (0: the Host's).")
+@click.option("--cpus", type=Cpus(), help="CPU limit, e.g. 0.5 (0: the Host's).")
+@health_options
+@click.option("--no-wait", is_flag=True, help="Return once the rollout began.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait until it ended (exit 1 after).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the Program as JSON at the end.")
+@command_options
+def update_command(
+    settings: Settings,
+    program: str,
+    memory: int | None,
+    cpus: int | None,
+    no_wait: bool,
+    timeout: float,
+    as_json: bool,
+    **health: Any,
+) -> None:
+    """Change PROGRAM's limits, readiness check, restart policy or stop settings.
+
+    Only the options given change (`hershy update bot --restart on-failure
+    --memory 256MiB --ready-timeout 30`): a new revision of the same source,
+    rolled out like a deploy (the program restarts on it, and goes back to the
+    previous revision by itself if it never becomes READY; exit 1 then, with
+    the reason). Its variables and secrets are not part of a revision: `hershy
+    env`, `hershy secret`.
+    """
+    paths = update_mask(health)
+    resources = pb.Resources(memory_bytes=memory or 0, milli_cpus=cpus or 0)
+    if memory is not None:
+        paths.append("resources.memory_bytes")
+    if cpus is not None:
+        paths.append("resources.milli_cpus")
+    if not paths:
+        usage("say what to change: --memory, --cpus, --restart, --ready-timeout, ... (--help)")
+    fields: dict[str, Any] = {
+        "readiness": pb.ReadinessCheck(),
+        "restart_policy": pb.RestartPolicy(),
+        "stop": pb.StopSettings(),
+    }
+    fields.update(health_settings(**health))
+    with settings.client() as client, calls(settings):
+        found = client.get(program)
+        started = client.update(found, resources=resources, update_mask=paths, **fields)
+    err.print(
+        f"{started.id}: rolling out revision {started.latest_revision_number} "
+        f"({', '.join(paths)} changed)"
+    )
+    done = started
+    if not no_wait and started.rollout.phase in IN_PROGRESS:
+        done = follow_rollout(settings, started, timeout)
+    report_program(done, as_json)
 
 
 @click.command("rollback")
@@ -234,4 +310,5 @@ __all__ = [
     "redeploy",
     "rollback_command",
     "rollout_group",
+    "update_command",
 ]

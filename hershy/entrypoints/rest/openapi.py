@@ -336,6 +336,20 @@ SCHEMAS: dict[str, Any] = {
             "description": {"type": "string"},
             "kept": {"type": "boolean", "description": "Image and source kept: rollback works."},
             "current": {"type": "boolean"},
+            # null in revisions recorded before revisions carried them.
+            "readiness": {**_ref("ReadinessCheck"), "nullable": True},
+            "restart_policy": {**_ref("RestartPolicy"), "nullable": True},
+            "stop": {**_ref("StopSettings"), "nullable": True},
+            "changed_fields": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": (
+                    "What it changed from the revision before it: build_id, "
+                    "resources.memory_bytes, restart_policy.mode, stop.grace_seconds, ...; "
+                    "empty for the first. Environment variables and secrets are not part "
+                    "of a revision."
+                ),
+            },
         },
     },
     "RevisionList": {
@@ -346,7 +360,17 @@ SCHEMAS: dict[str, Any] = {
     "UpdateProgram": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"resources": _ref("Resources")},
+        "description": (
+            "The fields to change, as a new revision of the same source rolled out like a "
+            "deploy (the program restarts on them; reverted if it never becomes Ready). "
+            "A key left out of an object named by the mask takes its default."
+        ),
+        "properties": {
+            "resources": _ref("Resources"),
+            "readiness": _ref("ReadinessCheck"),
+            "restart_policy": _ref("RestartPolicy"),
+            "stop": _ref("StopSettings"),
+        },
     },
     "LifecycleAnswer": {
         "allOf": [
@@ -643,8 +667,11 @@ PATHS: dict[str, Any] = {
                     "in": "query",
                     "schema": {"type": "string"},
                     "description": (
-                        "Comma-separated: resources, resources.memory_bytes, "
-                        "resources.milli_cpus, resources.pids; default: the fields the body names."
+                        "Comma-separated field paths: resources, readiness, restart_policy, "
+                        "stop, or fields of them (resources.memory_bytes, "
+                        "restart_policy.mode, stop.grace_seconds, readiness.timeout_seconds, "
+                        "...); default: the fields the body names (an empty object: the whole "
+                        "field). Any other path is a 400 naming it."
                     ),
                 },
             ],

@@ -111,24 +111,9 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
         "watcher_answered_at": optional_time(program, "watcher_answer_time"),
         "watcher_state_since": optional_time(program, "watcher_state_time"),
         "unhealthy_since": optional_time(program, "unhealthy_time"),
-        "readiness": {
-            "path": program.readiness.path,
-            "field": program.readiness.field,
-            "ready_values": list(program.readiness.ready_values),
-            "failed_values": list(program.readiness.failed_values),
-            "timeout_seconds": seconds(program.readiness.timeout),
-            "settle_seconds": seconds(program.readiness.settle),
-            "liveness_grace_seconds": seconds(program.readiness.liveness_grace),
-        },
-        "restart_policy": {
-            "mode": RESTART_MODE_NAMES.get(program.restart_policy.mode, "always"),
-            "max_restarts": program.restart_policy.max_restarts,
-            "window_seconds": seconds(program.restart_policy.window),
-        },
-        "stop": {
-            "signal": program.stop.signal,
-            "grace_seconds": seconds(program.stop.grace),
-        },
+        "readiness": readiness_json(program.readiness),
+        "restart_policy": restart_policy_json(program.restart_policy),
+        "stop": stop_json(program.stop),
         "revision_number": program.revision_number,
         "latest_revision_number": program.latest_revision_number,
         "rollout": rollout_json(program.rollout) if program.HasField("rollout") else None,
@@ -162,7 +147,48 @@ def revision_json(revision: pb.ProgramRevision) -> dict[str, Any]:
         "description": revision.description,
         "kept": revision.kept,
         "current": revision.current,
+        # Absent from revisions recorded before revisions carried them.
+        "readiness": readiness_json(revision.readiness) if revision.HasField("readiness") else None,
+        "restart_policy": restart_policy_json(revision.restart_policy)
+        if revision.HasField("restart_policy")
+        else None,
+        "stop": stop_json(revision.stop) if revision.HasField("stop") else None,
+        "changed_fields": [_REST_PATH.get(path, path) for path in revision.changed_fields],
     }
+
+
+#: Field paths as the REST API names them (durations are numbers of seconds here).
+_REST_PATH = {
+    "readiness.timeout": "readiness.timeout_seconds",
+    "readiness.settle": "readiness.settle_seconds",
+    "readiness.liveness_grace": "readiness.liveness_grace_seconds",
+    "restart_policy.window": "restart_policy.window_seconds",
+    "stop.grace": "stop.grace_seconds",
+}
+
+
+def readiness_json(check: pb.ReadinessCheck) -> dict[str, Any]:
+    return {
+        "path": check.path,
+        "field": check.field,
+        "ready_values": list(check.ready_values),
+        "failed_values": list(check.failed_values),
+        "timeout_seconds": seconds(check.timeout),
+        "settle_seconds": seconds(check.settle),
+        "liveness_grace_seconds": seconds(check.liveness_grace),
+    }
+
+
+def restart_policy_json(policy: pb.RestartPolicy) -> dict[str, Any]:
+    return {
+        "mode": RESTART_MODE_NAMES.get(policy.mode, "always"),
+        "max_restarts": policy.max_restarts,
+        "window_seconds": seconds(policy.window),
+    }
+
+
+def stop_json(stop: pb.StopSettings) -> dict[str, Any]:
+    return {"signal": stop.signal, "grace_seconds": seconds(stop.grace)}
 
 
 RESTART_MODE_NAMES = {

@@ -418,9 +418,26 @@ def _stop(value: Any) -> pb.StopSettings:
     return stop
 
 
+#: REST names of updatable fields whose proto (and update_mask) name differs: durations
+#: are numbers of seconds here, `Duration`s there.
+_REST_TO_MASK_PATH = {
+    "readiness.timeout_seconds": "readiness.timeout",
+    "readiness.settle_seconds": "readiness.settle",
+    "readiness.liveness_grace_seconds": "readiness.liveness_grace",
+    "restart_policy.window_seconds": "restart_policy.window",
+    "stop.grace_seconds": "stop.grace",
+}
+
+_UPDATABLE = ("resources", "readiness", "restart_policy", "stop")
+
+
 def update_request(name: str, body: bytes, mask: str) -> pb.UpdateProgramRequest:
-    """PATCH /programs/{id}: `{"resources": {...}}`; the mask is `update_mask` (comma-separated)
-    or, without it, the resource fields the body names."""
+    """PATCH /programs/{id}: some of `resources`, `readiness`, `restart_policy`, `stop`.
+
+    The mask is `update_mask` (comma-separated; REST or proto names) or, without it, the
+    fields the body names: each key of each object (`{"stop": {"signal": ...}}` is
+    `stop.signal`), an empty object standing for the whole field (its defaults).
+    """
     if not body.strip():
         raise bad_request("body", 'is empty: send a JSON object such as {"resources": {...}}')
     try:
@@ -429,14 +446,25 @@ def update_request(name: str, body: bytes, mask: str) -> pb.UpdateProgramRequest
         raise bad_request("body", "is not a JSON object") from None
     if not isinstance(data, dict):
         raise bad_request("body", f"must be a JSON object, not {_json_type(data)}")
-    unknown = [key for key in data if key != "resources"]
+    unknown = [key for key in data if key not in _UPDATABLE]
     if unknown:
-        raise bad_request(cut(unknown[0]), "cannot be updated: use resources")
-    given = data.get("resources")
-    resources = _resources(given if given is not None else {})
-    paths = [path for path in mask.split(",") if path] if mask else []
-    if not paths and isinstance(given, dict):
-        paths = [f"resources.{key}" for key in given]
-    request = pb.UpdateProgramRequest(program=pb.Program(name=name, resources=resources))
-    request.update_mask.paths.extend(paths)
+        raise bad_request(cut(unknown[0]), f"cannot be updated: use {', '.join(_UPDATABLE)}")
+    program = pb.Program(name=name)
+    if data.get("resources") is not None:
+        program.resources.CopyFrom(_resources(data["resources"]))
+    if data.get("readiness") is not None:
+        program.readiness.CopyFrom(_readiness(data["readiness"]))
+    if data.get("restart_policy") is not None:
+        program.restart_policy.CopyFrom(_restart_policy(data["restart_policy"]))
+    if data.get("stop") is not None:
+        program.stop.CopyFrom(_stop(data["stop"]))
+    paths: list[str] = []
+    for key in _UPDATABLE:
+        given = data.get(key)
+        if isinstance(given, dict):
+            paths += [f"{key}.{field}" for field in given] or [key]
+    if mask:
+        paths = [path.strip() for path in mask.split(",") if path.strip()]
+    request = pb.UpdateProgramRequest(program=program)
+    request.update_mask.paths.extend(_REST_TO_MASK_PATH.get(path, path) for path in paths)
     return request

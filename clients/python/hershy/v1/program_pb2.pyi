@@ -682,6 +682,10 @@ class ProgramRevision(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     KEPT_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
+    READINESS_FIELD_NUMBER: _builtins.int
+    RESTART_POLICY_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `programs/{id}/revisions/{number}`."""
     number: _builtins.int
@@ -706,6 +710,28 @@ class ProgramRevision(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was made."""
 
+    @_builtins.property
+    def readiness(self) -> Global___ReadinessCheck:
+        """Its readiness check (unset in revisions recorded before revisions
+        carried it: a rollback to one keeps the program's).
+        """
+
+    @_builtins.property
+    def restart_policy(self) -> Global___RestartPolicy:
+        """Its restart policy (unset as for `readiness`)."""
+
+    @_builtins.property
+    def stop(self) -> Global___StopSettings:
+        """How it is stopped (unset as for `readiness`)."""
+
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What it changed from the revision before it, as field paths
+        (`build_id`, `resources.memory_bytes`, `restart_policy.mode`,
+        `readiness.timeout`); empty for the first revision. Environment
+        variables and secrets are not part of a revision.
+        """
+
     def __init__(
         self,
         *,
@@ -718,10 +744,14 @@ class ProgramRevision(_message.Message):
         description: _builtins.str = ...,
         kept: _builtins.bool = ...,
         current: _builtins.bool = ...,
+        readiness: Global___ReadinessCheck | None = ...,
+        restart_policy: Global___RestartPolicy | None = ...,
+        stop: Global___StopSettings | None = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "readiness", b"readiness", "resources", b"resources", "restart_policy", b"restart_policy", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "create_time", b"create_time", "create_user", b"create_user", "current", b"current", "description", b"description", "kept", b"kept", "name", b"name", "number", b"number", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "changed_fields", b"changed_fields", "create_time", b"create_time", "create_user", b"create_user", "current", b"current", "description", b"description", "kept", b"kept", "name", b"name", "number", b"number", "readiness", b"readiness", "resources", b"resources", "restart_policy", b"restart_policy", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -968,6 +998,9 @@ class DeployRequested(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    READINESS_FIELD_NUMBER: _builtins.int
+    RESTART_POLICY_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
     build_id: _builtins.str
     """The new revision's build id."""
     requested_by: _builtins.str
@@ -978,6 +1011,20 @@ class DeployRequested(_message.Message):
     def resources(self) -> Global___Resources:
         """The new revision's limits."""
 
+    @_builtins.property
+    def readiness(self) -> Global___ReadinessCheck:
+        """The new revision's readiness check, restart policy and stop settings;
+        unset: the program's stay (a deploy of new source).
+        """
+
+    @_builtins.property
+    def restart_policy(self) -> Global___RestartPolicy:
+        """See `readiness`."""
+
+    @_builtins.property
+    def stop(self) -> Global___StopSettings:
+        """See `readiness`."""
+
     def __init__(
         self,
         *,
@@ -985,10 +1032,13 @@ class DeployRequested(_message.Message):
         resources: Global___Resources | None = ...,
         requested_by: _builtins.str = ...,
         description: _builtins.str = ...,
+        readiness: Global___ReadinessCheck | None = ...,
+        restart_policy: Global___RestartPolicy | None = ...,
+        stop: Global___StopSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["readiness", b"readiness", "resources", b"resources", "restart_policy", b"restart_policy", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "description", b"description", "requested_by", b"requested_by", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "description", b"description", "readiness", b"readiness", "requested_by", b"requested_by", "resources", b"resources", "restart_policy", b"restart_policy", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1585,7 +1635,12 @@ class UpdateProgramRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """The fields to change. Required."""
+        """The fields to change: `resources`, `readiness`, `restart_policy`,
+        `stop`, or one field of them (`resources.memory_bytes`,
+        `restart_policy.mode`, `stop.grace`, `readiness.timeout`, ...); a field
+        left unset takes its default. Empty: the fields of `program` that are set
+        (AIP-134). Any other path is refused with INVALID_ARGUMENT naming it.
+        """
 
     def __init__(
         self,

@@ -214,9 +214,11 @@ class ProgramServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateProgram(self, request, context):
-        """AIP-134: changes the fields in `update_mask` (today `resources`, or one
-        of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
-        `resources.state_bytes`) as a new revision, rolled out like a deploy.
+        """AIP-134: changes the fields in `update_mask` (`resources`, `readiness`,
+        `restart_policy`, `stop`, or fields of them) as a new revision of the
+        same source, rolled out like a deploy: the program restarts on the new
+        configuration and goes back to the previous revision if it never becomes
+        READY. FAILED_PRECONDITION while another rollout is under way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

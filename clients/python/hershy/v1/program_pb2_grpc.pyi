@@ -78,9 +78,11 @@ class ProgramServiceStub:
     FAILED_PRECONDITION while another rollout is under way.
     """
     UpdateProgram: _grpc.UnaryUnaryMultiCallable[_program_pb2.UpdateProgramRequest, _program_pb2.Program]
-    """AIP-134: changes the fields in `update_mask` (today `resources`, or one
-    of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
-    `resources.state_bytes`) as a new revision, rolled out like a deploy.
+    """AIP-134: changes the fields in `update_mask` (`resources`, `readiness`,
+    `restart_policy`, `stop`, or fields of them) as a new revision of the
+    same source, rolled out like a deploy: the program restarts on the new
+    configuration and goes back to the previous revision if it never becomes
+    READY. FAILED_PRECONDITION while another rollout is under way.
     """
     ListProgramRevisions: _grpc.UnaryUnaryMultiCallable[_program_pb2.ListProgramRevisionsRequest, _program_pb2.ListProgramRevisionsResponse]
     """Lists the program's revisions, newest first."""
@@ -139,9 +141,11 @@ class ProgramServiceAsyncStub(ProgramServiceStub):
     FAILED_PRECONDITION while another rollout is under way.
     """
     UpdateProgram: _aio.UnaryUnaryMultiCallable[_program_pb2.UpdateProgramRequest, _program_pb2.Program]  # type: ignore[assignment]
-    """AIP-134: changes the fields in `update_mask` (today `resources`, or one
-    of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
-    `resources.state_bytes`) as a new revision, rolled out like a deploy.
+    """AIP-134: changes the fields in `update_mask` (`resources`, `readiness`,
+    `restart_policy`, `stop`, or fields of them) as a new revision of the
+    same source, rolled out like a deploy: the program restarts on the new
+    configuration and goes back to the previous revision if it never becomes
+    READY. FAILED_PRECONDITION while another rollout is under way.
     """
     ListProgramRevisions: _aio.UnaryUnaryMultiCallable[_program_pb2.ListProgramRevisionsRequest, _program_pb2.ListProgramRevisionsResponse]  # type: ignore[assignment]
     """Lists the program's revisions, newest first."""
@@ -275,9 +279,11 @@ class ProgramServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _program_pb2.UpdateProgramRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_program_pb2.Program, _abc.Awaitable[_program_pb2.Program]]:
-        """AIP-134: changes the fields in `update_mask` (today `resources`, or one
-        of `resources.memory_bytes`, `resources.milli_cpus`, `resources.pids`,
-        `resources.state_bytes`) as a new revision, rolled out like a deploy.
+        """AIP-134: changes the fields in `update_mask` (`resources`, `readiness`,
+        `restart_policy`, `stop`, or fields of them) as a new revision of the
+        same source, rolled out like a deploy: the program restarts on the new
+        configuration and goes back to the previous revision if it never becomes
+        READY. FAILED_PRECONDITION while another rollout is under way.
         """
 
     @_abc_1.abstractmethod
