@@ -47,6 +47,8 @@ from hershy.adapters.docker.compose import (
 from hershy.adapters.docker.engine import DEFAULT_SOCKET, Engine, EngineError
 from hershy.adapters.docker.fingerprint import RuntimeUnavailable as RuntimeUnavailable
 from hershy.adapters.docker.fingerprint import describe_runtime as describe_runtime
+from hershy.adapters.docker.image_names import image_tag as image_tag  # re-exported
+from hershy.adapters.docker.image_names import parse_tag, program_images, tags_of
 from hershy.adapters.docker.logs import ContainerOutput
 from hershy.adapters.docker.port_pool import (
     LOOPBACK,
@@ -124,10 +126,6 @@ class DockerSettings:
         if self.allow_insecure_runtime:
             return frozenset({SECURE_RUNTIME, "runc"})
         return frozenset({SECURE_RUNTIME})
-
-
-def image_tag(program_id: str, build_id: str) -> str:
-    return f"hershy/{program_id}:{build_id}"
 
 
 def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +336,8 @@ class DockerEffectHandler:
         raise AssertionError("unreachable")
 
     async def _build(self, program_id: str, effect: fx.Build, outbox: Outbox) -> None:
-        await self.builder.build(program_id, effect, outbox, image_tag(program_id, effect.build_id))
+        tag = image_tag(self.settings.host_id, effect.user_id, program_id, effect.build_id)
+        await self.builder.build(program_id, effect, outbox, tag)
 
     async def resolve_base_images(self, names: Sequence[str]) -> dict[str, str]:
         """The base-image allowlist resolved to image ids (the `BaseImageResolver` port)."""
@@ -577,26 +576,38 @@ class DockerEffectHandler:
         """Remove the program's images and sources of builds not in `keep` (older revisions).
 
         Each image is tagged by its build (`image_tag`), so the running revision's
-        image and a candidate's live side by side until a rollout ends.
+        image and a candidate's live side by side until a rollout ends. Only the
+        program's own tags go (`image_names`: an image may have others).
         """
-        images = await self._call(
-            self._docker.api.images, filters={"label": [f"{LABEL_PROGRAM}={program_id}"]}
-        )
-        kept = {image_tag(program_id, build_id) for build_id in keep}
-        for image in images:
-            if not kept.intersection(image.get("RepoTags") or []):
-                with contextlib.suppress(ImageNotFound, NotFound, APIError):
-                    await self._call(self._docker.images.remove, image["Id"], force=True)
+        for tag in await self._program_tags(program_id):
+            parsed = parse_tag(self.settings.host_id, tag)
+            if parsed is not None and parsed[1] not in keep:
+                await self._untag(tag)
         await self._files.prune_builds(program_id, keep)
+
+    async def _program_tags(self, program_id: str) -> list[str]:
+        host_id = self.settings.host_id
+        images = await self._call(
+            self._docker.api.images, filters=program_images(host_id, program_id)
+        )
+        return [
+            tag
+            for image in images
+            for tag in tags_of(host_id, image)
+            if (parsed := parse_tag(host_id, tag)) is not None and parsed[0] == program_id
+        ]
+
+    async def _untag(self, tag: str) -> None:
+        """Remove one tag: the image goes with its last tag (never another's, nor a base)."""
+        with contextlib.suppress(ImageNotFound, NotFound, APIError):  # APIError: 409, in use
+            await self._call(self._docker.api.remove_image, tag, force=True, noprune=False)
 
     async def _teardown(self, program_id: str) -> None:
         await self._stop_containers(program_id, run=2**62, container_id=None)
-        images = await self._call(
-            self._docker.api.images, filters={"label": [f"{LABEL_PROGRAM}={program_id}"]}
-        )
-        for image in images:
-            with contextlib.suppress(ImageNotFound):
-                await self._call(self._docker.images.remove, image["Id"], force=True)
+        for tag in await self._program_tags(program_id):
+            await self._untag(tag)
+        # An image of a build with label steps cut off by a Host killed mid-way.
+        await self._call(self.builder.remove_cut_off_images, program_id, "")
         # Unmounted before the folder goes: removing it must not reach into the volume.
         await self._volumes.remove(program_id)
         await self._files.remove(program_id)
