@@ -59,3 +59,4 @@ echo "==> benchmark smoke run (figures in the output)"
 python3 benchmarks/core_bench.py --quick
 python3 benchmarks/host_bench.py --smoke
 python3 benchmarks/label_bench.py --smoke
+python3 -m benchmarks.start_bench --smoke

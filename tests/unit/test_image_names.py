@@ -81,7 +81,7 @@ def test_only_this_hosts_tags_of_an_image_are_its() -> None:
         ("FROM scratch\n", False),
         ("FROM scratch AS a\nCOPY x /x\nFROM a\n", False),
         ("ARG A=1\nFROM scratch\n", False),
-        ("FROM scratch\nCMD [\"/x\"]\n", True),
+        ('FROM scratch\nCMD ["/x"]\n', True),
         ("FROM scratch\n# a comment\nARG B\n", True),
     ],
 )

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
+from hershy.adapters import machine
 from hershy.adapters.docker.compose import (
     LABEL_MANAGED,
     LABEL_PROGRAM,
@@ -94,8 +95,8 @@ class BuildLimits:
     max_image_bytes: int = limits.BUILD_MAX_IMAGE_BYTES
     #: No new build (and a running one is cancelled) while Docker's disk has less free.
     min_free_disk_bytes: int = limits.BUILD_MIN_FREE_DISK_BYTES
-    #: Builds at once on the Host, and per user.
-    max_concurrent: int = limits.BUILDS_AT_ONCE
+    #: Builds at once on the Host (fitted to the machine), and per user.
+    max_concurrent: int = limits.machine_builds_at_once(machine.CORES, machine.MEMORY_BYTES)
     max_per_user: int = limits.BUILDS_AT_ONCE_PER_USER
     #: How often a running build's writes and the free disk are looked at.
     watch_interval: float = 0.5

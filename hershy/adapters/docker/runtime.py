@@ -32,6 +32,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig
 
+from hershy.adapters import machine
 from hershy.adapters.docker.build import BuildLimits, DockerBuilder
 from hershy.adapters.docker.build import build_context as build_context  # re-exported
 from hershy.adapters.docker.compose import (
@@ -65,6 +66,7 @@ from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
 from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, ProberSettings, probe_once
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
+from hershy.domain import limits
 from hershy.domain.config import SECRETS_DIR
 from hershy.domain.health import StartJudge, StartVerdict
 from hershy.domain.model import LogLine, LogStream, Resources
@@ -118,6 +120,10 @@ class DockerSettings:
     #: The base-image allowlist (`--base-image`): the only images a FROM may name.
     base_images: tuple[str, ...] = ("hershy-busybox:latest",)
     build_limits: BuildLimits = field(default_factory=BuildLimits)
+    #: Program containers created and started at once (fitted to the machine's cores).
+    starts_at_once: int = field(
+        default_factory=lambda: limits.machine_starts_at_once(machine.CORES)
+    )
     #: Where programs' secrets are mounted (a tmpfs each), outside the data dir.
     secrets_root: Path = SECRETS_ROOT
 
@@ -199,6 +205,9 @@ class DockerEffectHandler:
             settings.secrets_root / (settings.host_id or "default")
         )
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
+        #: Containers being created and started at once (each boots a sandbox); the wait
+        #: for a program to answer holds none.
+        self._starting = asyncio.Semaphore(settings.starts_at_once)
         self._engine = Engine(settings.socket)
         self._client: docker.DockerClient | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -355,35 +364,37 @@ class DockerEffectHandler:
         secrets_dir = await self._secret_files.attach(program_id, values, owner)
         container: Any = None
         try:
-            for attempt in range(1, PORT_ATTEMPTS + 1):
-                container, spec = await self._create_on_a_free_port(
-                    program_id, effect, state_dir, secrets_dir
-                )
-                port = self._published[container.id].port
-                outbox.emit(
-                    ev.ContainerCreated(
-                        outbox.now(), effect.run, container.id, loopback_address(port)
+            # A slot while its sandbox is made and booted (CPU-bound); not while it initialises.
+            async with self._starting:
+                for attempt in range(1, PORT_ATTEMPTS + 1):
+                    container, spec = await self._create_on_a_free_port(
+                        program_id, effect, state_dir, secrets_dir
                     )
-                )
-                check_created(container.attrs, spec)
-                try:
-                    await self._call(container.start)
-                    break
-                except APIError as error:
-                    if not port_taken(error):
-                        raise
-                    if attempt == PORT_ATTEMPTS:
-                        raise PortsTaken(
-                            f"Docker found {attempt} WatcherAPI ports in a row taken by "
-                            f"others; the last: {error.explanation or error}"
-                        ) from None
-                # Not the program's failure: someone bound the port after the pool's check.
-                note = f"port {port} was taken; trying another"
-                self._logs.write(
-                    program_id, LogLine(outbox.now(), LogStream.HOST, effect.run, note)
-                )
-                await self._remove(container.id)
-                container = None
+                    port = self._published[container.id].port
+                    outbox.emit(
+                        ev.ContainerCreated(
+                            outbox.now(), effect.run, container.id, loopback_address(port)
+                        )
+                    )
+                    check_created(container.attrs, spec)
+                    try:
+                        await self._call(container.start)
+                        break
+                    except APIError as error:
+                        if not port_taken(error):
+                            raise
+                        if attempt == PORT_ATTEMPTS:
+                            raise PortsTaken(
+                                f"Docker found {attempt} WatcherAPI ports in a row taken by "
+                                f"others; the last: {error.explanation or error}"
+                            ) from None
+                    # Not the program's failure: someone bound the port after the pool's check.
+                    note = f"port {port} was taken; trying another"
+                    self._logs.write(
+                        program_id, LogLine(outbox.now(), LogStream.HOST, effect.run, note)
+                    )
+                    await self._remove(container.id)
+                    container = None
             self.output.follow(program_id, effect.run, container.id)
             last = await self._until_ready(loopback_address(port), effect, outbox)
         except asyncio.CancelledError:
