@@ -385,7 +385,7 @@ class DockerBuilder:
         if effect.user_id:
             self._under_way[key] = done
         try:
-            image_id = await self._build_queued(program_id, effect, outbox, tag, plan, note)
+            image_id = await self._build_queued(program_id, effect, outbox, tag, source, plan, note)
             done.set_result(image_id)
         finally:
             if not done.done():
@@ -399,6 +399,7 @@ class DockerBuilder:
         effect: fx.Build,
         outbox: Outbox,
         tag: str,
+        source: ProgramSource,
         plan: BuildPlan,
         note: Callable[[str], None],
     ) -> str:
@@ -417,7 +418,7 @@ class DockerBuilder:
             if waited:
                 outbox.emit(ev.BuildQueued(outbox.now(), effect.run, 0))
             self._check_disk()
-            return await self._build(program_id, effect, outbox, tag, plan, note)
+            return await self._build(program_id, effect, outbox, tag, source, plan, note)
 
     async def _check_policy(self, dockerfile: bytes) -> BuildPlan:
         try:
@@ -469,10 +470,10 @@ class DockerBuilder:
         effect: fx.Build,
         outbox: Outbox,
         tag: str,
+        source: ProgramSource,
         plan: BuildPlan,
         note: Callable[[str], None],
     ) -> str:
-        source = await self._files.load_build(program_id, effect.build_id)
         limits = self.limits
         params = {
             "t": tag,
@@ -492,6 +493,8 @@ class DockerBuilder:
         if not plan.final_stage_has_steps:
             labels = image_labels(self._host_id, program_id, effect.user_id)
             params["labels"] = json.dumps(labels)
+        # Off the event loop: tens of MiB to pack, while other programs' work goes on.
+        context = await self._call(build_context, source)
         cgroup_name = f"{program_id}-r{effect.run}"
         parent = await self._call(self.cgroups.create, cgroup_name)
         if parent is not None:
@@ -508,9 +511,7 @@ class DockerBuilder:
         try:
             try:
                 async with asyncio.timeout(self._timeout), asyncio.TaskGroup() as tasks:
-                    stream = tasks.create_task(
-                        self._stream(build_context(source), params, progress, tail, note)
-                    )
+                    stream = tasks.create_task(self._stream(context, params, progress, tail, note))
                     watcher = tasks.create_task(self._watch(progress))
                     await stream
                     watcher.cancel()
