@@ -1,7 +1,7 @@
-"""Helpers shared by the whole-path benchmarks: ports, the WatcherAPI stub, a `hershy serve`.
+"""What the whole-path benchmarks share: ports, the stub, a `hershy serve` process, figures.
 
-`HostProcess` runs the Host as a user would: a process of its own, listening on
-loopback, with its own data dir; `RestClient` makes the REST calls a user makes.
+Run the benchmarks from the repository's root as modules (`python3 -m
+benchmarks.start_bench`), so that this module is found as `benchmarks._common`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -21,8 +22,10 @@ from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 STUB_DIR = REPO / "tests" / "fixtures" / "watcher-stub"
+#: How long a `hershy serve` may take to answer `/readyz`.
+READY_SECONDS = 120.0
 #: The stub alone, as a program: it serves the WatcherAPI on the port the Host gives it.
 STUB_DOCKERFILE = 'FROM scratch\nCOPY watcher-stub /watcher-stub\nCMD ["/watcher-stub"]\n'
 #: How long a program may take to become READY (a loaded machine, a cold build).
@@ -30,6 +33,7 @@ READY_TIMEOUT = 300.0
 
 
 def free_port() -> int:
+    """A loopback port free right now (the kernel's pick)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -51,6 +55,11 @@ def build_stub(workdir: Path) -> bytes:
     return output.read_bytes()
 
 
+def load_average() -> str:
+    """The machine's load (1, 5, 15 minutes), to print next to every figure."""
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time the processes spent so far (Linux, /proc)."""
     total = 0.0
@@ -61,15 +70,28 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 class HostProcess:
-    """`hershy serve` on loopback with its own data dir and tokens on; stopped at the end.
+    """`hershy serve` on loopback with its own data dir, as a user runs it; stopped at the end.
 
     The code of this checkout (not whatever `hershy` is installed) runs: the
-    process is this interpreter with the repository first on its path.
+    process is this interpreter with the repository first on its path. With
+    `tokens`, the Host checks tokens as in production and `headers` are the
+    admin's; without, it runs with `--no-auth`.
     """
 
-    def __init__(self, data_dir: Path, log: Path, runtime: str = "runsc") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log: Path,
+        extra: list[str] | None = None,
+        *,
+        runtime: str = "runsc",
+        tokens: bool = False,
+    ) -> None:
         self.http = f"127.0.0.1:{free_port()}"
-        self._token_file = data_dir.parent / f"{data_dir.name}-admin-token"
+        self.grpc = f"127.0.0.1:{free_port()}"
+        self.data_dir = data_dir
+        self._token_file = data_dir.parent / f"{data_dir.name}-admin-token" if tokens else None
+        auth = ["--admin-token-file", str(self._token_file)] if self._token_file else ["--no-auth"]
         command = [
             sys.executable,
             "-c",
@@ -77,14 +99,14 @@ class HostProcess:
             "serve",
             "--runtime",
             runtime,
+            *auth,
             "--data-dir",
             str(data_dir),
             "--grpc-addr",
-            f"127.0.0.1:{free_port()}",
+            self.grpc,
             "--http-addr",
             self.http,
-            "--admin-token-file",
-            str(self._token_file),
+            *(extra or []),
         ]
         path = os.pathsep.join([str(REPO), str(REPO / "clients" / "python")])
         env = {**os.environ, "PYTHONPATH": path + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -96,19 +118,24 @@ class HostProcess:
 
     @property
     def headers(self) -> dict[str, str]:
-        """The admin's: the Host runs with tokens on, as in production."""
-        return {"Authorization": f"Bearer {self.token}"}
+        """The admin's (none when the Host runs without tokens)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    async def ready(self, http: aiohttp.ClientSession, seconds: float = 120) -> None:
+    async def ready(self, http: aiohttp.ClientSession, seconds: float = READY_SECONDS) -> None:
+        """Once `/readyz` answers 200 (and the admin token is written); raises if the Host
+        exits or is not ready within `seconds`."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"hershy serve exited with {self.process.returncode}")
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get(f"http://{self.http}/readyz") as answer:
-                    if answer.status == 200 and self._token_file.exists():
-                        self.token = self._token_file.read_text().strip()
-                        return
+                    if answer.status == 200:
+                        if self._token_file is None:
+                            return
+                        if self._token_file.exists():
+                            self.token = self._token_file.read_text().strip()
+                            return
             await asyncio.sleep(0.05)
         raise TimeoutError("the Host was not ready in time")
 
@@ -120,7 +147,21 @@ class HostProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        self._token_file.unlink(missing_ok=True)
+        if self._token_file is not None:
+            self._token_file.unlink(missing_ok=True)
+
+
+def ratio_line(name: str, ours: list[float], floor: list[float], target: float, peer: str) -> bool:
+    """Print the medians of both sides and their ratio against the target; True when met."""
+    mine, theirs = statistics.median(ours), statistics.median(floor)
+    ratio = mine / theirs
+    met = ratio <= target
+    print(
+        f"  {name:<36} Hershy {mine * 1000:7.0f} ms   {peer} {theirs * 1000:7.0f} ms   "
+        f"{ratio:5.2f}x (target <= {target:.2f}x: {'ok' if met else 'MISS'})",
+        flush=True,
+    )
+    return met
 
 
 class RestClient:

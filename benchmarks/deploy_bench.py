@@ -1,14 +1,17 @@
 """The switch gap of a deploy in place: how long a redeploy keeps a program away from READY.
 
-    python benchmarks/deploy_bench.py            # 5 timed redeploys (the median of 5)
-    python benchmarks/deploy_bench.py --runs 9
-    python benchmarks/deploy_bench.py --quick    # smoke run: 2 redeploys
+    python3 -m benchmarks.deploy_bench            # 5 timed redeploys (the median of 5)
+    python3 -m benchmarks.deploy_bench --runs 9
+    python3 -m benchmarks.deploy_bench --quick    # smoke run: 2 redeploys
 
-Needs the real Docker daemon with runsc (scripts/setup-host.sh), Go and root,
-like runtime_bench.py; nothing is pulled. An in-process Host on runsc runs one
-program of the WatcherAPI stub (tests/fixtures/watcher-stub); each timed run
-deploys a new revision of the same size (the same binary, one ENV line that
-differs, so it really builds) and waits until the rollout SUCCEEDED.
+Needs the real Docker daemon with runsc (scripts/setup-host.sh), Go and root;
+nothing is pulled. Cold deploys, starts and N concurrent deploys through the
+REST API next to `docker build`/`docker run`: `benchmarks/start_bench.py`.
+
+An in-process Host on runsc runs one program of the WatcherAPI stub
+(tests/fixtures/watcher-stub); each timed run deploys a new revision of the
+same size (the same binary, one ENV line that differs, so it really builds)
+and waits until the rollout SUCCEEDED.
 
 The build runs while the current revision serves (READY): it is not in the
 gap. From the events the Host committed (their own times):
@@ -30,15 +33,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks._common import STUB_DIR, build_stub
 from hershy.adapters.docker.runtime import DockerSettings
 from hershy.bootstrap import HostConfig, Runtime, running_host
 from hershy.domain import events as ev
@@ -46,26 +48,9 @@ from hershy.domain.model import RolloutPhase, State
 from hershy.service.registry import Registry
 from hershy.service.watch import Change
 
-REPO = Path(__file__).resolve().parents[1]
-STUB_DIR = REPO / "tests" / "fixtures" / "watcher-stub"
 #: Beyond the new container's own start, a switch should cost well under this.
 TARGET_BEYOND_START = 1.0
 READY_TIMEOUT = 120.0
-
-
-def build_stub(workdir: Path) -> bytes:
-    """The WatcherAPI stub as a static binary (as runtime_bench.py builds it)."""
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not os.access(go, os.X_OK):
-        sys.exit("no Go toolchain: install Go or put it on PATH (/usr/local/go/bin/go)")
-    output = workdir / "watcher-stub"
-    subprocess.run(
-        [go, "build", "-ldflags=-s -w", "-o", str(output), "."],
-        cwd=STUB_DIR,
-        env={**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"},
-        check=True,
-    )
-    return output.read_bytes()
 
 
 @dataclass(frozen=True)

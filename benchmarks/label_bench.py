@@ -5,8 +5,10 @@ Docker's legacy builder turns every label of the build API's `labels` into a
 differ per program, so no build reuses those steps. This builds the same
 context (a Hershy program's: `build_context`, all layers cached) interleaved,
 round by round, with: no labels (the floor: `docker build` of the user's
-Dockerfile), the labels a Hershy build gives (`image_labels`), and the four the
-builds gave before; medians and ratios to the floor.
+Dockerfile, and what a Hershy build gives now: `image_names`), the three a
+Hershy build gives only a Dockerfile whose last stage is only FROM
+(`image_labels`, as every build did before), and the four builds gave before
+that; medians and ratios to the floor.
 
     python3 benchmarks/label_bench.py            # 7 rounds
     python3 benchmarks/label_bench.py --smoke    # 1 round
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     kinds = {
         "no labels (floor)": lambda: {},
-        f"Hershy's ({len(hershy_now())} labels)": hershy_now,
+        f"FROM-only builds' ({len(hershy_now())} labels)": hershy_now,
         f"before ({len(hershy_before())} labels, with {LABEL_BUILD})": hershy_before,
     }
     times: dict[str, list[float]] = {name: [] for name in kinds}

@@ -190,7 +190,7 @@ async def measure(
     rounds: int, seconds: float, scratch: Path, profile_hershy: float
 ) -> dict[tuple[str, str], Samples]:
     binary = await asyncio.to_thread(build_stub, scratch)
-    host = HostProcess(scratch / "data", scratch / "host.log")
+    host = HostProcess(scratch / "data", scratch / "host.log", tokens=True)
     nginx: Nginx | None = None
     raw: subprocess.Popen[bytes] | None = None
     async with aiohttp.ClientSession(

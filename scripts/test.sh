@@ -60,3 +60,4 @@ python3 benchmarks/core_bench.py --quick
 python3 benchmarks/host_bench.py --smoke
 python3 benchmarks/label_bench.py --smoke
 python3 benchmarks/proxy_bench.py --smoke
+python3 -m benchmarks.start_bench --smoke

@@ -83,6 +83,9 @@ class BuildPlan:
     """What an accepted Dockerfile uses: the allowlisted base images it starts from."""
 
     base_images: frozenset[str]
+    #: Whether the last stage has an instruction after its FROM: without one Docker's
+    #: legacy builder makes no image of its own ("No image was generated").
+    final_stage_has_steps: bool = True
 
 
 class _Unresolvable(Exception):
@@ -177,6 +180,7 @@ class _Walker:
         self.stages: list[_Stage] = []
         self.stage_names: dict[str, int] = {}
         self.base_images: set[str] = set()
+        self.steps_in_stage = 0
 
     def walk(self, entries: list[dict[str, object]], lines: list[str]) -> BuildPlan:
         for entry in entries:
@@ -193,9 +197,10 @@ class _Walker:
             handle = getattr(self, f"_on_{instruction.lower()}", None)
             if handle is not None:
                 handle(number, text, value)
+            self.steps_in_stage = 0 if instruction == "FROM" else self.steps_in_stage + 1
         if self.stage is None:
             raise refusal(1, lines[0] if lines else "", "the Dockerfile has no FROM")
-        return BuildPlan(frozenset(self.base_images))
+        return BuildPlan(frozenset(self.base_images), self.steps_in_stage > 0)
 
     # --- the instructions that matter -----------------------------------------------
 

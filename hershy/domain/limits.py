@@ -70,9 +70,24 @@ BUILD_TOTAL_PIDS_FACTOR = 4
 BUILD_MAX_IMAGE_BYTES = 1 * GiB
 #: No build starts (and a running one is cancelled) while Docker's disk has less free.
 BUILD_MIN_FREE_DISK_BYTES = 2 * GiB
-#: Builds at once on the Host, and per user.
+#: Builds at once on the Host (`machine_builds_at_once` of a 2-core machine), and per user.
 BUILDS_AT_ONCE = 2
 BUILDS_AT_ONCE_PER_USER = 1
+#: Program containers being created and started at once, per core (each start boots a
+#: gVisor sandbox, CPU-bound; waiting for a program to answer holds no slot).
+STARTS_AT_ONCE_PER_CORE = 8
+
+
+def machine_builds_at_once(cores: int, memory_bytes: int) -> int:
+    """The Host's default builds at once: one per core (a build's steps are CPU-bound),
+    and no more than a quarter of the machine's memory holds at BUILD_MEMORY_BYTES each."""
+    return max(1, min(cores, memory_bytes // (4 * BUILD_MEMORY_BYTES)))
+
+
+def machine_starts_at_once(cores: int) -> int:
+    """The Host's bound on program starts at once (`STARTS_AT_ONCE_PER_CORE` per core)."""
+    return max(1, cores) * STARTS_AT_ONCE_PER_CORE
+
 
 # --- fairness -----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from hershy.adapters import machine
 from hershy.domain import limits
 from hershy.domain.model import BackoffPolicy
 from hershy.entrypoints import cli_commands
@@ -162,10 +163,14 @@ def _host_options(*, doctor: bool) -> Callable[[Command], Command]:
 @click.option(
     "--builds",
     type=(click.IntRange(min=1), click.IntRange(min=1)),
-    default=(limits.BUILDS_AT_ONCE, limits.BUILDS_AT_ONCE_PER_USER),
+    default=(
+        limits.machine_builds_at_once(machine.CORES, machine.MEMORY_BYTES),
+        limits.BUILDS_AT_ONCE_PER_USER,
+    ),
     show_default=True,
     metavar="HOST USER",
-    help="Builds at once: on the Host, and per user (the rest wait in a fair queue).",
+    help="Builds at once: on the Host (default: one per core, at most one per 4 GiB of "
+    "memory), and per user (the rest wait in a fair queue).",
 )
 @click.option(
     "--backoff",

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -30,6 +32,7 @@ import pytest
 from docker.errors import DockerException
 
 from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM
+from hershy.adapters.docker.image_names import host_images, host_part, parse_tag
 from hershy.adapters.docker.port_pool import PortPool
 from hershy.adapters.docker.runtime import DockerSettings
 from hershy.adapters.watcher_probe import ProberSettings
@@ -140,6 +143,35 @@ def images_of(client: docker.DockerClient, program_id: str) -> list[Any]:
     labelled: list[Any] = client.images.list(filters={"label": [f"{LABEL_PROGRAM}={program_id}"]})
     tagged: list[Any] = client.images.list(name=f"hershy/{program_id}")
     return list({image.id: image for image in [*labelled, *tagged]}.values())
+
+
+def images_of_host(client: docker.DockerClient, host_id: str) -> dict[str, list[Any]]:
+    """The images a Host built, by the program each is of: tagged for the program
+    (`image_names`), or labelled as its (a Dockerfile of only FROM)."""
+    by_program: dict[str, dict[str, Any]] = {}
+    for image in client.images.list(filters=host_images(host_id)):
+        for tag in image.tags:
+            parsed = parse_tag(host_id, tag)
+            if parsed is not None:
+                by_program.setdefault(parsed[0], {})[image.id] = image
+    for image in client.images.list(filters={"label": [f"{LABEL_MANAGED}={host_id}"]}):
+        by_program.setdefault(image.labels.get(LABEL_PROGRAM, ""), {})[image.id] = image
+    return {program: list(images.values()) for program, images in by_program.items()}
+
+
+def image_owner(image: Any) -> str:
+    """The Host an image says it is of: its tag's host part, or its managed label."""
+    for tag in image.tags:
+        if found := re.fullmatch(r"hershy/[^:]+:[^.]+\.([a-z0-9]+)\.[a-z0-9_-]*", tag):
+            return found.group(1)
+    return str((image.labels or {}).get(LABEL_MANAGED, ""))
+
+
+def image_owner_of(host: Host) -> str:
+    """The host part of the Host's image tags (`image_names`): its id, from its store."""
+    with contextlib.closing(sqlite3.connect(host.data_dir / "hershy.db")) as db:
+        (host_id,) = db.execute("SELECT value FROM meta WHERE key = 'host_id'").fetchone()
+    return host_part(str(host_id))
 
 
 def leftovers(client: docker.DockerClient, program_id: str) -> list[str]:

@@ -36,7 +36,7 @@ import pytest
 
 from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM
 from hershy.v1 import program_pb2 as pb
-from tests.integration.conftest import eventually, force_clean
+from tests.integration.conftest import eventually, force_clean, images_of_host
 from tests.integration.test_faults import (
     HostProcess,
     create_ticker,
@@ -242,9 +242,10 @@ def check_docker(client: docker.DockerClient, host_id: str, listed: dict[str, pb
             assert containers == [], f"{program.id} is {pb.State.Name(program.state)} with " + str(
                 [(c.short_id, c.status) for c in containers]
             )
-    images: dict[str, list[str]] = defaultdict(list)
-    for image in client.images.list(filters=managed):
-        images[image.labels.get(LABEL_PROGRAM, "")].append(image.short_id)
+    images = {
+        pid: [image.short_id for image in found]
+        for pid, found in images_of_host(client, host_id).items()
+    }
     orphan_images = {pid: found for pid, found in images.items() if pid not in ids}
     assert not orphan_images, f"images no program owns: {orphan_images}"
     duplicates = {pid: found for pid, found in images.items() if len(found) > 1}
@@ -401,7 +402,7 @@ async def test_chaos_kill_9_at_random_loses_nothing(
         if host_id is not None:
             managed = {"label": [f"{LABEL_MANAGED}={host_id}"]}
             assert docker_client.containers.list(all=True, filters=managed) == []
-            assert docker_client.images.list(filters=managed) == []
+            assert images_of_host(docker_client, host_id) == {}
     print(
         f"chaos: {KILLS} kills, {workload.acknowledged} acknowledged requests, "
         f"{time.monotonic() - started:.0f} s"

@@ -32,9 +32,10 @@ from hershy.adapters.docker.compose import (
     WATCHER_PORT,
     contract_violations,
 )
+from hershy.adapters.docker.image_names import host_part
 from hershy.adapters.docker.runtime import SPEC_FILE, DockerSettings
 from hershy.domain.model import Program, Resources
-from tests.integration.conftest import Host, images_of, open_host, tcp_connects
+from tests.integration.conftest import Host, image_owner, images_of, open_host, tcp_connects
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
 
@@ -180,7 +181,7 @@ async def test_inspect_labels_name_the_program_and_the_run(running: Running) -> 
     # Managed by this Host: the image it built carries the same owner.
     (image,) = images_of(running.host.docker, running.program.id)
     assert labels[LABEL_MANAGED]
-    assert labels[LABEL_MANAGED] == image.labels[LABEL_MANAGED]
+    assert host_part(labels[LABEL_MANAGED]) == image_owner(image)
     assert labels[LABEL_PROGRAM] == running.program.id
     assert labels[LABEL_RUN] == str(running.program.run)
     assert labels[LABEL_BUILD] == running.program.build_id

@@ -18,6 +18,7 @@ from typing import Any
 import docker
 import pytest
 
+from hershy.adapters.docker.image_names import image_tag
 from hershy.domain.model import (
     Program,
     RestartMode,
@@ -28,7 +29,15 @@ from hershy.domain.model import (
     StopSettings,
 )
 from hershy.domain.revisions import Configuration
-from tests.integration.conftest import BASE_IMAGE, USER, Host, eventually, images_of, open_host
+from tests.integration.conftest import (
+    BASE_IMAGE,
+    USER,
+    Host,
+    eventually,
+    image_owner_of,
+    images_of,
+    open_host,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -185,7 +194,7 @@ async def test_deploys_in_place_revert_by_themselves_and_roll_back(host: Host) -
     # Images: one per kept build that was built (v3 never was), tagged by build.
     tags = sorted(tag for image in images_of(host.docker, v1.id) for tag in image.tags)
     built = {v1.build_id, v2.build_id, v4.rollout.target.build_id}
-    assert tags == sorted(f"hershy/{v1.id}:{build}" for build in built)
+    assert tags == sorted(image_tag(image_owner_of(host), v1.user_id, v1.id, b) for b in built)
 
 
 def program_container(host: Host, program_id: str) -> Any:

@@ -23,7 +23,8 @@ import pytest
 
 from hershy.adapters.docker.build import BuildLimits
 from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_USER
-from hershy.adapters.docker.runtime import DockerSettings, image_tag
+from hershy.adapters.docker.image_names import image_tag, user_images
+from hershy.adapters.docker.runtime import DockerSettings
 from hershy.bootstrap import HostConfig, Runtime, running_host
 from hershy.domain.errors import InvalidArgument, NotFound
 from hershy.domain.model import LogStream, Program, State
@@ -98,13 +99,11 @@ class SecureHost:
         return [line.text async for line in self.registry.logs(program_id, None, wanted, False)]
 
     def tag_of(self, program: Program) -> str:
-        return image_tag(program.id, program.build_id)
+        return image_tag(self.host_id, program.user_id, program.id, program.build_id)
 
     def images_of_user(self, user: str) -> list[Any]:
         """The images this Host built for `user` (other Hosts may share the daemon)."""
-        labels = [f"{LABEL_USER}={user}", f"{LABEL_MANAGED}={self.host_id}"]
-        found: list[Any] = self.docker.images.list(filters={"label": labels})
-        return found
+        return images_of_user(self.docker, self.host_id, user)
 
     async def refused(self, user: str, dockerfile: str, files: Mapping[str, bytes] = {}) -> str:
         """Create must refuse the Dockerfile; its message (INVALID_ARGUMENT on `dockerfile`)."""
@@ -162,14 +161,24 @@ async def open_secure_host(
             if found:
                 force_clean(client, program_id)
         for user in (VICTIM, ATTACKER) if host_id else ():
-            labels = [f"{LABEL_USER}={user}", f"{LABEL_MANAGED}={host_id}"]
-            for image in client.images.list(filters={"label": labels}):
+            for image in images_of_user(client, host_id, user):
                 left.setdefault(f"user {user}", []).append(f"image {image.short_id}")
-                with contextlib.suppress(docker.errors.DockerException):
-                    client.images.remove(image.id, force=True)
+                # By tag, this Host's only: an image may also be another's (a base image).
+                for name in [t for t in image.tags if t.startswith("hershy/")] or [image.id]:
+                    with contextlib.suppress(docker.errors.DockerException):
+                        client.images.remove(name, force=True)
         left = {key: found for key, found in left.items() if found}
         if left:
             pytest.fail(f"left behind in Docker after the programs were deleted: {left}")
+
+
+def images_of_user(client: docker.DockerClient, host_id: str, user: str) -> list[Any]:
+    """The images a Host built for `user`: tagged under the user (`image_names`), or
+    labelled as the user's (a Dockerfile of only FROM)."""
+    labels = [f"{LABEL_USER}={user}", f"{LABEL_MANAGED}={host_id}"]
+    tagged: list[Any] = client.images.list(filters=user_images(host_id, user))
+    labelled: list[Any] = client.images.list(filters={"label": labels})
+    return list({image.id: image for image in [*tagged, *labelled]}.values())
 
 
 @pytest.fixture

@@ -260,6 +260,35 @@ async def test_no_cache_is_shared_between_tenants_but_a_users_own_is_reused(
     assert sum("Using cache" in line for line in again_log) >= 2, again_log
 
 
+async def test_a_users_programs_of_the_same_inputs_built_at_once_share_one_build_only(
+    secure_host: SecureHost,
+) -> None:
+    head = f"FROM {BASE_IMAGE}\nRUN echo {secrets.token_hex(8)} > /nonce\n"
+    programs = [await secure_host.stub_program(VICTIM, head) for _ in range(3)]
+    other = await secure_host.stub_program(ATTACKER, head)
+    built = await asyncio.gather(*(secure_host.built(p) for p in [*programs, other]))
+    assert all(program.image_id for program in built), [p.error for p in built]
+    mine, theirs = built[:3], built[3]
+    # One build for the user's three programs (they waited for it, then tagged its image)...
+    assert len({program.image_id for program in mine}) == 1
+    logs = [await secure_host.log(program.id, LogStream.BUILD) for program in mine]
+    assert sum(any(line.startswith("built ") for line in log) for log in logs) == 1, logs
+    assert sum(any("another of your programs" in line for line in log) for log in logs) == 2
+    # ... each under its own tag; the other tenant's is its own build, its own image.
+    for program in mine:
+        assert secure_host.docker.images.get(secure_host.tag_of(program)).id == mine[0].image_id
+    assert theirs.image_id != mine[0].image_id
+    other_log = await secure_host.log(theirs.id, LogStream.BUILD)
+    assert not any("Using cache" in line or "reusing" in line for line in other_log), other_log
+    # Deleting one takes only its own tag: the others keep the image.
+    await secure_host.registry.delete(mine[0].id)
+    await secure_host.registry.wait(mine[0].id, State.DELETED, 60)
+    for program in mine[1:]:
+        assert secure_host.docker.images.get(secure_host.tag_of(program)).id == mine[0].image_id
+    with pytest.raises(ImageNotFound):
+        secure_host.docker.images.get(secure_host.tag_of(mine[0]))
+
+
 async def build_over(host: SecureHost, program: Program) -> Program:
     """The program once its build is over (an image, or ERROR); it was started already."""
     found: Program = await eventually(
@@ -324,7 +353,32 @@ async def test_a_flood_of_builds_does_not_starve_another_tenant(
 
 
 async def test_builds_of_users_carry_the_user_label(secure_host: SecureHost) -> None:
+    # The user and the Host are in the image's tag, not in labels (each label would be a
+    # build step of its own: `image_names`); the user's images are found by it, and only
+    # theirs (the only cache their builds may use).
     program = await secure_host.built(await secure_host.stub_program(VICTIM, "FROM scratch\n"))
+    image = secure_host.docker.images.get(secure_host.tag_of(program))
+    assert image.tags == [f"hershy/{program.id}:{program.build_id}.{secure_host.host_id}.{VICTIM}"]
+    assert [found.id for found in secure_host.images_of_user(VICTIM)] == [image.id]
+    assert secure_host.images_of_user(ATTACKER) == []
+    assert not any(label.startswith("dev.hershy.") for label in image.labels or {})
+
+
+async def test_a_dockerfile_of_only_from_gets_an_image_of_its_own_carrying_the_user_label(
+    secure_host: SecureHost,
+) -> None:
+    base = secure_host.docker.images.get(BASE_IMAGE)
+    program = await secure_host.built(await secure_host.create(VICTIM, f"FROM {BASE_IMAGE}\n"))
+    assert program.image_id, program.error
+    # Not the base image under another tag: deleting the program must not reach it.
+    assert program.image_id != base.id
     image = secure_host.docker.images.get(secure_host.tag_of(program))
     assert image.labels["dev.hershy.user"] == VICTIM
     assert image.labels[LABEL_MANAGED]
+    scratch_only = await secure_host.built(await secure_host.create(VICTIM, "FROM scratch\n"))
+    assert scratch_only.image_id, scratch_only.error
+    for built in (program, scratch_only):
+        await secure_host.registry.delete(built.id)
+        await secure_host.registry.wait(built.id, State.DELETED, 60)
+    assert secure_host.docker.images.get(BASE_IMAGE).id == base.id
+    assert secure_host.images_of_user(VICTIM) == []

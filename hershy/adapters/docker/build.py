@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
+from hershy.adapters import machine
 from hershy.adapters.docker.compose import (
     LABEL_MANAGED,
     LABEL_PROGRAM,
@@ -48,10 +49,11 @@ from hershy.adapters.docker.compose import (
     SECURE_RUNTIME,
 )
 from hershy.adapters.docker.engine import Engine, EngineError
+from hershy.adapters.docker.image_names import user_images
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain import limits
-from hershy.domain.build_policy import BuildPolicy, check_dockerfile
+from hershy.domain.build_policy import BuildPlan, BuildPolicy, check_dockerfile
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream
 from hershy.domain.validation import ProgramSource
@@ -93,8 +95,8 @@ class BuildLimits:
     max_image_bytes: int = limits.BUILD_MAX_IMAGE_BYTES
     #: No new build (and a running one is cancelled) while Docker's disk has less free.
     min_free_disk_bytes: int = limits.BUILD_MIN_FREE_DISK_BYTES
-    #: Builds at once on the Host, and per user.
-    max_concurrent: int = limits.BUILDS_AT_ONCE
+    #: Builds at once on the Host (fitted to the machine), and per user.
+    max_concurrent: int = limits.machine_builds_at_once(machine.CORES, machine.MEMORY_BYTES)
     max_per_user: int = limits.BUILDS_AT_ONCE_PER_USER
     #: How often a running build's writes and the free disk are looked at.
     watch_interval: float = 0.5
@@ -129,16 +131,16 @@ def build_context(source: ProgramSource) -> bytes:
 
 
 def image_labels(host_id: str, program_id: str, user_id: str) -> dict[str, str]:
-    """The labels a build gives its image: only those something looks images up by.
+    """The labels of an image whose Dockerfile's last stage is only its FROM.
 
-    Docker's legacy builder turns each label of the build API's `labels` into a
-    `LABEL` step of its own at the end of the Dockerfile (moby's
-    `buildLabelOptions`): a container made and committed per label, never cached
-    across programs (the values differ). Measured on this machine, loaded: a
-    build took 165 ms with no labels, 485 ms with one, 1,556 ms with four. So
-    the build id stays in the tag (`image_tag`) and on the container, not here:
-    the Host owns it (reaping), the program owns it (teardown, cut-off builds),
-    the user owns it (the only cache their builds may use).
+    Any other build gives its image no labels: Docker's legacy builder turns each
+    into a `LABEL` step of its own (`image_names` says what that costs), and the
+    image's tag says whose it is. A last stage of only FROM has no step that makes
+    an image, and the builder then fails ("No image was generated"), or the image
+    would be the base image itself: these labels are the steps that make the
+    program's own image (and say whose it is, like the tag). A build cut off in
+    them leaves an untagged image with the program's label, which
+    `remove_cut_off_images` and the Host's reconciliation remove.
     """
     labels = {LABEL_MANAGED: host_id, LABEL_PROGRAM: program_id}
     if user_id:
@@ -320,6 +322,9 @@ class DockerBuilder:
         self.cgroups = BuildCgroups(host_id, limits)
         self.policy = BuildPolicy({})
         self.docker_root = "/var/lib/docker"
+        #: The builds under way, by (user, build id), each to the image it made (None:
+        #: it failed): the user's programs of the same inputs wait for it, not build again.
+        self._under_way: dict[tuple[str, str], asyncio.Future[str | None]] = {}
 
     @property
     def _docker(self) -> docker.DockerClient:
@@ -355,8 +360,49 @@ class DockerBuilder:
             outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
             return
         source = await self._files.load_build(program_id, effect.build_id)
-        await self._check_policy(source.dockerfile)
+        plan = await self._check_policy(source.dockerfile)
+        # A user's programs of the same inputs built at the same time are built once: the
+        # others wait for that build and tag its image (the user's own, as `cachefrom`
+        # allows) rather than each taking a build slot to make the same image again. One
+        # started after it ended builds (fully cached: the user's own layers).
+        key = (effect.user_id, effect.build_id)
+        while effect.user_id and (under_way := self._under_way.get(key)) is not None:
+            image_id = await asyncio.shield(under_way)
+            if image_id is None:
+                continue  # that build failed: the next one tries (or this one)
+            repository, _, name = tag.rpartition(":")
+            try:
+                await self._call(self._docker.api.tag, image_id, repository, name)
+            except (ImageNotFound, NotFound):
+                continue  # its program went meanwhile, and its image with it
+            note(
+                f"reusing image {image_id} (build {effect.build_id}: the same inputs as "
+                "another of your programs, built just now)"
+            )
+            outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image_id))
+            return
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        if effect.user_id:
+            self._under_way[key] = done
+        try:
+            image_id = await self._build_queued(program_id, effect, outbox, tag, source, plan, note)
+            done.set_result(image_id)
+        finally:
+            if not done.done():
+                done.set_result(None)
+            if self._under_way.get(key) is done:
+                del self._under_way[key]
 
+    async def _build_queued(
+        self,
+        program_id: str,
+        effect: fx.Build,
+        outbox: Outbox,
+        tag: str,
+        source: ProgramSource,
+        plan: BuildPlan,
+        note: Callable[[str], None],
+    ) -> str:
         waited = False
 
         def queued(place: int) -> None:
@@ -372,9 +418,9 @@ class DockerBuilder:
             if waited:
                 outbox.emit(ev.BuildQueued(outbox.now(), effect.run, 0))
             self._check_disk()
-            await self._build(program_id, effect, outbox, tag, source.dockerfile, note)
+            return await self._build(program_id, effect, outbox, tag, source, plan, note)
 
-    async def _check_policy(self, dockerfile: bytes) -> None:
+    async def _check_policy(self, dockerfile: bytes) -> BuildPlan:
         try:
             plan = check_dockerfile(dockerfile, self.policy)
         except InvalidArgument as refused:
@@ -390,6 +436,7 @@ class DockerBuilder:
                     f"{self.policy.base_images[name]} the Host resolved at start: refused "
                     "(restart the Host to accept the new image)"
                 )
+        return plan
 
     def _free_disk(self) -> int:
         return shutil.disk_usage(self.docker_root).free
@@ -407,10 +454,12 @@ class DockerBuilder:
         """This user's own images: the only layers the build may reuse."""
         if not user_id:
             return [NO_CACHE_REF]
-        filters = {"label": [f"{LABEL_MANAGED}={self._host_id}", f"{LABEL_USER}={user_id}"]}
-        # The plain listing: `images.list` inspects each image in turn, and one deleted
-        # meanwhile (another of the user's programs going) would fail this build.
-        images = await self._call(self._docker.api.images, filters=filters)
+        # By tag (`image_names`): the images carry no labels. The plain listing:
+        # `images.list` inspects each image in turn, and one deleted meanwhile
+        # (another of the user's programs going) would fail this build.
+        images = await self._call(
+            self._docker.api.images, filters=user_images(self._host_id, user_id)
+        )
         # The newest first (the likeliest to share layers), bounded: it goes in a query string.
         images.sort(key=lambda image: int(image.get("Created") or 0), reverse=True)
         return [str(image["Id"]) for image in images[:CACHE_FROM_MAX]] or [NO_CACHE_REF]
@@ -421,15 +470,13 @@ class DockerBuilder:
         effect: fx.Build,
         outbox: Outbox,
         tag: str,
-        dockerfile: bytes,
+        source: ProgramSource,
+        plan: BuildPlan,
         note: Callable[[str], None],
-    ) -> None:
-        source = await self._files.load_build(program_id, effect.build_id)
-        labels = image_labels(self._host_id, program_id, effect.user_id)
+    ) -> str:
         limits = self.limits
         params = {
             "t": tag,
-            "labels": json.dumps(labels),
             "rm": "1",
             "forcerm": "1",
             "pull": "0",
@@ -443,6 +490,11 @@ class DockerBuilder:
             "cpuperiod": "100000",
             "cpuquota": str(limits.milli_cpus * 100),
         }
+        if not plan.final_stage_has_steps:
+            labels = image_labels(self._host_id, program_id, effect.user_id)
+            params["labels"] = json.dumps(labels)
+        # Off the event loop: tens of MiB to pack, while other programs' work goes on.
+        context = await self._call(build_context, source)
         cgroup_name = f"{program_id}-r{effect.run}"
         parent = await self._call(self.cgroups.create, cgroup_name)
         if parent is not None:
@@ -459,9 +511,7 @@ class DockerBuilder:
         try:
             try:
                 async with asyncio.timeout(self._timeout), asyncio.TaskGroup() as tasks:
-                    stream = tasks.create_task(
-                        self._stream(build_context(source), params, progress, tail, note)
-                    )
+                    stream = tasks.create_task(self._stream(context, params, progress, tail, note))
                     watcher = tasks.create_task(self._watch(progress))
                     await stream
                     watcher.cancel()
@@ -484,14 +534,18 @@ class DockerBuilder:
         finally:
             await self._call(self.cgroups.remove, cgroup_name)
         note(f"built {image.id} in {time.monotonic() - started:.1f} s")
-        await self._call(self.remove_cut_off_images, program_id, image.id)
+        if not plan.final_stage_has_steps:
+            await self._call(self.remove_cut_off_images, program_id, image.id)
         outbox.emit(ev.BuildSucceeded(outbox.now(), effect.run, image.id))
+        return str(image.id)
 
     def remove_cut_off_images(self, program_id: str, keep: str) -> None:
         """Remove the program's untagged images but `keep` (on a worker thread).
 
-        A build cut off by a Host killed mid-way can still be finished by dockerd:
-        its final image carries the program's labels but no tag. A program's images
+        A build with label steps (`image_labels`: a last stage of only FROM) cut off
+        by a Host killed mid-way can leave an image with the program's label but no
+        tag (the legacy builder tags what it finished; a build without label steps
+        leaves nothing labelled). A program's images
         are tagged, one per build (`hershy/<id>:<build_id>`): the running revision's
         and those of its kept revisions (a rollout builds beside the running one),
         removed by `PruneBuilds` once they are no longer kept.

@@ -1,7 +1,8 @@
 """After a Host restart: what runs is looked at, programs' containers adopted, the rest reaped.
 
 Following Nomad's docker driver (its reconciler and its dangling-container
-reaper): only what carries this Host's label is ever touched; containers of a
+reaper): only what carries this Host's label (containers, and images of a
+Dockerfile of only FROM) or its tag (images, `image_names`) is ever touched; containers of a
 program's current run are kept and their output copied on from where the copy
 stopped; containers of no program (or of an old run), and images no program
 owns, are removed. Nothing that vanishes meanwhile is an error.
@@ -19,6 +20,7 @@ import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from hershy.adapters.docker.compose import LABEL_MANAGED, LABEL_PROGRAM, LABEL_RUN, labelled_run
+from hershy.adapters.docker.image_names import host_images, parse_tag, tags_of
 from hershy.adapters.docker.logs import ContainerOutput
 from hershy.adapters.docker.port_pool import PortPool, Published, loopback_address, published_port
 from hershy.adapters.docker.state_volumes import StateVolumes
@@ -61,6 +63,7 @@ class Reconciler:
         `remove`: stops (gracefully) and removes a container, giving its port back.
         `prober`: keeps asking adopted running programs whether they are alive."""
         self._managed = {"label": [f"{LABEL_MANAGED}={host_id}"]}
+        self._host_id = host_id
         self._call = call
         self._listed = listed
         self._client = client
@@ -122,21 +125,39 @@ class Reconciler:
                 log.info("removing the /state volume of %s: no program owns it", program_id)
                 await self._volumes.remove(program_id)
         reconciling_since = time.time()
+        # Tags of programs the store no longer has: untagged, so an image another
+        # program (or a base image) also names stays; it goes with its last tag.
+        for image in await self._listed(
+            docker_client.api.images, filters=host_images(self._host_id)
+        ):
+            for tag in tags_of(self._host_id, image):
+                parsed = parse_tag(self._host_id, tag)
+                if parsed is None or parsed[0] in owned:
+                    continue
+                log.info("removing image tag %s: no program owns it", tag)
+                await self._remove_image(tag)
+        # Labelled (a Dockerfile of only FROM, `image_labels`): of no program, or a build
+        # the Host's death cut off.
         for image in await self._listed(docker_client.api.images, filters=self._managed):
             if (image.get("Labels") or {}).get(LABEL_PROGRAM) in owned and not cut_off_build(
                 image, reconciling_since
             ):
                 continue
+            if tags_of(self._host_id, image):
+                continue  # tagged for a program: the tags decide (above)
             log.info(
                 "removing image %s: no program owns it (or its build was cut off)", image["Id"]
             )
-            try:
-                await self._call(docker_client.images.remove, image["Id"], force=True)
-            except ImageNotFound:
-                pass  # gone meanwhile
-            except APIError as error:
-                if error.status_code != 409:  # 409: in use, or being removed already
-                    raise
+            await self._remove_image(image["Id"])
+
+    async def _remove_image(self, name: str) -> None:
+        try:
+            await self._call(self._client().images.remove, name, force=True)
+        except ImageNotFound:
+            pass  # gone meanwhile
+        except APIError as error:
+            if error.status_code != 409:  # 409: in use, or being removed already
+                raise
 
     async def adopt(self, program_id: str, effect: fx.AdoptContainer, outbox: Outbox) -> None:
         """Take back a container that ran on while the Host was down: same container, no restart.

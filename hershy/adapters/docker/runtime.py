@@ -32,6 +32,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig
 
+from hershy.adapters import machine
 from hershy.adapters.docker.build import BuildLimits, DockerBuilder
 from hershy.adapters.docker.build import build_context as build_context  # re-exported
 from hershy.adapters.docker.compose import (
@@ -47,6 +48,8 @@ from hershy.adapters.docker.compose import (
 from hershy.adapters.docker.engine import DEFAULT_SOCKET, Engine, EngineError
 from hershy.adapters.docker.fingerprint import RuntimeUnavailable as RuntimeUnavailable
 from hershy.adapters.docker.fingerprint import describe_runtime as describe_runtime
+from hershy.adapters.docker.image_names import image_tag as image_tag  # re-exported
+from hershy.adapters.docker.image_names import parse_tag, program_images, tags_of
 from hershy.adapters.docker.logs import ContainerOutput
 from hershy.adapters.docker.port_pool import (
     LOOPBACK,
@@ -63,6 +66,7 @@ from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
 from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, ProberSettings, probe_once
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
+from hershy.domain import limits
 from hershy.domain.config import SECRETS_DIR
 from hershy.domain.health import StartJudge, StartVerdict
 from hershy.domain.model import LogLine, LogStream, Resources
@@ -116,6 +120,10 @@ class DockerSettings:
     #: The base-image allowlist (`--base-image`): the only images a FROM may name.
     base_images: tuple[str, ...] = ("hershy-busybox:latest",)
     build_limits: BuildLimits = field(default_factory=BuildLimits)
+    #: Program containers created and started at once (fitted to the machine's cores).
+    starts_at_once: int = field(
+        default_factory=lambda: limits.machine_starts_at_once(machine.CORES)
+    )
     #: Where programs' secrets are mounted (a tmpfs each), outside the data dir.
     secrets_root: Path = SECRETS_ROOT
 
@@ -124,10 +132,6 @@ class DockerSettings:
         if self.allow_insecure_runtime:
             return frozenset({SECURE_RUNTIME, "runc"})
         return frozenset({SECURE_RUNTIME})
-
-
-def image_tag(program_id: str, build_id: str) -> str:
-    return f"hershy/{program_id}:{build_id}"
 
 
 def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:
@@ -201,6 +205,9 @@ class DockerEffectHandler:
             settings.secrets_root / (settings.host_id or "default")
         )
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
+        #: Containers being created and started at once (each boots a sandbox); the wait
+        #: for a program to answer holds none.
+        self._starting = asyncio.Semaphore(settings.starts_at_once)
         self._engine = Engine(settings.socket)
         self._client: docker.DockerClient | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -338,7 +345,8 @@ class DockerEffectHandler:
         raise AssertionError("unreachable")
 
     async def _build(self, program_id: str, effect: fx.Build, outbox: Outbox) -> None:
-        await self.builder.build(program_id, effect, outbox, image_tag(program_id, effect.build_id))
+        tag = image_tag(self.settings.host_id, effect.user_id, program_id, effect.build_id)
+        await self.builder.build(program_id, effect, outbox, tag)
 
     async def resolve_base_images(self, names: Sequence[str]) -> dict[str, str]:
         """The base-image allowlist resolved to image ids (the `BaseImageResolver` port)."""
@@ -356,35 +364,37 @@ class DockerEffectHandler:
         secrets_dir = await self._secret_files.attach(program_id, values, owner)
         container: Any = None
         try:
-            for attempt in range(1, PORT_ATTEMPTS + 1):
-                container, spec = await self._create_on_a_free_port(
-                    program_id, effect, state_dir, secrets_dir
-                )
-                port = self._published[container.id].port
-                outbox.emit(
-                    ev.ContainerCreated(
-                        outbox.now(), effect.run, container.id, loopback_address(port)
+            # A slot while its sandbox is made and booted (CPU-bound); not while it initialises.
+            async with self._starting:
+                for attempt in range(1, PORT_ATTEMPTS + 1):
+                    container, spec = await self._create_on_a_free_port(
+                        program_id, effect, state_dir, secrets_dir
                     )
-                )
-                check_created(container.attrs, spec)
-                try:
-                    await self._call(container.start)
-                    break
-                except APIError as error:
-                    if not port_taken(error):
-                        raise
-                    if attempt == PORT_ATTEMPTS:
-                        raise PortsTaken(
-                            f"Docker found {attempt} WatcherAPI ports in a row taken by "
-                            f"others; the last: {error.explanation or error}"
-                        ) from None
-                # Not the program's failure: someone bound the port after the pool's check.
-                note = f"port {port} was taken; trying another"
-                self._logs.write(
-                    program_id, LogLine(outbox.now(), LogStream.HOST, effect.run, note)
-                )
-                await self._remove(container.id)
-                container = None
+                    port = self._published[container.id].port
+                    outbox.emit(
+                        ev.ContainerCreated(
+                            outbox.now(), effect.run, container.id, loopback_address(port)
+                        )
+                    )
+                    check_created(container.attrs, spec)
+                    try:
+                        await self._call(container.start)
+                        break
+                    except APIError as error:
+                        if not port_taken(error):
+                            raise
+                        if attempt == PORT_ATTEMPTS:
+                            raise PortsTaken(
+                                f"Docker found {attempt} WatcherAPI ports in a row taken by "
+                                f"others; the last: {error.explanation or error}"
+                            ) from None
+                    # Not the program's failure: someone bound the port after the pool's check.
+                    note = f"port {port} was taken; trying another"
+                    self._logs.write(
+                        program_id, LogLine(outbox.now(), LogStream.HOST, effect.run, note)
+                    )
+                    await self._remove(container.id)
+                    container = None
             self.output.follow(program_id, effect.run, container.id)
             last = await self._until_ready(loopback_address(port), effect, outbox)
         except asyncio.CancelledError:
@@ -577,26 +587,38 @@ class DockerEffectHandler:
         """Remove the program's images and sources of builds not in `keep` (older revisions).
 
         Each image is tagged by its build (`image_tag`), so the running revision's
-        image and a candidate's live side by side until a rollout ends.
+        image and a candidate's live side by side until a rollout ends. Only the
+        program's own tags go (`image_names`: an image may have others).
         """
-        images = await self._call(
-            self._docker.api.images, filters={"label": [f"{LABEL_PROGRAM}={program_id}"]}
-        )
-        kept = {image_tag(program_id, build_id) for build_id in keep}
-        for image in images:
-            if not kept.intersection(image.get("RepoTags") or []):
-                with contextlib.suppress(ImageNotFound, NotFound, APIError):
-                    await self._call(self._docker.images.remove, image["Id"], force=True)
+        for tag in await self._program_tags(program_id):
+            parsed = parse_tag(self.settings.host_id, tag)
+            if parsed is not None and parsed[1] not in keep:
+                await self._untag(tag)
         await self._files.prune_builds(program_id, keep)
+
+    async def _program_tags(self, program_id: str) -> list[str]:
+        host_id = self.settings.host_id
+        images = await self._call(
+            self._docker.api.images, filters=program_images(host_id, program_id)
+        )
+        return [
+            tag
+            for image in images
+            for tag in tags_of(host_id, image)
+            if (parsed := parse_tag(host_id, tag)) is not None and parsed[0] == program_id
+        ]
+
+    async def _untag(self, tag: str) -> None:
+        """Remove one tag: the image goes with its last tag (never another's, nor a base)."""
+        with contextlib.suppress(ImageNotFound, NotFound, APIError):  # APIError: 409, in use
+            await self._call(self._docker.api.remove_image, tag, force=True, noprune=False)
 
     async def _teardown(self, program_id: str) -> None:
         await self._stop_containers(program_id, run=2**62, container_id=None)
-        images = await self._call(
-            self._docker.api.images, filters={"label": [f"{LABEL_PROGRAM}={program_id}"]}
-        )
-        for image in images:
-            with contextlib.suppress(ImageNotFound):
-                await self._call(self._docker.images.remove, image["Id"], force=True)
+        for tag in await self._program_tags(program_id):
+            await self._untag(tag)
+        # An image of a build with label steps cut off by a Host killed mid-way.
+        await self._call(self.builder.remove_cut_off_images, program_id, "")
         # Unmounted before the folder goes: removing it must not reach into the volume.
         await self._volumes.remove(program_id)
         await self._files.remove(program_id)

@@ -10,7 +10,6 @@ misspelt limit silently ignored would run the program without it.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import json
@@ -157,7 +156,9 @@ def from_json(body: bytes) -> CreateBody:
         if path in files:
             raise bad_request(field, "is also in src_files: give each file once")
         try:
-            files[path] = base64.b64decode(encoded, validate=True)
+            # As strict as b64decode(validate=True), at half its cost: the regex it
+            # checks the whole text with first took a fifth of a 6 MiB create's time.
+            files[path] = binascii.a2b_base64(encoded, strict_mode=True)
         except (binascii.Error, ValueError):
             raise bad_request(field, "is not valid base64") from None
     request = pb.CreateProgramRequest(
