@@ -17,12 +17,13 @@
 #             hershy-local); waits until both nodes are Ready and a gVisor Pod runs on each; writes
 #             /run/hershy-kubernetes/env. A second `up` of a healthy cluster does nothing.
 #   down      stops all it started, unmounts, removes its interfaces, iptables chains and cgroups,
-#             and its state (etcd, volumes, registry); keeps the build cache.
+#             and its state (etcd, volumes, registry); keeps the build cache and the PKI
+#             ($STATE/pki: the CA and the users' certificates, so kubeconfigs stay valid).
 #   status    prints what runs; exit 0 only when the cluster is usable.
 #
 # Networking: everything listens on 127.0.0.1, except the kubelets, which refuse a loopback node
-# IP: each gets an address on a dummy interface this script creates (hershy-k8s0, 10.250.0.N/32,
-# local to this machine). Pods (10.251.N.0/24 on bridge hershy-brN) may reach other Pods and
+# IP: each gets an address on an interface this script creates (hershy-k8s0, 10.250.0.N/32,
+# local to this machine; a dummy interface, or an empty bridge where there is no dummy driver). Pods (10.251.N.0/24 on bridge hershy-brN) may reach other Pods and
 # answer connections from this machine, and nothing else: iptables chains HERSHY-K8S-* drop
 # anything else they send (to this machine, to Docker's containers, to the outside).
 #
@@ -123,7 +124,7 @@ build_kubernetes() {
 # gVisor's shim with two patches (see deploy/kubernetes/build/shim/go.mod): the two modules are
 # copied from the module cache next to a copy of the wrapper module and patched there.
 build_shim() {
-    local go=$1 out=$SHIM_OUT src=$SHIM_OUT.src mod ver dir
+    local go=$1 out=$SHIM_OUT src=$CACHE/runsc-shim.src mod ver dir
     log "building gVisor's containerd-shim-runsc-v1 (patched; ~2 min cold; log $out.log)"
     rm -rf "$src" && mkdir -p "$src" "$out.tmp"
     cp "$BUILD_DIR/shim/go.mod" "$BUILD_DIR/shim/go.sum" "$src/"
@@ -331,7 +332,10 @@ make_pki() {
 # --- networking ------------------------------------------------------------------------------
 setup_network() {
     local n
-    ip link show "$DUMMY_IF" >/dev/null 2>&1 || ip link add "$DUMMY_IF" type dummy
+    # A dummy interface where the kernel has the module, else an empty bridge (these VMs' kernels
+    # have no dummy driver): either only holds local addresses.
+    ip link show "$DUMMY_IF" >/dev/null 2>&1 || ip link add "$DUMMY_IF" type dummy 2>/dev/null \
+        || ip link add "$DUMMY_IF" type bridge
     for n in "${NODES[@]}"; do
         ip addr show dev "$DUMMY_IF" | grep -q "inet $(node_ip "$n")/" || ip addr add "$(node_ip "$n")/32" dev "$DUMMY_IF"
     done
@@ -702,11 +706,11 @@ cmd_up() {
 
 # Kill every process whose command line mentions PATTERN (our own paths only).
 kill_matching() {
-    local pattern=$1 p
-    for p in /proc/[0-9]*; do
-        [[ ${p#/proc/} == "$$" || ${p#/proc/} == "$BASHPID" ]] && continue
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$pattern" || continue
-        kill -KILL "${p#/proc/}" 2>/dev/null || true
+    local pattern=$1 f pid
+    for f in $(grep -laF -- "$pattern" /proc/[0-9]*/cmdline 2>/dev/null); do
+        pid=${f#/proc/}; pid=${pid%/cmdline}
+        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+        kill -KILL "$pid" 2>/dev/null || true
     done
 }
 
@@ -742,7 +746,9 @@ cmd_down() {
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
     teardown_network
-    rm -rf "$STATE" "$RUN"
+    # Everything but the PKI (generating it takes seconds; the next `up` reuses it).
+    find "$STATE" -mindepth 1 -maxdepth 1 ! -name pki -exec rm -rf {} + 2>/dev/null || true
+    rm -rf "$RUN"
     log "down (the build cache $CACHE is kept)"
 }
 
@@ -762,6 +768,9 @@ cmd_status() {
     if ((ok == 0)) && healthy; then echo "usable; env: $RUN/env"; return 0; fi
     echo "not usable"; return 1
 }
+
+# (Sourced with HERSHY_K8S_SOURCE_ONLY=1: only the functions, for debugging.)
+[[ ${HERSHY_K8S_SOURCE_ONLY:-} == 1 ]] && return 0
 
 case ${1:-} in
     install) cmd_install ;;
