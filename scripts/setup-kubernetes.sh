@@ -746,6 +746,8 @@ cmd_down() {
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
     teardown_network
+    # The kubelets' links to their containers' logs (a fixed directory shared with any kubelet).
+    find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
     # Everything but the PKI (generating it takes seconds; the next `up` reuses it).
     find "$STATE" -mindepth 1 -maxdepth 1 ! -name pki -exec rm -rf {} + 2>/dev/null || true
     rm -rf "$RUN"
