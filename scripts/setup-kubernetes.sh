@@ -581,16 +581,12 @@ EOF
 start_controllers() {
     running kube-controller-manager || start kube-controller-manager "$K8S_OUT/kube-controller-manager" \
         --kubeconfig "$PKI/controller-manager.kubeconfig" \
-        --authentication-kubeconfig "$PKI/controller-manager.kubeconfig" \
-        --authorization-kubeconfig "$PKI/controller-manager.kubeconfig" \
         --bind-address 127.0.0.1 --leader-elect=false --use-service-account-credentials \
         --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
         --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
         --profiling=false
     running kube-scheduler || start kube-scheduler "$K8S_OUT/kube-scheduler" \
         --kubeconfig "$PKI/scheduler.kubeconfig" \
-        --authentication-kubeconfig "$PKI/scheduler.kubeconfig" \
-        --authorization-kubeconfig "$PKI/scheduler.kubeconfig" \
         --bind-address 127.0.0.1 --leader-elect=false --profiling=false
     running provisioner || start provisioner "$K8S_OUT/hershy-provisioner" \
         --kubeconfig "$PKI/provisioner.kubeconfig" --storage-class "$STORAGE_CLASS" --root "$STATE/volumes"
