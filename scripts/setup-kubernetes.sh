@@ -57,7 +57,7 @@ PAUSE_IMAGE=hershy.local/pause:1
 STORAGE_CLASS=hershy-local
 RUNTIME_CLASS=gvisor
 NAMESPACE=hershy
-APT_PACKAGES=(containerd runc etcd-server etcd-client containernetworking-plugins iptables openssl curl python3 iproute2)
+APT_PACKAGES=(containerd runc etcd-server etcd-client containernetworking-plugins iptables openssl curl python3 iproute2 patch)
 STATUS_NOTE=/tmp/k8s-cluster-status
 
 log() { printf '[setup-kubernetes] %s\n' "$*"; }
@@ -204,6 +204,10 @@ cmd_install() {
     cached "$K8S_OUT" || build_kubernetes "$go"
     wait "$shim_pid" || die "shim build failed"
     cached "$REGISTRY_OUT" || build_registry "$go"
+    # No kubectl on this machine: the one built above, on PATH (the tests call `kubectl`).
+    if ! command -v kubectl >/dev/null && [[ -x $K8S_OUT/kubectl ]]; then
+        ln -sfn "$K8S_OUT/kubectl" /usr/local/bin/kubectl
+    fi
     # Old cache entries of other inputs are left for a rollback; remove by hand if space matters.
     log "installed in $(($(date +%s) - start)) s: $K8S_OUT, $SHIM_OUT, $REGISTRY_OUT"
 }
@@ -230,15 +234,21 @@ start() {
 }
 running() { local p; p=$(cat "$RUN/pids/$1" 2>/dev/null) && [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
 
-stop_process() {
-    local name=$1 pid i
-    pid=$(cat "$RUN/pids/$name" 2>/dev/null) || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$RUN/pids/$name"
+# stop_processes NAME...: SIGTERM to all at once, then SIGKILL to what is left after 5 s.
+stop_processes() {
+    local name pid pids=() i alive
+    for name in "$@"; do
+        pid=$(cat "$RUN/pids/$name" 2>/dev/null) || continue
+        kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+        rm -f "$RUN/pids/$name"
+    done
+    for ((i = 0; i < 50; i++)); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || return 0
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
 
 print_log_tails() {
@@ -728,14 +738,13 @@ cmd_down() {
             sleep 0.2
         done
     fi
-    for c in kubelet-n1 kubelet-n2 provisioner kube-scheduler kube-controller-manager; do stop_process "$c"; done
+    stop_processes kubelet-n1 kubelet-n2 provisioner kube-scheduler kube-controller-manager
     for n in "${NODES[@]}"; do
         # Sandboxes and shims of this node (their command lines name its state directories).
         kill_matching "$RUN/$n/"
-        stop_process "containerd-$n"
-        teardown_cgroups "$n"
     done
-    for c in kube-apiserver registry etcd; do stop_process "$c"; done
+    stop_processes containerd-n1 containerd-n2 kube-apiserver registry etcd
+    for n in "${NODES[@]}"; do teardown_cgroups "$n"; done
     # Mounts under our directories (netns, shm, overlay rootfs, kubelet volumes, etcd tmpfs).
     local m
     for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^($RUN|$STATE)(/|$)" | sort -r); do
