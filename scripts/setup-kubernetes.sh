@@ -732,7 +732,9 @@ cmd_down() {
             local left=0
             for n in "${NODES[@]}"; do
                 [[ -S $RUN/$n/containerd.sock ]] || continue
-                left=$((left + $(ctr -a "$RUN/$n/containerd.sock" -n k8s.io containers list -q 2>/dev/null | wc -l)))
+                # Running tasks: a stopped sandbox (its network already torn down) stays listed
+                # as a container until the kubelet's garbage collection, a minute later.
+                left=$((left + $(ctr -a "$RUN/$n/containerd.sock" -n k8s.io tasks list -q 2>/dev/null | wc -l)))
             done
             ((left == 0)) && break
             sleep 0.2
