@@ -23,9 +23,18 @@
 #
 # Networking: everything listens on 127.0.0.1, except the kubelets, which refuse a loopback node
 # IP: each gets an address on an interface this script creates (hershy-k8s0, 10.250.0.N/32,
-# local to this machine; a dummy interface, or an empty bridge where there is no dummy driver). Pods (10.251.N.0/24 on bridge hershy-brN) may reach other Pods and
-# answer connections from this machine, and nothing else: iptables chains HERSHY-K8S-* drop
-# anything else they send (to this machine, to Docker's containers, to the outside).
+# local to this machine; a dummy interface, or an empty bridge where there is no dummy driver),
+# and the API server reaches them by that InternalIP. Pods (10.251.N.0/24 on bridge hershy-brN;
+# this machine routes to them) may reach other Pods and answer connections from this machine,
+# and nothing else: iptables chains HERSHY-K8S-* drop anything else they send (to this machine,
+# to Docker's containers, to the outside). hostPorts on 127.0.0.1 work (CNI portmap).
+#
+# Volumes: hostPath directories under $STATE/volumes with no node affinity (both nodes share this
+# disk), so a Pod's volume follows it when it is rescheduled (`kubectl drain`). A node that stops
+# answering has its Pods evicted after 30 s of NotReady (the API server's default tolerations).
+#
+# Timings seen (2 cores, shared, load 12-18): install cold ~50 min (kube-apiserver alone ~30; on
+# an idle machine ~10 min), with a warm Go build cache ~45 s, warm 0 s; up ~15 s; down ~20 s.
 #
 # Environment: HERSHY_K8S_REGISTRY_PORT (default 15050), HERSHY_K8S_APISERVER_PORT (16443),
 # HERSHY_K8S_ROLE_FILE (default deploy/kubernetes/role.yaml: the Role bound to user hershy-host),
