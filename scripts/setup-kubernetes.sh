@@ -320,8 +320,10 @@ current-context: hershy
 EOF
 }
 
+# Bump when make_pki issues other certificates: a kept PKI of another version is made anew.
+PKI_VERSION=1
 make_pki() {
-    [[ -f $PKI/.complete ]] && return 0
+    [[ $(cat "$PKI/.complete" 2>/dev/null) == "$PKI_VERSION" ]] && return 0
     rm -rf "$PKI" && mkdir -p "$PKI" && chmod 0700 "$PKI"
     openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
         -subj "/CN=hershy-test-cluster-ca" -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
@@ -345,7 +347,7 @@ make_pki() {
         cert "kubelet-$n" "system:node:$n" system:nodes
         kubeconfig "kubelet-$n" "system:node:$n"
     done
-    touch "$PKI/.complete"
+    echo "$PKI_VERSION" >"$PKI/.complete"
 }
 
 # --- networking ------------------------------------------------------------------------------
