@@ -203,7 +203,7 @@ cmd_install() {
     fi
     PY=/usr/bin/python3
     [[ -x $RUNSC ]] || die "no $RUNSC: run scripts/setup-host.sh first (it builds runsc from the Go module proxy)"
-    go=$(find_go) || die "no Go toolchain (scripts/setup.sh installs one through scripts/codegen-go.sh / setup-host.sh)"
+    go=$(find_go) || die "no Go toolchain >= 1.26.3 (on PATH, in \$GO or /usr/local/go/bin, as scripts/setup-host.sh needs too)"
     resolve_cache_paths
     mkdir -p "$CACHE"
     export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
