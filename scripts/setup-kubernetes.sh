@@ -41,7 +41,7 @@
 # GO (a Go toolchain >= 1.26.3; default: go on PATH or /usr/local/go/bin/go).
 set -euo pipefail
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 K8S_VERSION=v1.34.4
 CACHE=/var/cache/hershy/kubernetes
 RUN=/run/hershy-kubernetes
