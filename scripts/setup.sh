@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up this machine for Hershy, idempotently: Python packages (the project
 # and its Python client, clients/python, in editable mode, with the dev tools),
-# buf, Chromium (the dashboard's browser tests), the dashboard's bundle, and the
-# Docker engine with gVisor (scripts/setup-host.sh). Run as root on Debian
-# bookworm. A second run takes seconds.
+# buf, Chromium (the dashboard's browser tests), the dashboard's bundle, the
+# Docker engine with gVisor (scripts/setup-host.sh), and the build of a test
+# Kubernetes (scripts/setup-kubernetes.sh install; the tests start it). Run as
+# root on Debian bookworm. A second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,5 +48,8 @@ scripts/codegen-go.sh --install-tools
 
 echo "==> Docker engine and gVisor"
 scripts/setup-host.sh
+
+echo "==> Kubernetes for the kubernetes runtime's tests (built once, cached; scripts/setup-kubernetes.sh)"
+scripts/setup-kubernetes.sh install
 
 echo "==> ready: run 'hershy serve' (see README.md)"
