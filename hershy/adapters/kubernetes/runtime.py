@@ -322,9 +322,9 @@ class KubernetesRuntime:
 
     async def _start(self, program_id: str, effect: fx.StartContainer, outbox: Outbox) -> None:
         host = self.settings.host_id
-        await self._stop_pods(program_id, effect.run, None)
-        claim = await self._ensure_claim(program_id, effect.resources.state_bytes)
-        secret = await self._put_secret(program_id)
+        values = self._secrets.values(program_id) if self._secrets is not None else {}
+        claim = claim_name(host, program_id)
+        secret = secret_name(host, program_id) if values else None
         grace = effect.stop.grace_seconds or self.settings.stop_grace
         request = PodRequest(
             host_id=host,
@@ -348,7 +348,11 @@ class KubernetesRuntime:
                 f"Kubernetes stops Pods with SIGTERM, not {effect.stop.signal}",
             )
         pod = compose_pod(request)
+        # Refused before anything is made for it.
         self._check(pod, claim, secret, "refusing to run it")
+        await self._stop_pods(program_id, effect.run, None)
+        await self._ensure_claim(program_id, effect.resources.state_bytes)
+        await self._put_secret(program_id, values)
         uid: str | None = None
         try:
             uid = await self._create_pod(pod)
@@ -507,13 +511,12 @@ class KubernetesRuntime:
         )
         return name
 
-    async def _put_secret(self, program_id: str) -> str | None:
-        """The program's Secret with its values now; None (and no Secret) when it has none."""
+    async def _put_secret(self, program_id: str, values: Mapping[str, bytes]) -> None:
+        """The program's Secret with its values now; none when it has none."""
         name = secret_name(self.settings.host_id, program_id)
-        values = self._secrets.values(program_id) if self._secrets is not None else {}
         if not values:
             await self._delete(Secret, name)
-            return None
+            return
         secret = codecs.from_dict(
             {
                 "apiVersion": "v1",
@@ -534,7 +537,6 @@ class KubernetesRuntime:
             if error.status.code != 409:
                 raise
             await self.kube.replace(secret)
-        return name
 
     async def _ensure_policy(self, program_id: str, pod_ip: str) -> None:
         """Only the Host may open connections to the program's WatcherAPI."""
