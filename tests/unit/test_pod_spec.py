@@ -199,7 +199,8 @@ def test_quantities() -> None:
 
 def test_names_are_dns_labels_and_apart_per_host() -> None:
     name = pod_name(HOST, "Prog_With.Odd*Chars", 12)
-    assert name == name.lower() and len(name) <= 63
+    assert name == name.lower()
+    assert len(name) <= 63
     assert pod_name(HOST, "prog-1", 1) != pod_name("another-host", "prog-1", 1)
     assert repository(HOST, "prog-1") == f"hershy/{HOST}/prog-1"
 
@@ -221,11 +222,15 @@ def test_a_pod_view_reads_exits_oom_and_evictions() -> None:
         "containerStatuses": [{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}],
     }
     view = view_of(pod)
-    assert view.ended and view.terminated is not None and view.terminated.oom_killed
+    assert view.ended
+    assert view.terminated is not None
+    assert view.terminated.oom_killed
     assert (view.run, view.ip, view.terminated.exit_code) == (3, "10.88.0.7", 137)
     pod["status"] = {"phase": "Failed", "reason": "Evicted", "message": "low on memory"}
     evicted = view_of(pod)
-    assert evicted.ended and evicted.terminated is None and evicted.reason == "Evicted"
+    assert evicted.ended
+    assert evicted.terminated is None
+    assert evicted.reason == "Evicted"
     pod["status"] = {
         "phase": "Pending",
         "conditions": [
@@ -233,4 +238,5 @@ def test_a_pod_view_reads_exits_oom_and_evictions() -> None:
         ],
     }
     pending = view_of(pod)
-    assert not pending.ended and pending.reason == "Unschedulable"
+    assert not pending.ended
+    assert pending.reason == "Unschedulable"
