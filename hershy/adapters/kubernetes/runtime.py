@@ -359,7 +359,11 @@ class KubernetesRuntime:
             self._quiet.add(uid)
             view = await self._until_placed(uid, effect, outbox)
             address = f"{view.ip}:{WATCHER_PORT}"
-            outbox.emit(ev.ContainerCreated(outbox.now(), effect.run, uid, address))
+            outbox.emit(
+                ev.ContainerCreated(
+                    outbox.now(), effect.run, uid, address, node=view.node, pod=view.name
+                )
+            )
             self._note(program_id, effect.run, outbox, f"Pod {view.name} runs on node {view.node}")
             await self._ensure_policy(program_id, view.ip)
             self.output.follow(program_id, effect.run, uid, view.name, self._over)
