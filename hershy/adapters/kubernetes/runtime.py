@@ -701,6 +701,8 @@ class KubernetesRuntime:
                     name = str(metadata.get("name"))
                     log.info("removing %s %s: no program owns it", kind.__name__, name)
                     await self._delete(kind, name)
+                    if kind is PersistentVolumeClaim:  # its volume goes with it
+                        await self._gone(kind, name, GONE_SECONDS)
         local = await self._call(
             self.docker.api.images, filters={"label": [f"{LABEL_MANAGED}={self.settings.host_id}"]}
         )
