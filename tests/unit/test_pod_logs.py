@@ -67,7 +67,8 @@ async def test_a_cut_stream_begun_again_doubles_nothing(tmp_path: Path) -> None:
     client = CutStreams([(first, True), (second, False)])
     assert await copied(tmp_path, client) == ["a", "b", "c", "d", "e"]
     assert client.calls[0] is None
-    assert client.calls[1] is not None and client.calls[1] >= 1
+    assert client.calls[1] is not None
+    assert client.calls[1] >= 1
 
 
 async def test_after_a_host_restart_the_copy_goes_on_after_the_last_line(tmp_path: Path) -> None:
