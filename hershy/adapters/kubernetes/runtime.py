@@ -42,7 +42,7 @@ import aiohttp
 import docker
 import httpx2
 from docker.errors import DockerException
-from lightkube import ApiError, AsyncClient, KubeConfig, codecs
+from lightkube import ApiError, AsyncClient, ConfigError, KubeConfig, codecs
 from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod, Secret
 from lightkube.resources.networking_v1 import NetworkPolicy
 
@@ -205,8 +205,10 @@ class KubernetesRuntime:
             await self._call(self.images.builder.cgroups.setup)
             self.watch = PodWatch(self.kube, self._namespace, self.labels, self._on_change)
             await self.watch.relist()
-        except (ApiError, httpx2.HTTPError, OSError) as error:
+        except (ApiError, ConfigError, httpx2.HTTPError, OSError) as error:
             self.docker.close()
+            if self._kube is not None:
+                await self._kube.close()
             raise RuntimeUnavailable(
                 f"cannot use the Kubernetes API server ({self.settings.kubeconfig or 'kubeconfig'}"
                 f", namespace {self._namespace}): {error}. Check `hershy doctor --runtime "
