@@ -101,9 +101,10 @@ ALLOWED_CONTAINER_KEYS = frozenset(
         "resources",
         "securityContext",
         "volumeMounts",
-        # Defaults: where the kubelet writes a termination message.
+        # Defaults: where the kubelet writes a termination message; what a resize restarts.
         "terminationMessagePath",
         "terminationMessagePolicy",
+        "resizePolicy",
     }
 )
 #: A label value: at most 63 characters of these (Kubernetes' rule).
