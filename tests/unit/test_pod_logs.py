@@ -24,7 +24,7 @@ def stamp(second: int, nanos: int = 0) -> str:
 class CutStreams:
     """Each `log()` call answers the next script: lines, then maybe a cut."""
 
-    def __init__(self, scripts: list[tuple[list[str], bool]]) -> None:
+    def __init__(self, scripts: list[tuple[list[str], bool | str]]) -> None:
         self.scripts = scripts
         self.calls: list[int | None] = []
 
@@ -35,6 +35,9 @@ class CutStreams:
         async def stream() -> AsyncIterator[str]:
             for line in lines:
                 yield line
+            if cut == "error answer":
+                # What lightkube 1.0's async log() raises on an HTTP error answer.
+                raise RuntimeError("Attempted to call a sync iterator on an async stream.")
             if cut:
                 raise httpx2.ReadError("connection reset")
 
@@ -76,3 +79,14 @@ async def test_after_a_host_restart_the_copy_goes_on_after_the_last_line(tmp_pat
     assert await copied(tmp_path, before) == ["a", "b"]
     after = CutStreams([([f"{stamp(1)} a", f"{stamp(2)} b", f"{stamp(4)} c"], False)])
     assert await copied(tmp_path, after, resume=True) == ["a", "b", "c"]
+
+
+async def test_an_error_answer_is_asked_again_not_the_end_of_the_runtime(tmp_path: Path) -> None:
+    client = CutStreams(
+        [
+            ([], "error answer"),
+            ([f"{stamp(1)} a"], "error answer"),
+            ([f"{stamp(1)} a", f"{stamp(2)} b"], False),
+        ]
+    )
+    assert await copied(tmp_path, client) == ["a", "b"]

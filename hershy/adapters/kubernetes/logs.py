@@ -115,6 +115,11 @@ class PodOutput:
                     return
             except (httpx2.HTTPError, OSError) as error:
                 log.debug("program %s: log stream of %s cut: %s", program_id, name, error)
+            except RuntimeError as error:
+                # lightkube 1.0's async log() reads an error answer (400 while the
+                # container is created, 404 once the Pod is gone) with a sync read,
+                # which raises this: the request failed; asked again below.
+                log.debug("program %s: log request of %s failed: %s", program_id, name, error)
             if over(uid):
                 return
             await asyncio.sleep(RETRY_SECONDS)
