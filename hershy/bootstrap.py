@@ -19,6 +19,7 @@ from hershy.adapters import host_key
 from hershy.adapters.docker.port_pool import PortPool
 from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
+from hershy.adapters.kubernetes.runtime import KubernetesRuntime, KubernetesSettings
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
 from hershy.adapters.sqlite_store import SqliteEventLog, StoreError
@@ -39,6 +40,8 @@ class Runtime(enum.Enum):
     RUNSC = "runsc"
     RUNC = "runc"
     FAKE = "fake"
+    #: Each program a Pod on a Kubernetes cluster, under its gVisor RuntimeClass.
+    KUBERNETES = "kubernetes"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class HostConfig:
     policy: BackoffPolicy = field(default_factory=BackoffPolicy)
     docker: DockerSettings = field(default_factory=DockerSettings)
     fake_behaviour: FakeBehaviour = field(default_factory=FakeBehaviour)
+    #: With `runtime` KUBERNETES: the cluster (the build and probe settings are `docker`'s).
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     #: Where the runtime publishes programs' WatcherAPIs (None: the whole range, each
     #: port checked free with the OS). Tests narrow it, or make its check lie.
     port_pool: PortPool | None = None
@@ -70,12 +75,29 @@ async def effect_handler(
     logs: LogStore,
     host_id: str,
     secrets: SecretValues | None = None,
-) -> AsyncIterator[DockerEffectHandler | FakeEffectHandler]:
+) -> AsyncIterator[DockerEffectHandler | FakeEffectHandler | KubernetesRuntime]:
     """The runtime programs run on, for as long as the Host runs (it places them too)."""
     ports = config.port_pool or PortPool()
     if config.runtime is Runtime.FAKE:
         async with FakeEffectHandler(sources, logs, config.fake_behaviour, ports) as fake:
             yield fake
+        return
+    if config.runtime is Runtime.KUBERNETES:
+        docker = config.docker
+        cluster = replace(
+            config.kubernetes,
+            host_id=host_id,
+            socket=docker.socket,
+            build_timeout=docker.build_timeout,
+            ready_timeout=docker.ready_timeout,
+            stop_grace=docker.stop_grace,
+            prober=docker.prober,
+            max_resources=docker.max_resources,
+            base_images=docker.base_images,
+            build_limits=docker.build_limits,
+        )
+        async with KubernetesRuntime(cluster, sources, logs, secrets=secrets) as kubernetes:
+            yield kubernetes
         return
     settings = replace(
         config.docker,
@@ -131,7 +153,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             quotas=Quotas(store),
             secrets=secrets,
         )
-        if isinstance(handler, DockerEffectHandler):
+        if isinstance(handler, DockerEffectHandler | KubernetesRuntime):
             handler.prober.observe = registry.metrics.observe_probe
         auth = Authenticator(store, clock, RandomIds(), enabled=not config.no_auth)
         if config.no_auth:

@@ -163,6 +163,10 @@ class ContainerCreated:
     #: placed it. Empty in stores written before the runtime chose it: the program
     #: keeps the address it had.
     address: str = ""
+    #: Where the runtime placed it, when it places programs on machines of a cluster:
+    #: the node and the pod (Kubernetes); empty on one machine's Docker.
+    node: str = ""
+    pod: str = ""
 
 
 @dataclass(frozen=True, slots=True)

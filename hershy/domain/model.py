@@ -282,6 +282,10 @@ class Program:
     proxy_target: str
     created_at: float
     updated_at: float
+    #: Where its current or last run was placed on a cluster (Kubernetes: the node and
+    #: the pod); empty on Docker and before it first ran.
+    node: str = ""
+    pod: str = ""
     resources: Resources = Resources()
     state: State = State.CREATED
     run: int = 0

@@ -335,6 +335,8 @@ def _on_container_created(program: Program, event: ev.ContainerCreated) -> Outco
                 event.at,
                 container_id=event.container_id,
                 proxy_target=address,
+                node=event.node,
+                pod=event.pod,
                 **_NO_VIEW,
             )
         )

@@ -18,7 +18,7 @@ from hershy.entrypoints import cli_commands
 #: `hershy.bootstrap.Runtime`'s values, spelled out so that the client commands
 #: start without importing the Host (Docker, aiohttp: most of a second);
 #: tests/e2e/test_cli.py checks they match. `serve` and `doctor` import it.
-RUNTIMES = ("runsc", "runc", "fake")
+RUNTIMES = ("runsc", "runc", "fake", "kubernetes")
 DEFAULT_DATA_DIR = Path("/var/lib/hershy")
 DEFAULT_GRPC_ADDR = "127.0.0.1:9090"
 DEFAULT_HTTP_ADDR = "127.0.0.1:9000"
@@ -78,7 +78,39 @@ def _host_options(*, doctor: bool) -> Callable[[Command], Command]:
             help="The runtime `serve` would use (fake: skip the Docker checks)."
             if doctor
             else "runsc: gVisor. runc: no sandbox (insecure). fake: no containers at all "
-            "(demos, tests).",
+            "(demos, tests). kubernetes: a Pod per program on a cluster, under gVisor.",
+        ),
+        click.option(
+            "--kubeconfig",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="With --runtime kubernetes: the kubeconfig of the Host's user "
+            "(default: $KUBECONFIG, then ~/.kube/config).",
+        ),
+        click.option(
+            "--namespace",
+            default="hershy",
+            show_default=True,
+            help="With --runtime kubernetes: the namespace programs' Pods run in.",
+        ),
+        click.option(
+            "--runtime-class",
+            default="gvisor",
+            show_default=True,
+            help="With --runtime kubernetes: the RuntimeClass (gVisor's) every Pod names.",
+        ),
+        click.option(
+            "--registry",
+            default="127.0.0.1:5000",
+            show_default=True,
+            metavar="HOST:PORT",
+            help="With --runtime kubernetes: where images are pushed and nodes pull them from.",
+        ),
+        click.option(
+            "--storage-class",
+            default=None,
+            help="With --runtime kubernetes: the StorageClass of programs' /state claims "
+            "(default: the cluster's default).",
         ),
     ]
 
@@ -225,6 +257,11 @@ def serve_command(
     grpc_addr: str,
     http_addr: str,
     runtime: str,
+    kubeconfig: Path | None,
+    namespace: str,
+    runtime_class: str,
+    registry: str,
+    storage_class: str | None,
     allow_insecure_runtime: bool,
     stop_grace: float,
     ready_timeout: float,
@@ -247,6 +284,8 @@ def serve_command(
     """Start the Host and serve until SIGTERM or SIGINT."""
     from hershy.adapters.docker.build import BaseImageRefused, BuildLimits
     from hershy.adapters.docker.runtime import DockerSettings, RuntimeUnavailable
+    from hershy.adapters.kubernetes.runtime import KubernetesSettings
+    from hershy.adapters.kubernetes.runtime import RuntimeUnavailable as ClusterUnavailable
     from hershy.adapters.sqlite_store import StoreError
     from hershy.adapters.watcher_probe import ProberSettings
     from hershy.bootstrap import HostConfig, Runtime, serve
@@ -265,6 +304,13 @@ def serve_command(
         no_auth=no_auth,
         admin_token_file=admin_token_file,
         policy=BackoffPolicy(initial=backoff[0], cap=max(backoff)),
+        kubernetes=KubernetesSettings(
+            kubeconfig=kubeconfig,
+            namespace=namespace,
+            runtime_class=runtime_class,
+            registry=registry,
+            storage_class=storage_class,
+        ),
         docker=DockerSettings(
             stop_grace=stop_grace,
             ready_timeout=ready_timeout,
@@ -285,7 +331,7 @@ def serve_command(
     )
     try:
         asyncio.run(serve(config))
-    except (RuntimeUnavailable, BaseImageRefused, StoreError, OSError) as error:
+    except (RuntimeUnavailable, ClusterUnavailable, BaseImageRefused, StoreError, OSError) as error:
         raise click.ClickException(str(error)) from None
 
 
@@ -294,9 +340,20 @@ def serve_command(
 @click.option("--deep", is_flag=True, help="Also run a container under runsc (about a second).")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as a JSON list.")
 def doctor_command(
-    data_dir: Path, grpc_addr: str, http_addr: str, runtime: str, deep: bool, as_json: bool
+    data_dir: Path,
+    grpc_addr: str,
+    http_addr: str,
+    runtime: str,
+    kubeconfig: Path | None,
+    namespace: str,
+    runtime_class: str,
+    registry: str,
+    storage_class: str | None,
+    deep: bool,
+    as_json: bool,
 ) -> None:
     """Check this machine for `serve`: say what is wrong and how to fix it (exit 1 on a FAIL)."""
+    from hershy.adapters.kubernetes.doctor import ClusterOptions
     from hershy.entrypoints import doctor
 
     options = doctor.Options(
@@ -305,6 +362,13 @@ def doctor_command(
         http_addr=_address(http_addr, "--http-addr"),
         runtime=runtime,
         deep=deep,
+        kubernetes=ClusterOptions(
+            kubeconfig=kubeconfig,
+            namespace=namespace,
+            runtime_class=runtime_class,
+            registry=registry,
+            storage_class=storage_class,
+        ),
     )
     checks = doctor.run_checks(options)
     click.echo(doctor.render_json(checks) if as_json else doctor.render_text(checks))

@@ -185,6 +185,8 @@ def program_to_pb(program: Program, runtime: str) -> pb.Program:
         image_id=program.image_id or "",
         container_id=program.container_id or "",
         proxy_target=program.proxy_target,
+        node=program.node,
+        pod=program.pod,
         error_message=program.error or "",
         restart_count=program.restart_count,
         create_time=timestamp(program.created_at),

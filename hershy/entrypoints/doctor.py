@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from hershy.adapters.docker.fingerprint import (
     OciRuntime,
     read_daemon,
 )
+from hershy.adapters.kubernetes.doctor import ClusterOptions, check_cluster
 
 #: The image scripts/setup-host.sh builds; the smoke test needs no registry with it.
 BASE_IMAGE = "hershy-busybox:latest"
@@ -616,6 +617,8 @@ class Options:
     http_addr: str
     runtime: str
     deep: bool = False
+    #: With `runtime` "kubernetes": the cluster to check.
+    kubernetes: ClusterOptions = field(default_factory=ClusterOptions)
 
 
 def docker_checks(options: Options) -> tuple[list[Check], list[Path]]:
@@ -658,6 +661,15 @@ def run_checks(options: Options) -> list[Check]:
     disk_paths = [options.data_dir]
     if options.runtime == "fake":
         checks.append(ok("runtime", "fake: no containers, so Docker is not needed"))
+    elif options.runtime == "kubernetes":
+        # Builds still run on this machine's Docker (under runsc); programs on the cluster.
+        daemon_checks, docker_paths = docker_checks(replace(options, runtime=SECURE_RUNTIME))
+        checks += daemon_checks
+        disk_paths += docker_paths
+        checks += [
+            Check(Level(finding.level), f"kubernetes {finding.name}", finding.detail, finding.fix)
+            for finding in check_cluster(options.kubernetes)
+        ]
     else:
         daemon_checks, docker_paths = docker_checks(options)
         checks += daemon_checks
@@ -678,10 +690,10 @@ def run_checks(options: Options) -> list[Check]:
     permissions = check_data_dir_permissions(facts)
     if permissions is not None:
         checks.append(permissions)
-    if options.runtime != "fake":
+    if options.runtime not in ("fake", "kubernetes"):  # on a cluster /state is a claim
         checks.append(state_quota_check(options.data_dir))
     checks += disk_checks(disk_paths)
-    if options.runtime != "fake":
+    if options.runtime not in ("fake", "kubernetes"):
         # Only containers publish WatcherAPI ports; the fake runtime binds none.
         checks.append(check_port_range(taken_ports(PORT_RANGE), len(PORT_RANGE)))
     return checks

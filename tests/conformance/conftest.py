@@ -31,6 +31,7 @@ import pytest
 from hershy.adapters.docker.port_pool import PortPool
 from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler, FakeWorld
+from hershy.adapters.kubernetes.runtime import KubernetesRuntime, KubernetesSettings
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx
@@ -47,8 +48,15 @@ from tests.integration.conftest import (
     stub_dockerfile,
     unmount_left_state_volumes,
 )
+from tests.kubernetes.cluster import (
+    Cluster,
+    cluster_leftovers,
+    force_clean_cluster,
+    kubernetes_cluster,
+    pods_of,
+)
 
-__all__ = ["docker_client", "stub_binary", "unmount_left_state_volumes"]
+__all__ = ["docker_client", "kubernetes_cluster", "stub_binary", "unmount_left_state_volumes"]
 
 E = TypeVar("E", bound=ev.EffectResult)
 
@@ -278,17 +286,80 @@ class DockerSubject(Subject):
         await asyncio.to_thread(force_clean, self.client, program_id)
 
 
+class KubernetesSubject(DockerSubject):
+    """The Kubernetes runtime on the real cluster (scripts/setup-kubernetes.sh), as the Host's
+    least-privileged user; the admin's kubeconfig only looks and breaks things."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self, data_dir: Path, client: docker.DockerClient, stub: bytes, cluster: Cluster
+    ) -> None:
+        super().__init__(data_dir, client, stub)
+        self.cluster = cluster
+        self.cluster_settings = KubernetesSettings(
+            kubeconfig=cluster.host_kubeconfig,
+            namespace=cluster.namespace,
+            runtime_class=cluster.runtime_class,
+            registry=cluster.registry,
+            storage_class=cluster.storage_class,
+            host_id=self.settings.host_id,
+            ready_timeout=READY_TIMEOUT,
+            stop_grace=2,
+        )
+
+    def new_runtime(self) -> contextlib.AbstractAsyncContextManager[ProgramRuntime]:
+        return KubernetesRuntime(self.cluster_settings, self.sources, self.logs)
+
+    async def crash(self, program_id: str) -> int:
+        """Someone removes the program's Pod (grace 0): reported as an exit with code -1."""
+        (pod,) = [
+            p
+            for p in await pods_of(self.cluster, self.settings.host_id, program_id)
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+        self.cluster.kubectl(
+            "delete", "pod", pod["metadata"]["name"], "--grace-period=0", "--force", "--wait=false"
+        )
+        return -1
+
+    async def containers(self, program_id: str) -> list[str]:
+        pods = await pods_of(self.cluster, self.settings.host_id, program_id)
+        return [str(p["metadata"]["uid"]) for p in pods]
+
+    async def leftovers(self, program_id: str) -> list[str]:
+        found = await asyncio.to_thread(leftovers, self.client, program_id)
+        return found + await cluster_leftovers(self.cluster, self.settings.host_id, program_id)
+
+    async def force_clean(self, program_id: str) -> None:
+        await asyncio.to_thread(force_clean, self.client, program_id)
+        await force_clean_cluster(self.cluster, self.settings.host_id, program_id)
+
+
 def is_mounted(path: Path) -> bool:
     with open("/proc/self/mounts", encoding="utf-8") as mounts:
         return any(line.split()[1] == str(path) for line in mounts)
 
 
-@pytest.fixture(params=["fake", pytest.param("docker", marks=pytest.mark.docker)])
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("kubernetes", marks=[pytest.mark.docker, pytest.mark.kubernetes]),
+    ]
+)
 async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
     """Each runtime adapter in turn; on exit every program is torn down and checked gone."""
     made: Subject
     if request.param == "fake":
         made = FakeSubject(tmp_path / "data")
+    elif request.param == "kubernetes":
+        made = KubernetesSubject(
+            tmp_path / "data",
+            request.getfixturevalue("docker_client"),
+            request.getfixturevalue("stub_binary"),
+            request.getfixturevalue("kubernetes_cluster"),
+        )
     else:
         client = request.getfixturevalue("docker_client")
         made = DockerSubject(tmp_path / "data", client, request.getfixturevalue("stub_binary"))

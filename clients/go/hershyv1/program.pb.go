@@ -534,7 +534,14 @@ type Program struct {
 	// been reverted.
 	LatestRevisionNumber int64 `protobuf:"varint,51,opt,name=latest_revision_number,json=latestRevisionNumber,proto3" json:"latest_revision_number,omitempty"`
 	// The latest deploy: in progress, or how it ended. Unset before the first.
-	Rollout       *Rollout `protobuf:"bytes,52,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Rollout *Rollout `protobuf:"bytes,52,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Output only. Where the runtime placed the current or last run, on a
+	// runtime that places programs on the machines of a cluster (`--runtime
+	// kubernetes`: the node's name); empty on Docker and before the first run.
+	Node string `protobuf:"bytes,26,opt,name=node,proto3" json:"node,omitempty"`
+	// Output only. The pod of the current or last run (`--runtime kubernetes`:
+	// the Pod's name in the Host's namespace); empty on Docker.
+	Pod           string `protobuf:"bytes,27,opt,name=pod,proto3" json:"pod,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -812,6 +819,20 @@ func (x *Program) GetRollout() *Rollout {
 		return x.Rollout
 	}
 	return nil
+}
+
+func (x *Program) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Program) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
 }
 
 // How the Host tells that a program is initialised (readiness) and stays
@@ -4275,7 +4296,7 @@ var File_hershy_v1_program_proto protoreflect.FileDescriptor
 
 const file_hershy_v1_program_proto_rawDesc = "" +
 	"\n" +
-	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\f\n" +
+	"\x17hershy/v1/program.proto\x12\thershy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\f\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
@@ -4316,7 +4337,9 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\x0eunhealthy_time\x18& \x01(\v2\x1a.google.protobuf.TimestampR\runhealthyTime\x12'\n" +
 	"\x0frevision_number\x182 \x01(\x03R\x0erevisionNumber\x124\n" +
 	"\x16latest_revision_number\x183 \x01(\x03R\x14latestRevisionNumber\x12,\n" +
-	"\arollout\x184 \x01(\v2\x12.hershy.v1.RolloutR\arollout\x1a6\n" +
+	"\arollout\x184 \x01(\v2\x12.hershy.v1.RolloutR\arollout\x12\x12\n" +
+	"\x04node\x18\x1a \x01(\tR\x04node\x12\x10\n" +
+	"\x03pod\x18\x1b \x01(\tR\x03pod\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x11\n" +

@@ -157,6 +157,7 @@ def show_program(settings: Settings, program: pb.Program) -> None:
         ("build", program.build_id or "-"),
         ("image", program.image_id or "-"),
         ("container", program.container_id or "-"),
+        *((("node", program.node), ("pod", program.pod)) if program.node or program.pod else ()),
         ("watcher", watcher_url(settings, program.id)),
         ("restarts", str(program.restart_count)),
         (

@@ -249,6 +249,19 @@ SCHEMAS: dict[str, Any] = {
             "updated_at": _TIME,
             "image_id": {"type": "string"},
             "container_id": {"type": "string"},
+            "node": {
+                "type": "string",
+                "readOnly": True,
+                "description": (
+                    "Where the runtime placed its current or last run on a cluster "
+                    "(--runtime kubernetes: the node); empty on Docker."
+                ),
+            },
+            "pod": {
+                "type": "string",
+                "readOnly": True,
+                "description": "The Pod of its current or last run (--runtime kubernetes).",
+            },
             "error": {"type": "string", "description": "Why it failed; empty if it did not."},
             "error_msg": {
                 "type": "string",

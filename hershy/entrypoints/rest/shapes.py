@@ -80,6 +80,8 @@ def program_json(program: pb.Program, base: str) -> dict[str, Any]:
         # which any path reaches the program (proxy.py).
         "proxy_url": f"{base}/programs/{program.id}/proxy",
         "proxy_target": program.proxy_target,
+        "node": program.node,
+        "pod": program.pod,
         "created_at": rfc3339(program.create_time),
         "updated_at": rfc3339(program.update_time),
         "image_id": program.image_id,

@@ -305,6 +305,8 @@ class Program(_message.Message):
     REVISION_NUMBER_FIELD_NUMBER: _builtins.int
     LATEST_REVISION_NUMBER_FIELD_NUMBER: _builtins.int
     ROLLOUT_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    POD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `programs/{id}`."""
     id: _builtins.str
@@ -370,6 +372,15 @@ class Program(_message.Message):
     latest_revision_number: _builtins.int
     """The newest program revision, which may still be rolling out or have
     been reverted.
+    """
+    node: _builtins.str
+    """Output only. Where the runtime placed the current or last run, on a
+    runtime that places programs on the machines of a cluster (`--runtime
+    kubernetes`: the node's name); empty on Docker and before the first run.
+    """
+    pod: _builtins.str
+    """Output only. The pod of the current or last run (`--runtime kubernetes`:
+    the Pod's name in the Host's namespace); empty on Docker.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -469,10 +480,12 @@ class Program(_message.Message):
         revision_number: _builtins.int = ...,
         latest_revision_number: _builtins.int = ...,
         rollout: Global___Rollout | None = ...,
+        node: _builtins.str = ...,
+        pod: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "create_time", b"create_time", "last_exit_code", b"last_exit_code", "next_restart_time", b"next_restart_time", "readiness", b"readiness", "ready_time", b"ready_time", "resources", b"resources", "restart_policy", b"restart_policy", "rollout", b"rollout", "stop", b"stop", "unhealthy_time", b"unhealthy_time", "update_time", b"update_time", "watcher_answer_time", b"watcher_answer_time", "watcher_state_time", b"watcher_state_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "alias", b"alias", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "env", b"env", "error_message", b"error_message", "health", b"health", "health_reason", b"health_reason", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "latest_revision_number", b"latest_revision_number", "name", b"name", "next_restart_time", b"next_restart_time", "proxy_target", b"proxy_target", "readiness", b"readiness", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "restart_policy", b"restart_policy", "revision", b"revision", "revision_number", b"revision_number", "rollout", b"rollout", "run", b"run", "runtime", b"runtime", "state", b"state", "status_note", b"status_note", "stop", b"stop", "unhealthy_time", b"unhealthy_time", "update_time", b"update_time", "user_id", b"user_id", "watcher_answer_time", b"watcher_answer_time", "watcher_state", b"watcher_state", "watcher_state_time", b"watcher_state_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code", "alias", b"alias", "build_id", b"build_id", "container_id", b"container_id", "create_time", b"create_time", "env", b"env", "error_message", b"error_message", "health", b"health", "health_reason", b"health_reason", "id", b"id", "image_id", b"image_id", "last_exit_code", b"last_exit_code", "latest_revision_number", b"latest_revision_number", "name", b"name", "next_restart_time", b"next_restart_time", "node", b"node", "pod", b"pod", "proxy_target", b"proxy_target", "readiness", b"readiness", "ready_time", b"ready_time", "resources", b"resources", "restart_count", b"restart_count", "restart_pending", b"restart_pending", "restart_policy", b"restart_policy", "revision", b"revision", "revision_number", b"revision_number", "rollout", b"rollout", "run", b"run", "runtime", b"runtime", "state", b"state", "status_note", b"status_note", "stop", b"stop", "unhealthy_time", b"unhealthy_time", "update_time", b"update_time", "user_id", b"user_id", "watcher_answer_time", b"watcher_answer_time", "watcher_state", b"watcher_state", "watcher_state_time", b"watcher_state_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_exit_code: _TypeAlias = _typing.Literal["last_exit_code"]  # noqa: Y015
     _WhichOneofArgType__last_exit_code: _TypeAlias = _typing.Literal["_last_exit_code", b"_last_exit_code"]  # noqa: Y015
