@@ -90,6 +90,11 @@ DEFAULT_LIMITS = SourceLimits()
 DEFAULT_RESOURCES = ResourcePolicy()
 #: Threads that check and hash sources being created.
 SOURCE_CHECK_WORKERS = 2
+#: A source at most this big (files, and bytes of them all with the Dockerfile) is
+#: checked and hashed on the loop: tens of microseconds, less than the hop to a
+#: worker thread and back costs (a third of a small create's time in the Host).
+INLINE_CHECK_FILES = 64
+INLINE_CHECK_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +282,20 @@ class Registry:
                 user_id, dockerfile, src_files, resources, alias, variables, settings
             )
 
+    async def _checked(
+        self, dockerfile: str, src_files: Mapping[str, bytes]
+    ) -> tuple[ProgramSource, str]:
+        """The source checked and its build id: a small one here, a big one on a thread.
+
+        10,000 files take tens of ms to check and hash: off the loop, so one
+        tenant's creates do not hold every other tenant's calls that long.
+        """
+        if len(src_files) <= INLINE_CHECK_FILES and (
+            len(dockerfile) + sum(map(len, src_files.values())) <= INLINE_CHECK_BYTES
+        ):
+            return _checked_source(dockerfile, src_files, self._limits)
+        return await self._source_checks.run(_checked_source, dockerfile, src_files, self._limits)
+
     async def _create(
         self,
         user_id: str,
@@ -291,11 +310,7 @@ class Registry:
             StopSettings(),
         ),
     ) -> Program:
-        # 10,000 files take tens of ms to check and hash: off the loop, so one
-        # tenant's creates do not hold every other tenant's calls that long.
-        source, inputs_id = await self._source_checks.run(
-            _checked_source, dockerfile, src_files, self._limits
-        )
+        source, inputs_id = await self._checked(dockerfile, src_files)
         asked = resources or Resources(0, 0, 0, 0)
         limits = resolve_resources(
             asked.memory_bytes,
@@ -314,8 +329,17 @@ class Registry:
             self._check_alias_free(user_id, alias)
         program_id = self._ids.new_program_id()
         try:
-            await self._sources.save(program_id, source)
-            await self._logs.prepare(program_id)
+            # Side by side, each on its own threads: the source's writes and syncs do
+            # not wait for the log's folder, nor it for them. Both end before either's
+            # failure is raised, so the clean-up below never races a write still going.
+            saved, prepared = await asyncio.gather(
+                self._sources.save(program_id, source),
+                self._logs.prepare(program_id),
+                return_exceptions=True,
+            )
+            for outcome in (saved, prepared):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             event = ev.ProgramCreated(
                 at=self._clock.now(),
                 program_id=program_id,
@@ -483,9 +507,7 @@ class Registry:
     ) -> Program:
         """Roll out new source (and, if given, new limits: 0 takes the Host's default)."""
         program = self.get(program_id)
-        source, inputs_id = await self._source_checks.run(
-            _checked_source, dockerfile, src_files, self._limits
-        )
+        source, inputs_id = await self._checked(dockerfile, src_files)
         if self._build_policy is not None:
             check_dockerfile(source.dockerfile, self._build_policy)
         limits = program.resources if resources is None else self._resolved(program, resources)

@@ -475,6 +475,24 @@ class DockerBuilder:
         note: Callable[[str], None],
     ) -> str:
         limits = self.limits
+        cgroup_name = f"{program_id}-r{effect.run}"
+        # Side by side, each on a worker thread: the Engine's listing of the user's
+        # images, packing the context (tens of MiB, off the loop while other
+        # programs' work goes on) and the build's cgroup do not wait for each other.
+        cache_from, context, parent = await asyncio.gather(
+            self._cache_from(effect.user_id),
+            self._call(build_context, source),
+            self._call(self.cgroups.create, cgroup_name),
+            return_exceptions=True,
+        )
+        for outcome in (cache_from, context, parent):
+            if isinstance(outcome, BaseException):
+                # All three ended: the cgroup, if it was made, goes with the failure.
+                await self._call(self.cgroups.remove, cgroup_name)
+                raise outcome
+        assert isinstance(cache_from, list)
+        assert isinstance(context, bytes)
+        assert parent is None or isinstance(parent, str)
         params = {
             "t": tag,
             "rm": "1",
@@ -484,7 +502,7 @@ class DockerBuilder:
             "version": "1",
             # No network while building: nothing to download from here, nothing to leak.
             "networkmode": "none",
-            "cachefrom": json.dumps(await self._cache_from(effect.user_id)),
+            "cachefrom": json.dumps(cache_from),
             "memory": str(limits.memory_bytes),
             "memswap": str(limits.memory_bytes),
             "cpuperiod": "100000",
@@ -493,10 +511,6 @@ class DockerBuilder:
         if not plan.final_stage_has_steps:
             labels = image_labels(self._host_id, program_id, effect.user_id)
             params["labels"] = json.dumps(labels)
-        # Off the event loop: tens of MiB to pack, while other programs' work goes on.
-        context = await self._call(build_context, source)
-        cgroup_name = f"{program_id}-r{effect.run}"
-        parent = await self._call(self.cgroups.create, cgroup_name)
         if parent is not None:
             params["cgroupparent"] = parent
         note(
