@@ -162,6 +162,28 @@ async def snapshot_seconds(address: str, expected: int, batch: int = 0) -> float
     return took
 
 
+async def client_snapshot_seconds(address: str, expected: int) -> float:
+    """The same through the Python client's `watch_forever` (batches asked for, handed on
+    one program at a time): what `hershy watch` and a client's caller see."""
+    from hershy_client import AsyncClient  # the client as its users have it
+
+    async with AsyncClient(address) as client:
+        await client.stub.ListPrograms(pb.ListProgramsRequest(page_size=1), timeout=10)
+        began = time.perf_counter()
+        seen = 0
+        async for item in client.watch_forever():
+            if not isinstance(item, pb.WatchProgramsResponse):
+                continue
+            if item.type == pb.WatchProgramsResponse.TYPE_SNAPSHOT:
+                seen += 1
+            elif item.type == pb.WatchProgramsResponse.TYPE_SYNCED:
+                break
+        took = time.perf_counter() - began
+    if seen != expected:
+        raise RuntimeError(f"the client's snapshot held {seen} programs, not {expected}")
+    return took
+
+
 FLOOR_SERVER = """
 import asyncio, sys, grpc
 from hershy.v1 import program_pb2 as pb, program_pb2_grpc as pb_grpc
@@ -284,12 +306,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             # Interleaved with the floor: the same stream of ready-made messages.
             floor_process, floor_address = start_floor_server(count)
-            snapshots, batched, floors = [], [], []
+            snapshots, batched, through_client, floors = [], [], [], []
             try:
                 for _ in range(rounds):
                     snapshots.append(asyncio.run(snapshot_seconds(host.grpc_address, count)))
                     batched.append(
                         asyncio.run(snapshot_seconds(host.grpc_address, count, SNAPSHOT_BATCH))
+                    )
+                    through_client.append(
+                        asyncio.run(client_snapshot_seconds(host.grpc_address, count))
                     )
                     floors.append(asyncio.run(snapshot_seconds(floor_address, count)))
             finally:
@@ -316,6 +341,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"the same snapshot with snapshot_batch_size={SNAPSHOT_BATCH} "
                 f"({took / floor_took:.2f}x the floor); all: "
                 + ", ".join(f"{s:.3f}" for s in batched),
+            )
+            took = statistics.median(through_client)
+            line(
+                f"  batched, through hershy_client (median of {len(through_client)})",
+                took,
+                "s",
+                "<= 0.3",
+                took <= 0.3,
+                "watch_forever to SYNCED, one SNAPSHOT message per program handed on; all: "
+                + ", ".join(f"{s:.3f}" for s in through_client),
             )
             loaded = host.rss_mib()
             print(f"{'  RSS with the programs':<44} {loaded:>10,.1f} MiB")

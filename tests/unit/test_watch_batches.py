@@ -80,6 +80,7 @@ async def test_the_snapshot_after_a_resync_comes_in_batches_too(tmp_path: Path) 
             subscription._wakeup.set()
             async with asyncio.timeout(10):
                 resync = await call.read()
+            assert isinstance(resync, Response)
             assert resync.type == Response.TYPE_RESYNC
             fresh, synced = await read_snapshot(call)
             assert all(m.type == Response.TYPE_SNAPSHOT for m in fresh)

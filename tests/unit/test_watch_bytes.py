@@ -3,6 +3,9 @@ proto built the slow way serialises to, capped in programs and in bytes."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -104,3 +107,10 @@ def test_varint_matches_protobufs() -> None:
     for value in (0, 1, 127, 128, 300, 2**31, 2**63 - 1):
         encoded = pb.Program(revision=value).SerializeToString()
         assert encoded == (b"\x70" + watch_bytes.varint(value) if value else b"")
+
+
+def test_the_go_client_asks_for_the_hosts_cap() -> None:
+    source = (Path(__file__).resolve().parents[2] / "clients/go/hershy/watch.go").read_text()
+    found = re.search(r"^const SnapshotBatch = (\d+)$", source, re.MULTILINE)
+    assert found is not None
+    assert int(found.group(1)) == limits.MAX_WATCH_SNAPSHOT_BATCH
