@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             took = statistics.median(through_client)
             line(
-                f"  batched, through hershy_client (median of {len(through_client)})",
+                f"  batched, via hershy_client (median of {len(through_client)})",
                 took,
                 "s",
                 "<= 0.3",
