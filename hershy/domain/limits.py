@@ -41,6 +41,12 @@ MAX_SOURCE_PATH_DEPTH = 16
 
 #: gRPC messages either way: sources can be tens of MiB (gRPC's default is 4 MiB).
 MAX_MESSAGE_BYTES = 64 * MiB
+#: A batched Watch snapshot (`snapshot_batch_size`): the most programs one SNAPSHOT message
+#: carries, and the bytes past which a batch ends early (well under gRPC's default 4 MiB
+#: receive limit, which clients that did not raise it still have; a single program bigger
+#: than this goes alone in its message).
+MAX_WATCH_SNAPSHOT_BATCH = 1000
+MAX_WATCH_SNAPSHOT_BATCH_BYTES = 1 * MiB
 #: A REST create's JSON body: the source base64-encoded (4/3), plus room for the rest.
 MAX_CREATE_BODY_BYTES = MAX_SOURCE_TOTAL_BYTES * 4 // 3 + 1 * MiB
 #: Every other REST body (aiohttp's `client_max_size`), and the small ones (tokens, quotas).

@@ -16,11 +16,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hershy.domain import revisions
-from hershy.domain.errors import HershyError, NotFound, Unauthenticated
-from hershy.domain.limits import DEFAULT_WAIT_SECONDS, MAX_MESSAGE_BYTES
+from hershy.domain.errors import HershyError, InvalidArgument, NotFound, Unauthenticated
+from hershy.domain.limits import (
+    DEFAULT_WAIT_SECONDS,
+    MAX_MESSAGE_BYTES,
+    MAX_WATCH_SNAPSHOT_BATCH,
+    MAX_WATCH_SNAPSHOT_BATCH_BYTES,
+)
 from hershy.domain.model import ACTIVE_STATES, Program
 from hershy.domain.validation import validate_user_id
-from hershy.entrypoints import convert
+from hershy.entrypoints import convert, watch_bytes
 from hershy.entrypoints.grpc_errors import code_for, to_status
 from hershy.service import auth as access
 from hershy.service.auth import Authenticator, Principal, StreamGrant
@@ -102,8 +107,9 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         # Changes are encoded once, however many subscribers there are.
         # Serialised too: 1,000 watchers of one change cost one SerializeToString.
         self._encoded: OrderedDict[int, Encoded] = OrderedDict()
-        #: Each program's SNAPSHOT message at its revision (dropped when it is deleted).
-        self._snapshot_messages: dict[str, tuple[int, Encoded]] = {}
+        #: Each program serialised at its revision, length-prefixed (dropped when it is
+        #: deleted): its SNAPSHOT message, or its place in a batch, is a concatenation.
+        self._snapshot_programs: dict[str, tuple[int, bytes]] = {}
         #: One user's creates (big sources to write) cannot crowd out everyone else's work.
         self._creates = PerUserLimit(MAX_CREATES_IN_PROGRESS_PER_USER, "creates")
 
@@ -260,6 +266,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             grant = self._auth.open_stream(authorization(context))
             caller = grant.principal
             resume = request.resume_revision if request.HasField("resume_revision") else None
+            batch = _snapshot_batch(request.snapshot_batch_size)
             program_id = self._watched(caller, request.name, resumed=resume is not None)
             start = self._registry.watch(program_id, resume, caller.only_user)
         except HershyError as error:
@@ -275,7 +282,7 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         try:
             # Accepted: say so now, so a client need not wait for the first change to know.
             await context.send_initial_metadata(())
-            for message in self._watch_messages(start, subscription, caller):
+            for message in self._watch_messages(start, subscription, caller, batch):
                 if grant.revoked:
                     break
                 yield message
@@ -291,7 +298,8 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
                     programs = [
                         p for p in self._registry.snapshot(subscription) if caller.sees(p.user_id)
                     ]
-                    for message in self._snapshot(programs, self._registry.hub.revision):
+                    revision = self._registry.hub.revision
+                    for message in self._snapshot(programs, revision, batch):
                         if grant.revoked:
                             break
                         yield message
@@ -316,13 +324,13 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
             return convert.program_id_from_name(name)
 
     def _watch_messages(
-        self, start: WatchStart, subscription: Subscription, caller: Principal
+        self, start: WatchStart, subscription: Subscription, caller: Principal, batch: int
     ) -> Iterator[Encoded]:
         """What a Watch sends before it goes live: the snapshot, or the replay; only
         what the caller may see (the registry filtered it already: this is the second lock)."""
         if start.snapshot is not None:
             programs = [program for program in start.snapshot if caller.sees(program.user_id)]
-            yield from self._snapshot(programs, start.revision)
+            yield from self._snapshot(programs, start.revision, batch)
         for change in start.replay:
             if subscription.wants(change) and caller.sees(change.program.user_id):
                 yield self._encode(change)
@@ -374,37 +382,44 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
         if grant.revoked:
             await self._end_revoked(context, "ReadProgramLogs")
 
-    def _snapshot(self, programs: list[Program], revision: int) -> list[Encoded]:
-        if len(self._snapshot_messages) > 2 * len(programs) + SNAPSHOT_CACHE_SLACK:
+    def _snapshot(self, programs: list[Program], revision: int, batch: int = 0) -> list[Encoded]:
+        """The snapshot's messages: one per program, or (`batch` > 0) batches of up to
+        `batch` programs; then SYNCED. `programs` are only those the caller may see."""
+        if len(self._snapshot_programs) > 2 * len(programs) + SNAPSHOT_CACHE_SLACK:
             # Programs deleted while no one watched: keep what this snapshot holds.
             kept = {program.id for program in programs}
-            self._snapshot_messages = {
-                key: value for key, value in self._snapshot_messages.items() if key in kept
+            self._snapshot_programs = {
+                key: value for key, value in self._snapshot_programs.items() if key in kept
             }
-        messages = [self._snapshot_message(program) for program in programs]
+        serialised = [self._serialised(program) for program in programs]
+        if batch:
+            messages = list(
+                watch_bytes.snapshot_batches(serialised, batch, MAX_WATCH_SNAPSHOT_BATCH_BYTES)
+            )
+        else:
+            messages = [
+                watch_bytes.snapshot_message(data, program.revision)
+                for program, data in zip(programs, serialised, strict=True)
+            ]
         synced = pb.WatchProgramsResponse(
             type=pb.WatchProgramsResponse.TYPE_SYNCED, revision=revision
         ).SerializeToString()
         messages.append(synced)
         return messages
 
-    def _snapshot_message(self, program: Program) -> Encoded:
-        """A program's SNAPSHOT message, made once per revision of it (a snapshot of
-        10,000 programs spent 0.5 s converting them, every time one was taken)."""
-        cached = self._snapshot_messages.get(program.id)
+    def _serialised(self, program: Program) -> bytes:
+        """The program serialised and length-prefixed, made once per revision of it (a
+        snapshot of 10,000 programs spent 0.5 s converting them, every time one was taken)."""
+        cached = self._snapshot_programs.get(program.id)
         if cached is not None and cached[0] == program.revision:
             return cached[1]
-        message = pb.WatchProgramsResponse(
-            type=pb.WatchProgramsResponse.TYPE_SNAPSHOT,
-            program=self._pb(program),
-            revision=program.revision,
-        ).SerializeToString()
-        self._snapshot_messages[program.id] = (program.revision, message)
-        return message
+        data = watch_bytes.length_prefixed(self._pb(program).SerializeToString())
+        self._snapshot_programs[program.id] = (program.revision, data)
+        return data
 
     def _encode(self, change: Change) -> Encoded:
         if change.kind is ChangeKind.DELETED:
-            self._snapshot_messages.pop(change.program.id, None)  # never in a snapshot again
+            self._snapshot_programs.pop(change.program.id, None)  # never in a snapshot again
         message = self._encoded.get(change.revision)
         if message is None:
             message = convert.change_to_pb(change, self._registry.runtime).SerializeToString()
@@ -417,6 +432,14 @@ class ProgramService(pb_grpc.ProgramServiceServicer):
 _RESYNC: Encoded = pb.WatchProgramsResponse(
     type=pb.WatchProgramsResponse.TYPE_RESYNC
 ).SerializeToString()
+
+
+def _snapshot_batch(asked: int) -> int:
+    """Programs per SNAPSHOT message: 0 (one message each, today's stream) unless the
+    caller asked for batches; never more than the Host's cap."""
+    if asked < 0:
+        raise InvalidArgument("snapshot_batch_size", f"must not be negative (got {asked})")
+    return min(asked, MAX_WATCH_SNAPSHOT_BATCH)
 
 
 def _as_sent(message: Encoded) -> bytes:

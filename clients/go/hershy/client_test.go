@@ -500,3 +500,79 @@ func TestWatchSurvivesAHostRestart(t *testing.T) {
 	}
 	t.Logf("%d changes across the restart, revisions %d..%d", len(seen), synced+1, last)
 }
+
+// A snapshot comes in batches (the client asks for them) and is delivered one
+// Snapshot event per program, each with its revision, exactly what the raw
+// stream without batches says.
+func TestWatchSnapshotInBatchesIsOneEventPerProgram(t *testing.T) {
+	client := dial(t, shared.grpcAddr)
+	ctx := testContext(t, 60*time.Second)
+	user := userID(t)
+	for range 25 {
+		check(client.Create(ctx, hershy.CreateRequest{UserID: user, Dockerfile: dockerfile}))(t)
+	}
+	raw := func(batch int32) (map[string]*hershyv1.Program, int, int64) {
+		stream := check(client.Raw().WatchPrograms(ctx, &hershyv1.WatchProgramsRequest{SnapshotBatchSize: batch}))(t)
+		programs := map[string]*hershyv1.Program{}
+		messages := 0
+		for {
+			msg := check(stream.Recv())(t)
+			switch msg.GetType() {
+			case hershyv1.WatchProgramsResponse_TYPE_SYNCED:
+				return programs, messages, msg.GetRevision()
+			case hershyv1.WatchProgramsResponse_TYPE_SNAPSHOT:
+				messages++
+				if batch == 0 {
+					if len(msg.GetSnapshotPrograms()) != 0 || msg.GetRevision() != msg.GetProgram().GetRevision() {
+						t.Fatalf("an unbatched snapshot message as it never was: %v", msg)
+					}
+					programs[msg.GetProgram().GetId()] = msg.GetProgram()
+					continue
+				}
+				if msg.GetProgram() != nil || len(msg.GetSnapshotPrograms()) > int(batch) {
+					t.Fatalf("a batch of %d with program %v", len(msg.GetSnapshotPrograms()), msg.GetProgram())
+				}
+				for _, p := range msg.GetSnapshotPrograms() {
+					programs[p.GetId()] = p
+				}
+			default:
+				t.Fatalf("unexpected %v before SYNCED", msg.GetType())
+			}
+		}
+	}
+	plain, plainMessages, plainRevision := raw(0)
+	batched, batchMessages, batchRevision := raw(7)
+	if len(plain) != plainMessages || batchMessages != (len(plain)+6)/7 {
+		t.Fatalf("%d programs in %d messages, batched in %d", len(plain), plainMessages, batchMessages)
+	}
+	if len(batched) != len(plain) || batchRevision != plainRevision {
+		t.Fatalf("batched: %d programs at %d; unbatched: %d at %d", len(batched), batchRevision, len(plain), plainRevision)
+	}
+	for id, p := range plain {
+		if !proto.Equal(p, batched[id]) {
+			t.Fatalf("%s differs: %v vs %v", id, p, batched[id])
+		}
+	}
+
+	w := client.Watch(ctx, hershy.WatchOptions{})
+	events := map[string]hershy.Event{}
+	for {
+		event := next(t, w, 10*time.Second)
+		if event.Kind == hershy.EventSynced {
+			if event.Revision < plainRevision {
+				t.Fatalf("synced at %d, before %d", event.Revision, plainRevision)
+			}
+			break
+		}
+		if event.Kind != hershy.EventSnapshot || event.Program == nil {
+			t.Fatalf("unexpected %+v in the snapshot", event)
+		}
+		events[event.Program.GetId()] = event
+	}
+	for id, p := range plain {
+		event, ok := events[id]
+		if !ok || event.Revision != p.GetRevision() || !proto.Equal(event.Program, p) {
+			t.Fatalf("%s: event %+v, want %v", id, event, p)
+		}
+	}
+}

@@ -244,12 +244,18 @@ func permanent(code codes.Code) bool {
 	return false
 }
 
+// SnapshotBatch is how many programs a snapshot message carries at most, as
+// the client asks for them (the Host's cap, MAX_WATCH_SNAPSHOT_BATCH): a
+// snapshot of 10,000 programs is ten messages, not 10,000. The events are one
+// Snapshot per program either way.
+const SnapshotBatch = 1000
+
 // stream runs one WatchPrograms call until it ends; received says whether
 // any message arrived (the connection worked).
 func (w *Watcher) stream(ctx context.Context, c *Client, program string, st *watchState) (received bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	req := &hershyv1.WatchProgramsRequest{}
+	req := &hershyv1.WatchProgramsRequest{SnapshotBatchSize: SnapshotBatch}
 	if program != "" {
 		req.Name = Name(program)
 	}
@@ -284,6 +290,17 @@ func (w *Watcher) stream(ctx context.Context, c *Client, program string, st *wat
 		case hershyv1.WatchProgramsResponse_TYPE_SNAPSHOT:
 			event.Kind = EventSnapshot
 			st.resume = false
+			if batch := msg.GetSnapshotPrograms(); len(batch) > 0 {
+				// A batch: one event per program, with the program's revision.
+				for _, program := range batch {
+					one := Event{Kind: EventSnapshot, Program: program, Revision: program.GetRevision()}
+					if !w.emit(ctx, one) {
+						return true, errStopped
+					}
+				}
+				st.dirty = true
+				continue
+			}
 		case hershyv1.WatchProgramsResponse_TYPE_SYNCED:
 			event.Kind = EventSynced
 			st.last, st.resume = msg.GetRevision(), true

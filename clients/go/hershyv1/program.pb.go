@@ -381,7 +381,8 @@ type WatchProgramsResponse_Type int32
 const (
 	// Never sent.
 	WatchProgramsResponse_TYPE_UNSPECIFIED WatchProgramsResponse_Type = 0
-	// A program as it was when the snapshot was taken.
+	// A program as it was when the snapshot was taken (in `program`), or a
+	// batch of them (in `snapshot_programs`, when asked for).
 	WatchProgramsResponse_TYPE_SNAPSHOT WatchProgramsResponse_Type = 1
 	// The snapshot is complete; `revision` is where it was taken.
 	WatchProgramsResponse_TYPE_SYNCED WatchProgramsResponse_Type = 2
@@ -3906,8 +3907,15 @@ type WatchProgramsRequest struct {
 	// revision older than the Host remembers fails with OUT_OF_RANGE: list
 	// again (watch without it).
 	ResumeRevision *int64 `protobuf:"varint,2,opt,name=resume_revision,json=resumeRevision,proto3,oneof" json:"resume_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Opt-in: when > 0, the snapshot (the first one, and any after a RESYNC)
+	// comes as SNAPSHOT messages each carrying up to this many programs in
+	// `snapshot_programs` (`program` unset in them), then SYNCED as always.
+	// The Host caps it (1,000 programs, and about 1 MiB per message, so a
+	// batch stays well under gRPC's default 4 MiB message limit). 0 (unset):
+	// one SNAPSHOT message per program. Negative: INVALID_ARGUMENT.
+	SnapshotBatchSize int32 `protobuf:"varint,3,opt,name=snapshot_batch_size,json=snapshotBatchSize,proto3" json:"snapshot_batch_size,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *WatchProgramsRequest) Reset() {
@@ -3954,6 +3962,13 @@ func (x *WatchProgramsRequest) GetResumeRevision() int64 {
 	return 0
 }
 
+func (x *WatchProgramsRequest) GetSnapshotBatchSize() int32 {
+	if x != nil {
+		return x.SnapshotBatchSize
+	}
+	return 0
+}
+
 // One message of a Watch stream.
 type WatchProgramsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3964,9 +3979,13 @@ type WatchProgramsResponse struct {
 	// The Host-wide revision of this change (or of the snapshot, for SYNCED).
 	Revision int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
 	// The event that caused the change, for CREATED, UPDATED and DELETED.
-	Event         *ProgramEvent `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Event *ProgramEvent `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`
+	// For SNAPSHOT, when the request set `snapshot_batch_size`: the programs of
+	// this part of the snapshot (each with its own `revision`); `program` and
+	// `revision` are then unset. Only programs the caller may see.
+	SnapshotPrograms []*Program `protobuf:"bytes,5,rep,name=snapshot_programs,json=snapshotPrograms,proto3" json:"snapshot_programs,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *WatchProgramsResponse) Reset() {
@@ -4023,6 +4042,13 @@ func (x *WatchProgramsResponse) GetRevision() int64 {
 func (x *WatchProgramsResponse) GetEvent() *ProgramEvent {
 	if x != nil {
 		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchProgramsResponse) GetSnapshotPrograms() []*Program {
+	if x != nil {
+		return x.SnapshotPrograms
 	}
 	return nil
 }
@@ -4557,16 +4583,18 @@ const file_hershy_v1_program_proto_rawDesc = "" +
 	"\x12WaitProgramRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x10.hershy.v1.StateR\x05state\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"l\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x9c\x01\n" +
 	"\x14WatchProgramsRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
-	"\x0fresume_revision\x18\x02 \x01(\x03H\x00R\x0eresumeRevision\x88\x01\x01B\x12\n" +
-	"\x10_resume_revision\"\xd5\x02\n" +
+	"\x0fresume_revision\x18\x02 \x01(\x03H\x00R\x0eresumeRevision\x88\x01\x01\x12.\n" +
+	"\x13snapshot_batch_size\x18\x03 \x01(\x05R\x11snapshotBatchSizeB\x12\n" +
+	"\x10_resume_revision\"\x96\x03\n" +
 	"\x15WatchProgramsResponse\x129\n" +
 	"\x04type\x18\x01 \x01(\x0e2%.hershy.v1.WatchProgramsResponse.TypeR\x04type\x12,\n" +
 	"\aprogram\x18\x02 \x01(\v2\x12.hershy.v1.ProgramR\aprogram\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\x12-\n" +
-	"\x05event\x18\x04 \x01(\v2\x17.hershy.v1.ProgramEventR\x05event\"\x87\x01\n" +
+	"\x05event\x18\x04 \x01(\v2\x17.hershy.v1.ProgramEventR\x05event\x12?\n" +
+	"\x11snapshot_programs\x18\x05 \x03(\v2\x12.hershy.v1.ProgramR\x10snapshotPrograms\"\x87\x01\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rTYPE_SNAPSHOT\x10\x01\x12\x0f\n" +
@@ -4819,45 +4847,46 @@ var file_hershy_v1_program_proto_depIdxs = []int32{
 	5,  // 75: hershy.v1.WatchProgramsResponse.type:type_name -> hershy.v1.WatchProgramsResponse.Type
 	6,  // 76: hershy.v1.WatchProgramsResponse.program:type_name -> hershy.v1.Program
 	13, // 77: hershy.v1.WatchProgramsResponse.event:type_name -> hershy.v1.ProgramEvent
-	64, // 78: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
-	4,  // 79: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
-	65, // 80: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
-	4,  // 81: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
-	43, // 82: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
-	44, // 83: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
-	45, // 84: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
-	47, // 85: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
-	48, // 86: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
-	49, // 87: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
-	50, // 88: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
-	51, // 89: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
-	52, // 90: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
-	54, // 91: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
-	56, // 92: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
-	37, // 93: hershy.v1.ProgramService.DeployProgram:input_type -> hershy.v1.DeployProgramRequest
-	38, // 94: hershy.v1.ProgramService.UpdateProgram:input_type -> hershy.v1.UpdateProgramRequest
-	39, // 95: hershy.v1.ProgramService.ListProgramRevisions:input_type -> hershy.v1.ListProgramRevisionsRequest
-	41, // 96: hershy.v1.ProgramService.RollbackProgram:input_type -> hershy.v1.RollbackProgramRequest
-	6,  // 97: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
-	6,  // 98: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
-	46, // 99: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
-	6,  // 100: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
-	6,  // 101: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
-	6,  // 102: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
-	6,  // 103: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
-	6,  // 104: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
-	53, // 105: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
-	55, // 106: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
-	57, // 107: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
-	6,  // 108: hershy.v1.ProgramService.DeployProgram:output_type -> hershy.v1.Program
-	6,  // 109: hershy.v1.ProgramService.UpdateProgram:output_type -> hershy.v1.Program
-	40, // 110: hershy.v1.ProgramService.ListProgramRevisions:output_type -> hershy.v1.ListProgramRevisionsResponse
-	6,  // 111: hershy.v1.ProgramService.RollbackProgram:output_type -> hershy.v1.Program
-	97, // [97:112] is the sub-list for method output_type
-	82, // [82:97] is the sub-list for method input_type
-	82, // [82:82] is the sub-list for extension type_name
-	82, // [82:82] is the sub-list for extension extendee
-	0,  // [0:82] is the sub-list for field type_name
+	6,  // 78: hershy.v1.WatchProgramsResponse.snapshot_programs:type_name -> hershy.v1.Program
+	64, // 79: hershy.v1.ProgramSource.src_files:type_name -> hershy.v1.ProgramSource.SrcFilesEntry
+	4,  // 80: hershy.v1.ReadProgramLogsRequest.streams:type_name -> hershy.v1.LogStream
+	65, // 81: hershy.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	4,  // 82: hershy.v1.LogEntry.stream:type_name -> hershy.v1.LogStream
+	43, // 83: hershy.v1.ProgramService.CreateProgram:input_type -> hershy.v1.CreateProgramRequest
+	44, // 84: hershy.v1.ProgramService.GetProgram:input_type -> hershy.v1.GetProgramRequest
+	45, // 85: hershy.v1.ProgramService.ListPrograms:input_type -> hershy.v1.ListProgramsRequest
+	47, // 86: hershy.v1.ProgramService.DeleteProgram:input_type -> hershy.v1.DeleteProgramRequest
+	48, // 87: hershy.v1.ProgramService.StartProgram:input_type -> hershy.v1.StartProgramRequest
+	49, // 88: hershy.v1.ProgramService.StopProgram:input_type -> hershy.v1.StopProgramRequest
+	50, // 89: hershy.v1.ProgramService.RestartProgram:input_type -> hershy.v1.RestartProgramRequest
+	51, // 90: hershy.v1.ProgramService.WaitProgram:input_type -> hershy.v1.WaitProgramRequest
+	52, // 91: hershy.v1.ProgramService.WatchPrograms:input_type -> hershy.v1.WatchProgramsRequest
+	54, // 92: hershy.v1.ProgramService.GetProgramSource:input_type -> hershy.v1.GetProgramSourceRequest
+	56, // 93: hershy.v1.ProgramService.ReadProgramLogs:input_type -> hershy.v1.ReadProgramLogsRequest
+	37, // 94: hershy.v1.ProgramService.DeployProgram:input_type -> hershy.v1.DeployProgramRequest
+	38, // 95: hershy.v1.ProgramService.UpdateProgram:input_type -> hershy.v1.UpdateProgramRequest
+	39, // 96: hershy.v1.ProgramService.ListProgramRevisions:input_type -> hershy.v1.ListProgramRevisionsRequest
+	41, // 97: hershy.v1.ProgramService.RollbackProgram:input_type -> hershy.v1.RollbackProgramRequest
+	6,  // 98: hershy.v1.ProgramService.CreateProgram:output_type -> hershy.v1.Program
+	6,  // 99: hershy.v1.ProgramService.GetProgram:output_type -> hershy.v1.Program
+	46, // 100: hershy.v1.ProgramService.ListPrograms:output_type -> hershy.v1.ListProgramsResponse
+	6,  // 101: hershy.v1.ProgramService.DeleteProgram:output_type -> hershy.v1.Program
+	6,  // 102: hershy.v1.ProgramService.StartProgram:output_type -> hershy.v1.Program
+	6,  // 103: hershy.v1.ProgramService.StopProgram:output_type -> hershy.v1.Program
+	6,  // 104: hershy.v1.ProgramService.RestartProgram:output_type -> hershy.v1.Program
+	6,  // 105: hershy.v1.ProgramService.WaitProgram:output_type -> hershy.v1.Program
+	53, // 106: hershy.v1.ProgramService.WatchPrograms:output_type -> hershy.v1.WatchProgramsResponse
+	55, // 107: hershy.v1.ProgramService.GetProgramSource:output_type -> hershy.v1.ProgramSource
+	57, // 108: hershy.v1.ProgramService.ReadProgramLogs:output_type -> hershy.v1.LogEntry
+	6,  // 109: hershy.v1.ProgramService.DeployProgram:output_type -> hershy.v1.Program
+	6,  // 110: hershy.v1.ProgramService.UpdateProgram:output_type -> hershy.v1.Program
+	40, // 111: hershy.v1.ProgramService.ListProgramRevisions:output_type -> hershy.v1.ListProgramRevisionsResponse
+	6,  // 112: hershy.v1.ProgramService.RollbackProgram:output_type -> hershy.v1.Program
+	98, // [98:113] is the sub-list for method output_type
+	83, // [83:98] is the sub-list for method input_type
+	83, // [83:83] is the sub-list for extension type_name
+	83, // [83:83] is the sub-list for extension extendee
+	0,  // [0:83] is the sub-list for field type_name
 }
 
 func init() { file_hershy_v1_program_proto_init() }

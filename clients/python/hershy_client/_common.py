@@ -241,7 +241,12 @@ def logs_request(
 def watch_request(
     program: ProgramRef | None, resume_revision: int | None
 ) -> pb.WatchProgramsRequest:
-    request = pb.WatchProgramsRequest(name=program_name(program) if program else "")
+    """The snapshot asked for in batches (as many programs a message as the Host allows);
+    the client hands them on one program at a time (`watch.per_program`)."""
+    request = pb.WatchProgramsRequest(
+        name=program_name(program) if program else "",
+        snapshot_batch_size=limits.MAX_WATCH_SNAPSHOT_BATCH,
+    )
     if resume_revision is not None:
         request.resume_revision = resume_revision
     return request

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +24,7 @@ from hershy_client.watch import (
     Backoff,
     WatchCursor,
     WatchItem,
+    per_program,
 )
 
 if TYPE_CHECKING:
@@ -381,7 +383,18 @@ class AsyncClient:
         `watch_forever` handles both.
         """
         request = common.watch_request(program_id, resume_revision)
-        return self._stream(self.stub.WatchPrograms, request, None)
+        return self._per_program(self._stream(self.stub.WatchPrograms, request, None))
+
+    @staticmethod
+    async def _per_program(
+        stream: AsyncGenerator[pb.WatchProgramsResponse, None],
+    ) -> AsyncGenerator[pb.WatchProgramsResponse, None]:
+        """The stream with batched snapshots handed on one program at a time; closing
+        this closes (cancels) the call at once."""
+        async with contextlib.aclosing(stream):
+            async for message in stream:
+                for each in per_program(message):
+                    yield each
 
     async def watch_forever(
         self,
@@ -406,9 +419,10 @@ class AsyncClient:
             failure: HershyError | None = None
             try:
                 async for message in call:
-                    item = cursor.on_message(message)
-                    if item is not None:
-                        yield item
+                    for each in per_program(message):
+                        item = cursor.on_message(each)
+                        if item is not None:
+                            yield item
             except asyncio.CancelledError:
                 if self._ended_by_close():
                     return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -22,6 +23,7 @@ from hershy_client.watch import (
     Backoff,
     WatchCursor,
     WatchItem,
+    per_program,
 )
 
 Request = TypeVar("Request")
@@ -369,7 +371,17 @@ class Client:
         `watch_forever` handles both.
         """
         request = common.watch_request(program_id, resume_revision)
-        return self._stream(self.stub.WatchPrograms, request, None)
+        return self._per_program(self._stream(self.stub.WatchPrograms, request, None))
+
+    @staticmethod
+    def _per_program(
+        stream: Generator[pb.WatchProgramsResponse, None, None],
+    ) -> Generator[pb.WatchProgramsResponse, None, None]:
+        """The stream with batched snapshots handed on one program at a time; closing
+        this closes (cancels) the call at once."""
+        with contextlib.closing(stream):
+            for message in stream:
+                yield from per_program(message)
 
     def watch_forever(
         self,
@@ -394,9 +406,10 @@ class Client:
             failure: HershyError | None = None
             try:
                 for message in call:
-                    item = cursor.on_message(message)
-                    if item is not None:
-                        yield item
+                    for each in per_program(message):
+                        item = cursor.on_message(each)
+                        if item is not None:
+                            yield item
             except grpc.RpcError as rpc_error:
                 if self._closed.is_set():
                     return

@@ -13,3 +13,6 @@ DEFAULT_WAIT_SECONDS = 60.0
 MAX_WAIT_SECONDS = 3600.0
 #: gRPC messages either way: sources can be tens of MiB (gRPC's default is 4 MiB).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: A batched Watch snapshot: the most programs the Host puts in one SNAPSHOT message
+#: (what the client asks for: its watches take the snapshot in batches).
+MAX_WATCH_SNAPSHOT_BATCH = 1000

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -77,6 +78,18 @@ class Resync:
 
 #: What `watch_forever` yields: a message of the stream, or a Resync marker.
 WatchItem = Response | Resync
+
+
+def per_program(message: Response) -> Sequence[Response]:
+    """A message as the stream carries it without batches: a batched SNAPSHOT (asked for
+    by `snapshot_batch_size`) as one SNAPSHOT message per program, each with the program's
+    revision; any other message as it is. Callers see the same stream either way."""
+    if not message.snapshot_programs:
+        return (message,)
+    return [
+        Response(type=Response.TYPE_SNAPSHOT, program=program, revision=program.revision)
+        for program in message.snapshot_programs
+    ]
 
 
 class Backoff:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from hershy.domain.limits import MAX_WATCH_SNAPSHOT_BATCH
 from hershy.domain.model import Program
 from hershy.entrypoints.convert import state_to_pb
 from hershy.entrypoints.rest.auth import Metadata
@@ -172,11 +173,18 @@ class ProgramCache:
     async def _follow(self) -> None:
         pending: dict[str, Target] = {}
         resume = self._take_seed()
-        request = pb.WatchProgramsRequest(resume_revision=resume)
+        # A snapshot (the first without a seed, any after a RESYNC) in batches: 10,000
+        # programs in ten messages, not 10,000 (grpc.aio's cost is per message).
+        request = pb.WatchProgramsRequest(
+            resume_revision=resume, snapshot_batch_size=MAX_WATCH_SNAPSHOT_BATCH
+        )
         call = self._stub.WatchPrograms(request, metadata=self._metadata)
         async for message in call:
             program = message.program
             match message.type:
+                case Kind.TYPE_SNAPSHOT if message.snapshot_programs:
+                    for each in message.snapshot_programs:
+                        pending[each.id] = Target.of(each)
                 case Kind.TYPE_SNAPSHOT:
                     pending[program.id] = Target.of(program)
                 case Kind.TYPE_SYNCED:

@@ -2097,6 +2097,7 @@ class WatchProgramsRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     RESUME_REVISION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Only this program (`programs/{id}`), when set."""
     resume_revision: _builtins.int
@@ -2104,15 +2105,24 @@ class WatchProgramsRequest(_message.Message):
     revision older than the Host remembers fails with OUT_OF_RANGE: list
     again (watch without it).
     """
+    snapshot_batch_size: _builtins.int
+    """Opt-in: when > 0, the snapshot (the first one, and any after a RESYNC)
+    comes as SNAPSHOT messages each carrying up to this many programs in
+    `snapshot_programs` (`program` unset in them), then SYNCED as always.
+    The Host caps it (1,000 programs, and about 1 MiB per message, so a
+    batch stays well under gRPC's default 4 MiB message limit). 0 (unset):
+    one SNAPSHOT message per program. Negative: INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         resume_revision: _builtins.int | None = ...,
+        snapshot_batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_revision", b"_resume_revision", "resume_revision", b"resume_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_revision", b"_resume_revision", "name", b"name", "resume_revision", b"resume_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_revision", b"_resume_revision", "name", b"name", "resume_revision", b"resume_revision", "snapshot_batch_size", b"snapshot_batch_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resume_revision: _TypeAlias = _typing.Literal["resume_revision"]  # noqa: Y015
     _WhichOneofArgType__resume_revision: _TypeAlias = _typing.Literal["_resume_revision", b"_resume_revision"]  # noqa: Y015
@@ -2135,7 +2145,9 @@ class WatchProgramsResponse(_message.Message):
         TYPE_UNSPECIFIED: WatchProgramsResponse._Type.ValueType  # 0
         """Never sent."""
         TYPE_SNAPSHOT: WatchProgramsResponse._Type.ValueType  # 1
-        """A program as it was when the snapshot was taken."""
+        """A program as it was when the snapshot was taken (in `program`), or a
+        batch of them (in `snapshot_programs`, when asked for).
+        """
         TYPE_SYNCED: WatchProgramsResponse._Type.ValueType  # 2
         """The snapshot is complete; `revision` is where it was taken."""
         TYPE_CREATED: WatchProgramsResponse._Type.ValueType  # 3
@@ -2155,7 +2167,9 @@ class WatchProgramsResponse(_message.Message):
     TYPE_UNSPECIFIED: WatchProgramsResponse.Type.ValueType  # 0
     """Never sent."""
     TYPE_SNAPSHOT: WatchProgramsResponse.Type.ValueType  # 1
-    """A program as it was when the snapshot was taken."""
+    """A program as it was when the snapshot was taken (in `program`), or a
+    batch of them (in `snapshot_programs`, when asked for).
+    """
     TYPE_SYNCED: WatchProgramsResponse.Type.ValueType  # 2
     """The snapshot is complete; `revision` is where it was taken."""
     TYPE_CREATED: WatchProgramsResponse.Type.ValueType  # 3
@@ -2173,6 +2187,7 @@ class WatchProgramsResponse(_message.Message):
     PROGRAM_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_PROGRAMS_FIELD_NUMBER: _builtins.int
     type: Global___WatchProgramsResponse.Type.ValueType
     """What the message means."""
     revision: _builtins.int
@@ -2185,6 +2200,13 @@ class WatchProgramsResponse(_message.Message):
     def event(self) -> Global___ProgramEvent:
         """The event that caused the change, for CREATED, UPDATED and DELETED."""
 
+    @_builtins.property
+    def snapshot_programs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Program]:
+        """For SNAPSHOT, when the request set `snapshot_batch_size`: the programs of
+        this part of the snapshot (each with its own `revision`); `program` and
+        `revision` are then unset. Only programs the caller may see.
+        """
+
     def __init__(
         self,
         *,
@@ -2192,10 +2214,11 @@ class WatchProgramsResponse(_message.Message):
         program: Global___Program | None = ...,
         revision: _builtins.int = ...,
         event: Global___ProgramEvent | None = ...,
+        snapshot_programs: _abc.Iterable[Global___Program] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "program", b"program"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "program", b"program", "revision", b"revision", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "program", b"program", "revision", b"revision", "snapshot_programs", b"snapshot_programs", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
