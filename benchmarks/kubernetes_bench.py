@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "clients" / "python")]
 
 from hershy.adapters.docker.runtime import DockerSettings  # noqa: E402
-from hershy.adapters.kubernetes.runtime import KubernetesSettings  # noqa: E402
+from hershy.adapters.kubernetes.settings import KubernetesSettings  # noqa: E402
 from hershy.bootstrap import HostConfig, Runtime, running_host  # noqa: E402
 from hershy.domain.model import Resources, State  # noqa: E402
 from hershy.service.registry import Registry  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import ipaddress
 import logging
 import os
@@ -14,12 +15,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hershy.adapters import host_key
 from hershy.adapters.docker.port_pool import PortPool
-from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings
+from hershy.adapters.docker.settings import DockerSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
-from hershy.adapters.kubernetes.runtime import KubernetesRuntime, KubernetesSettings
+from hershy.adapters.kubernetes.settings import KubernetesSettings
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
 from hershy.adapters.sqlite_store import SqliteEventLog, StoreError
@@ -32,6 +34,10 @@ from hershy.service.ports import LogStore
 from hershy.service.quotas import Quotas
 from hershy.service.registry import Registry
 from hershy.service.secrets import RedactingLogStore, Secrets, SecretValues
+
+if TYPE_CHECKING:  # docker-py, requests and lightkube are imported only by their runtime
+    from hershy.adapters.docker.runtime import DockerEffectHandler
+    from hershy.adapters.kubernetes.runtime import KubernetesRuntime
 
 log = logging.getLogger("hershy")
 
@@ -96,9 +102,13 @@ async def effect_handler(
             base_images=docker.base_images,
             build_limits=docker.build_limits,
         )
+        from hershy.adapters.kubernetes.runtime import KubernetesRuntime
+
         async with KubernetesRuntime(cluster, sources, logs, secrets=secrets) as kubernetes:
             yield kubernetes
         return
+    from hershy.adapters.docker.runtime import DockerEffectHandler
+
     settings = replace(
         config.docker,
         runtime=config.runtime.value,
@@ -122,7 +132,13 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
     sources = FileSourceStore(config.data_dir)
     logs = FileLogStore(sources.root)
     store = SqliteEventLog(config.data_dir)
-    recovered = store.open()
+    # Reading 10,000 programs makes objects that all live on: the collector, run
+    # every 700 of them, would walk the growing heap again and again for nothing.
+    gc.disable()
+    try:
+        recovered = store.open()
+    finally:
+        gc.enable()
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(store.close)
         try:
@@ -153,7 +169,7 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
             quotas=Quotas(store),
             secrets=secrets,
         )
-        if isinstance(handler, DockerEffectHandler | KubernetesRuntime):
+        if not isinstance(handler, FakeEffectHandler):
             handler.prober.observe = registry.metrics.observe_probe
         auth = Authenticator(store, clock, RandomIds(), enabled=not config.no_auth)
         if config.no_auth:
@@ -165,10 +181,13 @@ async def running_host(config: HostConfig) -> AsyncIterator[tuple[Registry, Grpc
         # looked at, output written meanwhile copied, orphans reaped; retried while Docker
         # fails), then the supervisors go. Until then /readyz answers 503 with the reason.
         await registry.recover(recovered.programs, recovered.revision, store.changes_after)
-        registry.load_revisions(store.revisions())
+        # Each program's revision records are read when it first needs them.
+        registry.read_revisions_from(store.revisions_of)
         if recovered.programs:
             log.info("recovered %d programs from %s", len(recovered.programs), store.path)
             stack.push_async_callback(_cancel, asyncio.create_task(_report_reconciled(registry)))
+        # What recovery read lives as long as the Host: later collections skip it.
+        gc.freeze()
         admin_secret = await auth.ensure_admin()
         if admin_secret is not None:
             show_admin_token(admin_secret, config.admin_token_file)

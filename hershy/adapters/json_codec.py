@@ -9,10 +9,12 @@ name), frozen dataclasses (nested), optionals and other unions, tuples, lists,
 frozensets and dicts with string keys.
 
 A stored record that lacks a field (written before the field existed) takes
-the dataclass default. A record with a field its class does not have, or a
-value of the wrong type, is refused (`CodecError`): it was written by a newer
-Hershy or is damaged, and guessing would lose what it says. Removing or
-retyping a field therefore needs a migration of the stored rows.
+the dataclass default; the store writes no field that holds its default (most of
+a program's fields do, most of the time), so its rows are small and quick to read
+back. A record with a field its class does not have, or a value of the wrong type,
+is refused (`CodecError`): it was written by a newer Hershy or is damaged, and
+guessing would lose what it says. Removing or retyping a field, or changing its
+default (which old rows then take), therefore needs a migration of the stored rows.
 """
 
 from __future__ import annotations
@@ -64,29 +66,56 @@ EVENT_CLASSES = event_classes()
 # --- writing ---------------------------------------------------------------------
 
 
-def to_plain(value: Any) -> Any:
-    """`value` as JSON-ready data (dicts, lists, strings, numbers, None)."""
+def to_plain(value: Any, *, omit_defaults: bool = False) -> Any:
+    """`value` as JSON-ready data (dicts, lists, strings, numbers, None).
+
+    With `omit_defaults`, a dataclass's fields that hold their default (the same
+    type, equal) are left out: reading fills them back in (`from_plain`).
+    """
     # Enums first: a StrEnum or IntEnum is a str or an int too, but is stored by name.
     if isinstance(value, enum.Enum):
         return value.name
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if omit_defaults:
+            plain = {}
+            for name, has_default, default in _defaults_of(type(value)):
+                item = getattr(value, name)
+                if has_default and type(item) is type(default) and item == default:
+                    continue
+                plain[name] = to_plain(item, omit_defaults=True)
+            return plain
         return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         if not all(isinstance(key, str) for key in value):
             raise CodecError(f"only string keys can be stored, not those of {value!r}")
-        return {key: to_plain(item) for key, item in value.items()}
+        return {key: to_plain(item, omit_defaults=omit_defaults) for key, item in value.items()}
     if isinstance(value, Set):
         # Sorted where possible, so the same set is always stored the same way.
-        items = [to_plain(item) for item in value]
+        items = [to_plain(item, omit_defaults=omit_defaults) for item in value]
         try:
             return sorted(items)
         except TypeError:
             return items
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        return [to_plain(item) for item in value]
+        return [to_plain(item, omit_defaults=omit_defaults) for item in value]
     raise CodecError(f"a {type(value).__name__} cannot be stored: {value!r}")
+
+
+@functools.cache
+def _defaults_of(cls: type[Any]) -> tuple[tuple[str, bool, Any], ...]:
+    """Each field of `cls`: its name, whether it has a default, and that default."""
+    fields = []
+    for field in dataclasses.fields(cls):
+        if field.default is not dataclasses.MISSING:
+            fields.append((field.name, True, field.default))
+        elif field.default_factory is not dataclasses.MISSING:
+            # The domain's factories make empty containers: the same value every call.
+            fields.append((field.name, True, field.default_factory()))
+        else:
+            fields.append((field.name, False, None))
+    return tuple(fields)
 
 
 def _dumps(data: Any) -> str:
@@ -97,11 +126,11 @@ def encode_event(event: ev.Event) -> str:
     cls = type(event)
     if EVENT_CLASSES.get(cls.__name__) is not cls:
         raise CodecError(f"{cls.__name__} is not in hershy.domain.events.Event")
-    return _dumps({TYPE_KEY: cls.__name__, **to_plain(event)})
+    return _dumps({TYPE_KEY: cls.__name__, **to_plain(event, omit_defaults=True)})
 
 
 def encode_program(program: Program) -> str:
-    return _dumps(to_plain(program))
+    return _dumps(to_plain(program, omit_defaults=True))
 
 
 # --- reading ---------------------------------------------------------------------

@@ -383,7 +383,9 @@ class SqliteEventLog:
             made = revision_of(program, event)
             if made is not None:
                 # As text: SQLite keeps it an integer when it fits in 64 bits.
-                made_revisions.append((program.id, str(made.number), json.dumps(to_plain(made))))
+                made_revisions.append(
+                    (program.id, str(made.number), json.dumps(to_plain(made, omit_defaults=True)))
+                )
             if program.state is State.DELETED:
                 deleted.append((program.id,))
         db = self._conn
@@ -451,6 +453,16 @@ class SqliteEventLog:
         return [(rev, decode_event(event), decode_program(program)) for rev, event, program in rows]
 
     # --- revisions ------------------------------------------------------------------
+
+    def revisions_of(self, program_id: str) -> list[Revision]:
+        """The program's revision records, oldest first."""
+        return [
+            from_plain(Revision, json.loads(text))
+            for (text,) in self._conn.execute(
+                "SELECT revision FROM program_revisions WHERE program_id = ? ORDER BY number",
+                (program_id,),
+            )
+        ]
 
     def revisions(self) -> dict[str, list[Revision]]:
         """Every live program's revision records, oldest first."""

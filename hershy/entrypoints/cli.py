@@ -282,10 +282,10 @@ def serve_command(
     verbose: bool,
 ) -> None:
     """Start the Host and serve until SIGTERM or SIGINT."""
-    from hershy.adapters.docker.build import BaseImageRefused, BuildLimits
-    from hershy.adapters.docker.runtime import DockerSettings, RuntimeUnavailable
-    from hershy.adapters.kubernetes.runtime import KubernetesSettings
-    from hershy.adapters.kubernetes.runtime import RuntimeUnavailable as ClusterUnavailable
+    from hershy.adapters.docker.fingerprint import RuntimeUnavailable
+    from hershy.adapters.docker.settings import BaseImageRefused, BuildLimits, DockerSettings
+    from hershy.adapters.kubernetes.settings import KubernetesSettings
+    from hershy.adapters.kubernetes.settings import RuntimeUnavailable as ClusterUnavailable
     from hershy.adapters.sqlite_store import StoreError
     from hershy.adapters.watcher_probe import ProberSettings
     from hershy.bootstrap import HostConfig, Runtime, serve

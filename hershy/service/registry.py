@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 
@@ -148,8 +148,10 @@ class Registry:
         self._policy = policy
         self._limits = limits
         self._programs: dict[str, Program] = {}
-        #: Each live program's revisions, oldest first (the store keeps them too).
+        #: Each live program's revisions, oldest first (the store keeps them too), read
+        #: from `_stored_revisions` when first needed: a restart reads none of them.
         self._revisions: dict[str, list[Revision]] = {}
+        self._stored_revisions: Callable[[str], list[Revision]] | None = None
         self._supervisors: dict[str, Supervisor] = {}
         self._supervisor_tasks: dict[str, asyncio.Task[None]] = {}
         self._order: dict[str, int] = {}
@@ -481,16 +483,29 @@ class Registry:
 
     # --- new revisions in place ---------------------------------------------------
 
-    def load_revisions(self, stored: Mapping[str, list[Revision]]) -> None:
-        """Take the revision records a store holds (after `recover`)."""
-        for program_id, records in stored.items():
-            if program_id in self._programs:
-                self._revisions[program_id] = sorted(records, key=lambda r: r.number)
+    def read_revisions_from(self, stored: Callable[[str], list[Revision]]) -> None:
+        """Where a program's stored revision records are read, the first time it needs them."""
+        self._stored_revisions = stored
+
+    def _revisions_of(self, program_id: str) -> list[Revision]:
+        """The program's revision records, oldest first: read from the store on first need."""
+        records = self._revisions.get(program_id)
+        if records is None:
+            read = [] if self._stored_revisions is None else self._stored_revisions(program_id)
+            # Only what the committed program has reached: a record written in a
+            # transaction not yet acknowledged is appended when it is (`_commit`).
+            reached = self._programs[program_id].latest_version
+            records = sorted(
+                (record for record in read if record.number <= reached),
+                key=lambda record: record.number,
+            )
+            self._revisions[program_id] = records
+        return records
 
     def revisions(self, program_id: str) -> list[Revision]:
         """The program's revisions, newest first."""
         program = self.get(program_id)
-        records = self._revisions.get(program_id) or [revisions.first_revision(program)]
+        records = self._revisions_of(program_id) or [revisions.first_revision(program)]
         return sorted(records, key=lambda record: record.number, reverse=True)
 
     def kept_builds(self, program_id: str) -> frozenset[str]:
@@ -790,8 +805,12 @@ class Registry:
                 self._programs[committed.id] = committed
                 self._note(committed, event)
                 made = revisions.revision_of(committed, event)
-                if made is not None:
-                    self._revisions.setdefault(committed.id, []).append(made)
+                if isinstance(event, ev.ProgramCreated) and made is not None:
+                    self._revisions[committed.id] = [made]  # a new program has no older ones
+                elif made is not None:
+                    records = self._revisions_of(committed.id)
+                    if not records or records[-1].number < made.number:
+                        records.append(made)
             self.hub.publish(Change(kind, committed, event))
             return committed
         finally:

@@ -31,7 +31,8 @@ import pytest
 from hershy.adapters.docker.port_pool import PortPool
 from hershy.adapters.docker.runtime import DockerEffectHandler, DockerSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler, FakeWorld
-from hershy.adapters.kubernetes.runtime import KubernetesRuntime, KubernetesSettings
+from hershy.adapters.kubernetes.runtime import KubernetesRuntime
+from hershy.adapters.kubernetes.settings import KubernetesSettings
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx

@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from hershy.adapters.docker.runtime import DockerSettings
-from hershy.adapters.kubernetes.runtime import KubernetesSettings
+from hershy.adapters.kubernetes.settings import KubernetesSettings
 from hershy.bootstrap import HostConfig, Runtime, running_host
 from tests.integration.conftest import (
     POLICY,

@@ -21,7 +21,8 @@ from hershy.adapters.kubernetes.pod_spec import (
     contract_violations,
     repository,
 )
-from hershy.adapters.kubernetes.runtime import KubernetesRuntime, KubernetesSettings
+from hershy.adapters.kubernetes.runtime import KubernetesRuntime
+from hershy.adapters.kubernetes.settings import KubernetesSettings
 from hershy.adapters.log_files import FileLogStore
 from hershy.adapters.source_files import FileSourceStore
 from hershy.domain import effects as fx

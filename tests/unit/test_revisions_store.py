@@ -40,7 +40,7 @@ async def host(data_dir: Path, ids: SequentialIds) -> AsyncIterator[Registry]:
     try:
         async with registry:
             await registry.recover(recovered.programs, recovered.revision, store.changes_after)
-            registry.load_revisions(store.revisions())
+            registry.read_revisions_from(store.revisions_of)  # as bootstrap does
             yield registry
     finally:
         logs.close()
@@ -103,3 +103,33 @@ async def test_a_store_from_before_revisions_shows_revision_one(tmp_path: Path) 
     async with host(tmp_path, ids) as registry:
         (only,) = registry.revisions(program.id)
         assert (only.number, only.build_id, only.description) == (1, program.build_id, "create")
+
+
+async def test_after_a_restart_revisions_are_read_when_first_needed_and_kept_whole(
+    tmp_path: Path,
+) -> None:
+    """A deploy made before anything read the program's records adds to them: none lost
+    nor doubled (the store is read on first need, only up to what is committed)."""
+    ids = SequentialIds()
+    async with host(tmp_path, ids) as registry:
+        program = await registry.create("alice", DOCKERFILE, {"v.txt": b"1"})
+        await registry.start(program.id)
+        await registry.wait(program.id, State.READY, 2)
+        await registry.deploy(program.id, DOCKERFILE, {"v.txt": b"2"}, None, "bob")
+        await settled(registry, program.id, 2)
+    async with host(tmp_path, ids) as registry:
+        assert program.id not in registry._revisions  # nothing read at the restart
+        stored_run = registry.get(program.id).run
+        async with asyncio.timeout(5):
+            while True:
+                now = registry.get(program.id)
+                if now.run != stored_run and now.state is State.READY:
+                    break
+                await asyncio.sleep(0.01)
+        await registry.deploy(program.id, DOCKERFILE, {"v.txt": b"3"}, None, "carol")
+        await settled(registry, program.id, 3)
+        listed = [(r.number, r.created_by) for r in registry.revisions(program.id)]
+        assert listed == [(3, "carol"), (2, "bob"), (1, "alice")]
+    async with host(tmp_path, ids) as registry:
+        listed = [(r.number, r.created_by) for r in registry.revisions(program.id)]
+        assert listed == [(3, "carol"), (2, "bob"), (1, "alice")]

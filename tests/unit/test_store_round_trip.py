@@ -198,12 +198,68 @@ def test_an_older_row_without_a_field_takes_its_default(
     """A row written before a field existed: the field reads as the dataclass default."""
     value = data.draw(strategy_for(cls))
     defaults = defaulted(cls)
-    encode = json_codec.encode_program if cls is Program else json_codec.encode_event
     decode = json_codec.decode_program if cls is Program else json_codec.decode_event
-    row = json.loads(encode(value))
+    row = full_row(
+        value
+    )  # every field written, as this Hershy wrote them until it omitted defaults
     for name in defaults:
         del row[name]
     assert decode(json.dumps(row)) == dataclasses.replace(value, **defaults)
+
+
+def full_row(value: Any) -> dict[str, Any]:
+    """`value` as a row that names every field (before rows left out their defaults)."""
+    row: dict[str, Any] = json_codec.to_plain(value)
+    if not isinstance(value, Program):
+        row = {json_codec.TYPE_KEY: type(value).__name__, **row}
+    return row
+
+
+@pytest.mark.parametrize("cls", [*EVENT_CLASSES, Program], ids=lambda cls: cls.__name__)
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_a_row_naming_every_field_reads_back_the_same(cls: type[Any], data: st.DataObject) -> None:
+    """Rows written before defaults were left out still read back exactly."""
+    value = data.draw(strategy_for(cls))
+    decode = json_codec.decode_program if cls is Program else json_codec.decode_event
+    assert decode(json.dumps(full_row(value))) == value
+
+
+@pytest.mark.parametrize("cls", [*EVENT_CLASSES, Program], ids=lambda cls: cls.__name__)
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_a_row_names_no_field_at_its_default(cls: type[Any], data: st.DataObject) -> None:
+    """What is written leaves out exactly the fields that hold their default (same type)."""
+    value = data.draw(strategy_for(cls))
+    encode = json_codec.encode_program if cls is Program else json_codec.encode_event
+    row = json.loads(encode(value))
+    for field in dataclasses.fields(cls):
+        held = getattr(value, field.name)
+        default = defaulted(cls).get(field.name, dataclasses.MISSING)
+        at_default = type(held) is type(default) and held == default
+        assert (field.name not in row) == at_default, field.name
+
+
+def test_a_fresh_program_row_is_small() -> None:
+    """A program at rest with every setting at its default: only what is its own is written."""
+    program = Program(
+        id="prog-1",
+        user_id="alice",
+        build_id="b1",
+        proxy_target="",
+        created_at=1.5,
+        updated_at=1.5,
+    )
+    row = json.loads(json_codec.encode_program(program))
+    assert row == {
+        "id": "prog-1",
+        "user_id": "alice",
+        "build_id": "b1",
+        "proxy_target": "",
+        "created_at": 1.5,
+        "updated_at": 1.5,
+    }
+    assert json_codec.decode_program(json.dumps(row)) == program
 
 
 def test_an_old_row_in_the_store_reads_back_with_defaults(tmp_path: Path) -> None:

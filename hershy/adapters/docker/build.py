@@ -41,7 +41,6 @@ from typing import Any, TypeVar
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from hershy.adapters import machine
 from hershy.adapters.docker.compose import (
     LABEL_MANAGED,
     LABEL_PROGRAM,
@@ -50,9 +49,10 @@ from hershy.adapters.docker.compose import (
 )
 from hershy.adapters.docker.engine import Engine, EngineError
 from hershy.adapters.docker.image_names import user_images
+from hershy.adapters.docker.settings import BaseImageRefused as BaseImageRefused  # re-exported
+from hershy.adapters.docker.settings import BuildLimits as BuildLimits  # re-exported
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
-from hershy.domain import limits
 from hershy.domain.build_policy import BuildPlan, BuildPolicy, check_dockerfile
 from hershy.domain.errors import InvalidArgument
 from hershy.domain.model import LogLine, LogStream
@@ -79,29 +79,6 @@ MiB = 1024**2
 GiB = 1024**3
 
 
-@dataclass(frozen=True)
-class BuildLimits:
-    """Every limit on builds (`hershy serve --build-*`); the defaults are `domain/limits.py`'s."""
-
-    #: Each RUN step's memory (and memory+swap: no swap) and CPU.
-    memory_bytes: int = limits.BUILD_MEMORY_BYTES
-    milli_cpus: int = 1000
-    #: Host threads of each build's RUN steps (gVisor's own threads included).
-    pids: int = limits.BUILD_PIDS
-    #: All builds together: the parent cgroup's limits.
-    total_memory_bytes: int = limits.BUILD_TOTAL_MEMORY_FACTOR * limits.BUILD_MEMORY_BYTES
-    total_pids: int = limits.BUILD_TOTAL_PIDS_FACTOR * limits.BUILD_PIDS
-    #: What a build may write: each step container's writable layer, and each image it makes.
-    max_image_bytes: int = limits.BUILD_MAX_IMAGE_BYTES
-    #: No new build (and a running one is cancelled) while Docker's disk has less free.
-    min_free_disk_bytes: int = limits.BUILD_MIN_FREE_DISK_BYTES
-    #: Builds at once on the Host (fitted to the machine), and per user.
-    max_concurrent: int = limits.machine_builds_at_once(machine.CORES, machine.MEMORY_BYTES)
-    max_per_user: int = limits.BUILDS_AT_ONCE_PER_USER
-    #: How often a running build's writes and the free disk are looked at.
-    watch_interval: float = 0.5
-
-
 class BuildError(Exception):
     def __init__(self, problem: str, tail: Sequence[str] = ()) -> None:
         self.problem = problem
@@ -109,10 +86,6 @@ class BuildError(Exception):
         super().__init__(
             f"{problem}\n--- last lines of the build ---\n{lines}" if lines else problem
         )
-
-
-class BaseImageRefused(Exception):
-    """A base image on the allowlist cannot be used; the Host does not start."""
 
 
 def build_context(source: ProgramSource) -> bytes:

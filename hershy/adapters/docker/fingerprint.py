@@ -11,11 +11,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import docker
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hershy.adapters.docker.compose import SECURE_RUNTIME
+
+if TYPE_CHECKING:  # docker-py is imported only where the Docker runtime runs
+    import docker
 
 
 class RuntimeUnavailable(Exception):

@@ -22,7 +22,6 @@ import os
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -32,8 +31,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig
 
-from hershy.adapters import machine
-from hershy.adapters.docker.build import BuildLimits, DockerBuilder
+from hershy.adapters.docker.build import DockerBuilder
 from hershy.adapters.docker.build import build_context as build_context  # re-exported
 from hershy.adapters.docker.compose import (
     LABEL_MANAGED,
@@ -45,7 +43,7 @@ from hershy.adapters.docker.compose import (
     contract_violations,
     labelled_run,
 )
-from hershy.adapters.docker.engine import DEFAULT_SOCKET, Engine, EngineError
+from hershy.adapters.docker.engine import Engine, EngineError
 from hershy.adapters.docker.fingerprint import RuntimeUnavailable as RuntimeUnavailable
 from hershy.adapters.docker.fingerprint import describe_runtime as describe_runtime
 from hershy.adapters.docker.image_names import image_tag as image_tag  # re-exported
@@ -60,17 +58,15 @@ from hershy.adapters.docker.port_pool import (
 )
 from hershy.adapters.docker.port_pool import published_port as published_port  # re-exported
 from hershy.adapters.docker.reconcile import Reconciler
-from hershy.adapters.docker.secret_files import DEFAULT_ROOT as SECRETS_ROOT
 from hershy.adapters.docker.secret_files import SecretFiles
+from hershy.adapters.docker.settings import DockerSettings as DockerSettings  # re-exported
 from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
-from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, ProberSettings, probe_once
+from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, probe_once
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
-from hershy.domain import limits
 from hershy.domain.config import SECRETS_DIR
 from hershy.domain.health import StartJudge, StartVerdict
-from hershy.domain.model import LogLine, LogStream, Resources
-from hershy.domain.validation import ResourcePolicy
+from hershy.domain.model import LogLine, LogStream
 from hershy.service.ports import LogStore, Outbox, ProgramFolders, WatcherEndpoint
 from hershy.service.secrets import SecretValues
 
@@ -99,39 +95,6 @@ class StartRefused(Exception):
 
 class PortsTaken(Exception):
     """Port after port the container was to publish on turned out taken; the start gives up."""
-
-
-@dataclass(frozen=True)
-class DockerSettings:
-    #: The OCI runtime programs run under: runsc (gVisor), or runc when allowed.
-    runtime: str = SECURE_RUNTIME
-    allow_insecure_runtime: bool = False
-    #: Labels everything this Host makes; only what carries it is ever reaped.
-    host_id: str = "default"
-    socket: str = DEFAULT_SOCKET
-    build_timeout: float = 600.0
-    ready_timeout: float = 60.0
-    ready_poll_interval: float = 0.2
-    stop_grace: float = 10.0
-    #: The liveness prober of READY programs.
-    prober: ProberSettings = field(default_factory=ProberSettings)
-    #: The contract check's bounds: the Host's maxima, defined once (ResourcePolicy).
-    max_resources: Resources = field(default_factory=lambda: ResourcePolicy().maximum)
-    #: The base-image allowlist (`--base-image`): the only images a FROM may name.
-    base_images: tuple[str, ...] = ("hershy-busybox:latest",)
-    build_limits: BuildLimits = field(default_factory=BuildLimits)
-    #: Program containers created and started at once (fitted to the machine's cores).
-    starts_at_once: int = field(
-        default_factory=lambda: limits.machine_starts_at_once(machine.CORES)
-    )
-    #: Where programs' secrets are mounted (a tmpfs each), outside the data dir.
-    secrets_root: Path = SECRETS_ROOT
-
-    @property
-    def allowed_runtimes(self) -> frozenset[str]:
-        if self.allow_insecure_runtime:
-            return frozenset({SECURE_RUNTIME, "runc"})
-        return frozenset({SECURE_RUNTIME})
 
 
 def docker_create_args(spec: dict[str, Any]) -> dict[str, Any]:

@@ -33,8 +33,6 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -46,9 +44,9 @@ from lightkube import ApiError, AsyncClient, ConfigError, KubeConfig, codecs
 from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod, Secret
 from lightkube.resources.networking_v1 import NetworkPolicy
 
-from hershy.adapters.docker.build import BuildLimits, DockerBuilder
+from hershy.adapters.docker.build import DockerBuilder
 from hershy.adapters.docker.compose import WATCHER_PORT
-from hershy.adapters.docker.engine import DEFAULT_SOCKET, Engine
+from hershy.adapters.docker.engine import Engine
 from hershy.adapters.kubernetes import pod_spec
 from hershy.adapters.kubernetes.images import RegistryImages
 from hershy.adapters.kubernetes.logs import PodOutput
@@ -65,13 +63,13 @@ from hershy.adapters.kubernetes.pod_spec import (
     program_labels,
     secret_name,
 )
+from hershy.adapters.kubernetes.settings import KubernetesSettings, RuntimeUnavailable
 from hershy.adapters.kubernetes.watch import PodView, PodWatch
-from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, ProberSettings, probe_once
+from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, probe_once
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.health import StartJudge, StartVerdict
-from hershy.domain.model import LogLine, LogStream, Resources
-from hershy.domain.validation import ResourcePolicy
+from hershy.domain.model import LogLine, LogStream
 from hershy.service.ports import LogStore, Outbox, ProgramFolders, WatcherEndpoint
 from hershy.service.secrets import SecretValues
 
@@ -89,34 +87,6 @@ class ContractBroken(Exception):
 
 class StartRefused(Exception):
     """The program reported a failed state, or its Pod ended or cannot run, while starting."""
-
-
-class RuntimeUnavailable(Exception):
-    """The cluster (or Docker, which builds) cannot be used; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class KubernetesSettings:
-    #: The kubeconfig file the Host reaches the API server with (None: $KUBECONFIG, ~/.kube).
-    kubeconfig: Path | None = None
-    context: str | None = None
-    namespace: str = "hershy"
-    runtime_class: str = "gvisor"
-    #: The registry (HOST:PORT) images are pushed to, which the nodes pull from.
-    registry: str = "127.0.0.1:5000"
-    #: The StorageClass of the programs' /state claims (None: the cluster's default).
-    storage_class: str | None = None
-    host_id: str = "default"
-    #: Builds run on this Host's Docker daemon.
-    socket: str = DEFAULT_SOCKET
-    build_timeout: float = 600.0
-    ready_timeout: float = 60.0
-    ready_poll_interval: float = 0.2
-    stop_grace: float = 10.0
-    prober: ProberSettings = field(default_factory=ProberSettings)
-    max_resources: Resources = field(default_factory=lambda: ResourcePolicy().maximum)
-    base_images: tuple[str, ...] = ("hershy-busybox:latest",)
-    build_limits: BuildLimits = field(default_factory=BuildLimits)
 
 
 class KubernetesRuntime:
