@@ -19,6 +19,7 @@ import docker
 import pytest
 
 from tests.e2e.conftest import ServerProcess, free_port, hershy_command, wait_until_serving
+from tests.integration.conftest import images_of
 from tests.integration.test_examples_e2e import (
     DEPLOY_TIMEOUT,
     EFFECTS,
@@ -144,7 +145,7 @@ async def test_deploy_an_example_onto_kubernetes(
     assert deleted["state"] == "STATE_DELETED"
     host.cli("get", program_id, expect=NOT_FOUND)
     assert await cluster_leftovers(kubernetes_cluster, host_id, program_id) == []
-    assert not docker_client.images.list(filters={"label": f"dev.hershy.program={program_id}"})
+    assert images_of(docker_client, program_id) == []
 
 
 def _host_id(pod: str, cluster: Cluster, program_id: str) -> str:

@@ -23,7 +23,7 @@ import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from hershy.adapters.docker.build import DockerBuilder
-from hershy.adapters.docker.compose import LABEL_PROGRAM
+from hershy.adapters.docker.image_names import host_images, image_tag, parse_tag, tags_of
 from hershy.adapters.kubernetes.pod_spec import repository
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
@@ -91,8 +91,9 @@ class RegistryImages:
         self.registry = registry
         self._host_id = host_id
 
-    def local_tag(self, program_id: str, build_id: str) -> str:
-        return f"hershy/{program_id}:{build_id}"
+    def local_tag(self, program_id: str, user_id: str, build_id: str) -> str:
+        """The tag the Docker builder gives the image: it says whose it is (`image_names`)."""
+        return image_tag(self._host_id, user_id, program_id, build_id)
 
     def remote(self, program_id: str) -> str:
         return f"{self.registry}/{repository(self._host_id, program_id)}"
@@ -100,7 +101,7 @@ class RegistryImages:
     async def build(self, program_id: str, effect: fx.Build, outbox: Outbox) -> None:
         held = _HeldBack(outbox)
         await self.builder.build(
-            program_id, effect, held, self.local_tag(program_id, effect.build_id)
+            program_id, effect, held, self.local_tag(program_id, effect.user_id, effect.build_id)
         )
         if held.succeeded is None:
             return  # the builder reported its failure itself
@@ -128,15 +129,33 @@ class RegistryImages:
         """Remove the program's manifests in the registry (but those of `keep_builds`) and
         its local images (all of them when nothing is kept)."""
         await self.delete_remote(program_id, keep_builds)
+        # The images carry no labels: found by their tags, the builder's and the pushed one,
+        # and removed a tag at a time (an image goes with its last tag, never a base image).
         api = self._client().api
-        images = await self._call(api.images, filters={"label": [f"{LABEL_PROGRAM}={program_id}"]})
-        kept = {self.local_tag(program_id, build) for build in keep_builds} | {
-            f"{self.remote(program_id)}:{build}" for build in keep_builds
+        remote = self.remote(program_id) + ":"
+        for image in await self._call(api.images):
+            for tag in image.get("RepoTags") or []:
+                parsed = parse_tag(self._host_id, tag)
+                if parsed is not None and parsed[0] == program_id:
+                    build = parsed[1]
+                elif tag.startswith(remote):
+                    build = tag[len(remote) :]
+                else:
+                    continue
+                if build not in keep_builds:
+                    with contextlib.suppress(ImageNotFound, NotFound, APIError):
+                        await self._call(api.remove_image, tag, force=True, noprune=False)
+
+    async def programs_with_images(self) -> set[str]:
+        """The programs this Host holds built images of (what reaping looks at)."""
+        api = self._client().api
+        images = await self._call(api.images, filters=host_images(self._host_id))
+        return {
+            parsed[0]
+            for image in images
+            for tag in tags_of(self._host_id, image)
+            if (parsed := parse_tag(self._host_id, tag)) is not None
         }
-        for image in images:
-            if not kept.intersection(image.get("RepoTags") or []):
-                with contextlib.suppress(ImageNotFound, NotFound, APIError):
-                    await self._call(api.remove_image, image["Id"], force=True)
 
     async def delete_remote(self, program_id: str, keep_builds: frozenset[str]) -> None:
         name = repository(self._host_id, program_id)

@@ -675,15 +675,8 @@ class KubernetesRuntime:
                     await self._delete(kind, name)
                     if kind is PersistentVolumeClaim:  # its volume goes with it
                         await self._gone(kind, name, GONE_SECONDS)
-        local = await self._call(
-            self.docker.api.images, filters={"label": [f"{LABEL_MANAGED}={self.settings.host_id}"]}
-        )
-        orphans = {(image.get("Labels") or {}).get(LABEL_PROGRAM, "") for image in local} - set(
-            owned
-        )
-        for program_id in orphans:
-            if program_id:
-                await self.images.delete(program_id)
+        for program_id in await self.images.programs_with_images() - set(owned):
+            await self.images.delete(program_id)
 
 
 def pod_spec_secret(pod: Mapping[str, Any]) -> str | None:
