@@ -82,13 +82,8 @@ PY=/usr/bin/python3
 [[ -x $PY ]] || PY=$(command -v python3)
 
 # --- 2. runsc for netstack mode ----------------------------------------------------------------
-find_go() {
-    local g
-    for g in "${GO:-}" "$(command -v go 2>/dev/null || true)" /usr/local/go/bin/go; do
-        [[ -n $g && -x $g ]] && { echo "$g"; return 0; }
-    done
-    return 1
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # find_go
 
 netstack_runsc_ready() {
     [[ -x $NETSTACK_RUNSC && -f $NETSTACK_STAMP && $(cat "$NETSTACK_STAMP") == "$GVISOR_MODULE_VERSION" ]]

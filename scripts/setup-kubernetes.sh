@@ -82,13 +82,8 @@ node_kubelet_port() { echo $((10250 + 10 * ($(node_index "$1") - 1))); }
 node_healthz_port() { echo $((10248 + 20 * ($(node_index "$1") - 1))); }
 
 # --- build cache ---------------------------------------------------------------------------------
-find_go() {
-    local g
-    for g in "${GO:-}" "$(command -v go 2>/dev/null || true)" /usr/local/go/bin/go; do
-        [[ -n $g && -x $g ]] && { echo "$g"; return 0; }
-    done
-    return 1
-}
+# shellcheck source=lib.sh
+source "$REPO/scripts/lib.sh"  # find_go
 
 # Hash of a directory's files (excluding the given subdirectories), the Go version and a salt.
 inputs_hash() {
