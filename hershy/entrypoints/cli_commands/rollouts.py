@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
@@ -28,6 +29,8 @@ from hershy.entrypoints.cli_commands.health import health_options, health_settin
 from hershy.entrypoints.cli_commands.quotas import ByteSize, Cpus
 from hershy.v1 import program_pb2 as pb
 from hershy_client import Client, NotFound, Resync
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Rollout phases in which the Host is still moving the program between revisions.
 IN_PROGRESS = {
@@ -180,20 +183,33 @@ def changed_text(revision: pb.ProgramRevision) -> str:
     return ", ".join("source" if path == "build_id" else path for path in changed)
 
 
+def wait_options(began: str) -> Callable[[F], F]:
+    """--no-wait, --timeout and --json of a command that starts a rollout (of `began`)."""
+
+    def decorate(command: F) -> F:
+        command = click.option(
+            "--json", "as_json", is_flag=True, help="Print the Program as JSON at the end."
+        )(command)
+        command = click.option(
+            "--timeout",
+            type=click.FloatRange(min=1),
+            default=600.0,
+            show_default=True,
+            help="Seconds to wait until it ended (exit 1 after).",
+        )(command)
+        return click.option("--no-wait", is_flag=True, help=f"Return once the {began} began.")(
+            command
+        )
+
+    return decorate
+
+
 @click.command("update")
 @click.argument("program")
 @click.option("--memory", type=ByteSize(), help="Memory limit, e.g. 256MiB (0: the Host's).")
 @click.option("--cpus", type=Cpus(), help="CPU limit, e.g. 0.5 (0: the Host's).")
 @health_options
-@click.option("--no-wait", is_flag=True, help="Return once the rollout began.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=1),
-    default=600.0,
-    show_default=True,
-    help="Seconds to wait until it ended (exit 1 after).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the Program as JSON at the end.")
+@wait_options("rollout")
 @command_options
 def update_command(
     settings: Settings,
@@ -244,15 +260,7 @@ def update_command(
 @click.command("rollback")
 @click.argument("program")
 @click.argument("revision", type=click.IntRange(min=1), required=False)
-@click.option("--no-wait", is_flag=True, help="Return once the rollback began.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=1),
-    default=600.0,
-    show_default=True,
-    help="Seconds to wait until it ended (exit 1 after).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the Program as JSON at the end.")
+@wait_options("rollback")
 @command_options
 def rollback_command(
     settings: Settings,
