@@ -143,16 +143,7 @@ def create_request(
     request = pb.CreateProgramRequest(
         user_id=user_id, dockerfile=dockerfile, src_files=src_files, alias=alias, env=env or {}
     )
-    if isinstance(resources, pb.Resources):
-        request.resources.CopyFrom(resources)
-    elif resources is not None:
-        request.resources.CopyFrom(pb.Resources(**resources))
-    if readiness is not None:
-        request.readiness.CopyFrom(readiness)
-    if restart_policy is not None:
-        request.restart_policy.CopyFrom(restart_policy)
-    if stop is not None:
-        request.stop.CopyFrom(stop)
+    _set_settings(request, resources, readiness, restart_policy, stop)
     return request
 
 
@@ -194,15 +185,7 @@ def update_request(
 ) -> pb.UpdateProgramRequest:
     """UpdateProgram: the fields given; `update_mask` None means those fields (AIP-134)."""
     message = pb.Program(name=program_name(program))
-    if resources is not None:
-        given = resources if isinstance(resources, pb.Resources) else pb.Resources(**resources)
-        message.resources.CopyFrom(given)
-    if readiness is not None:
-        message.readiness.CopyFrom(readiness)
-    if restart_policy is not None:
-        message.restart_policy.CopyFrom(restart_policy)
-    if stop is not None:
-        message.stop.CopyFrom(stop)
+    _set_settings(message, resources, readiness, restart_policy, stop)
     request = pb.UpdateProgramRequest(program=message)
     request.update_mask.paths.extend(update_mask or ())
     return request
@@ -270,3 +253,22 @@ def update_quota_request(user_id: str, limits: Mapping[str, int | None]) -> Any:
         if value is not None:
             setattr(quota, field, value)
     return quota_pb2.UpdateUserQuotaRequest(quota=quota, update_mask=FieldMask(paths=list(limits)))
+
+
+def _set_settings(
+    target: pb.CreateProgramRequest | pb.Program,
+    resources: pb.Resources | Mapping[str, int] | None,
+    readiness: pb.ReadinessCheck | None,
+    restart_policy: pb.RestartPolicy | None,
+    stop: pb.StopSettings | None,
+) -> None:
+    """Set on `target` (a request or a Program) the settings given; None leaves one unset."""
+    if resources is not None:
+        given = resources if isinstance(resources, pb.Resources) else pb.Resources(**resources)
+        target.resources.CopyFrom(given)
+    if readiness is not None:
+        target.readiness.CopyFrom(readiness)
+    if restart_policy is not None:
+        target.restart_policy.CopyFrom(restart_policy)
+    if stop is not None:
+        target.stop.CopyFrom(stop)
