@@ -6,46 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from hershy.adapters.sqlite_store import SqliteEventLog
 from hershy.domain import limits
-from hershy.entrypoints.grpc_server import GrpcServer
 from hershy.entrypoints.rest.cache import ProgramCache
-from hershy.service.auth import Authenticator
 from hershy.service.registry import Registry
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
-from tests.unit.test_sqlite_store import host
-from tests.unit.test_supervisor import SequentialIds, TestClock
+from tests.unit.test_watch_encoding import serving_registry
 
 Response = pb.WatchProgramsResponse
 BATCH = 4
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    data_dir: Path,
-) -> AsyncIterator[tuple[Registry, pb_grpc.ProgramServiceAsyncStub]]:
-    tokens = SqliteEventLog(data_dir / "tokens")
-    tokens.open()
-    try:
-        async with host(data_dir / "host") as registry:
-            auth = Authenticator(tokens, TestClock(), SequentialIds(), enabled=False)
-            server = GrpcServer(registry, auth, "127.0.0.1:0")
-            await server.start()
-            try:
-                async with grpc.aio.insecure_channel(server.address) as channel:
-                    yield registry, pb_grpc.ProgramServiceStub(channel)
-            finally:
-                registry.hub.close()
-                await server.stop(grace=1)
-    finally:
-        tokens.close()
 
 
 async def make(registry: Registry, count: int) -> set[str]:
@@ -68,7 +42,7 @@ async def read_snapshot(call: Any) -> tuple[list[Response], Response]:
 
 
 async def test_the_snapshot_after_a_resync_comes_in_batches_too(tmp_path: Path) -> None:
-    async with serving(tmp_path) as (registry, stub):
+    async with serving_registry(tmp_path) as (registry, stub):
         made = await make(registry, 10)
         call = stub.WatchPrograms(pb.WatchProgramsRequest(snapshot_batch_size=BATCH))
         try:
@@ -106,7 +80,7 @@ class RecordingStub:
 
 
 async def test_the_shims_cache_takes_its_snapshot_in_batches(tmp_path: Path) -> None:
-    async with serving(tmp_path) as (registry, stub):
+    async with serving_registry(tmp_path) as (registry, stub):
         made = await make(registry, 2 * limits.MAX_WATCH_SNAPSHOT_BATCH // 100 + 3)
         recording = RecordingStub(stub)
         cache = ProgramCache(recording)  # type: ignore[arg-type]

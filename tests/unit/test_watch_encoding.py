@@ -15,6 +15,7 @@ from hershy.adapters.sqlite_store import SqliteEventLog
 from hershy.entrypoints import convert, grpc_server
 from hershy.entrypoints.grpc_server import GrpcServer
 from hershy.service.auth import Authenticator
+from hershy.service.registry import Registry
 from hershy.service.watch import Change
 from hershy.v1 import program_pb2 as pb
 from hershy.v1 import program_pb2_grpc as pb_grpc
@@ -26,7 +27,9 @@ Stream = grpc.aio.UnaryStreamCall[pb.WatchProgramsRequest, pb.WatchProgramsRespo
 
 
 @contextlib.asynccontextmanager
-async def serving(data_dir: Path) -> AsyncIterator[pb_grpc.ProgramServiceAsyncStub]:
+async def serving_registry(
+    data_dir: Path,
+) -> AsyncIterator[tuple[Registry, pb_grpc.ProgramServiceAsyncStub]]:
     """The real registry and gRPC server in this process, on a loopback port (tokens off)."""
     tokens = SqliteEventLog(data_dir / "tokens")
     tokens.open()
@@ -37,12 +40,19 @@ async def serving(data_dir: Path) -> AsyncIterator[pb_grpc.ProgramServiceAsyncSt
             await server.start()
             try:
                 async with grpc.aio.insecure_channel(server.address) as channel:
-                    yield pb_grpc.ProgramServiceStub(channel)
+                    yield registry, pb_grpc.ProgramServiceStub(channel)
             finally:
                 registry.hub.close()
                 await server.stop(grace=1)
     finally:
         tokens.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(data_dir: Path) -> AsyncIterator[pb_grpc.ProgramServiceAsyncStub]:
+    """As `serving_registry`, the stub only."""
+    async with serving_registry(data_dir) as (_, stub):
+        yield stub
 
 
 async def until_synced(stream: Stream) -> int:
