@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -213,6 +214,15 @@ def own_server(tmp_path: Path) -> Iterator[ServerProcess]:
 async def channel(server: ServerProcess) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) as chan:
         yield chan
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for the REST shim and the WatcherAPI proxy (rest_support's)."""
+    from tests.e2e.rest_support import client_session  # it imports this module
+
+    async with client_session() as session:
+        yield session
 
 
 @pytest.fixture

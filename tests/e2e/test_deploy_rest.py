@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -25,12 +24,6 @@ DOCKERFILE = "FROM scratch\n"
 def rest_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
     with running_rest_server(tmp_path_factory.mktemp("hershy-deploy"), auth=True) as host:
         yield host
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
 
 
 async def settled(http: Session, url: str, user: User, number: int) -> dict[str, Any]:

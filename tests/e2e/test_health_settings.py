@@ -3,7 +3,7 @@ and gRPC (issue #14), on `hershy serve --runtime fake`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -16,7 +16,6 @@ from hershy.v1 import program_pb2_grpc as pb_grpc
 from tests.e2e.rest_support import (
     DOCKERFILE,
     RestHost,
-    client_session,
     new_user,
     running_rest_server,
 )
@@ -26,12 +25,6 @@ from tests.e2e.rest_support import (
 def rest_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
     with running_rest_server(tmp_path_factory.mktemp("hershy-health")) as host:
         yield host
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
 
 
 async def create(http: aiohttp.ClientSession, host: RestHost, **extra: Any) -> tuple[int, Any]:

@@ -37,7 +37,6 @@ from tests.e2e.rest_support import (
     DOCKERFILE,
     FakeWatcher,
     RestHost,
-    client_session,
     create_program,
     new_user,
     post_action,
@@ -66,12 +65,6 @@ def rest_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
 def auth_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
     with running_rest_server(tmp_path_factory.mktemp("hershy-original-auth"), auth=True) as host:
         yield host
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
 
 
 async def raw(

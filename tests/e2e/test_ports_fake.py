@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from hershy.v1 import program_pb2_grpc as pb_grpc
 from tests.e2e.conftest import CHANNEL_OPTIONS, start_server
 from tests.e2e.rest_support import (
     RestHost,
-    client_session,
     create_program,
     fake_watcher,
     new_user,
@@ -45,12 +44,6 @@ AHEAD = 4
 def rest_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
     with running_rest_server(tmp_path_factory.mktemp("hershy-ports")) as host:
         yield host
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
 
 
 @contextlib.contextmanager

@@ -28,7 +28,6 @@ from tests.e2e.conftest import free_port
 from tests.e2e.rest_support import (
     FakeWatcher,
     RestHost,
-    client_session,
     create_program,
     fake_watcher,
     json_body,
@@ -51,12 +50,6 @@ HOP_BY_HOP = ("connection", "keep-alive", "te", "trailer", "upgrade", "proxy-aut
 def rest_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
     with running_rest_server(tmp_path_factory.mktemp("hershy-proxy")) as host:
         yield host
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
 
 
 @contextlib.asynccontextmanager

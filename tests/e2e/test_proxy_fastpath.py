@@ -34,12 +34,6 @@ def rest_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
         yield host
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
-
-
 @asynccontextmanager
 async def shim(host: RestHost) -> AsyncIterator[RestServer]:
     server = RestServer(

@@ -21,7 +21,6 @@ from hershy.service.ports import WatcherEndpoint
 from tests.e2e.conftest import free_port
 from tests.e2e.rest_support import (
     RestHost,
-    client_session,
     fake_watcher,
     ready_program,
     running_rest_server,
@@ -33,12 +32,6 @@ from tests.e2e.rest_support import (
 def rest_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
     with running_rest_server(tmp_path_factory.mktemp("hershy-proxy-targets")) as host:
         yield host
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
 
 
 @asynccontextmanager

@@ -32,7 +32,6 @@ from tests.e2e.conftest import SHUTDOWN_TIMEOUT, free_port, hershy_command
 from tests.e2e.rest_support import (
     DOCKERFILE,
     RestHost,
-    client_session,
     create_program,
     new_user,
     post_action,
@@ -76,12 +75,6 @@ def rest_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
     """One Host shared by the module's tests; its clean shutdown is checked at the end."""
     with running_rest_server(tmp_path_factory.mktemp("hershy-rest")) as host:
         yield host
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
 
 
 def assert_error(

@@ -9,7 +9,7 @@ nobody reach a program that is not theirs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,6 @@ from hershy.v1 import token_pb2_grpc as token_grpc
 from tests.e2e.rest_support import (
     DOCKERFILE,
     RestHost,
-    client_session,
     fake_watcher,
     new_user,
     port_is_free,
@@ -49,12 +48,6 @@ class User:
 def rest_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
     with running_rest_server(tmp_path_factory.mktemp("hershy-auth"), auth=True) as host:
         yield host
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
 
 
 async def make_user(host: RestHost, prefix: str) -> User:

@@ -6,26 +6,20 @@ gRPC: any token may ask who it is, only the admin's lists, creates and revokes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.e2e.rest_support import RestHost, client_session, new_user, running_rest_server
+from tests.e2e.rest_support import RestHost, new_user, running_rest_server
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestHost]:
     with running_rest_server(tmp_path_factory.mktemp("hershy-rest-tokens"), auth=True) as host:
         yield host
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session() as session:
-        yield session
 
 
 async def call(
