@@ -48,12 +48,13 @@ class BuildLimits:
 
 
 @dataclass(frozen=True)
-class DockerSettings:
-    #: The OCI runtime programs run under: runsc (gVisor), or runc when allowed.
-    runtime: str = SECURE_RUNTIME
-    allow_insecure_runtime: bool = False
+class ProgramRunSettings:
+    """What the Docker and the Kubernetes runtime are both configured with: both build on
+    this Host's Docker daemon and probe programs' WatcherAPIs."""
+
     #: Labels everything this Host makes; only what carries it is ever reaped.
     host_id: str = "default"
+    #: The Docker daemon builds (and, on Docker, programs) run on.
     socket: str = DEFAULT_SOCKET
     build_timeout: float = 600.0
     ready_timeout: float = 60.0
@@ -66,6 +67,13 @@ class DockerSettings:
     #: The base-image allowlist (`--base-image`): the only images a FROM may name.
     base_images: tuple[str, ...] = ("hershy-busybox:latest",)
     build_limits: BuildLimits = field(default_factory=BuildLimits)
+
+
+@dataclass(frozen=True)
+class DockerSettings(ProgramRunSettings):
+    #: The OCI runtime programs run under: runsc (gVisor), or runc when allowed.
+    runtime: str = SECURE_RUNTIME
+    allow_insecure_runtime: bool = False
     #: Program containers created and started at once (fitted to the machine's cores).
     starts_at_once: int = field(
         default_factory=lambda: limits.machine_starts_at_once(machine.CORES)

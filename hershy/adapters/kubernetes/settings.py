@@ -7,14 +7,10 @@ runtime never loads either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from hershy.adapters.docker.engine import DEFAULT_SOCKET
-from hershy.adapters.docker.settings import BuildLimits
-from hershy.adapters.watcher_probe import ProberSettings
-from hershy.domain.model import Resources
-from hershy.domain.validation import ResourcePolicy
+from hershy.adapters.docker.settings import ProgramRunSettings
 
 
 class RuntimeUnavailable(Exception):
@@ -22,7 +18,7 @@ class RuntimeUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class KubernetesSettings:
+class KubernetesSettings(ProgramRunSettings):
     #: The kubeconfig file the Host reaches the API server with (None: $KUBECONFIG, ~/.kube).
     kubeconfig: Path | None = None
     context: str | None = None
@@ -32,14 +28,3 @@ class KubernetesSettings:
     registry: str = "127.0.0.1:5000"
     #: The StorageClass of the programs' /state claims (None: the cluster's default).
     storage_class: str | None = None
-    host_id: str = "default"
-    #: Builds run on this Host's Docker daemon.
-    socket: str = DEFAULT_SOCKET
-    build_timeout: float = 600.0
-    ready_timeout: float = 60.0
-    ready_poll_interval: float = 0.2
-    stop_grace: float = 10.0
-    prober: ProberSettings = field(default_factory=ProberSettings)
-    max_resources: Resources = field(default_factory=lambda: ResourcePolicy().maximum)
-    base_images: tuple[str, ...] = ("hershy-busybox:latest",)
-    build_limits: BuildLimits = field(default_factory=BuildLimits)
