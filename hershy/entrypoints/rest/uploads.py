@@ -169,16 +169,21 @@ def from_json(body: bytes) -> CreateBody:
         # `environment`, not `env`: old UIs send an `env` of their own, ignored as before.
         env=_object(data, "environment"),
     )
-    resources = data.get("resources")
-    if resources is not None:
-        request.resources.CopyFrom(_resources(resources))
-    if data.get("readiness") is not None:
-        request.readiness.CopyFrom(_readiness(data["readiness"]))
-    if data.get("restart_policy") is not None:
-        request.restart_policy.CopyFrom(_restart_policy(data["restart_policy"]))
-    if data.get("stop") is not None:
-        request.stop.CopyFrom(_stop(data["stop"]))
+    _set_settings(request, data)
     return CreateBody(request, ignored)
+
+
+def _set_settings(target: pb.CreateProgramRequest | pb.Program, data: dict[str, Any]) -> None:
+    """Set on `target` the resources, readiness, restart policy and stop settings `data`
+    gives (each checked); an absent or null one stays unset."""
+    if data.get("resources") is not None:
+        target.resources.CopyFrom(_resources(data["resources"]))
+    if data.get("readiness") is not None:
+        target.readiness.CopyFrom(_readiness(data["readiness"]))
+    if data.get("restart_policy") is not None:
+        target.restart_policy.CopyFrom(_restart_policy(data["restart_policy"]))
+    if data.get("stop") is not None:
+        target.stop.CopyFrom(_stop(data["stop"]))
 
 
 def from_tar(user_id: str, body: bytes) -> pb.CreateProgramRequest:
@@ -451,14 +456,7 @@ def update_request(name: str, body: bytes, mask: str) -> pb.UpdateProgramRequest
     if unknown:
         raise bad_request(cut(unknown[0]), f"cannot be updated: use {', '.join(_UPDATABLE)}")
     program = pb.Program(name=name)
-    if data.get("resources") is not None:
-        program.resources.CopyFrom(_resources(data["resources"]))
-    if data.get("readiness") is not None:
-        program.readiness.CopyFrom(_readiness(data["readiness"]))
-    if data.get("restart_policy") is not None:
-        program.restart_policy.CopyFrom(_restart_policy(data["restart_policy"]))
-    if data.get("stop") is not None:
-        program.stop.CopyFrom(_stop(data["stop"]))
+    _set_settings(program, data)
     paths: list[str] = []
     for key in _UPDATABLE:
         given = data.get(key)
