@@ -53,6 +53,23 @@ class Cluster:
     nodes: tuple[str, ...]
     env: dict[str, str]
 
+    def serve_args(self) -> tuple[str, ...]:
+        """The `hershy serve` options that run programs on this cluster as the Host's user."""
+        return (
+            "--runtime",
+            "kubernetes",
+            "--kubeconfig",
+            str(self.host_kubeconfig),
+            "--namespace",
+            self.namespace,
+            "--runtime-class",
+            self.runtime_class,
+            "--registry",
+            self.registry,
+            "--storage-class",
+            self.storage_class,
+        )
+
     def admin(self) -> AsyncClient:
         return AsyncClient(KubeConfig.from_file(self.kubeconfig), namespace=self.namespace)
 

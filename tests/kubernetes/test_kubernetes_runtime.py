@@ -196,22 +196,7 @@ async def test_a_host_killed_with_sigkill_adopts_the_same_pod(
     tmp_path: Path, kubernetes_cluster: Cluster, stub_binary: bytes
 ) -> None:
     cluster = kubernetes_cluster
-    extra = (
-        "--runtime",
-        "kubernetes",
-        "--kubeconfig",
-        str(cluster.host_kubeconfig),
-        "--namespace",
-        cluster.namespace,
-        "--runtime-class",
-        cluster.runtime_class,
-        "--registry",
-        cluster.registry,
-        "--storage-class",
-        cluster.storage_class,
-        "--stop-grace",
-        "2",
-    )
+    extra = (*cluster.serve_args(), "--stop-grace", "2")
     made: list[str] = []
     with host_process(tmp_path, *extra) as host:
         program, _ = await create(host.address, stub_binary, stub_dockerfile(), made)
