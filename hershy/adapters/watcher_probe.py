@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from hershy.domain import events as ev
-from hershy.domain.health import Answer, classify
+from hershy.domain.health import Answer, StartJudge, StartVerdict, classify
 from hershy.domain.model import ReadinessCheck
 from hershy.service.ports import Outbox
 
@@ -81,6 +81,57 @@ async def probe_once(
                 detail = said[:MAX_DETAIL_CHARS]
                 break
     return ProbeAnswer(True, str(value)[:MAX_DETAIL_CHARS], detail)
+
+
+class StartRefused(Exception):
+    """The program reported a failed state while starting, or (Kubernetes) its Pod ended or
+    cannot run; the message says which."""
+
+
+async def until_ready(
+    session: aiohttp.ClientSession,
+    address: str,
+    check: ReadinessCheck,
+    run: int,
+    outbox: Outbox,
+    *,
+    default_timeout: float,
+    poll_interval: float,
+    still_starting: Callable[[], None] = lambda: None,
+) -> ProbeAnswer:
+    """Probe until the program says it is initialised (the readiness check's judge);
+    each change of its answer is reported, so its view shows while it initialises.
+
+    `still_starting` is called before each probe and raises (`StartRefused`) when what
+    runs the program is gone. Returns the last answer; raises (a failed start) on a
+    failed state or the timeout (the check's own, else `default_timeout`).
+    """
+    timeout = check.timeout_seconds or default_timeout
+    deadline = time.monotonic() + timeout
+    judge = StartJudge(check)
+    last = ProbeAnswer(False, detail="no answer yet")
+    reported: ProbeAnswer | None = None
+    # Poll fast first (most programs listen within a few hundred ms), then back off.
+    interval = min(0.02, poll_interval)
+    while time.monotonic() < deadline:
+        still_starting()
+        last = await probe_once(session, address, check, limit=2.0)
+        if last != reported and (last.answered or reported is not None):
+            # Changes only (and not the refusals before it first listens).
+            outbox.emit(ev.WatcherProbed(outbox.now(), run, last.answered, last.state, last.detail))
+            reported = last
+        verdict = judge.feed(time.monotonic(), last.answered, last.state, last.detail)
+        if verdict is StartVerdict.READY:
+            return last
+        if verdict is StartVerdict.FAILED:
+            raise StartRefused(judge.reason)
+        await asyncio.sleep(interval)
+        interval = min(interval * 1.5, poll_interval)
+    seen = f"it last reported {last.state!r}" if last.answered else (last.detail or "no answer")
+    raise TimeoutError(
+        f"its WatcherAPI did not answer GET {check.path} on {address} that it is ready "
+        f"within {timeout:g} s ({seen})"
+    )
 
 
 def _field(data: object, path: str) -> object:

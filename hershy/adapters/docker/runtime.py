@@ -61,11 +61,11 @@ from hershy.adapters.docker.reconcile import Reconciler
 from hershy.adapters.docker.secret_files import SecretFiles
 from hershy.adapters.docker.settings import DockerSettings as DockerSettings  # re-exported
 from hershy.adapters.docker.state_volumes import LoopStateVolumes, StateVolumes
-from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, probe_once
+from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, until_ready
+from hershy.adapters.watcher_probe import StartRefused as StartRefused  # re-exported
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
 from hershy.domain.config import SECRETS_DIR
-from hershy.domain.health import StartJudge, StartVerdict
 from hershy.domain.model import LogLine, LogStream
 from hershy.service.ports import LogStore, Outbox, ProgramFolders, WatcherEndpoint
 from hershy.service.secrets import SecretValues
@@ -87,10 +87,6 @@ LIST_ATTEMPTS = 5
 
 class ContractBroken(Exception):
     """A container would break a security contract; it is not started."""
-
-
-class StartRefused(Exception):
-    """The program itself reported a failed state while starting; the message says which."""
 
 
 class PortsTaken(Exception):
@@ -448,41 +444,15 @@ class DockerEffectHandler:
     async def _until_ready(
         self, address: str, effect: fx.StartContainer, outbox: Outbox
     ) -> ProbeAnswer:
-        """Probe until the program says it is initialised (the readiness check's judge);
-        each change of its answer is reported, so its view shows while it initialises.
-
-        Returns the last answer; raises (a failed start) on a failed state or the timeout.
-        """
-        check = effect.readiness
-        timeout = check.timeout_seconds or self.settings.ready_timeout
-        deadline = time.monotonic() + timeout
-        judge = StartJudge(check)
-        last = ProbeAnswer(False, detail="no answer yet")
-        reported: ProbeAnswer | None = None
         assert self._http is not None
-        # Poll fast first (most programs listen within a few hundred ms), then back off.
-        interval = min(0.02, self.settings.ready_poll_interval)
-        while time.monotonic() < deadline:
-            last = await probe_once(self._http, address, check, limit=2.0)
-            if last != reported and (last.answered or reported is not None):
-                # Changes only (and not the refusals before it first listens).
-                outbox.emit(
-                    ev.WatcherProbed(
-                        outbox.now(), effect.run, last.answered, last.state, last.detail
-                    )
-                )
-                reported = last
-            verdict = judge.feed(time.monotonic(), last.answered, last.state, last.detail)
-            if verdict is StartVerdict.READY:
-                return last
-            if verdict is StartVerdict.FAILED:
-                raise StartRefused(judge.reason)
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, self.settings.ready_poll_interval)
-        seen = f"it last reported {last.state!r}" if last.answered else (last.detail or "no answer")
-        raise TimeoutError(
-            f"its WatcherAPI did not answer GET {check.path} on {address} that it is ready "
-            f"within {timeout:g} s ({seen})"
+        return await until_ready(
+            self._http,
+            address,
+            effect.readiness,
+            effect.run,
+            outbox,
+            default_timeout=self.settings.ready_timeout,
+            poll_interval=self.settings.ready_poll_interval,
         )
 
     async def _stop_containers(

@@ -65,10 +65,10 @@ from hershy.adapters.kubernetes.pod_spec import (
 )
 from hershy.adapters.kubernetes.settings import KubernetesSettings, RuntimeUnavailable
 from hershy.adapters.kubernetes.watch import PodView, PodWatch
-from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, probe_once
+from hershy.adapters.watcher_probe import LivenessProber, ProbeAnswer, until_ready
+from hershy.adapters.watcher_probe import StartRefused as StartRefused  # re-exported
 from hershy.domain import effects as fx
 from hershy.domain import events as ev
-from hershy.domain.health import StartJudge, StartVerdict
 from hershy.domain.model import LogLine, LogStream
 from hershy.service.ports import LogStore, Outbox, ProgramFolders, WatcherEndpoint
 from hershy.service.secrets import SecretValues
@@ -83,10 +83,6 @@ GONE_SECONDS = 60.0
 
 class ContractBroken(Exception):
     """A Pod would break (or, as stored, breaks) a security contract; it does not run."""
-
-
-class StartRefused(Exception):
-    """The program reported a failed state, or its Pod ended or cannot run, while starting."""
 
 
 class KubernetesRuntime:
@@ -424,40 +420,26 @@ class KubernetesRuntime:
         self, uid: str, address: str, effect: fx.StartContainer, outbox: Outbox
     ) -> ProbeAnswer:
         assert self._http is not None
-        assert self.watch is not None
-        check = effect.readiness
-        timeout = check.timeout_seconds or self.settings.ready_timeout
-        deadline = time.monotonic() + timeout
-        judge = StartJudge(check)
-        last = ProbeAnswer(False, detail="no answer yet")
-        reported: ProbeAnswer | None = None
-        interval = min(0.02, self.settings.ready_poll_interval)
-        while time.monotonic() < deadline:
-            view = self.watch.pods.get(uid)
+        watch = self.watch
+        assert watch is not None
+
+        def still_starting() -> None:
+            view = watch.pods.get(uid)
             if view is None or view.ended:
                 raise StartRefused(
                     "its Pod ended while starting"
                     + (f" ({describe_end(view)})" if view is not None else " (it was removed)")
                 )
-            last = await probe_once(self._http, address, check, limit=2.0)
-            if last != reported and (last.answered or reported is not None):
-                outbox.emit(
-                    ev.WatcherProbed(
-                        outbox.now(), effect.run, last.answered, last.state, last.detail
-                    )
-                )
-                reported = last
-            verdict = judge.feed(time.monotonic(), last.answered, last.state, last.detail)
-            if verdict is StartVerdict.READY:
-                return last
-            if verdict is StartVerdict.FAILED:
-                raise StartRefused(judge.reason)
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, self.settings.ready_poll_interval)
-        seen = f"it last reported {last.state!r}" if last.answered else (last.detail or "no answer")
-        raise TimeoutError(
-            f"its WatcherAPI did not answer GET {check.path} on {address} that it is ready "
-            f"within {timeout:g} s ({seen})"
+
+        return await until_ready(
+            self._http,
+            address,
+            effect.readiness,
+            effect.run,
+            outbox,
+            default_timeout=self.settings.ready_timeout,
+            poll_interval=self.settings.ready_poll_interval,
+            still_starting=still_starting,
         )
 
     def _note(self, program_id: str, run: int, outbox: Outbox, text: str) -> None:
