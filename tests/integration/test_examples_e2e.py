@@ -157,9 +157,9 @@ def wait_until_http_ready(host: RealHost, timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def real_host(base: Path, client: docker.DockerClient) -> Iterator[RealHost]:
-    """`hershy serve` (runsc, tokens on) on free ports; on exit every program it made must
-    be gone from Docker, and the Host must stop cleanly on SIGTERM."""
+def serving_host(base: Path, *serve_args: str, ready_timeout: int) -> Iterator[RealHost]:
+    """`hershy serve` (tokens on) with `serve_args` on free ports; on exit it removes every
+    program it made, and the Host must stop cleanly on SIGTERM."""
     base.mkdir(parents=True, exist_ok=True)
     token_file = base / "admin-token"
     stderr_path = base / "stderr.log"
@@ -181,7 +181,8 @@ def real_host(base: Path, client: docker.DockerClient) -> Iterator[RealHost]:
                 "--stop-grace",
                 "5",
                 "--ready-timeout",
-                "60",
+                str(ready_timeout),
+                *serve_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=stderr,
@@ -191,7 +192,7 @@ def real_host(base: Path, client: docker.DockerClient) -> Iterator[RealHost]:
     server = ServerProcess(process, grpc_address, base / "data", stderr_path)
     host: RealHost | None = None
     try:
-        wait_until_serving(server, timeout=60)
+        wait_until_serving(server, timeout=ready_timeout)
         host = RealHost(server, http_address, token_file.read_text().strip())
         wait_until_http_ready(host)
         yield host
@@ -206,13 +207,24 @@ def real_host(base: Path, client: docker.DockerClient) -> Iterator[RealHost]:
                 server.stop_and_check(timeout=30)
         finally:
             server.kill()
-            if host is not None:
-                left = {pid: leftovers(client, pid) for pid in host.created}
-                for program_id, found in left.items():
-                    if found:
-                        force_clean(client, program_id)
-                left = {pid: found for pid, found in left.items() if found}
-                assert not left, f"left behind in Docker: {left}"
+
+
+@contextlib.contextmanager
+def real_host(base: Path, client: docker.DockerClient) -> Iterator[RealHost]:
+    """`hershy serve` (runsc, tokens on) on free ports; on exit every program it made must
+    be gone from Docker, and the Host must stop cleanly on SIGTERM."""
+    host: RealHost | None = None
+    try:
+        with serving_host(base, ready_timeout=60) as host:
+            yield host
+    finally:
+        if host is not None:
+            left = {pid: leftovers(client, pid) for pid in host.created}
+            for program_id, found in left.items():
+                if found:
+                    force_clean(client, program_id)
+            left = {pid: found for pid, found in left.items() if found}
+            assert not left, f"left behind in Docker: {left}"
 
 
 @pytest.fixture(scope="module")

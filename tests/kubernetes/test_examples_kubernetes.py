@@ -9,16 +9,11 @@ restart keep `/state`, and `hershy rm --wait` leaves nothing on the cluster.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import docker
 import pytest
 
-from tests.e2e.conftest import ServerProcess, free_port, hershy_command, wait_until_serving
 from tests.integration.conftest import images_of
 from tests.integration.test_examples_e2e import (
     DEPLOY_TIMEOUT,
@@ -26,69 +21,19 @@ from tests.integration.test_examples_e2e import (
     NOT_FOUND,
     RealHost,
     build_example,
-    wait_until_http_ready,
+    serving_host,
 )
 from tests.kubernetes.cluster import Cluster, cluster_leftovers, pods_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubernetes]
 
 
-@contextlib.contextmanager
-def kubernetes_host(base: Path, cluster: Cluster) -> Iterator[RealHost]:
-    base.mkdir(parents=True, exist_ok=True)
-    token_file = base / "admin-token"
-    stderr_path = base / "stderr.log"
-    grpc_address = f"127.0.0.1:{free_port()}"
-    http_address = f"127.0.0.1:{free_port()}"
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            [
-                *hershy_command(),
-                "serve",
-                "--data-dir",
-                str(base / "data"),
-                "--grpc-addr",
-                grpc_address,
-                "--http-addr",
-                http_address,
-                "--admin-token-file",
-                str(token_file),
-                "--stop-grace",
-                "5",
-                "--ready-timeout",
-                "90",
-                *cluster.serve_args(),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    server = ServerProcess(process, grpc_address, base / "data", stderr_path)
-    host: RealHost | None = None
-    try:
-        wait_until_serving(server, timeout=90)
-        host = RealHost(server, http_address, token_file.read_text().strip())
-        wait_until_http_ready(host)
-        yield host
-    finally:
-        try:
-            if host is not None:
-                for program_id in host.created:
-                    host.cli(
-                        "rm", program_id, "--yes", "--wait", token=host.admin_token, expect=None
-                    )
-            if server.process.poll() is None:
-                server.stop_and_check(timeout=30)
-        finally:
-            server.kill()
-
-
 @pytest.fixture(scope="module")
 def k8s_cli_host(
     tmp_path_factory: pytest.TempPathFactory, kubernetes_cluster: Cluster
 ) -> Iterator[RealHost]:
-    with kubernetes_host(tmp_path_factory.mktemp("hershy-k8s-examples"), kubernetes_cluster) as up:
+    base = tmp_path_factory.mktemp("hershy-k8s-examples")
+    with serving_host(base, *kubernetes_cluster.serve_args(), ready_timeout=90) as up:
         secret = up.cli("token", "create", "examples", token=up.admin_token).stdout
         up.user_token = secret.strip()
         yield up
