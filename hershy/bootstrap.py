@@ -13,13 +13,13 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hershy.adapters import host_key
 from hershy.adapters.docker.port_pool import PortPool
-from hershy.adapters.docker.settings import DockerSettings
+from hershy.adapters.docker.settings import DockerSettings, ProgramRunSettings
 from hershy.adapters.fake_runtime import FakeBehaviour, FakeEffectHandler
 from hershy.adapters.kubernetes.settings import KubernetesSettings
 from hershy.adapters.log_files import FileLogStore
@@ -89,19 +89,10 @@ async def effect_handler(
             yield fake
         return
     if config.runtime is Runtime.KUBERNETES:
-        docker = config.docker
-        cluster = replace(
-            config.kubernetes,
-            host_id=host_id,
-            socket=docker.socket,
-            build_timeout=docker.build_timeout,
-            ready_timeout=docker.ready_timeout,
-            stop_grace=docker.stop_grace,
-            prober=docker.prober,
-            max_resources=docker.max_resources,
-            base_images=docker.base_images,
-            build_limits=docker.build_limits,
-        )
+        # The settings both runtimes share come from the Docker ones (the flags set those):
+        # every field of ProgramRunSettings, so none is left at its default by omission.
+        shared = {f.name: getattr(config.docker, f.name) for f in fields(ProgramRunSettings)}
+        cluster = replace(config.kubernetes, **{**shared, "host_id": host_id})
         from hershy.adapters.kubernetes.runtime import KubernetesRuntime
 
         async with KubernetesRuntime(cluster, sources, logs, secrets=secrets) as kubernetes:
